@@ -1,0 +1,363 @@
+"""Block configurations: the unit of export, measurement and lookup tables.
+
+Every block a subnet of the space can contain is a frozen `BlockConfig` with a stable string key
+(OFA style, e.g. ``ffn-r224-s2-c48-e3``), its input shape, an analytic parameter count and a
+builder of the standalone nn.Module. An Arch decomposes into an ordered list of `BlockSlot`s
+(config + where its weights live in the full model), so a per-key table sums to a model estimate.
+
+Attention blocks are split into the token mixer (``mhsa-*``: x + ls1 * attention(x)) and the FFN
+half, which is exactly an ``ffn-*`` block of the same stage. That shares FFN rows between plain and
+attention blocks and keeps the number of configurations to measure small.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn as nn
+
+from latbench.models import efficientformerv2 as ef
+from latbench.space import Arch, SearchSpace
+
+
+def conv_params(c_in: int, c_out: int, k: int = 1, groups: int = 1) -> int:
+    return c_in // groups * c_out * k * k + c_out
+
+
+def bn_params(c: int) -> int:
+    return 2 * c  # weight and bias; running statistics are buffers
+
+
+class AttnMixer(nn.Module):
+    """First half of an attention block: x + layer_scale_1 * token_mixer(x)."""
+
+    def __init__(self, dim: int, resolution: int, strided: bool):
+        super().__init__()
+        self.token_mixer = ef.Attention4D(dim, resolution, strided)
+        self.layer_scale_1 = nn.Parameter(ef.LAYER_SCALE_INIT * torch.ones(dim, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.layer_scale_1 * self.token_mixer(x)
+
+
+@dataclass(frozen=True, order=True)
+class BlockConfig:
+    """Base class. `resolution` is the model input resolution the block belongs to."""
+
+    kind: ClassVar[str] = "block"
+    resolution: int
+
+    @property
+    def key(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def build(self) -> nn.Module:
+        raise NotImplementedError
+
+    def params(self) -> int:
+        raise NotImplementedError
+
+    def fields(self) -> dict:
+        return {"kind": self.kind, **asdict(self)}
+
+    def macs(self) -> int:
+        return block_macs(self)
+
+    def __str__(self) -> str:
+        return self.key
+
+
+@dataclass(frozen=True, order=True)
+class StemConfig(BlockConfig):
+    kind: ClassVar[str] = "stem"
+    width: int
+
+    @property
+    def key(self) -> str:
+        return f"stem-r{self.resolution}-c{self.width}"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (1, 3, self.resolution, self.resolution)
+
+    def build(self) -> nn.Module:
+        return ef.Stem(self.width)
+
+    def params(self) -> int:
+        h = self.width // 2
+        return conv_params(3, h, 3) + bn_params(h) + conv_params(h, self.width, 3) + bn_params(self.width)
+
+
+@dataclass(frozen=True, order=True)
+class FFNConfig(BlockConfig):
+    kind: ClassVar[str] = "ffn"
+    stage: int
+    width: int
+    expansion: int
+
+    @property
+    def key(self) -> str:
+        return f"ffn-r{self.resolution}-s{self.stage}-c{self.width}-e{self.expansion}"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        r = ef.stage_resolution(self.resolution, self.stage)
+        return (1, self.width, r, r)
+
+    def build(self) -> nn.Module:
+        return ef.FFN(self.width, self.expansion)
+
+    def params(self) -> int:
+        c, h = self.width, int(self.width * self.expansion)
+        return (
+            conv_params(c, h) + bn_params(h) + conv_params(h, h, 3, h) + bn_params(h)
+            + conv_params(h, c) + bn_params(c) + c
+        )
+
+
+@dataclass(frozen=True, order=True)
+class AttnConfig(BlockConfig):
+    """Attention token mixer with its residual; strided (stage 3) or not (stage 4)."""
+
+    kind: ClassVar[str] = "mhsa"
+    stage: int
+    width: int
+
+    @property
+    def key(self) -> str:
+        return f"mhsa-r{self.resolution}-s{self.stage}-c{self.width}"
+
+    @property
+    def strided(self) -> bool:
+        return self.stage == 3
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        r = ef.stage_resolution(self.resolution, self.stage)
+        return (1, self.width, r, r)
+
+    def build(self) -> nn.Module:
+        return AttnMixer(self.width, ef.stage_resolution(self.resolution, self.stage), self.strided)
+
+    def params(self) -> int:
+        c, heads = self.width, ef.ATTN_HEADS
+        qk, dh = ef.ATTN_KEY_DIM * heads, ef.ATTN_RATIO * ef.ATTN_KEY_DIM * heads
+        r = ef.stage_resolution(self.resolution, self.stage)
+        r_attn = -(-r // 2) if self.strided else r
+        n = 2 * (conv_params(c, qk) + bn_params(qk))
+        n += conv_params(c, dh) + bn_params(dh) + conv_params(dh, dh, 3, dh) + bn_params(dh)
+        n += 2 * conv_params(heads, heads)
+        n += conv_params(dh, c) + bn_params(c)
+        n += heads * r_attn * r_attn + c
+        if self.strided:
+            n += conv_params(c, c, 3, c) + bn_params(c)
+        return n
+
+
+@dataclass(frozen=True, order=True)
+class EmbedConfig(BlockConfig):
+    """Stride-2 conv embedding leaving `stage` (1 or 2)."""
+
+    kind: ClassVar[str] = "embed"
+    stage: int
+    width_in: int
+    width_out: int
+
+    @property
+    def key(self) -> str:
+        return f"embed-r{self.resolution}-s{self.stage}-c{self.width_in}-o{self.width_out}"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        r = ef.stage_resolution(self.resolution, self.stage)
+        return (1, self.width_in, r, r)
+
+    def build(self) -> nn.Module:
+        return ef.ConvEmbedding(self.width_in, self.width_out)
+
+    def params(self) -> int:
+        return conv_params(self.width_in, self.width_out, 3) + bn_params(self.width_out)
+
+
+@dataclass(frozen=True, order=True)
+class AttnDownConfig(BlockConfig):
+    """Attention downsampling from stage 3 to stage 4."""
+
+    kind: ClassVar[str] = "attndown"
+    width_in: int
+    width_out: int
+
+    @property
+    def key(self) -> str:
+        return f"attndown-r{self.resolution}-s3-c{self.width_in}-o{self.width_out}"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        r = ef.stage_resolution(self.resolution, 3)
+        return (1, self.width_in, r, r)
+
+    def build(self) -> nn.Module:
+        return ef.AttnEmbedding(self.width_in, self.width_out, ef.stage_resolution(self.resolution, 3))
+
+    def params(self) -> int:
+        ci, co, heads = self.width_in, self.width_out, ef.DOWN_HEADS
+        qk, dh = ef.DOWN_KEY_DIM * heads, ef.DOWN_RATIO * ef.DOWN_KEY_DIM * heads
+        r = ef.stage_resolution(self.resolution, 3)
+        n = conv_params(ci, ci, 3, ci) + conv_params(ci, qk) + bn_params(qk)
+        n += conv_params(ci, qk) + bn_params(qk)
+        n += conv_params(ci, dh) + bn_params(dh) + conv_params(dh, dh, 3, dh) + bn_params(dh)
+        n += conv_params(dh, co) + bn_params(co) + heads * r * r
+        return n + conv_params(ci, co, 3) + bn_params(co)
+
+
+@dataclass(frozen=True, order=True)
+class HeadConfig(BlockConfig):
+    kind: ClassVar[str] = "head"
+    width: int
+    num_classes: int = 1000
+
+    @property
+    def key(self) -> str:
+        return f"head-r{self.resolution}-c{self.width}" + ("" if self.num_classes == 1000 else f"-k{self.num_classes}")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        r = ef.stage_resolution(self.resolution, 4)
+        return (1, self.width, r, r)
+
+    def build(self) -> nn.Module:
+        return ef.ClassifierHead(self.width, self.num_classes)
+
+    def params(self) -> int:
+        return bn_params(self.width) + 2 * (self.width * self.num_classes + self.num_classes)
+
+
+@dataclass(frozen=True, order=True)
+class ModelConfig(BlockConfig):
+    """A whole registered model measured as one block (reference models that are not decomposed)."""
+
+    kind: ClassVar[str] = "model"
+    name: str
+
+    @property
+    def key(self) -> str:
+        return f"model-{self.name}-r{self.resolution}"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (1, 3, self.resolution, self.resolution)
+
+    def build(self) -> nn.Module:
+        from latbench.models import create_model
+
+        return create_model(self.name, resolution=self.resolution)
+
+    def params(self) -> int:
+        return sum(p.numel() for p in self.build().parameters())
+
+
+BLOCK_KINDS: dict[str, type[BlockConfig]] = {
+    c.kind: c for c in (StemConfig, FFNConfig, AttnConfig, EmbedConfig, AttnDownConfig, HeadConfig, ModelConfig)
+}
+
+
+def config_from_fields(fields: dict) -> BlockConfig:
+    """Inverse of BlockConfig.fields() (used when reading tables and manifests back)."""
+    f = dict(fields)
+    cls = BLOCK_KINDS[f.pop("kind")]
+    return cls(**f)
+
+
+@functools.lru_cache(maxsize=4096)
+def block_macs(config: BlockConfig) -> int:
+    """Multiply-accumulates of conv, linear and matmul ops at batch 1 (FLOP counter / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module = config.build().eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(torch.zeros(config.input_shape))
+    return counter.get_total_flops() // 2
+
+
+@dataclass(frozen=True)
+class BlockSlot:
+    """One block of a model in order: its config and the state-dict prefix of its weights."""
+
+    config: BlockConfig
+    prefix: str
+
+
+def arch_slots(arch: Arch, num_classes: int = 1000) -> list[BlockSlot]:
+    """The ordered decomposition of an Arch; chaining the blocks reproduces the model."""
+    r = arch.resolution
+    slots = [BlockSlot(StemConfig(r, arch.widths[0]), "patch_embed.")]
+    for i, st in enumerate(arch.stages):
+        stage = i + 1
+        net = 2 * i
+        for j, e in enumerate(st.expansions):
+            prefix = f"network.{net}.{j}."
+            if j >= st.depth - st.attention:
+                slots.append(BlockSlot(AttnConfig(r, stage, st.width), prefix))
+            slots.append(BlockSlot(FFNConfig(r, stage, st.width, e), prefix))
+        if stage < 3:
+            slots.append(BlockSlot(EmbedConfig(r, stage, st.width, arch.widths[i + 1]), f"network.{net + 1}."))
+        elif stage == 3:
+            slots.append(BlockSlot(AttnDownConfig(r, st.width, arch.widths[i + 1]), f"network.{net + 1}."))
+    slots.append(BlockSlot(HeadConfig(r, arch.widths[-1], num_classes), ""))
+    return slots
+
+
+def decompose(arch: Arch) -> list[BlockConfig]:
+    return [s.config for s in arch_slots(arch)]
+
+
+def key_counts(arch: Arch) -> Counter[str]:
+    """Block keys with multiplicity: a per-key table dotted with this is a model estimate."""
+    return Counter(c.key for c in decompose(arch))
+
+
+def arch_params(arch: Arch) -> int:
+    """Analytic parameter count, without building the model."""
+    return sum(c.params() for c in decompose(arch))
+
+
+def space_blocks(space: SearchSpace, resolution: int | None = None) -> list[BlockConfig]:
+    """Every unique block configuration the space can produce, sorted by kind order then fields."""
+    resolutions = [resolution] if resolution is not None else list(space.resolutions)
+    out: set[BlockConfig] = set()
+    for r in resolutions:
+        space.check_resolution(r)
+        s = space.stages
+        for w in s[0].widths:
+            out.add(StemConfig(r, w))
+        for i, sp in enumerate(s):
+            stage = i + 1
+            for w in sp.widths:
+                for e in sp.expansions:
+                    out.add(FFNConfig(r, stage, w, e))
+                if sp.attention:
+                    out.add(AttnConfig(r, stage, w))
+                for w_next in s[i + 1].widths if stage < 4 else ():
+                    if stage < 3:
+                        out.add(EmbedConfig(r, stage, w, w_next))
+                    else:
+                        out.add(AttnDownConfig(r, w, w_next))
+        for w in s[3].widths:
+            out.add(HeadConfig(r, w))
+    order = list(BLOCK_KINDS)
+    return sorted(out, key=lambda c: (c.resolution, order.index(c.kind), c.key))
+
+
+def standalone_with_weights(slot: BlockSlot, model_state: dict[str, torch.Tensor]) -> nn.Module:
+    """Build the slot's standalone module and copy the full model's weights into it."""
+    module = slot.config.build()
+    module.load_state_dict({k: model_state[slot.prefix + k] for k in module.state_dict()}, strict=True)
+    return module
