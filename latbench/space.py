@@ -220,20 +220,20 @@ class SearchSpace:
         if data.get("family", FAMILY) != FAMILY:
             raise UsageError(f"{where}: family {data['family']!r} is not supported (only {FAMILY!r})")
         name = str(data.get("name") or Path(source).stem)
-        resolutions = _int_choices(data.get("resolutions", [224]), f"{where}: key 'resolutions'")
+        resolutions = _int_choices(data.get("resolutions", [224]), f"{where}: key resolutions")
         from latbench.models.efficientformerv2 import check_resolution
 
         for r in resolutions:
             try:
                 check_resolution(r)
             except UsageError as exc:
-                raise UsageError(f"{where}: key 'resolutions': {exc}") from None
+                raise UsageError(f"{where}: key resolutions: {exc}") from None
         stages_raw = data.get("stages")
         if not isinstance(stages_raw, list) or len(stages_raw) != N_STAGES:
-            raise UsageError(f"{where}: key 'stages' must be a list of {N_STAGES} stages")
+            raise UsageError(f"{where}: key stages must be a list of {N_STAGES} stages")
         stages = []
         for i, st in enumerate(stages_raw, start=1):
-            sw = f"{where}: key 'stages[{i - 1}]'"
+            sw = f"{where}: key stages[{i - 1}]"
             if not isinstance(st, dict):
                 raise UsageError(f"{sw} must be a mapping with widths/depth/expansions/attention")
             allowed = {"widths", "depth", "expansions", "attention"}

@@ -45,7 +45,7 @@ def run_show(args: argparse.Namespace) -> int:
         return 0
     rows = [
         (i + 1, " ".join(map(str, s.widths)), f"{s.depth_min}-{s.depth_max}", " ".join(map(str, s.expansions)),
-         f"0-depth" if s.attention else "none")
+         "0-depth" if s.attention else "none")
         for i, s in enumerate(space.stages)
     ]
     print_table(f"space {space.name} (resolutions {', '.join(map(str, space.resolutions))})",

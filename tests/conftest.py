@@ -1,0 +1,43 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Tests must not write exports into the user's cache.
+os.environ.setdefault("LATBENCH_CACHE", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"latbench-test-cache-{os.getuid()}"))
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `latbench ARGS` in-process; returns (exit code, stdout, stderr)."""
+    import cli
+
+    def run(*args: str):
+        code = cli.main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def run_cli_json(run_cli):
+    def run(*args: str):
+        code, out, err = run_cli(*args, "--json")
+        assert code == 0, err
+        return json.loads(out)
+
+    return run
+
+
+def latbench_subprocess(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """The real console entry point in a child process (checks exit codes and that no traceback leaks)."""
+    return subprocess.run(
+        [sys.executable, "-c", "import sys, cli; sys.exit(cli.main())", *args],
+        cwd=kw.pop("cwd", REPO), capture_output=True, text=True, timeout=timeout, **kw,
+    )
