@@ -264,9 +264,52 @@ class ModelConfig(BlockConfig):
         return sum(p.numel() for p in self.build().parameters())
 
 
+class Passthrough(nn.Module):
+    """x * 1: one trivial op. Identity would be folded away by exporters/runtimes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 1.0
+
+
+@dataclass(frozen=True, order=True)
+class EmptyConfig(BlockConfig):
+    """A do-nothing model with a given input shape: times the fixed per-inference overhead
+    (call, input binding, output copy) that every isolated block measurement includes once."""
+
+    kind: ClassVar[str] = "empty"
+    channels: int
+    height: int
+    width: int
+
+    @property
+    def key(self) -> str:
+        return f"empty-r{self.resolution}-c{self.channels}-h{self.height}-w{self.width}"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (1, self.channels, self.height, self.width)
+
+    def build(self) -> nn.Module:
+        return Passthrough()
+
+    def params(self) -> int:
+        return 0
+
+    @classmethod
+    def for_shape(cls, resolution: int, shape: tuple[int, ...]) -> EmptyConfig:
+        _, c, h, w = shape
+        return cls(resolution, c, h, w)
+
+
 BLOCK_KINDS: dict[str, type[BlockConfig]] = {
-    c.kind: c for c in (StemConfig, FFNConfig, AttnConfig, EmbedConfig, AttnDownConfig, HeadConfig, ModelConfig)
+    c.kind: c
+    for c in (StemConfig, FFNConfig, AttnConfig, EmbedConfig, AttnDownConfig, HeadConfig, ModelConfig, EmptyConfig)
 }
+
+
+def overhead_blocks(blocks: list[BlockConfig]) -> list[EmptyConfig]:
+    """One empty model per distinct input shape among `blocks` (what their timings share)."""
+    return sorted({EmptyConfig.for_shape(b.resolution, b.input_shape) for b in blocks}, key=lambda c: c.key)
 
 
 def config_from_fields(fields: dict) -> BlockConfig:
