@@ -60,6 +60,11 @@ class Candidate:
     def kind(self) -> str:
         return "model"
 
+    def fields(self) -> dict[str, Any]:
+        """What identifies the candidate in journals and tables (like BlockConfig.fields)."""
+        return {"kind": "model", "name": self.name, "model_name": self.model_name,
+                "arch": None if self.arch is None else self.arch.to_dict()}
+
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
         return (1, 3, self.resolution, self.resolution)

@@ -1,0 +1,297 @@
+"""`latbench lut build|show|diff|estimate|validate`."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+from latbench.candidates import resolve_candidates
+from latbench.commands._output import add_json_flag, console, print_json, print_table
+from latbench.commands._progress import phase_progress
+from latbench.errors import UsageError
+from latbench.tables import LatencyTable, default_table_dir
+
+DEFAULT_SPACE = "__default__"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    lut = sub.add_parser("lut", help="latency lookup tables: build, show, diff, estimate, validate")
+    lsub = lut.add_subparsers(dest="lut_command", metavar="SUBCOMMAND", parser_class=type(lut))
+    lsub.required = True
+
+    b = lsub.add_parser("build", help="measure every block a space (or model) needs on a device")
+    b.add_argument("--device", default="cpu", help="device id (see `latbench devices`; default cpu)")
+    b.add_argument("--space", nargs="?", const=DEFAULT_SPACE, default=None, metavar="FILE",
+                   help="all blocks of a search space (default space if FILE is omitted)")
+    b.add_argument("--model", action="append", default=[], metavar="NAME", help="only the blocks NAME needs")
+    b.add_argument("--arch", action="append", default=[], metavar="FILE", help="only the blocks an arch file needs")
+    b.add_argument("--resolution", type=int, action="append", default=None, help="resolution(s) (default: the space's)")
+    b.add_argument("--out", default=None, help="table directory (default tables/<device>/<space>-r<resolution>)")
+    b.add_argument("--jobs", type=int, default=2, help="export worker processes")
+    b.add_argument("--force", action="store_true", help="re-measure everything")
+    b.add_argument("--rounds", type=int, default=3, help="interleaved passes over the blocks (samples pooled)")
+    b.add_argument("--calibrate", type=int, default=4, metavar="N",
+                   help="whole models measured end to end to fit the overhead model (space builds; 0: none)")
+    add_runner_flags(b)
+    add_json_flag(b)
+    b.set_defaults(func=run_build)
+
+    s = lsub.add_parser("show", help="summarise a table")
+    s.add_argument("table")
+    add_json_flag(s)
+    s.set_defaults(func=run_show)
+
+    d = lsub.add_parser("diff", help="per-key latency ratios B/A (compare devices or runtime versions)")
+    d.add_argument("a")
+    d.add_argument("b")
+    add_json_flag(d)
+    d.set_defaults(func=run_diff)
+
+    e = lsub.add_parser("estimate", help="estimated latency of models from a table")
+    e.add_argument("table")
+    e.add_argument("targets", nargs="+", metavar="MODEL|ARCH_FILE")
+    e.add_argument("--strict", action="store_true", help="error (not warn) when the table is stale for its device")
+    add_json_flag(e)
+    e.set_defaults(func=run_estimate)
+
+    v = lsub.add_parser("validate", help="compare estimates with end-to-end measurements on the device")
+    v.add_argument("table")
+    v.add_argument("--device", default=None, help="device id (default: the table's)")
+    v.add_argument("--samples", type=int, default=12, help="random subnets (plus S0-L)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--rounds", type=int, default=2)
+    v.add_argument("--no-named", action="store_true", help="skip S0-L")
+    v.add_argument("--jobs", type=int, default=2)
+    v.add_argument("--out", default=None, help="also write the JSON result to this file")
+    v.add_argument("--strict", action="store_true")
+    add_runner_flags(v)
+    add_json_flag(v)
+    v.set_defaults(func=run_validate)
+
+
+def add_runner_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, help="runtime threads (cpu default 1)")
+    p.add_argument("--core-mask", default=None, help="pin to these cores (hex mask, e.g. f0)")
+
+
+def runner_options(args: argparse.Namespace) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
+        opts["threads"] = args.threads
+    if getattr(args, "core_mask", None):
+        opts["core_mask"] = args.core_mask
+    return opts
+
+
+def open_device(device_id: str, args: argparse.Namespace):
+    from device_runners import open_runner
+
+    return open_runner(device_id, **runner_options(args))
+
+
+# -- build ------------------------------------------------------------------------------------------
+def run_build(args: argparse.Namespace) -> int:
+    from latbench.blocks import space_blocks
+    from latbench.lut import BuildSettings, TableBuilder, calibration_candidates
+    from latbench.space import SearchSpace
+
+    if args.space is None and not args.model and not args.arch:
+        raise UsageError("say what to measure: --space [FILE], --model NAME or --arch FILE")
+    if args.jobs < 1 or args.rounds < 1 or args.calibrate < 0:
+        raise UsageError("--jobs and --rounds must be >= 1 and --calibrate >= 0")
+    space = SearchSpace.load(None if args.space in (None, DEFAULT_SPACE) else args.space)
+    resolutions = args.resolution or list(space.resolutions)
+    if args.out and len(resolutions) > 1:
+        raise UsageError("--out names one table; give one --resolution or drop --out")
+    targets = resolve_candidates(args.model + args.arch) if (args.model or args.arch) else []
+    settings = BuildSettings(rounds=args.rounds, jobs=args.jobs)
+    results = []
+    runner = open_device(args.device, args)
+    with runner, phase_progress(not args.json) as progress:
+        for r in resolutions:
+            if args.space is not None:
+                space.check_resolution(r)
+                configs = space_blocks(space, r)
+                calib = calibration_candidates(space, r, args.calibrate, settings.seed)
+            else:
+                configs, calib = [], []
+            for t in targets:
+                if t.resolution != r:
+                    t = resolve_candidates([t.source if t.source != "registry" else t.name], r)[0]
+                if args.space not in (None,) and t.arch is not None:
+                    space.validate(t.arch)
+                configs += [c for c in t.blocks() if c not in configs]
+            out = Path(args.out) if args.out else default_table_dir(args.device, space.name, r)
+            builder = TableBuilder(runner, out, settings, force=args.force, progress=progress,
+                                   show_export_progress=not args.json)
+            res = builder.build(configs, space=space if args.space is not None else None, resolution=r,
+                                calibration=calib)
+            results.append(res)
+    summary = [build_summary(res) for res in results]
+    if args.json:
+        print_json(summary)
+    else:
+        for s in summary:
+            console().print(
+                f"[bold]{s['table']}[/]: {s['blocks']} blocks, measured {s['measured_now']} (key, round) pairs now, "
+                f"{s['reused']} blocks reused; total {s['timings'].get('total_s', 0):.1f} s "
+                f"(timed runs {s['timings'].get('timed_runs_s', 0):.1f} s, export {s['timings'].get('export_s', 0):.1f} s)"
+            )
+            ov = s["overhead"]
+            if ov.get("calibrated_on"):
+                console().print(f"overhead model: x{ov['scale']:.4f} {ov['intercept_ms']:+.4f} ms, "
+                                f"fitted on {', '.join(ov['calibrated_on'])}")
+    return 0
+
+
+def build_summary(res) -> dict[str, Any]:
+    t = res.table
+    return {"table": str(t.path), "blocks": int(len(t.blocks)), "measured_now": len(res.measured),
+            "reused": res.reused, "timings": res.timings, "overhead": t.overhead,
+            "device": t.meta.get("device_id")}
+
+
+# -- show / diff ------------------------------------------------------------------------------------
+def run_show(args: argparse.Namespace) -> int:
+    table = LatencyTable.load(args.table)
+    blocks = table.blocks.sort_values("median_ms", ascending=False)
+    if args.json:
+        print_json({"table": str(table.path), "meta": table.meta,
+                    "blocks": _records(blocks), "models": _records(table.models)})
+        return 0
+    dev = table.device
+    console().print(f"[bold]{table.path}[/] — {table.meta.get('device_id')} {dev.get('device_model') or ''} "
+                    f"{dev.get('soc') or ''}; {dev.get('runtime')} {dev.get('runtime_version')}, "
+                    f"threads {dev.get('threads')}; latbench {table.meta.get('latbench_version')}; "
+                    f"updated {table.meta.get('updated')}")
+    by_kind = blocks.groupby("kind")["median_ms"].agg(["count", "median", "min", "max"])
+    print_table("blocks per kind (ms)", ["kind", "count", "median", "min", "max"],
+                [(k, int(r["count"]), r["median"], r["min"], r["max"]) for k, r in by_kind.iterrows()])
+    print_table("slowest blocks", ["key", "median ms", "p5", "p95", "n"],
+                [(r["key"], r["median_ms"], r["p5_ms"], r["p95_ms"], int(r["n"])) for r in
+                 blocks.head(10).to_dict("records")])
+    ov = table.overhead
+    if ov:
+        console().print(f"overhead model: {ov.get('method', 'empty models')}; scale {ov.get('scale', 1):.4f}, "
+                        f"intercept {ov.get('intercept_ms', 0):+.4f} ms")
+    return 0
+
+
+def _records(df) -> list[dict[str, Any]]:
+    out = []
+    for r in df.to_dict("records"):
+        out.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+    return out
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    a, b = LatencyTable.load(args.a), LatencyTable.load(args.b)
+    ma, mb = a.median_ms(), b.median_ms()
+    common = sorted(set(ma) & set(mb))
+    if not common:
+        raise UsageError(f"tables {args.a} and {args.b} share no block keys")
+    rows = [{"key": k, "a_ms": ma[k], "b_ms": mb[k], "ratio": mb[k] / ma[k] if ma[k] else None} for k in common]
+    ratios = sorted(r["ratio"] for r in rows if r["ratio"])
+    summary = {"a": str(a.path), "b": str(b.path), "common": len(common),
+               "only_a": sorted(set(ma) - set(mb)), "only_b": sorted(set(mb) - set(ma)),
+               "median_ratio": ratios[len(ratios) // 2] if ratios else None,
+               "provenance_diff": a.provenance_diff(b.device), "rows": rows}
+    if args.json:
+        print_json(summary)
+        return 0
+    print_table(f"B/A ratios ({len(common)} common keys)", ["key", "A ms", "B ms", "B/A"],
+                [(r["key"], r["a_ms"], r["b_ms"], r["ratio"]) for r in sorted(rows, key=lambda r: -r["ratio"])])
+    console().print(f"median ratio {summary['median_ratio']:.3f}; only in A: {len(summary['only_a'])}, "
+                    f"only in B: {len(summary['only_b'])}")
+    for d in summary["provenance_diff"]:
+        console().print(f"provenance: {d}")
+    return 0
+
+
+# -- estimate ---------------------------------------------------------------------------------------
+def staleness(table: LatencyTable, strict: bool) -> list[str]:
+    """Compare the table with the device it names as that device looks now (if it is reachable)."""
+    from device_runners import discover_devices
+
+    dev_id = table.meta.get("device_id")
+    current = next((d for d in discover_devices() if d.id == dev_id and d.available), None)
+    if current is None:
+        return [f"device {dev_id} is not reachable now; the table's provenance could not be re-checked"]
+    diffs = table.check_provenance(current.provenance, strict=strict)
+    return [f"table is stale for {dev_id}: {d}" for d in diffs]
+
+
+def run_estimate(args: argparse.Namespace) -> int:
+    from latbench.estimator import LatencyEstimator
+
+    table = LatencyTable.load(args.table)
+    warnings = staleness(table, args.strict)
+    est = LatencyEstimator(table)
+    res = table.meta.get("resolution")
+    cands = resolve_candidates(args.targets, res)
+    estimates = [est.estimate(c) for c in cands]
+    for w in warnings:
+        console().print(f"[yellow]warning:[/] {w}", highlight=False) if not args.json else None
+    if args.json:
+        out = []
+        for c, e in zip(cands, estimates):
+            d = e.to_dict()
+            d["params"] = c.params()
+            d["warnings"] = warnings
+            out.append(d)
+        print_json(out)
+        return 0
+    print_table(f"estimates from {table.path} ({estimates[0].method})", ["model", "latency ms", "plain sum ms",
+                "blocks"], [(e.name, e.latency_ms, e.plain_sum_ms, sum(b.count for b in e.blocks)) for e in estimates])
+    for e in estimates:
+        print_table(f"{e.name}: per block", ["key", "count", "block ms", "overhead ms", "total ms"],
+                    [(b.key, b.count, b.block_ms, b.overhead_ms, b.total_ms)
+                     for b in sorted(e.blocks, key=lambda b: -b.total_ms)])
+    return 0
+
+
+# -- validate ---------------------------------------------------------------------------------------
+def run_validate(args: argparse.Namespace) -> int:
+    from latbench.fileio import atomic_write_json
+    from latbench.validate import table_space, validate_table, validation_candidates
+
+    table = LatencyTable.load(args.table)
+    if args.samples < 0:
+        raise UsageError(f"--samples must be >= 0, got {args.samples}")
+    space = table_space(table)
+    device = args.device or table.meta.get("device_id") or "cpu"
+    cands = validation_candidates(space, int(table.meta.get("resolution") or 224), args.samples, args.seed,
+                                  named=not args.no_named)
+    if not cands:
+        raise UsageError("nothing to validate: give --samples > 0 or keep S0-L")
+    runner = open_device(device, args)
+    with runner, phase_progress(not args.json) as progress:
+        if args.strict:
+            table.check_provenance(runner.describe(), strict=True)
+        result = validate_table(table, runner, cands, rounds=args.rounds, jobs=args.jobs, seed=args.seed,
+                                progress=progress, show_export_progress=not args.json)
+    out = result.to_dict()
+    if args.out:
+        atomic_write_json(args.out, out)
+    if args.json:
+        print_json(out)
+        return 0
+    print_validation(result)
+    return 0
+
+
+def print_validation(result) -> None:
+    print_table(f"end-to-end vs estimate ({result.table})",
+                ["model", "measured ms", "latbench ms", "err %", "plain sum ms", "err %", "MACs-prop ms"],
+                [(r["name"], r["measured_ms"], r["latency_ms"], r["error_pct"], r["plain_sum_ms"],
+                  r["plain_sum_error_pct"], r["macs_ms"]) for r in result.rows])
+    rows = [("latbench", result.figures)] + list(result.baselines.items())
+    print_table("accuracy", ["method", "mean |err| %", "bias %", "within 5%", "within 10%", "Kendall tau"],
+                [(name, f["mean_abs_pct_error"], f["bias_pct"], f"{f['within_5pct']:.0%}",
+                  f"{f['within_10pct']:.0%}", f["kendall_tau"]) for name, f in rows])
+    for w in result.warnings:
+        console().print(f"[yellow]warning:[/] {w}", highlight=False)

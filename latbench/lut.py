@@ -1,0 +1,285 @@
+"""Build, extend and validate latency lookup tables on a device.
+
+Flow: block configs -> export (content-addressed cache) -> runner.prepare -> interleaved,
+randomised rounds with a drift anchor -> every measurement committed to the table's journal as
+it is taken -> blocks.csv/ops.csv/models.csv/meta.json derived from the journal atomically.
+
+Re-running a build measures only the (key, round) pairs the journal lacks, so a killed build
+resumes where it stopped and a grown space costs only its new configurations.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+import latbench
+from latbench.blocks import BlockConfig, EmptyConfig, FFNConfig, overhead_blocks
+from latbench.candidates import Candidate, resolve_candidate
+from latbench.errors import UsageError
+from latbench.estimator import LatencyEstimator, fit_calibration
+from latbench.measurement import Measurement
+from latbench.tables import (
+    BLOCK_COLUMNS,
+    MODEL_COLUMNS,
+    OP_COLUMNS,
+    Journal,
+    LatencyTable,
+    block_row,
+    merge_measurements,
+    op_rows,
+)
+
+ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+@dataclass
+class BuildSettings:
+    rounds: int = 3  # interleaved passes over all blocks; samples are pooled across rounds
+    warmup: int = 10
+    runs: int | None = None  # None: the runner's adaptive policy
+    profile: bool = True  # per-op breakdown (taken in round 0 only)
+    anchor_every: int = 12
+    seed: int = 0
+    jobs: int = 2
+    calibration_models: int = 4  # whole models measured end to end to fit the overhead model
+    precision: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class BuildResult:
+    table: LatencyTable
+    measured: list[str] = field(default_factory=list)  # (key, round) pairs measured by this run, as "key#r"
+    reused: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    schedule: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    key: str
+    path: Path
+    content_hash: str
+
+
+def export_for_runner(items: Sequence[Any], fmt: str, jobs: int, precision: str | None,
+                      progress: bool) -> dict[str, Artifact]:
+    """Export through the content-addressed cache; raise if any item failed."""
+    from latbench.export import export_items
+
+    if not items:
+        return {}
+    kwargs: dict[str, Any] = {"formats": (fmt,), "jobs": jobs, "progress": progress}
+    if precision:
+        kwargs["precision"] = precision
+    report = export_items(list(items), **kwargs)
+    if report.failures:
+        first = report.failures[0]
+        raise UsageError(f"export failed for {len(report.failures)} item(s), first {first.key}: {first.error}")
+    return {r.key: Artifact(r.key, Path(r.path), r.content_hash) for r in report.records if r.format == fmt}
+
+
+def pick_anchor(configs: Sequence[BlockConfig]) -> BlockConfig:
+    """A mid-sized block re-measured periodically to detect drift."""
+    ffn = [c for c in configs if isinstance(c, FFNConfig) and c.stage == 3]
+    return ffn[len(ffn) // 2] if ffn else configs[0]
+
+
+def calibration_candidates(space, resolution: int, n: int, seed: int) -> list[Candidate]:
+    """S0 plus random subnets of the space (seeds disjoint from `lut validate`'s default)."""
+    if n <= 0 or space is None:
+        return []
+    from latbench.space import named_arch
+
+    out: list[Candidate] = []
+    s0 = named_arch("efficientformerv2_s0", resolution)
+    if space.contains(s0):
+        out.append(Candidate(s0.label(), resolution, arch=s0))
+    rng = random.Random(f"calibration:{seed}")
+    while len(out) < n:
+        arch = space.sample(rng, resolution)
+        from latbench.space import Arch
+
+        arch = Arch(arch.stages, arch.resolution, f"calib-{len(out)}")
+        out.append(Candidate(arch.name, resolution, arch=arch))
+    return out
+
+
+class TableBuilder:
+    """Drives one build into `out_dir` on an open runner."""
+
+    def __init__(self, runner, out_dir: str | Path, settings: BuildSettings, *, force: bool = False,
+                 progress: ProgressFn | None = None, show_export_progress: bool = True):
+        self.runner = runner
+        self.out_dir = Path(out_dir)
+        self.settings = settings
+        self.force = force
+        self.progress = progress or (lambda phase, done, total: None)
+        self.show_export_progress = show_export_progress
+        self.device = runner.describe()
+        self.timings: dict[str, float] = {"export_s": 0.0, "prepare_s": 0.0, "measure_wall_s": 0.0,
+                                          "timed_runs_s": 0.0}
+        self.schedule_reports: list[dict[str, Any]] = []
+
+    # -- journal / provenance -------------------------------------------------------------------
+    def _open_journal(self) -> Journal:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        journal = Journal(self.out_dir / "journal.sqlite")
+        previous = journal.get_meta("device")
+        if previous is not None and not self.force:
+            probe = LatencyTable(pd.DataFrame(columns=BLOCK_COLUMNS), meta={"device": previous,
+                                 "latbench_version": latbench.__version__})
+            diffs = [d for d in probe.provenance_diff(self.device) if not d.startswith("latbench_version")]
+            if diffs:
+                journal.close()
+                raise UsageError(f"table {self.out_dir} was measured on another device or runtime "
+                                 f"({'; '.join(diffs)}); pass --force to re-measure it or --out another directory")
+        journal.set_meta("device", self.device)
+        journal.set_meta("device_id", getattr(self.runner, "device_id", None))
+        return journal
+
+    # -- measuring ----------------------------------------------------------------------------
+    def _measure(self, journal: Journal, items: dict[str, Any], role: str, rounds: int,
+                 profile_round0: bool) -> list[str]:
+        """Measure every (key, round) the journal lacks; commit each as it finishes."""
+        from device_runners.schedule import interleaved_measure
+
+        if self.force:
+            journal.forget(items)
+        done = journal.rounds_done(role)
+        todo = {k: [r for r in range(rounds) if r not in done.get(k, set())] for k in items}
+        todo = {k: rs for k, rs in todo.items() if rs}
+        if not todo:
+            return []
+        t0 = time.perf_counter()
+        arts = export_for_runner([items[k] for k in todo], self.runner.artifact_format, self.settings.jobs,
+                                 self.settings.precision, self.show_export_progress)
+        self.timings["export_s"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        prepared = {}
+        for i, k in enumerate(todo):
+            a = arts[k]
+            prepared[k] = self.runner.prepare(a.path, a.content_hash, label=k)
+            self.progress(f"prepare {role}s", i + 1, len(todo))
+        self.timings["prepare_s"] += time.perf_counter() - t0
+        anchor_cfg = pick_anchor([items[k] for k in todo]) if role == "block" else None
+        anchor = prepared.get(anchor_cfg.key) if anchor_cfg is not None else None
+        measured: list[str] = []
+        total = sum(len(rs) for rs in todo.values())
+        t0 = time.perf_counter()
+        for rnd in range(rounds):
+            keys = [k for k, rs in todo.items() if rnd in rs]
+            if not keys:
+                continue
+
+            def commit(res, rnd=rnd) -> None:
+                if res.is_anchor:
+                    return
+                m: Measurement = res.measurement
+                self.timings["timed_runs_s"] += sum(m.samples_ms) / 1e3
+                journal.record(res.key, rnd, role, items[res.key].fields(), m, prepared[res.key].content_hash)
+                measured.append(f"{res.key}#{rnd}")
+                self.progress(f"measure {role}s", len(measured), total)
+
+            run = interleaved_measure(
+                self.runner, {k: prepared[k] for k in keys}, anchor=anchor, rounds=1,
+                anchor_every=self.settings.anchor_every, warmup=self.settings.warmup, runs=self.settings.runs,
+                profile=profile_round0 and rnd == 0, seed=self.settings.seed * 1000 + rnd, on_result=commit,
+            )
+            report = run.run()
+            self.schedule_reports.append({"role": role, "round": rnd, **report.to_dict()})
+        self.timings["measure_wall_s"] += time.perf_counter() - t0
+        return measured
+
+    # -- the build ----------------------------------------------------------------------------
+    def build(self, configs: Sequence[BlockConfig], *, space=None, resolution: int | None = None,
+              calibration: Sequence[Candidate] = ()) -> BuildResult:
+        t_start = time.perf_counter()
+        configs = list(dict.fromkeys(configs))
+        items: dict[str, Any] = {c.key: c for c in configs}
+        for e in overhead_blocks(configs):
+            items.setdefault(e.key, e)
+        # The model-input empty is needed by every estimate.
+        r = resolution or configs[0].resolution
+        e_in = EmptyConfig.for_shape(r, (1, 3, r, r))
+        items.setdefault(e_in.key, e_in)
+        with self._open_journal() as journal:
+            reused = sum(1 for k, rs in journal.rounds_done("block").items() if k in items)
+            measured = self._measure(journal, items, "block", self.settings.rounds, self.settings.profile)
+            cal_items = {c.key: c for c in calibration}
+            measured += self._measure(journal, cal_items, "model", self.settings.rounds, False)
+            table = self._materialise(journal, space, r, list(calibration))
+        self.timings["total_s"] = time.perf_counter() - t_start
+        table.meta["build_timings"] = self.timings
+        table.save()
+        return BuildResult(table, measured, reused, dict(self.timings), self.schedule_reports)
+
+    def _materialise(self, journal: Journal, space, resolution: int, calibration: list[Candidate]) -> LatencyTable:
+        block_rows, ops = [], []
+        from latbench.blocks import config_from_fields
+
+        for key, (fields, ms, ch) in sorted(journal.measurements("block").items()):
+            config = config_from_fields(fields)
+            params = None if config.kind == "model" else config.params()
+            block_rows.append(block_row(fields, key, ms, ch, params, config.input_shape))
+            profiled = next((m for m in ms if m.per_op), None)
+            if profiled is not None:
+                ops.extend(op_rows(key, profiled))
+        model_ms = journal.measurements("model")
+        meta: dict[str, Any] = {
+            "name": self.out_dir.name,
+            "device_id": getattr(self.runner, "device_id", None),
+            "device": self.device,
+            "latbench_version": latbench.__version__,
+            "space": None if space is None else {"name": space.name, "digest": space.digest(),
+                                                 "source": space.source, "definition": space.to_dict()},
+            "resolution": resolution,
+            "settings": self.settings.to_dict(),
+            "created": journal.get_meta("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "schedule": self.schedule_reports,
+        }
+        if journal.get_meta("created") is None:
+            journal.set_meta("created", meta["created"])
+        table = LatencyTable(pd.DataFrame(block_rows, columns=BLOCK_COLUMNS), pd.DataFrame(ops, columns=OP_COLUMNS),
+                             pd.DataFrame(columns=MODEL_COLUMNS), meta, self.out_dir)
+        # Overhead model: empties are in the table; fit scale/intercept on whole models measured end to end.
+        table.meta["overhead"] = {"empty_models": True, "scale": 1.0, "intercept_ms": 0.0}
+        est = LatencyEstimator(table)
+        model_rows, raw, measured = [], [], []
+        cands = {c.key: c for c in calibration}
+        for key, (fields, ms, ch) in sorted(model_ms.items()):
+            m = merge_measurements(ms)
+            cand = cands.get(key)
+            row = {"name": fields.get("name", key), "key": key, "role": "calibration", **m.stats(),
+                   "content_hash": ch, "measured_at": m.provenance.get("measured_at"), "arch": fields.get("arch")}
+            if cand is not None:
+                row["params"] = cand.params()
+                row["macs"] = cand.macs()
+                blocks = cand.blocks()
+                if all(k in est.ms for k in est.required_keys(blocks)):
+                    raw.append(est.raw(blocks)[0])
+                    measured.append(m.median)
+            model_rows.append(row)
+        table.models = pd.DataFrame(model_rows, columns=MODEL_COLUMNS)
+        if raw:
+            scale, intercept = fit_calibration(raw, measured)
+            table.meta["overhead"] = {
+                "empty_models": True, "scale": scale, "intercept_ms": intercept,
+                "method": "sum(block - empty(shape)) + empty(input), then scale/intercept fitted by relative "
+                          "least squares on whole models measured end to end",
+                "calibrated_on": [r["name"] for r in model_rows if r["key"] in cands],
+            }
+        return table
+
+
+def resolve_model_targets(models: Sequence[str], archs: Sequence[str], resolution: int | None) -> list[Candidate]:
+    return [resolve_candidate(s, resolution) for s in list(models) + list(archs)]

@@ -1,0 +1,155 @@
+"""Check a latency table against end-to-end measurements of whole models on the device.
+
+Random subnets of the table's space plus the published S0-L are exported, measured end to end
+(interleaved, with a drift anchor) and compared with three estimates computed in the same run:
+latbench's estimator, the plain sum of isolated block latencies (the usual lookup-table method),
+and a MACs-proportional estimate.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from latbench.candidates import Candidate
+from latbench.errors import UsageError
+from latbench.estimator import LatencyEstimator
+from latbench.space import NAMED_ARCHS, Arch, SearchSpace, named_arch
+from latbench.tables import LatencyTable, merge_measurements
+
+
+def table_space(table: LatencyTable) -> SearchSpace:
+    space = (table.meta.get("space") or {}).get("definition")
+    if not space:
+        raise UsageError(f"table {table.label()} was not built for a search space; build it with --space")
+    return SearchSpace.from_dict(space, source=f"{table.label()}/meta.json")
+
+
+def validation_candidates(space: SearchSpace, resolution: int, n: int, seed: int,
+                          named: bool = True) -> list[Candidate]:
+    out = []
+    if named:
+        for name in NAMED_ARCHS:
+            arch = named_arch(name, resolution)
+            if space.contains(arch):
+                out.append(Candidate(name, resolution, arch=arch))
+    rng = random.Random(f"validate:{seed}")
+    for i in range(n):
+        a = space.sample(rng, resolution)
+        out.append(Candidate(f"subnet-{seed}-{i}", resolution, arch=Arch(a.stages, resolution, f"subnet-{seed}-{i}")))
+    return out
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    from scipy.stats import kendalltau
+
+    if len(x) < 2:
+        return math.nan
+    return float(kendalltau(x, y).statistic)
+
+
+def accuracy_figures(estimates: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
+    errs = [(e - m) / m for e, m in zip(estimates, measured)]
+    n = len(errs)
+    return {
+        "n": n,
+        "mean_abs_pct_error": 100 * sum(abs(e) for e in errs) / n,
+        "max_abs_pct_error": 100 * max(abs(e) for e in errs),
+        "bias_pct": 100 * sum(errs) / n,
+        "within_5pct": sum(abs(e) <= 0.05 for e in errs) / n,
+        "within_10pct": sum(abs(e) <= 0.10 for e in errs) / n,
+        "kendall_tau": kendall_tau(estimates, measured),
+    }
+
+
+@dataclass
+class ValidationResult:
+    table: str
+    device: dict[str, Any]
+    rows: list[dict[str, Any]]
+    figures: dict[str, float]
+    baselines: dict[str, dict[str, float]]
+    drift: float | None = None
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.figures, "baselines": self.baselines, "models": self.rows, "table": self.table,
+                "device": self.device, "anchor_drift": self.drift, "seconds": self.seconds,
+                "warnings": self.warnings}
+
+
+def macs_rate(table: LatencyTable) -> float:
+    """ms per MAC for the MACs-proportional baseline, fitted on the table's own calibration models
+    (or, without any, on its blocks)."""
+    models = table.models.dropna(subset=["macs", "median_ms"]) if len(table.models) else table.models
+    if len(models):
+        return float(models["median_ms"].sum() / models["macs"].sum())
+    from latbench.tables import row_config
+
+    total_ms = total_macs = 0.0
+    for row in table.blocks.to_dict("records"):
+        if row["kind"] in ("empty", "model"):
+            continue
+        total_ms += row["median_ms"]
+        total_macs += row_config(row).macs()
+    return total_ms / total_macs
+
+
+def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate], *, rounds: int = 2,
+                   jobs: int = 2, warmup: int = 10, seed: int = 0,
+                   progress: Callable[[str, int, int], None] | None = None,
+                   show_export_progress: bool = True) -> ValidationResult:
+    from device_runners.schedule import interleaved_measure
+    from latbench.lut import export_for_runner
+
+    progress = progress or (lambda phase, done, total: None)
+    t0 = time.perf_counter()
+    est = LatencyEstimator(table)
+    for c in candidates:
+        est.check_covered(c.name, c.blocks())
+    warnings = [f"table provenance differs: {d}" for d in table.check_provenance(runner.describe())]
+    items = {c.key: c for c in candidates}
+    arts = export_for_runner(list(items.values()), runner.artifact_format, jobs,
+                             table.meta.get("settings", {}).get("precision"), show_export_progress)
+    prepared = {}
+    for i, (k, a) in enumerate(arts.items()):
+        prepared[k] = runner.prepare(a.path, a.content_hash, label=k)
+        progress("prepare models", i + 1, len(arts))
+    samples: dict[str, list] = {k: [] for k in items}
+    drifts = []
+    anchor_key = sorted(items, key=lambda k: items[k].macs())[len(items) // 2]
+    for rnd in range(rounds):
+        run = interleaved_measure(runner, prepared, anchor=prepared[anchor_key], rounds=1, anchor_every=8,
+                                  warmup=warmup, seed=seed * 1000 + rnd,
+                                  on_progress=lambda d, t, k, rnd=rnd: progress("measure models",
+                                                                                 rnd * t + d, rounds * t))
+        for res in run:
+            if not res.is_anchor:
+                samples[res.key].append(res.measurement)
+        if run.report.max_drift is not None:
+            drifts.append(run.report.max_drift)
+    rate = macs_rate(table)
+    rows = []
+    for k, c in items.items():
+        m = merge_measurements(samples[k])
+        e = est.estimate(c)
+        macs = c.macs()
+        rows.append({"name": c.name, "params": c.params(), "macs": macs, "measured_ms": m.median,
+                     "measured_ci_rel": m.ci_rel, "latency_ms": e.latency_ms, "plain_sum_ms": e.plain_sum_ms,
+                     "macs_ms": macs * rate, "error_pct": 100 * (e.latency_ms - m.median) / m.median,
+                     "plain_sum_error_pct": 100 * (e.plain_sum_ms - m.median) / m.median,
+                     "arch": None if c.arch is None else c.arch.compact()})
+    measured = [r["measured_ms"] for r in rows]
+    figures = accuracy_figures([r["latency_ms"] for r in rows], measured)
+    baselines = {"plain_sum": accuracy_figures([r["plain_sum_ms"] for r in rows], measured),
+                 "macs_proportional": accuracy_figures([r["macs_ms"] for r in rows], measured)}
+    drift = max(drifts, key=abs) if drifts else None
+    if drift is not None and abs(drift) > 0.03:
+        warnings.append(f"device drifted {drift * 100:+.1f}% during validation (anchor); figures are less reliable")
+    return ValidationResult(table.label(), runner.describe(), rows, figures, baselines, drift,
+                            time.perf_counter() - t0, warnings)

@@ -1,0 +1,79 @@
+import pandas as pd
+import pytest
+
+from latbench.blocks import EmptyConfig, decompose, overhead_blocks
+from latbench.candidates import resolve_candidate
+from latbench.errors import UsageError
+from latbench.estimator import LatencyEstimator, fit_calibration
+from latbench.space import named_arch
+from latbench.tables import BLOCK_COLUMNS, LatencyTable
+
+
+def make_table(keys_ms: dict[str, float], overhead=None) -> LatencyTable:
+    rows = [{"key": k, "kind": k.split("-")[0], "median_ms": v} for k, v in keys_ms.items()]
+    meta = {"device_id": "cpu", "resolution": 224, "overhead": overhead or {}}
+    return LatencyTable(pd.DataFrame(rows, columns=BLOCK_COLUMNS), meta=meta)
+
+
+def s0_table(with_empties=True, scale=1.0, intercept=0.0):
+    blocks = decompose(named_arch("efficientformerv2_s0"))
+    ms = {b.key: 0.1 + 0.01 * i for i, b in enumerate(dict.fromkeys(blocks))}
+    if with_empties:
+        for i, e in enumerate(overhead_blocks(blocks) + [EmptyConfig(224, 3, 224, 224)]):
+            ms[e.key] = 0.02 + 0.001 * i
+    return make_table(ms, {"scale": scale, "intercept_ms": intercept}), blocks, ms
+
+
+def test_estimate_is_sum_of_entries_minus_overheads_plus_input_overhead():
+    table, blocks, ms = s0_table()
+    est = LatencyEstimator(table).estimate(resolve_candidate("efficientformerv2_s0"))
+    empty = lambda b: ms[EmptyConfig.for_shape(224, b.input_shape).key]  # noqa: E731
+    expect = sum(ms[b.key] - empty(b) for b in blocks) + ms[EmptyConfig(224, 3, 224, 224).key]
+    assert est.latency_ms == pytest.approx(expect)
+    assert est.plain_sum_ms == pytest.approx(sum(ms[b.key] for b in blocks))
+    assert est.latency_ms < est.plain_sum_ms
+    assert sum(b.count for b in est.blocks) == len(blocks)
+    assert sum(est.per_group().values()) == pytest.approx(est.latency_ms)
+    assert set(est.per_group()) == {"stem", "stage1", "stage2", "stage3", "stage4", "head"}
+
+
+def test_calibration_is_applied():
+    table, blocks, _ = s0_table(scale=1.1, intercept=0.05)
+    plain_table, _, _ = s0_table()
+    cand = resolve_candidate("efficientformerv2_s0")
+    raw = LatencyEstimator(plain_table).estimate(cand).latency_ms
+    est = LatencyEstimator(table).estimate(cand)
+    assert est.latency_ms == pytest.approx(1.1 * raw + 0.05)
+    assert "calibrated" in est.method
+
+
+def test_without_empties_it_is_the_plain_sum():
+    table, blocks, ms = s0_table(with_empties=False)
+    est = LatencyEstimator(table).estimate(resolve_candidate("efficientformerv2_s0"))
+    assert est.latency_ms == pytest.approx(sum(ms[b.key] for b in blocks)) == pytest.approx(est.plain_sum_ms)
+
+
+def test_missing_keys_error_lists_them_and_says_how_to_fill():
+    table, blocks, ms = s0_table()
+    gone = blocks[3].key
+    table.blocks = table.blocks[table.blocks["key"] != gone]
+    with pytest.raises(UsageError) as err:
+        LatencyEstimator(table).estimate(resolve_candidate("efficientformerv2_s0"))
+    msg = str(err.value)
+    assert gone in msg and "latbench lut build" in msg and "\n" not in msg
+
+
+def test_reference_model_is_one_block():
+    key = "model-mobilenetv2_100-r224"
+    table = make_table({key: 5.0, EmptyConfig(224, 3, 224, 224).key: 0.1})
+    est = LatencyEstimator(table).estimate(resolve_candidate("mobilenetv2_100"))
+    assert est.latency_ms == pytest.approx(5.0)  # overhead subtracted once and added once
+
+
+def test_fit_calibration_recovers_line():
+    raw = [1.0, 2.0, 4.0, 8.0]
+    measured = [0.9 * x + 0.2 for x in raw]
+    scale, intercept = fit_calibration(raw, measured)
+    assert scale == pytest.approx(0.9) and intercept == pytest.approx(0.2)
+    assert fit_calibration([2.0], [3.0]) == (1.5, 0.0)
+    assert fit_calibration([], []) == (1.0, 0.0)
