@@ -85,7 +85,7 @@ def export_for_runner(items: Sequence[Any], fmt: str, jobs: int, precision: str 
     if report.failures:
         first = report.failures[0]
         raise UsageError(f"export failed for {len(report.failures)} item(s), first {first.key}: {first.error}")
-    return {r.key: Artifact(r.key, Path(r.path), r.content_hash) for r in report.records if r.format == fmt}
+    return {r.key: Artifact(r.key, Path(r.path), r.content_hash) for r in report if r.format == fmt}
 
 
 def pick_anchor(configs: Sequence[BlockConfig]) -> BlockConfig:

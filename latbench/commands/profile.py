@@ -1,0 +1,55 @@
+"""`latbench profile MODEL|ARCH_FILE|FILE.onnx|FILE.mlpackage --device ID`."""
+
+from __future__ import annotations
+
+import argparse
+
+from latbench.commands._output import add_json_flag, console, print_json, print_table
+from latbench.commands.lut import add_runner_flags, open_device
+from latbench.errors import UsageError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profile", help="measure a model on a device with a per-op and per-block breakdown")
+    p.add_argument("target", metavar="MODEL|ARCH_FILE|FILE.onnx|FILE.mlpackage")
+    p.add_argument("--device", default="cpu", help="device id (see `latbench devices`; default cpu)")
+    p.add_argument("--runs", type=int, default=None, help="timed runs (default: adaptive, until the median is within ~1%%)")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--resolution", type=int, default=None)
+    p.add_argument("--out", default=None, help="write profile.json, CSVs and breakdown.png here")
+    add_runner_flags(p)
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from latbench.profile import profile, write_outputs
+
+    if args.runs is not None and args.runs < 1:
+        raise UsageError(f"--runs must be >= 1, got {args.runs}")
+    runner = open_device(args.device, args)
+    with runner:
+        result = profile(args.target, runner, runs=args.runs, warmup=args.warmup, resolution=args.resolution,
+                         show_export_progress=not args.json)
+    files = write_outputs(result, args.out) if args.out else []
+    if args.json:
+        d = result.to_dict()
+        d["files"] = [str(f) for f in files]
+        print_json(d)
+        return 0
+    m = result.measurement
+    console().print(f"[bold]{result.target}[/] on {result.device_id}: median {m.median:.3f} ms "
+                    f"(p5 {m.p5:.3f}, p95 {m.p95:.3f}, n {m.n}, CI +-{m.ci_rel * 100:.1f}%); "
+                    f"session {m.session_ms or 0:.1f} ms, first inference {m.first_inference_ms or 0:.2f} ms",
+                    highlight=False)
+    print_table("per op type (profiled)", ["op type", "ms", "share"],
+                [(r["op_type"], r["ms"], f"{r['share']:.1%}") for r in result.per_op_type])
+    if result.per_block:
+        print_table("per block (profiled)", ["#", "block", "key", "ms", "share"],
+                    [(r["index"], r["block"], r["key"], r["ms"], f"{r['share']:.1%}")
+                     for r in sorted(result.per_block, key=lambda r: -r["ms"])])
+    for w in m.warnings:
+        console().print(f"[yellow]warning:[/] {w}", highlight=False)
+    if files:
+        console().print(f"wrote {', '.join(str(f) for f in files)}")
+    return 0

@@ -1,0 +1,170 @@
+"""Profile one model on one device: whole-model latency, broken down per op type and per block.
+
+Per-op times come from the runtime's profiler (a separate profiling session, so its overhead does
+not touch the timed samples). Per-block times are recovered from node names: the TorchScript ONNX
+exporter names every node after its module path (``/network.4/network.4.5/token_mixer/q/...``),
+which maps back onto the Arch's block decomposition.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from latbench.blocks import arch_slots
+from latbench.candidates import Candidate, resolve_candidate
+from latbench.errors import UsageError
+from latbench.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from latbench.measurement import Measurement
+
+ARTIFACT_SUFFIXES = {".onnx": "onnx", ".mlpackage": "coreml"}
+# Exporters spell nested module paths either "/network.4/network.4.5/..." or "/network.4/5/...".
+_NODE_BLOCK = re.compile(r"network\.(\d+)/(?:network\.\d+\.)?(\d+)(?:/|_|$)")
+_NODE_EMBED = re.compile(r"network\.(\d+)/(?!\d|network)")
+
+
+@dataclass
+class ProfileResult:
+    target: str
+    device_id: str
+    artifact: str
+    measurement: Measurement
+    per_op_type: list[dict[str, Any]] = field(default_factory=list)
+    per_block: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        m = self.measurement
+        return {"target": self.target, "device": self.device_id, "artifact": self.artifact, **m.stats(),
+                "session_ms": m.session_ms, "first_inference_ms": m.first_inference_ms, "warnings": m.warnings,
+                "per_op_type": self.per_op_type, "per_block": self.per_block, "provenance": m.provenance,
+                "samples_ms": m.samples_ms}
+
+
+def resolve_target(spec: str, resolution: int | None) -> tuple[Candidate | None, Path | None]:
+    """A model name / arch file (exported on demand) or an existing .onnx / .mlpackage artifact."""
+    path = Path(spec)
+    suffix = path.suffix.lower()
+    if suffix in ARTIFACT_SUFFIXES:
+        if not path.exists():
+            raise UsageError(f"artifact {spec} does not exist")
+        if suffix == ".onnx" and not path.is_file():
+            raise UsageError(f"{spec} is not a file")
+        if suffix == ".mlpackage" and not (path.is_dir() and (path / "Manifest.json").is_file()):
+            raise UsageError(f"{spec} is not a Core ML package (no Manifest.json inside)")
+        return None, path.resolve()
+    return resolve_candidate(spec, resolution), None
+
+
+def block_of_node(node: str, slots_by_prefix: dict[str, list[int]]) -> int | None:
+    """Index of the block slot a node belongs to, from its module path."""
+    m = _NODE_BLOCK.search(node)
+    if m:
+        idx = slots_by_prefix.get(f"network.{m.group(1)}.{m.group(2)}.")
+        if idx is None:
+            return None
+        # An attention block is two slots (mixer, FFN) sharing one prefix: the mixer owns token_mixer.
+        if len(idx) == 2:
+            return idx[0] if "token_mixer" in node else idx[1]
+        return idx[0]
+    m = _NODE_EMBED.search(node)
+    if m:
+        idx = slots_by_prefix.get(f"network.{m.group(1)}.")
+        return idx[0] if idx else None
+    if "patch_embed" in node:
+        return slots_by_prefix["patch_embed."][0]
+    if node.startswith(("/norm", "/head", "/dist_head", "/ReduceMean", "/Reshape", "/Add", "/Div", "/Concat")):
+        return slots_by_prefix.get("", [None])[0]  # final norm, pooling, heads
+    return None
+
+
+def breakdowns(m: Measurement, candidate: Candidate | None) -> tuple[list[dict], list[dict]]:
+    total = sum(op.median_ms for op in m.per_op)
+    by_type = [{"op_type": k, "ms": v, "share": v / total if total else None}
+               for k, v in m.per_op_type().items()]
+    per_block: list[dict] = []
+    if candidate is not None and candidate.arch is not None and m.per_op:
+        slots = arch_slots(candidate.arch)
+        by_prefix: dict[str, list[int]] = {}
+        for i, s in enumerate(slots):
+            by_prefix.setdefault(s.prefix, []).append(i)
+        ms = [0.0] * len(slots)
+        other = 0.0
+        current: int | None = None
+        for op in m.per_op:
+            i = block_of_node(op.node_name, by_prefix)
+            # Nodes the runtime created by fusion (e.g. "Gelu_token_14") carry no module path; with
+            # sequential execution they run inside the block of the node before them.
+            i = current if i is None else i
+            current = i
+            if i is None:
+                other += op.median_ms
+            else:
+                ms[i] += op.median_ms
+        per_block = [{"index": i, "block": f"{s.prefix or 'head.'}{s.config.kind}", "key": s.config.key,
+                      "ms": ms[i], "share": ms[i] / total if total else None} for i, s in enumerate(slots)]
+        if other:
+            per_block.append({"index": len(slots), "block": "unattributed", "key": None, "ms": other,
+                              "share": other / total if total else None})
+    return by_type, per_block
+
+
+def profile(spec: str, runner, *, runs: int | None = None, warmup: int = 10, resolution: int | None = None,
+            jobs: int = 1, show_export_progress: bool = True) -> ProfileResult:
+    from latbench.lut import export_for_runner
+
+    candidate, artifact = resolve_target(spec, resolution)
+    if artifact is not None:
+        fmt = ARTIFACT_SUFFIXES[artifact.suffix.lower()]
+        if fmt != runner.artifact_format:
+            raise UsageError(f"device {runner.device_id} runs {runner.artifact_format} artifacts, "
+                             f"{artifact.name} is {fmt}")
+        prepared = runner.prepare(artifact, label=artifact.stem)
+    else:
+        art = export_for_runner([candidate], runner.artifact_format, jobs, None, show_export_progress)[candidate.key]
+        prepared = runner.prepare(art.path, art.content_hash, label=candidate.name)
+        artifact = art.path
+    m = runner.measure(prepared, warmup=warmup, runs=runs, profile=True)
+    by_type, per_block = breakdowns(m, candidate)
+    return ProfileResult(candidate.name if candidate else artifact.name, runner.device_id, str(artifact), m,
+                         by_type, per_block)
+
+
+def write_outputs(result: ProfileResult, out_dir: str | Path) -> list[Path]:
+    """profile.json, per_op_type.csv, per_block.csv (when known), samples.csv and a bar chart PNG."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "profile.json", out / "per_op_type.csv", out / "samples.csv"]
+    atomic_write_json(written[0], result.to_dict())
+    atomic_write_text(written[1], pd.DataFrame(result.per_op_type, columns=["op_type", "ms", "share"]).to_csv(index=False))
+    atomic_write_text(written[2], pd.DataFrame({"sample_ms": result.measurement.samples_ms}).to_csv(index=False))
+    if result.per_block:
+        written.append(out / "per_block.csv")
+        atomic_write_text(written[-1], pd.DataFrame(result.per_block).to_csv(index=False))
+    panels = [("per op type", result.per_op_type, "op_type")]
+    if result.per_block:
+        panels.append(("per block", result.per_block, "block"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 0.3 * max(len(p[1]) for p in panels) + 2))
+    axes = [axes] if len(panels) == 1 else list(axes)
+    for ax, (title, rows, label) in zip(axes, panels):
+        rows = sorted(rows, key=lambda r: r["ms"])
+        ax.barh([str(r[label]) for r in rows], [r["ms"] for r in rows], color="#4477aa")
+        ax.set_xlabel("ms (profiled)")
+        ax.set_title(f"{result.target} on {result.device_id}: {title}")
+        ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    written.append(out / "breakdown.png")
+    atomic_write_bytes(written[-1], buf.getvalue())
+    return written
