@@ -8,9 +8,9 @@ copying the output out) that the whole model pays only once. The table therefore
     raw  = sum_k count_k * (t_k - e(shape_k)) + e(model input shape)
     est  = scale * raw + intercept
 
-`scale` and `intercept` (default 1 and 0) are fitted at build time on a few whole models measured
-end to end (relative least squares), absorbing what isolated blocks still miss (cross-block
-fusion, cache effects). Both the method and the fitted constants are stored in the table's
+`scale` is fitted at build time on a few whole models measured end to end (relative least
+squares), absorbing what isolated blocks still miss (cross-block fusion, cache effects);
+`intercept` stays 0 unless a table was fitted with one. Both the method and the fitted constants are stored in the table's
 meta.json and reported with every estimate.
 """
 
@@ -77,25 +77,28 @@ def block_group(config: BlockConfig) -> str:
     return f"stage{stage}"
 
 
-def fit_calibration(raw: list[float], measured: list[float]) -> tuple[float, float]:
-    """Scale and intercept minimising the squared *relative* error of scale*raw + intercept."""
+def fit_calibration(raw: list[float], measured: list[float], intercept: bool = False) -> tuple[float, float]:
+    """Scale (and optionally intercept) minimising the squared *relative* error of scale*raw + intercept.
+
+    Scale-only is the default: the empty models already account for the fixed overhead, and a
+    second free parameter over a handful of noisy calibration models overfits.
+    """
     if len(raw) != len(measured) or not raw:
         return 1.0, 0.0
-    if len(raw) == 1:
-        return measured[0] / raw[0], 0.0
-    # Weighted least squares with weights 1/y^2 (relative errors), closed form for two unknowns.
+    # Weights 1/y^2 turn absolute residuals into relative ones.
     w = [1.0 / (y * y) for y in measured]
     sw = sum(w)
     sx = sum(wi * x for wi, x in zip(w, raw))
     sy = sum(wi * y for wi, y in zip(w, measured))
     sxx = sum(wi * x * x for wi, x in zip(w, raw))
     sxy = sum(wi * x * y for wi, x, y in zip(w, raw, measured))
+    if not intercept or len(raw) < 3:
+        return (sxy / sxx if sxx else 1.0), 0.0
     det = sw * sxx - sx * sx
     if abs(det) < 1e-12 * max(1.0, sw * sxx):
-        return sy / sx if sx else 1.0, 0.0
+        return (sxy / sxx if sxx else 1.0), 0.0
     scale = (sw * sxy - sx * sy) / det
-    intercept = (sy - scale * sx) / sw
-    return scale, intercept
+    return scale, (sy - scale * sx) / sw
 
 
 class LatencyEstimator:

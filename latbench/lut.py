@@ -10,6 +10,8 @@ resumes where it stopped and a grown space costs only its new configurations.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +52,10 @@ class BuildSettings:
     jobs: int = 2
     calibration_models: int = 4  # whole models measured end to end to fit the overhead model
     precision: str | None = None
+    # Per-measurement time caps for runners with an adaptive policy: many short interleaved
+    # measurements beat one long one on a drifting device.
+    block_time_cap_s: float = 1.5
+    model_time_cap_s: float = 4.0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -114,6 +120,20 @@ def calibration_candidates(space, resolution: int, n: int, seed: int) -> list[Ca
     return out
 
 
+@contextlib.contextmanager
+def time_capped(runner, cap_s: float):
+    """Temporarily cap the adaptive sampling time of runners that have a SamplingPolicy."""
+    policy = getattr(runner, "policy", None)
+    if policy is None or not dataclasses.is_dataclass(policy) or not hasattr(policy, "time_cap_s"):
+        yield
+        return
+    runner.policy = dataclasses.replace(policy, time_cap_s=min(policy.time_cap_s, cap_s))
+    try:
+        yield
+    finally:
+        runner.policy = policy
+
+
 class TableBuilder:
     """Drives one build into `out_dir` on an open runner."""
 
@@ -151,7 +171,6 @@ class TableBuilder:
     def _measure(self, journal: Journal, items: dict[str, Any], role: str, rounds: int,
                  profile_round0: bool) -> list[str]:
         """Measure every (key, round) the journal lacks; commit each as it finishes."""
-        from device_runners.schedule import interleaved_measure
 
         if self.force:
             journal.forget(items)
@@ -176,6 +195,15 @@ class TableBuilder:
         measured: list[str] = []
         total = sum(len(rs) for rs in todo.values())
         t0 = time.perf_counter()
+        cap = self.settings.block_time_cap_s if role == "block" else self.settings.model_time_cap_s
+        with time_capped(self.runner, cap):
+            self._rounds(journal, items, role, rounds, profile_round0, todo, prepared, anchor, measured, total)
+        self.timings["measure_wall_s"] += time.perf_counter() - t0
+        return measured
+
+    def _rounds(self, journal, items, role, rounds, profile_round0, todo, prepared, anchor, measured, total) -> None:
+        from device_runners.schedule import interleaved_measure
+
         for rnd in range(rounds):
             keys = [k for k, rs in todo.items() if rnd in rs]
             if not keys:
@@ -197,8 +225,6 @@ class TableBuilder:
             )
             report = run.run()
             self.schedule_reports.append({"role": role, "round": rnd, **report.to_dict()})
-        self.timings["measure_wall_s"] += time.perf_counter() - t0
-        return measured
 
     # -- the build ----------------------------------------------------------------------------
     def build(self, configs: Sequence[BlockConfig], *, space=None, resolution: int | None = None,

@@ -70,10 +70,15 @@ def test_reference_model_is_one_block():
     assert est.latency_ms == pytest.approx(5.0)  # overhead subtracted once and added once
 
 
-def test_fit_calibration_recovers_line():
+def test_fit_calibration_recovers_scale_and_line():
     raw = [1.0, 2.0, 4.0, 8.0]
-    measured = [0.9 * x + 0.2 for x in raw]
-    scale, intercept = fit_calibration(raw, measured)
+    assert fit_calibration(raw, [0.9 * x for x in raw]) == (pytest.approx(0.9), 0.0)
+    scale, intercept = fit_calibration(raw, [0.9 * x + 0.2 for x in raw], intercept=True)
     assert scale == pytest.approx(0.9) and intercept == pytest.approx(0.2)
+    # Relative weighting: a 10 % miss on a small model counts as much as on a large one.
+    # (unweighted least squares would give ~0.90, dominated by the large model).
+    s, _ = fit_calibration([1.0, 10.0], [1.1, 9.0])
+    r = [1.0 / 1.1, 10.0 / 9.0]
+    assert s == pytest.approx(sum(r) / sum(x * x for x in r))
     assert fit_calibration([2.0], [3.0]) == (1.5, 0.0)
     assert fit_calibration([], []) == (1.0, 0.0)

@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--jobs", type=int, default=2, help="export worker processes")
     b.add_argument("--force", action="store_true", help="re-measure everything")
     b.add_argument("--rounds", type=int, default=3, help="interleaved passes over the blocks (samples pooled)")
+    b.add_argument("--runs", type=int, default=None, help="fixed timed runs per measurement (default adaptive)")
+    b.add_argument("--time-cap", type=float, default=1.5, metavar="S",
+                   help="adaptive sampling: at most S seconds per block measurement (default 1.5)")
     b.add_argument("--calibrate", type=int, default=4, metavar="N",
                    help="whole models measured end to end to fit the overhead model (space builds; 0: none)")
     add_runner_flags(b)
@@ -108,7 +111,10 @@ def run_build(args: argparse.Namespace) -> int:
     if args.out and len(resolutions) > 1:
         raise UsageError("--out names one table; give one --resolution or drop --out")
     targets = resolve_candidates(args.model + args.arch) if (args.model or args.arch) else []
-    settings = BuildSettings(rounds=args.rounds, jobs=args.jobs)
+    if args.runs is not None and args.runs < 1:
+        raise UsageError(f"--runs must be >= 1, got {args.runs}")
+    settings = BuildSettings(rounds=args.rounds, jobs=args.jobs, runs=args.runs, block_time_cap_s=args.time_cap,
+                             model_time_cap_s=max(args.time_cap, 4.0), calibration_models=args.calibrate)
     results = []
     runner = open_device(args.device, args)
     with runner, phase_progress(not args.json) as progress:

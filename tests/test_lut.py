@@ -1,0 +1,175 @@
+"""Lookup-table builds on the real CPU runner and real exports, on a tiny space."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO
+
+TINY = {
+    "name": "tiny",
+    "resolutions": [224],
+    "stages": [
+        {"widths": [32], "depth": [1, 2], "expansions": [4], "attention": False},
+        {"widths": [48], "depth": [1, 1], "expansions": [4], "attention": False},
+        {"widths": [96], "depth": [2, 2], "expansions": [3, 4], "attention": True},
+        {"widths": [176], "depth": [2, 2], "expansions": [4], "attention": True},
+    ],
+}
+FAST = ["--runs", "15", "--rounds", "1", "--jobs", "1"]
+
+
+@pytest.fixture
+def tiny_space(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def journal_rows(table):
+    db = sqlite3.connect(table / "journal.sqlite")
+    return db.execute("select key, round, measured_at from measurements order by key, round").fetchall()
+
+
+@pytest.mark.slow
+def test_build_small_space_then_incremental(run_cli_json, tiny_space, tmp_path):
+    out = tmp_path / "t"
+    [s] = run_cli_json("lut", "build", "--space", str(tiny_space), "--out", str(out), "--calibrate", "1", *FAST)
+    blocks = pd.read_csv(out / "blocks.csv")
+    kinds = set(blocks["kind"])
+    assert {"stem", "ffn", "mhsa", "embed", "attndown", "head", "empty"} <= kinds
+    assert s["blocks"] == len(blocks) and s["measured_now"] == len(blocks) + 1  # + 1 calibration model
+    assert (blocks["n"] == 15).all() and (blocks["median_ms"] > 0).all()
+    ops = pd.read_csv(out / "ops.csv")
+    assert set(ops["block_key"]) >= set(blocks.loc[blocks.kind == "ffn", "key"])
+    assert abs(ops.groupby("block_key")["share"].sum() - 1).max() < 1e-6
+    meta = json.loads((out / "meta.json").read_text())
+    for k in ("runtime", "runtime_version", "threads", "soc", "os"):
+        assert k in meta["device"]
+    assert meta["space"]["name"] == "tiny" and meta["latbench_version"]
+    assert meta["overhead"]["calibrated_on"] and meta["overhead"]["scale"] > 0
+    before = {k: t for k, _, t in journal_rows(out)}
+
+    # Nothing new: nothing measured.
+    [s2] = run_cli_json("lut", "build", "--space", str(tiny_space), "--out", str(out), "--calibrate", "1", *FAST)
+    assert s2["measured_now"] == 0
+    # Grow the space: only the new configurations are measured.
+    grown = dict(TINY, stages=[dict(st) for st in TINY["stages"]])
+    grown["stages"][3]["expansions"] = [3, 4]
+    tiny_space.write_text(yaml.safe_dump(grown))
+    [s3] = run_cli_json("lut", "build", "--space", str(tiny_space), "--out", str(out), "--calibrate", "1", *FAST)
+    after = {k: t for k, _, t in journal_rows(out)}
+    new = set(after) - set(before)
+    # The new block, plus the calibration subnet when the grown space samples a different one.
+    assert {k for k in new if not k.startswith("arch-")} == {"ffn-r224-s4-c176-e3"}
+    assert s3["measured_now"] == len(new)
+    assert all(after[k] == before[k] for k in before)  # nothing re-measured
+    # --force re-measures everything.
+    [s4] = run_cli_json("lut", "build", "--space", str(tiny_space), "--out", str(out), "--calibrate", "0",
+                        "--force", *FAST)
+    assert s4["measured_now"] == len([k for k in after if not k.startswith("arch-")])
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_loses_and_duplicates_nothing(tiny_space, tmp_path):
+    out = tmp_path / "t"
+    args = [sys.executable, "-c", "import sys, cli; sys.exit(cli.main())", "lut", "build", "--space",
+            str(tiny_space), "--out", str(out), "--calibrate", "0", "--runs", "400", "--rounds", "2", "--jobs", "1",
+            "--json"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            if (out / "journal.sqlite").exists():
+                try:
+                    if len(journal_rows(out)) >= 4:
+                        break
+                except sqlite3.OperationalError:
+                    pass
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    first = journal_rows(out)
+    assert 4 <= len(first)
+    assert not (out / "meta.json").exists() or json.loads((out / "meta.json").read_text())  # never half-written
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    [summary] = json.loads(done.stdout)
+    rows = journal_rows(out)
+    keys = {k for k, _, _ in rows}
+    assert len(rows) == len(set((k, r) for k, r, _ in rows)) == 2 * len(keys)  # every key, both rounds, once
+    assert set(first) <= set(rows)  # what the killed run committed is kept as it was
+    assert summary["measured_now"] == len(rows) - len(first)
+    blocks = pd.read_csv(out / "blocks.csv")
+    assert len(blocks) == len(keys) and (blocks["rounds"] == 2).all()
+
+
+@pytest.mark.slow
+def test_estimate_show_diff_and_staleness(run_cli, run_cli_json, tiny_space, tmp_path):
+    out = tmp_path / "t"
+    run_cli_json("lut", "build", "--space", str(tiny_space), "--out", str(out), "--calibrate", "0", *FAST)
+    arch = {"name": "a1", "resolution": 224, "stages": [
+        {"width": 32, "expansions": [4, 4]}, {"width": 48, "expansions": [4]},
+        {"width": 96, "expansions": [3, 4], "attention": 1}, {"width": 176, "expansions": [4, 4], "attention": 2}]}
+    (tmp_path / "a1.yaml").write_text(yaml.safe_dump(arch))
+    [est] = run_cli_json("lut", "estimate", str(out), str(tmp_path / "a1.yaml"))
+    assert est["name"] == "a1" and est["latency_ms"] > 0
+    table = pd.read_csv(out / "blocks.csv").set_index("key")["median_ms"]
+    expect = sum(b["count"] * (table[b["key"]] - b["overhead_ms"]) for b in est["blocks"]) + est["input_overhead_ms"]
+    assert est["latency_ms"] == pytest.approx(expect * est["scale"] + est["intercept_ms"])
+    assert est["plain_sum_ms"] == pytest.approx(sum(b["count"] * table[b["key"]] for b in est["blocks"]))
+    assert est["warnings"] == []
+
+    # A key the table lacks: one-line error listing it and how to fill it.
+    arch["stages"][3]["expansions"] = [2, 4]
+    (tmp_path / "a2.yaml").write_text(yaml.safe_dump(arch))
+    code, _, err = run_cli("lut", "estimate", str(out), str(tmp_path / "a2.yaml"))
+    assert code == 2 and "ffn-r224-s4-c176-e2" in err and "lut build" in err and err.count("\n") == 1
+
+    shown = run_cli_json("lut", "show", str(out))
+    assert len(shown["blocks"]) == len(table)
+
+    # Staleness: pretend the table came from another onnxruntime.
+    meta = json.loads((out / "meta.json").read_text())
+    meta["device"]["runtime_version"] = "0.0.1"
+    (out / "meta.json").write_text(json.dumps(meta))
+    code, outp, err = run_cli("lut", "estimate", str(out), str(tmp_path / "a1.yaml"), "--json")
+    assert code == 0 and any("runtime_version" in w for w in json.loads(outp)[0]["warnings"])
+    code, _, err = run_cli("lut", "estimate", str(out), str(tmp_path / "a1.yaml"), "--strict")
+    assert code == 2 and "stale" in err and "runtime_version" in err
+
+    diff = run_cli_json("lut", "diff", str(out), str(out))
+    assert diff["median_ratio"] == pytest.approx(1.0) and diff["common"] == len(table)
+
+
+@pytest.mark.slow
+def test_validate_json_shape(run_cli_json, tiny_space, tmp_path):
+    out = tmp_path / "t"
+    run_cli_json("lut", "build", "--space", str(tiny_space), "--out", str(out), "--calibrate", "0", *FAST)
+    res = run_cli_json("lut", "validate", str(out), "--samples", "2", "--seed", "3", "--rounds", "1")
+    assert res["n"] == 2  # S0-L are not in the tiny space
+    for k in ("mean_abs_pct_error", "within_5pct", "within_10pct", "kendall_tau", "baselines"):
+        assert k in res
+    assert set(res["baselines"]) == {"plain_sum", "macs_proportional"}
+    assert 0 <= res["within_5pct"] <= res["within_10pct"] <= 1
+    assert all(m["measured_ms"] > 0 and m["latency_ms"] > 0 for m in res["models"])
+
+
+def test_build_bad_input(run_cli, tmp_path):
+    code, _, err = run_cli("lut", "build")
+    assert code == 2 and "--space" in err
+    code, _, err = run_cli("lut", "build", "--space", "--resolution", "256")
+    assert code == 2 and "not in space" in err
+    code, _, err = run_cli("lut", "build", "--device", "nokia3310", "--space")
+    assert code == 2 and "unknown device" in err
+    code, _, err = run_cli("lut", "show", str(tmp_path))
+    assert code == 2 and "not a latency table" in err
