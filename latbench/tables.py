@@ -29,7 +29,7 @@ import latbench
 from latbench.blocks import BlockConfig
 from latbench.errors import UsageError
 from latbench.fileio import atomic_write_json, atomic_write_text
-from latbench.measurement import Measurement
+from latbench.measurement import Measurement, merge_measurements
 
 SCHEMA_VERSION = 1
 STAT_COLUMNS = ["median_ms", "mean_ms", "std_ms", "p5_ms", "p95_ms", "iqr_ms", "n", "ci_rel"]
@@ -48,18 +48,6 @@ PROVENANCE_KEYS = ["device_kind", "device_model", "soc", "os", "os_build", "runt
 def default_table_dir(device_id: str, space_name: str, resolution: int, root: str | Path = "tables") -> Path:
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in device_id)
     return Path(root) / safe / f"{space_name}-r{resolution}"
-
-
-def merge_measurements(ms: list[Measurement]) -> Measurement:
-    """Pool the samples of several rounds of the same artifact into one Measurement."""
-    if len(ms) == 1:
-        return ms[0]
-    first = ms[0]
-    samples = [s for m in ms for s in m.samples_ms]
-    warnings = list(dict.fromkeys(w for m in ms for w in m.warnings))
-    per_op = next((m.per_op for m in ms if m.per_op), [])
-    return Measurement(first.label, samples, dict(first.provenance), list(per_op), first.session_ms,
-                       first.first_inference_ms, warnings, dict(first.extra))
 
 
 class Journal:

@@ -18,8 +18,9 @@ from typing import Any
 from latbench.candidates import Candidate
 from latbench.errors import UsageError
 from latbench.estimator import LatencyEstimator
+from latbench.measurement import merge_measurements
 from latbench.space import NAMED_ARCHS, Arch, SearchSpace, named_arch
-from latbench.tables import LatencyTable, merge_measurements
+from latbench.tables import LatencyTable
 
 
 def table_space(table: LatencyTable) -> SearchSpace:

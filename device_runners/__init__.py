@@ -1,0 +1,91 @@
+"""Device runners: measure exported artifacts on the host CPU, Android phones, iPhones and Macs.
+
+Device ids: `cpu` (default), `android:SERIAL` (or a bare adb serial), `iphone:UDID`, `mac`.
+Adding a device kind = adding its module (defining `RUNNER`) to RUNNER_MODULES.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+from device_runners.base import DeviceInfo, DeviceLost, Prepared, Runner, file_content_hash
+from device_runners.schedule import InterleavedRun, ScheduledResult, ScheduleReport, interleaved_measure
+from latbench.errors import DeviceError, UsageError
+
+RUNNER_MODULES = ("device_runners.cpu", "device_runners.android", "device_runners.iphone", "device_runners.mac")
+
+__all__ = [
+    "DeviceInfo",
+    "DeviceLost",
+    "InterleavedRun",
+    "Prepared",
+    "Runner",
+    "ScheduleReport",
+    "ScheduledResult",
+    "discover_devices",
+    "file_content_hash",
+    "interleaved_measure",
+    "open_runner",
+    "runner_classes",
+]
+
+
+def runner_classes() -> list[type[Runner]]:
+    return [importlib.import_module(name).RUNNER for name in RUNNER_MODULES]
+
+
+def _accepted(fn: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The subset of `options` a discover() takes (each kind has its own knobs, e.g. adb_port)."""
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in options.items() if k in params}
+
+
+def discover_devices(**options: Any) -> list[DeviceInfo]:
+    """Every device of every kind, unavailable ones included with their reason; never raises."""
+    infos: list[DeviceInfo] = []
+    for name in RUNNER_MODULES:
+        kind = name.rsplit(".", 1)[1]
+        try:
+            cls = importlib.import_module(name).RUNNER
+            infos.extend(cls.discover(**_accepted(cls.discover, options)))
+        except Exception as e:  # a broken kind must not hide the others
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            infos.append(DeviceInfo(kind, kind, False, f"discovery failed: {reason}", {}))
+    return infos
+
+
+def open_runner(device_id: str | None = None, **options: Any) -> Runner:
+    """Open a runner for `device_id` (default `cpu`).
+
+    UsageError for an unknown id (listing the known devices); DeviceError with the reason for an
+    unavailable one; UsageError for an option the device kind does not take.
+    """
+    device_id = (device_id or "cpu").strip()
+    classes = runner_classes()
+    for cls in classes:
+        if cls.claims(device_id):
+            return _open(cls, device_id, options)
+    # A bare adb serial, as `adb devices` prints it.
+    android = next(c for c in classes if c.kind == "android")
+    known = discover_devices(**options)
+    if any(d.id == f"android:{device_id}" for d in known):
+        return _open(android, f"android:{device_id}", options)
+    listing = ", ".join(d.id + ("" if d.available else " (unavailable)") for d in known)
+    raise UsageError(f"unknown device '{device_id}'; known devices: {listing} (see `latbench devices`)")
+
+
+def _open(cls: type[Runner], device_id: str, options: dict[str, Any]) -> Runner:
+    try:
+        inspect.signature(cls.open).bind(device_id, **options)
+    except TypeError as e:
+        raise UsageError(f"invalid option for {cls.kind} devices: {e}") from e
+    try:
+        return cls.open(device_id, **options)
+    except TypeError as e:
+        raise UsageError(f"invalid option for {cls.kind} devices: {e}") from e
+    except (DeviceError, UsageError):
+        raise
+    except Exception as e:  # an unexpected tool failure still reads as one line
+        raise DeviceError(f"{device_id} unavailable: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}") from e

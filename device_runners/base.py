@@ -1,0 +1,266 @@
+"""The one interface every device kind implements, plus the sampling loop shared by local runners.
+
+A runner is opened for one device, prepares artifacts once per content hash (push, load, compile)
+and measures prepared artifacts into `latbench.measurement.Measurement`s. Discovery never raises
+for a missing tool or OS: it returns unavailable `DeviceInfo`s that say why.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from latbench.errors import DeviceError, UsageError
+from latbench.measurement import Measurement, median_ci_indices, percentile
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One discovered device (or one unavailable device kind, with the reason)."""
+
+    id: str
+    kind: str
+    available: bool
+    reason: str | None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "available": self.available,
+            "reason": self.reason,
+            "provenance": dict(self.provenance),
+        }
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An artifact made ready on a device (session created, file pushed, model loaded)."""
+
+    label: str
+    content_hash: str
+    artifact: Path
+    #: Runner-specific state (a session, a remote path, a loaded model); not part of equality.
+    handle: Any = field(default=None, compare=False, repr=False)
+    #: Facts about the artifact recorded with every measurement (input shape, dtype, precision).
+    info: dict[str, Any] = field(default_factory=dict, compare=False)
+    session_ms: float | None = field(default=None, compare=False)
+    first_inference_ms: float | None = field(default=None, compare=False)
+
+
+class DeviceLost(DeviceError):
+    """The device disappeared mid-run. `unmeasured` lists the configurations left unmeasured."""
+
+    def __init__(self, message: str, unmeasured: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.unmeasured: list[str] = list(unmeasured)
+
+
+def file_content_hash(path: Path) -> str:
+    """sha256 of a file's bytes, or of a directory's files (e.g. .mlpackage) in sorted order."""
+    h = hashlib.sha256()
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in files:
+        if path.is_dir():
+            h.update(str(p.relative_to(path)).encode() + b"\0")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+class Runner(abc.ABC):
+    """A measuring device. Subclasses set `kind` and `artifact_format` and implement the hooks."""
+
+    kind: ClassVar[str]  # "cpu", "android", "iphone", "mac"; also the device id prefix
+    artifact_format: ClassVar[str]  # "onnx" or "coreml"
+    artifact_suffixes: ClassVar[tuple[str, ...]] = ()
+
+    device_id: str
+
+    def __init__(self) -> None:
+        self._prepared: dict[str, Prepared] = {}
+
+    # -- discovery / opening ------------------------------------------------------------------
+    @classmethod
+    @abc.abstractmethod
+    def discover(cls, **options: Any) -> list[DeviceInfo]:
+        """Devices of this kind; never raises for a missing tool or OS."""
+
+    @classmethod
+    def claims(cls, device_id: str) -> bool:
+        return device_id == cls.kind or device_id.startswith(cls.kind + ":")
+
+    @classmethod
+    @abc.abstractmethod
+    def open(cls, device_id: str, **options: Any) -> Runner:
+        """Open `device_id`; DeviceError (one line, with the reason) if it is unavailable."""
+
+    # -- per-artifact work --------------------------------------------------------------------
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Provenance of the device as it is now (model, OS, runtime, threads, governor, thermal)."""
+
+    def prepare(self, artifact: Path, content_hash: str | None = None, *, label: str | None = None) -> Prepared:
+        """Make `artifact` ready; done once per content hash (`content_hash` defaults to the file's sha256)."""
+        artifact = Path(artifact)
+        if self.artifact_suffixes and artifact.suffix.lower() not in self.artifact_suffixes:
+            raise UsageError(
+                f"{self.kind} runner measures {self.artifact_format} artifacts "
+                f"({', '.join(self.artifact_suffixes)}), got {artifact.name}"
+            )
+        if not artifact.exists():
+            raise UsageError(f"artifact not found: {artifact}")
+        content_hash = content_hash or file_content_hash(artifact)
+        label = label or artifact.stem
+        cached = self._prepared.get(content_hash)
+        if cached is not None:
+            # Same bytes: reuse the device-side work, under the label asked for now.
+            return cached if cached.label == label else dataclasses.replace(cached, label=label)
+        prepared = self._prepare(artifact, content_hash, label)
+        self._prepared[content_hash] = prepared
+        return prepared
+
+    @abc.abstractmethod
+    def _prepare(self, artifact: Path, content_hash: str, label: str) -> Prepared: ...
+
+    @abc.abstractmethod
+    def measure(
+        self, prepared: Prepared, *, warmup: int = 10, runs: int | None = None, profile: bool = False
+    ) -> Measurement:
+        """Time `prepared`: `warmup` untimed runs, then `runs` timed runs (None: adaptive)."""
+
+    def close(self) -> None:
+        self._prepared.clear()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- sampling loop shared by in-process runners (cpu, mac) --------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplingPolicy:
+    """When to stop timing when the caller did not fix the run count.
+
+    Stop once at least `min_runs` samples are in and the median's ~95 % CI is within `target_ci`
+    (relative half-width), or when `time_cap_s` of timed runs have elapsed, or at `max_runs`.
+    """
+
+    min_runs: int = 50
+    max_runs: int = 20_000
+    target_ci: float = 0.01
+    time_cap_s: float = 20.0
+    warmup_time_s: float = 0.3
+    check_every: int = 10
+
+
+def relative_ci(samples: Sequence[float]) -> float:
+    idx = median_ci_indices(len(samples))
+    if idx is None:
+        return float("inf")
+    s = sorted(samples)
+    med = percentile(s, 50.0)
+    return (s[idx[1]] - s[idx[0]]) / 2.0 / med if med > 0 else float("inf")
+
+
+#: Below this share of wall time on the CPU, the measuring thread was mostly waiting for a core.
+CONTENTION_SHARE = 0.9
+
+
+def sample_latencies(
+    run_once: Callable[[], object],
+    *,
+    warmup: int,
+    runs: int | None,
+    policy: SamplingPolicy,
+    cpu_clock: Callable[[], int] | None = None,
+    sample_clock: Callable[[], int] | None = None,
+) -> tuple[list[float], dict[str, Any], list[str]]:
+    """Warm up, then time `run_once`. Returns (samples_ms, info, warnings).
+
+    Samples are taken with `sample_clock` (default time.perf_counter_ns, wall time); warm-up and
+    the time cap always use wall time. With `cpu_clock` (the measuring thread's CPU time, valid
+    when all work runs on this thread) the share of wall time spent on a CPU is recorded: a low
+    share means other processes competed for the core, which a warning then says.
+    """
+    clock = time.perf_counter_ns
+    timer = sample_clock or clock
+    cpu0 = 0
+    # Warm-up by count and by time: caches, allocator arenas and CPU frequency settle.
+    t_end = clock() + int(policy.warmup_time_s * 1e9)
+    done = 0
+    while done < warmup or clock() < t_end:
+        run_once()
+        done += 1
+    samples: list[float] = []
+    warnings: list[str] = []
+    stopped_by = "runs"
+    if cpu_clock:
+        cpu0 = cpu_clock()  # read outside the timed windows, so it costs the samples nothing
+    start = clock()
+    if runs is not None:
+        if runs < 1:
+            raise UsageError(f"runs must be >= 1, got {runs}")
+        for _ in range(runs):
+            t0 = timer()
+            run_once()
+            samples.append((timer() - t0) / 1e6)
+    else:
+        deadline = clock() + int(policy.time_cap_s * 1e9)
+        while True:
+            t0 = timer()
+            run_once()
+            samples.append((timer() - t0) / 1e6)
+            n = len(samples)
+            if n >= policy.max_runs:
+                stopped_by = "max_runs"
+                break
+            if n >= policy.min_runs and n % policy.check_every == 0 and relative_ci(samples) <= policy.target_ci:
+                stopped_by = "ci"
+                break
+            if clock() >= deadline:
+                stopped_by = "time_cap"
+                break
+        ci = relative_ci(samples)
+        if stopped_by != "ci" and ci > policy.target_ci:
+            warnings.append(
+                f"median CI +-{ci * 100:.1f}% above the {policy.target_ci * 100:.1f}% target "
+                f"({stopped_by.replace('_', ' ')} reached after {len(samples)} runs)"
+            )
+    info: dict[str, Any] = {"warmup_runs": done, "timed_runs": len(samples), "stopped_by": stopped_by}
+    if cpu_clock:
+        cpu_ns, wall_ns = cpu_clock() - cpu0, clock() - start
+        share = min(1.0, cpu_ns / wall_ns) if wall_ns > 0 else None
+        info["cpu_share"] = None if share is None else round(share, 3)
+        if share is not None and share < CONTENTION_SHARE:
+            effect = (
+                "samples exclude the waiting but not its cache effects"
+                if sample_clock
+                else "samples include waiting for a core"
+            )
+            warnings.append(
+                f"host contention: the measuring thread was on a CPU {share:.0%} of the wall time; {effect}"
+            )
+    return samples, info, warnings
+
+
+def first_line(exc: BaseException | str) -> str:
+    """First non-empty line of an error, for one-line user messages."""
+    text = str(exc).strip()
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__ if isinstance(exc, BaseException) else "unknown error"

@@ -1,0 +1,287 @@
+"""The emulated CPU backend (device id `cpu`): onnxruntime's CPU execution provider on this host.
+
+Settings fixed for repeatability: `threads` intra-op threads (default 1), one inter-op thread,
+sequential execution, optional pinning to cores via os.sched_setaffinity (Linux pins the
+calling thread, which is where a one-thread session computes). Session creation and the first
+inference are timed once at prepare time and reported apart from the steady-state samples.
+Per-op profiling runs in a separate session so profiler overhead never reaches the samples.
+
+Clock: with one thread (the default) samples are the measuring thread's CPU time
+(`clock="auto"` -> "thread_cpu"): on a shared, busy host the thread may wait for a core mid-run,
+which wall time would count and CPU time does not (cache or frequency effects remain). With more
+threads, or `clock="wall"`, samples are wall time (perf_counter_ns). Every measurement records
+the clock, and the share of wall time the thread was on a CPU, warning below 90 %.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from device_runners.base import DeviceInfo, Prepared, Runner, SamplingPolicy, first_line, sample_latencies
+from device_runners.ort_common import artifact_info, parse_ort_profile, random_feeds, session_inputs
+from latbench.errors import DeviceError, UsageError
+from latbench.measurement import Measurement, latbench_version
+
+
+def parse_core_mask(mask: str | int | Iterable[int] | None) -> list[int] | None:
+    """Core list from a hex mask ("f0", 0xf0) or an explicit list of core indices."""
+    if mask is None:
+        return None
+    if isinstance(mask, str):
+        text = mask.lower().removeprefix("0x")
+        if not re.fullmatch(r"[0-9a-f]+", text):
+            raise UsageError(f"core mask must be hexadecimal like f0, got {mask!r}")
+        mask = int(text, 16)
+    if isinstance(mask, int):
+        cores = [i for i in range(mask.bit_length()) if mask >> i & 1]
+    else:
+        cores = sorted({int(c) for c in mask})
+    if not cores or min(cores) < 0:
+        raise UsageError(f"core mask selects no cores: {mask!r}")
+    return cores
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def host_cpu_model() -> str | None:
+    text = _read("/proc/cpuinfo") or ""
+    for key in ("model name", "Hardware", "Processor"):
+        m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.MULTILINE)
+        if m:
+            return m.group(1).strip()
+    return platform.processor() or None
+
+
+def host_governors(cores: Iterable[int]) -> dict[str, str] | None:
+    found = {}
+    for c in cores:
+        g = _read(f"/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_governor")
+        if g:
+            found[f"cpu{c}"] = g
+    return found or None
+
+
+def host_max_temp_c() -> float | None:
+    temps = []
+    base = Path("/sys/class/thermal")
+    for zone in sorted(base.glob("thermal_zone*")) if base.exists() else []:
+        raw = _read(str(zone / "temp"))
+        if raw and raw.lstrip("-").isdigit():
+            temps.append(int(raw) / 1000.0)
+    return max(temps) if temps else None
+
+
+def _available_cores() -> list[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+class CpuRunner(Runner):
+    kind = "cpu"
+    artifact_format = "onnx"
+    artifact_suffixes = (".onnx",)
+
+    def __init__(
+        self,
+        *,
+        threads: int = 1,
+        core_mask: str | int | Iterable[int] | None = None,
+        policy: SamplingPolicy | None = None,
+        seed: int = 0,
+        profile_runs: int = 20,
+        clock: str = "auto",
+    ) -> None:
+        super().__init__()
+        import onnxruntime  # noqa: F401  (fail early, as a DeviceError, if it is missing)
+
+        if threads < 1:
+            raise UsageError(f"threads must be >= 1, got {threads}")
+        if clock not in ("auto", "wall", "thread_cpu"):
+            raise UsageError(f"clock must be 'auto', 'wall' or 'thread_cpu', got {clock!r}")
+        if clock == "auto":
+            # One intra-op thread runs the whole graph on the calling thread, so its CPU time is the
+            # uncontended latency: it ignores time the shared host gives other processes. With
+            # more threads only wall time sees all the work.
+            clock = "thread_cpu" if threads == 1 else "wall"
+        if clock == "thread_cpu" and threads != 1:
+            raise UsageError("clock 'thread_cpu' times the calling thread only; it needs threads=1")
+        self.clock = clock
+        self.device_id = "cpu"
+        self.threads = threads
+        self.cores = parse_core_mask(core_mask)
+        if self.cores is not None:
+            missing = sorted(set(self.cores) - set(_available_cores()))
+            if missing:
+                raise UsageError(f"cores {missing} are not available on this host (available: {_available_cores()})")
+            if not hasattr(os, "sched_setaffinity"):
+                raise UsageError("core pinning needs os.sched_setaffinity (Linux)")
+        self.policy = policy or SamplingPolicy()
+        self.seed = seed
+        self.profile_runs = profile_runs
+
+    @classmethod
+    def discover(cls, **_: Any) -> list[DeviceInfo]:
+        try:
+            import onnxruntime
+
+            return [DeviceInfo("cpu", "cpu", True, None, _static_provenance(onnxruntime.__version__))]
+        except Exception as e:  # discovery never raises
+            return [DeviceInfo("cpu", "cpu", False, f"onnxruntime unusable: {first_line(e)}", {})]
+
+    @classmethod
+    def open(cls, device_id: str = "cpu", **options: Any) -> CpuRunner:
+        if device_id != "cpu":
+            raise UsageError(f"unknown CPU device '{device_id}' (the host CPU is 'cpu')")
+        return cls(**options)
+
+    def describe(self) -> dict[str, Any]:
+        import onnxruntime
+
+        cores = self.cores if self.cores is not None else _available_cores()
+        return {
+            **_static_provenance(onnxruntime.__version__),
+            "threads": self.threads,
+            "inter_op_threads": 1,
+            "execution_mode": "sequential",
+            "clock": self.clock,
+            "core_mask": None if self.cores is None else hex(sum(1 << c for c in self.cores)),
+            "cores": cores,
+            "governor": host_governors(cores),
+            "thermal_state": None,  # Linux hosts expose temperatures, not a throttling status
+            "max_temp_c": host_max_temp_c(),
+        }
+
+    def _session(self, path: Path, profile_prefix: str | None = None):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        if profile_prefix:
+            so.enable_profiling = True
+            so.profile_file_prefix = profile_prefix
+        try:
+            return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise DeviceError(f"onnxruntime could not load {path.name}: {first_line(e)}") from e
+
+    def _prepare(self, artifact: Path, content_hash: str, label: str) -> Prepared:
+        t0 = time.perf_counter_ns()
+        with self._pinned():  # intra-op pool threads inherit the mask when they are created
+            session = self._session(artifact)
+        session_ms = (time.perf_counter_ns() - t0) / 1e6
+        specs = session_inputs(session)
+        try:
+            feeds = random_feeds(specs, self.seed)
+        except ValueError as e:
+            raise UsageError(f"{artifact.name}: {e}") from e
+        t0 = time.perf_counter_ns()
+        self._run(session, feeds)
+        first_ms = (time.perf_counter_ns() - t0) / 1e6
+        return Prepared(label, content_hash, artifact, (session, feeds), artifact_info(specs), session_ms, first_ms)
+
+    @staticmethod
+    def _run(session, feeds) -> None:
+        try:
+            session.run(None, feeds)
+        except Exception as e:
+            raise DeviceError(f"onnxruntime inference failed: {first_line(e)}") from e
+
+    @contextlib.contextmanager
+    def _pinned(self) -> Iterator[None]:
+        if self.cores is None:
+            yield
+            return
+        saved = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, self.cores)
+        try:
+            yield
+        finally:
+            os.sched_setaffinity(0, saved)
+
+    def measure(
+        self, prepared: Prepared, *, warmup: int = 10, runs: int | None = None, profile: bool = False
+    ) -> Measurement:
+        session, feeds = prepared.handle
+        with self._pinned():
+            samples, info, warnings = sample_latencies(
+                lambda: self._run(session, feeds),
+                warmup=warmup,
+                runs=runs,
+                policy=self.policy,
+                # One intra-op thread computes on this thread, so its CPU time is the work done.
+                cpu_clock=time.thread_time_ns if self.threads == 1 else None,
+                sample_clock=time.thread_time_ns if self.clock == "thread_cpu" else None,
+            )
+            per_op = self._profile(prepared, warmup) if profile else []
+        provenance = {
+            **self.describe(),
+            **prepared.info,
+            "artifact": prepared.artifact.name,
+            "content_hash": prepared.content_hash,
+            "latbench_version": latbench_version(),
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "sampling": info,
+        }
+        return Measurement(
+            label=prepared.label,
+            samples_ms=samples,
+            provenance=provenance,
+            per_op=per_op,
+            session_ms=prepared.session_ms,
+            first_inference_ms=prepared.first_inference_ms,
+            warnings=warnings,
+        )
+
+    def _profile(self, prepared: Prepared, warmup: int):
+        _, feeds = prepared.handle
+        warm = max(1, min(warmup, 5))
+        with tempfile.TemporaryDirectory(prefix="latbench-prof-") as tmp:
+            session = self._session(prepared.artifact, profile_prefix=str(Path(tmp) / "prof"))
+            for _ in range(warm + self.profile_runs):
+                self._run(session, feeds)
+            path = Path(session.end_profiling())
+            try:
+                return parse_ort_profile(path, skip_runs=warm)
+            except ValueError as e:
+                raise DeviceError(f"could not parse the onnxruntime profile: {e}") from e
+
+    def close(self) -> None:
+        super().close()
+
+
+def _static_provenance(ort_version: str) -> dict[str, Any]:
+    return {
+        "device_kind": "cpu",
+        "device_model": _read("/sys/devices/virtual/dmi/id/product_name"),
+        "soc": host_cpu_model(),
+        "os": platform.platform(),
+        "os_build": platform.release(),
+        "python": sys.version.split()[0],
+        "runtime": "onnxruntime",
+        "runtime_version": ort_version,
+        "execution_provider": "CPUExecutionProvider",
+        "logical_cores": len(_available_cores()),
+    }
+
+
+RUNNER = CpuRunner
