@@ -10,6 +10,7 @@ from typing import Any
 from latbench.candidates import resolve_candidates
 from latbench.commands._output import add_json_flag, console, print_json, print_table
 from latbench.commands._progress import phase_progress
+from latbench.commands._runner import add_runner_flags, open_device
 from latbench.errors import UsageError
 from latbench.tables import LatencyTable, default_table_dir
 
@@ -72,28 +73,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_runner_flags(v)
     add_json_flag(v)
     v.set_defaults(func=run_validate)
-
-
-def add_runner_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=None, help="runtime threads (cpu default 1)")
-    p.add_argument("--core-mask", default=None, help="pin to these cores (hex mask, e.g. f0)")
-
-
-def runner_options(args: argparse.Namespace) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
-    if getattr(args, "threads", None) is not None:
-        if args.threads < 1:
-            raise UsageError(f"--threads must be >= 1, got {args.threads}")
-        opts["threads"] = args.threads
-    if getattr(args, "core_mask", None):
-        opts["core_mask"] = args.core_mask
-    return opts
-
-
-def open_device(device_id: str, args: argparse.Namespace):
-    from device_runners import open_runner
-
-    return open_runner(device_id, **runner_options(args))
 
 
 # -- build ------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from latbench.commands._output import add_json_flag, console, print_json, print_table
-from latbench.commands.lut import add_runner_flags, open_device
+from latbench.commands._runner import add_runner_flags, open_device
 from latbench.errors import UsageError
 
 

@@ -1,0 +1,163 @@
+"""`latbench export`: every unique block of a space, or one whole model, to ONNX and/or Core ML."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from latbench.commands._output import add_json_flag, print_json, print_table
+from latbench.errors import UsageError
+
+# `--space` without a value means the shipped space.
+_DEFAULT_SPACE = ""
+# More artifacts than this are summarised per block kind instead of one row each.
+MAX_ROWS = 24
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from latbench.export.common import DEFAULT_DEPLOYMENT_TARGET, PRECISIONS
+
+    p = sub.add_parser(
+        "export",
+        help="export blocks of a space or a whole model to ONNX / Core ML (cached, validated)",
+        description=(
+            "With --space, every unique block configuration of the space; with --model or --arch, the "
+            "whole model (checked against the space when --space is also given). Artifacts are "
+            "content-addressed: unchanged ones are found in DIR/manifest.json and not exported again."
+        ),
+    )
+    p.add_argument("--space", nargs="?", const=_DEFAULT_SPACE, default=None, metavar="FILE",
+                   help="search-space YAML (no value: the shipped space)")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--model", default=None, metavar="NAME", help="a registered model (see `latbench models`)")
+    target.add_argument("--arch", default=None, metavar="FILE", help="an EfficientFormerV2 arch YAML/JSON file")
+    p.add_argument("--format", default="onnx,coreml", metavar="FMT[,FMT]",
+                   help="comma-separated formats: onnx, coreml (default: both)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory (default: $LATBENCH_CACHE or ~/.cache/latbench/exports)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="input resolution (space: one it lists, default all; model: default its own)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="for every format (default: fp32 for ONNX, fp16 for Core ML)")
+    p.add_argument("--deployment-target", default=DEFAULT_DEPLOYMENT_TARGET, metavar="TARGET",
+                   help=f"Core ML minimum deployment target (default {DEFAULT_DEPLOYMENT_TARGET})")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="worker processes (default: min(2, CPUs))")
+    p.add_argument("--force", action="store_true", help="re-export even what the cache already holds")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def resolve_items(args: argparse.Namespace) -> list:
+    """What to export, with every input problem raised as a one-line UsageError."""
+    from latbench.blocks import space_blocks
+    from latbench.candidates import resolve_candidate
+    from latbench.models import list_models
+    from latbench.space import SearchSpace
+
+    if args.space is None and args.model is None and args.arch is None:
+        raise UsageError("nothing to export: give --space [FILE], --model NAME or --arch FILE")
+    space = SearchSpace.load(args.space or None) if args.space is not None else None
+    if args.model is None and args.arch is None:
+        assert space is not None
+        if args.resolution is not None:
+            space.check_resolution(args.resolution)
+        return space_blocks(space, args.resolution)
+
+    if args.model is not None:
+        if args.model not in list_models():
+            raise UsageError(f"unknown model {args.model!r}: known models are {', '.join(list_models())}")
+        cand = resolve_candidate(args.model, args.resolution)
+    else:
+        if args.arch in list_models():
+            raise UsageError(f"--arch expects an arch file; {args.arch!r} is a model name, use --model {args.arch}")
+        if not Path(args.arch).is_file():
+            raise UsageError(f"arch file {args.arch} does not exist")
+        cand = resolve_candidate(args.arch, args.resolution)
+    if space is not None:
+        if cand.arch is None:
+            raise UsageError(f"{cand.name} is not an EfficientFormerV2 subnet, so it cannot be checked against a space")
+        space.validate(cand.arch)
+    return [cand]
+
+
+def run(args: argparse.Namespace) -> int:
+    from latbench.export import export_items, parse_formats
+    from latbench.export.common import check_deployment_target
+
+    formats = parse_formats(args.format)
+    target = check_deployment_target(args.deployment_target)
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    items = resolve_items(args)
+    report = export_items(
+        items, formats, args.out, args.precision, target, jobs=args.jobs,
+        progress=not (args.no_progress or args.json), force=args.force,
+    )  # fmt: skip
+    if args.json:
+        print_json(report.to_json())
+        return 1 if report.failures else 0
+
+    shown = [r for r in report if r.status != "cached"]
+    if 0 < len(shown) <= MAX_ROWS:
+        print_table(
+            f"{len(shown)} artifacts exported to {report.out_dir}",
+            ["key", "format", "prec", "status", "size", "s", "check"],
+            [(r.key, r.format, r.precision, r.status, _size(r.size), round(r.export_seconds, 1), _check(r))
+             for r in shown],
+        )
+    elif shown:
+        print_table(f"{len(shown)} artifacts exported to {report.out_dir} (by block kind)",
+                    ["kind", "format", "prec", "status", "n", "size", "s/artifact", "check"],
+                    _grouped(shown))
+    n_exp, n_cached, n_failed = len(report.exported), len(report.cached), len(report.failures)
+    print(
+        f"{len(report)} artifacts: {n_exp} exported, {n_cached} cached, {n_failed} failed "
+        f"in {report.wall_seconds:.1f} s; manifest {report.manifest_path}"
+    )
+    if any(r.format == "coreml" and r.validation.get("parity", {}).get("status") == "skipped" for r in report):
+        reason = next(r.validation["parity"]["reason"] for r in report
+                      if r.format == "coreml" and r.validation.get("parity", {}).get("status") == "skipped")
+        print(f"Core ML parity not checked: {reason} (packages were reloaded and their ops recorded)")
+    if report.failures:
+        print(f"{n_failed} failed:")
+        for r in report.failures:
+            print(f"  {r.key} [{r.format}]: {r.error}")
+        return 1
+    return 0
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return ""
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def _grouped(records: list) -> list[tuple]:
+    groups: dict[tuple, list] = {}
+    for r in records:
+        groups.setdefault((r.kind, r.format, r.precision, r.status), []).append(r)
+    rows = []
+    for (kind, fmt, prec, status), rs in groups.items():
+        diffs = [r.validation["parity"]["max_abs_diff"] for r in rs
+                 if "max_abs_diff" in (r.validation.get("parity") or {})]
+        if diffs:
+            check = f"max diff {max(diffs):.0e}"
+        elif fmt == "coreml" and status != "failed":
+            check = "reloaded"
+        else:
+            check = ""
+        size = sum(r.size or 0 for r in rs)
+        rows.append((kind, fmt, prec, status, len(rs), _size(size) if size else "",
+                     sum(r.export_seconds for r in rs) / len(rs), check))
+    return rows
+
+
+def _check(r) -> str:
+    parity = r.validation.get("parity") or {}
+    if parity.get("status") in ("passed", "failed") and "max_abs_diff" in parity:
+        return f"parity {parity['status']} ({parity['max_abs_diff']:.0e})"
+    if r.format == "coreml" and r.validation.get("reload") == "passed":
+        return f"reloaded, {sum(r.validation.get('mil_ops', {}).values())} ops"
+    return "failed" if r.error else ""

@@ -1,0 +1,113 @@
+"""`latbench mes report`: rank candidates by Mobile Efficiency Score, with accuracy and Pareto flags."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from latbench.commands._output import add_json_flag, console, print_json
+from latbench.commands._progress import phase_progress
+from latbench.errors import UsageError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    mes = sub.add_parser("mes", help="Mobile Efficiency Score reports")
+    msub = mes.add_subparsers(dest="mes_command", metavar="SUBCOMMAND", parser_class=type(mes))
+    msub.required = True
+    r = msub.add_parser("report", help="rank candidates by MES with params, MACs, latency, accuracy and Pareto flags")
+    r.add_argument("candidates", nargs="+", metavar="CANDIDATE",
+                   help="model names, arch files, or a YAML list of them")
+    r.add_argument("--lut", required=True, metavar="TABLE", help="latency table directory")
+    r.add_argument("--accuracy", default=None, metavar="FILE",
+                   help="top-1 accuracies (CSV/YAML keyed by name or arch digest); published figures of "
+                        "S0-L, MobileNetV2 and MobileViT are used (and labelled) otherwise")
+    r.add_argument("--measure", default=None, metavar="DEVICE",
+                   help="also measure every candidate end to end on DEVICE (e.g. cpu)")
+    r.add_argument("--rounds", type=int, default=3, help="measurement rounds with --measure (samples pooled)")
+    r.add_argument("--out", default="mes-report", metavar="DIR", help="output directory (default mes-report)")
+    add_mes_flags(r)
+    add_json_flag(r)
+    r.set_defaults(func=run_report)
+
+
+def add_mes_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("MES constants (printed with every output)")
+    g.add_argument("--mes-config", default=None, metavar="FILE", help="YAML with score and metrics (see latbench.mes)")
+    g.add_argument("--latency-unit", default=None, metavar="reference|MS",
+                   help="latency unit: 'reference' (MobileNetV2-1.0 on the same table; default) or a fixed "
+                        "value such as 1ms (the paper's)")
+    g.add_argument("--size-unit", default=None, metavar="N", help="size unit in parameters (default 3M)")
+    g.add_argument("--alpha-latency", type=float, default=None, help="latency exponent (default 1.0)")
+    g.add_argument("--alpha-size", type=float, default=None, help="size exponent (default 0.5)")
+    g.add_argument("--metrics", default=None, metavar="CSV",
+                   help="candidates' extra metric values (name + one column per 'column:NAME' metric)")
+
+
+def mes_config_from_args(args: argparse.Namespace):
+    from latbench.mes import MESConfig, config_with_overrides
+
+    config = MESConfig.load(args.mes_config) if args.mes_config else MESConfig()
+    return config_with_overrides(config, latency_unit=args.latency_unit, size_unit=args.size_unit,
+                                 alpha_latency=args.alpha_latency, alpha_size=args.alpha_size)
+
+
+def resolve_mes(args: argparse.Namespace, table):
+    from latbench.mes import resolve
+
+    return resolve(mes_config_from_args(args), table)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from latbench.candidates import Candidate, resolve_candidate, resolve_candidates
+    from latbench.mes import REFERENCE, REFERENCE_MODEL, REFERENCE_RESOLUTION, read_metrics_csv
+    from latbench.oracles import published_accuracy, read_accuracy_file
+    from latbench.report import build_report, measure_candidates, print_report, write_report
+    from latbench.tables import LatencyTable
+
+    table = LatencyTable.load(args.lut)
+    config = mes_config_from_args(args)
+    mes = resolve_mes(args, table)
+    cands = resolve_candidates(args.candidates, table.meta.get("resolution"))
+    user = read_accuracy_file(args.accuracy) if args.accuracy else None
+    columns = config.needs_columns()
+    if columns and not args.metrics:
+        raise UsageError(f"the MES config uses column:{columns[0]}; give its values with --metrics CSV")
+    metrics = read_metrics_csv(args.metrics, columns) if args.metrics else None
+    if metrics is not None:
+        missing = [c.name for c in cands if columns and c.name not in metrics]
+        if missing:
+            raise UsageError(f"metrics file {args.metrics} has no row for candidate {missing[0]!r}")
+
+    def accuracy(c: Candidate):
+        hit = user.lookup(c.name, c.arch) if user else None
+        return hit or published_accuracy(c.model_name or c.name, c.arch, c.resolution)
+
+    measured, mes_measured, device = None, None, None
+    if args.measure:
+        to_measure = list(cands)
+        ref_unit = config.metric("latency") is not None and config.metric("latency").unit == REFERENCE
+        ref = None
+        if ref_unit:
+            ref = next((c for c in cands if c.model_name == REFERENCE_MODEL and c.resolution == REFERENCE_RESOLUTION),
+                       None)
+            if ref is None:
+                ref = resolve_candidate(REFERENCE_MODEL, REFERENCE_RESOLUTION)
+                ref = Candidate(f"{REFERENCE_MODEL} (MES unit)", ref.resolution, model_name=ref.model_name)
+                to_measure.append(ref)
+        with phase_progress(not args.json) as progress:
+            measured, desc = measure_candidates(to_measure, args.measure, rounds=args.rounds, progress=progress)
+        model = desc.get("device_model") or desc.get("cpu_model")
+        device = f"{args.measure} ({model})" if model else args.measure
+        mes_measured = mes
+        if ref is not None:
+            # Measured scores normalise by MobileNetV2 measured in the same run, on the same device.
+            mes_measured = mes.with_latency_unit(measured[ref.name], f"{REFERENCE_MODEL} measured on {args.measure}")
+    report = build_report(cands, table, mes, accuracy=accuracy, measured=measured, mes_measured=mes_measured,
+                          measured_device=device, metrics=metrics, title=f"MES report ({Path(str(table.label())).name})")
+    files = write_report(report, args.out)
+    if args.json:
+        print_json(report.json_rows())
+        return 0
+    print_report(report)
+    console().print(f"wrote {', '.join(sorted(p.name for p in files.values()))} to {args.out}", highlight=False)
+    return 0
