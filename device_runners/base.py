@@ -165,6 +165,8 @@ class SamplingPolicy:
     time_cap_s: float = 20.0
     warmup_time_s: float = 0.3
     check_every: int = 10
+    #: Keep sampling at least this long before the CI may stop it (more samples of tiny kernels).
+    min_time_s: float = 0.0
 
 
 def relative_ci(samples: Sequence[float]) -> float:
@@ -220,6 +222,7 @@ def sample_latencies(
             samples.append((timer() - t0) / 1e6)
     else:
         deadline = clock() + int(policy.time_cap_s * 1e9)
+        min_end = clock() + int(policy.min_time_s * 1e9)
         while True:
             t0 = timer()
             run_once()
@@ -228,7 +231,8 @@ def sample_latencies(
             if n >= policy.max_runs:
                 stopped_by = "max_runs"
                 break
-            if n >= policy.min_runs and n % policy.check_every == 0 and relative_ci(samples) <= policy.target_ci:
+            if (n >= policy.min_runs and n % policy.check_every == 0 and clock() >= min_end
+                    and relative_ci(samples) <= policy.target_ci):
                 stopped_by = "ci"
                 break
             if clock() >= deadline:
@@ -240,9 +244,11 @@ def sample_latencies(
                 f"median CI +-{ci * 100:.1f}% above the {policy.target_ci * 100:.1f}% target "
                 f"({stopped_by.replace('_', ' ')} reached after {len(samples)} runs)"
             )
-    info: dict[str, Any] = {"warmup_runs": done, "timed_runs": len(samples), "stopped_by": stopped_by}
+    wall_ns = clock() - start
+    info: dict[str, Any] = {"warmup_runs": done, "timed_runs": len(samples), "stopped_by": stopped_by,
+                            "timed_wall_s": round(wall_ns / 1e9, 6)}
     if cpu_clock:
-        cpu_ns, wall_ns = cpu_clock() - cpu0, clock() - start
+        cpu_ns = cpu_clock() - cpu0
         share = min(1.0, cpu_ns / wall_ns) if wall_ns > 0 else None
         info["cpu_share"] = None if share is None else round(share, 3)
         if share is not None and share < CONTENTION_SHARE:

@@ -69,7 +69,13 @@ class BlockConfig:
         return {"kind": self.kind, **asdict(self)}
 
     def macs(self) -> int:
-        return block_macs(self)
+        """Multiply-accumulates of conv, linear and matmul ops at batch 1 (analytic where the
+        block kind defines `_macs`, else counted by running the module once)."""
+        analytic = self._macs()
+        return block_macs(self) if analytic is None else analytic
+
+    def _macs(self) -> int | None:
+        return None
 
     def __str__(self) -> str:
         return self.key
@@ -90,6 +96,10 @@ class StemConfig(BlockConfig):
 
     def build(self) -> nn.Module:
         return ef.Stem(self.width)
+
+    def _macs(self) -> int:
+        h, r = self.width // 2, self.resolution
+        return (r // 2) ** 2 * h * 3 * 9 + (r // 4) ** 2 * self.width * h * 9
 
     def params(self) -> int:
         h = self.width // 2
@@ -114,6 +124,10 @@ class FFNConfig(BlockConfig):
 
     def build(self) -> nn.Module:
         return ef.FFN(self.width, self.expansion)
+
+    def _macs(self) -> int:
+        c, h = self.width, int(self.width * self.expansion)
+        return self.input_shape[-1] ** 2 * (2 * c * h + 9 * h)
 
     def params(self) -> int:
         c, h = self.width, int(self.width * self.expansion)
@@ -146,6 +160,20 @@ class AttnConfig(BlockConfig):
 
     def build(self) -> nn.Module:
         return AttnMixer(self.width, ef.stage_resolution(self.resolution, self.stage), self.strided)
+
+    def _macs(self) -> int:
+        c, heads, kd = self.width, ef.ATTN_HEADS, ef.ATTN_KEY_DIM
+        d = ef.ATTN_RATIO * kd
+        r = ef.stage_resolution(self.resolution, self.stage)
+        ra = -(-r // 2) if self.strided else r
+        n = ra * ra
+        macs = n * c * (2 * heads * kd + heads * d) + n * heads * d * 9  # q, k, v, v_local
+        macs += 2 * n * n * heads * heads  # talking heads (1x1 convs over the head axis)
+        macs += heads * n * n * (kd + d)  # q @ k and attn @ v
+        macs += r * r * heads * d * c  # proj, at the block's own resolution
+        if self.strided:
+            macs += n * c * 9
+        return macs
 
     def params(self) -> int:
         c, heads = self.width, ef.ATTN_HEADS
@@ -183,6 +211,10 @@ class EmbedConfig(BlockConfig):
     def build(self) -> nn.Module:
         return ef.ConvEmbedding(self.width_in, self.width_out)
 
+    def _macs(self) -> int:
+        r2 = -(-self.input_shape[-1] // 2)
+        return r2 * r2 * self.width_out * self.width_in * 9
+
     def params(self) -> int:
         return conv_params(self.width_in, self.width_out, 3) + bn_params(self.width_out)
 
@@ -206,6 +238,18 @@ class AttnDownConfig(BlockConfig):
 
     def build(self) -> nn.Module:
         return ef.AttnEmbedding(self.width_in, self.width_out, ef.stage_resolution(self.resolution, 3))
+
+    def _macs(self) -> int:
+        ci, co, heads, kd = self.width_in, self.width_out, ef.DOWN_HEADS, ef.DOWN_KEY_DIM
+        d = ef.DOWN_RATIO * kd
+        r = ef.stage_resolution(self.resolution, 3)
+        r2 = -(-r // 2)
+        n, n2 = r * r, r2 * r2
+        macs = n2 * ci * 9 + n2 * ci * heads * kd  # local query, query projection
+        macs += n * ci * heads * (kd + d) + n2 * heads * d * 9  # k, v, v_local (stride 2)
+        macs += heads * n2 * n * (kd + d)  # q @ k and attn @ v
+        macs += n2 * heads * d * co + n2 * co * ci * 9  # proj and the conv shortcut
+        return macs
 
     def params(self) -> int:
         ci, co, heads = self.width_in, self.width_out, ef.DOWN_HEADS
@@ -235,6 +279,9 @@ class HeadConfig(BlockConfig):
 
     def build(self) -> nn.Module:
         return ef.ClassifierHead(self.width, self.num_classes)
+
+    def _macs(self) -> int:
+        return 2 * self.width * self.num_classes
 
     def params(self) -> int:
         return bn_params(self.width) + 2 * (self.width * self.num_classes + self.num_classes)
@@ -291,6 +338,9 @@ class EmptyConfig(BlockConfig):
 
     def build(self) -> nn.Module:
         return Passthrough()
+
+    def _macs(self) -> int:
+        return 0
 
     def params(self) -> int:
         return 0

@@ -56,6 +56,8 @@ class BuildSettings:
     # measurements beat one long one on a drifting device.
     block_time_cap_s: float = 1.5
     model_time_cap_s: float = 4.0
+    warmup_time_s: float = 0.05
+    min_time_s: float = 0.3
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -121,13 +123,13 @@ def calibration_candidates(space, resolution: int, n: int, seed: int) -> list[Ca
 
 
 @contextlib.contextmanager
-def time_capped(runner, cap_s: float):
-    """Temporarily cap the adaptive sampling time of runners that have a SamplingPolicy."""
+def sampling_policy(runner, **changes: float):
+    """Temporarily adjust the adaptive sampling policy of runners that have one (cpu, mac)."""
     policy = getattr(runner, "policy", None)
-    if policy is None or not dataclasses.is_dataclass(policy) or not hasattr(policy, "time_cap_s"):
+    if policy is None or not dataclasses.is_dataclass(policy):
         yield
         return
-    runner.policy = dataclasses.replace(policy, time_cap_s=min(policy.time_cap_s, cap_s))
+    runner.policy = dataclasses.replace(policy, **{k: v for k, v in changes.items() if hasattr(policy, k)})
     try:
         yield
     finally:
@@ -196,7 +198,10 @@ class TableBuilder:
         total = sum(len(rs) for rs in todo.values())
         t0 = time.perf_counter()
         cap = self.settings.block_time_cap_s if role == "block" else self.settings.model_time_cap_s
-        with time_capped(self.runner, cap):
+        # The session is already warm from prepare(); a short warm-up refills the caches, and a
+        # minimum sampling time gives tiny blocks many samples per round.
+        with sampling_policy(self.runner, time_cap_s=cap, warmup_time_s=self.settings.warmup_time_s,
+                             min_time_s=min(cap, self.settings.min_time_s)):
             self._rounds(journal, items, role, rounds, profile_round0, todo, prepared, anchor, measured, total)
         self.timings["measure_wall_s"] += time.perf_counter() - t0
         return measured
@@ -213,7 +218,8 @@ class TableBuilder:
                 if res.is_anchor:
                     return
                 m: Measurement = res.measurement
-                self.timings["timed_runs_s"] += sum(m.samples_ms) / 1e3
+                sampling = m.provenance.get("sampling") or {}
+                self.timings["timed_runs_s"] += sampling.get("timed_wall_s", sum(m.samples_ms) / 1e3)
                 journal.record(res.key, rnd, role, items[res.key].fields(), m, prepared[res.key].content_hash)
                 measured.append(f"{res.key}#{rnd}")
                 self.progress(f"measure {role}s", len(measured), total)

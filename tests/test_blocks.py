@@ -93,3 +93,13 @@ def test_macs_match_published():
     macs = {n: sum(c.macs() for c in decompose(named_arch(n))) / 1e9 for n in ("efficientformerv2_s0", "efficientformerv2_l")}
     assert round(macs["efficientformerv2_s0"], 3) == 0.396
     assert round(macs["efficientformerv2_l"], 3) == 2.553
+
+
+def test_analytic_macs_equal_counted_macs():
+    from latbench.blocks import block_macs, overhead_blocks
+
+    d = SearchSpace.default().to_dict()
+    d["resolutions"] = [224, 256]
+    blocks = space_blocks(SearchSpace.from_dict(d))
+    sample = blocks[::7] + overhead_blocks(blocks)[:2]
+    assert all(b._macs() == block_macs(b) for b in sample)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from latbench.commands._output import add_json_flag, console, print_json
 from latbench.commands._progress import phase_progress
+from latbench.commands._runner import add_runner_flags, open_device
 from latbench.errors import UsageError
 
 
@@ -24,23 +25,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--measure", default=None, metavar="DEVICE",
                    help="also measure every candidate end to end on DEVICE (e.g. cpu)")
     r.add_argument("--rounds", type=int, default=3, help="measurement rounds with --measure (samples pooled)")
+    add_runner_flags(r)
     r.add_argument("--out", default="mes-report", metavar="DIR", help="output directory (default mes-report)")
-    add_mes_flags(r)
+    add_mes_flags(r, columns=True)
     add_json_flag(r)
     r.set_defaults(func=run_report)
 
 
-def add_mes_flags(p: argparse.ArgumentParser) -> None:
+def add_mes_flags(p: argparse.ArgumentParser, columns: bool = False) -> None:
     g = p.add_argument_group("MES constants (printed with every output)")
     g.add_argument("--mes-config", default=None, metavar="FILE", help="YAML with score and metrics (see latbench.mes)")
     g.add_argument("--latency-unit", default=None, metavar="reference|MS",
                    help="latency unit: 'reference' (MobileNetV2-1.0 on the same table; default) or a fixed "
                         "value such as 1ms (the paper's)")
     g.add_argument("--size-unit", default=None, metavar="N", help="size unit in parameters (default 3M)")
-    g.add_argument("--alpha-latency", type=float, default=None, help="latency exponent (default 1.0)")
-    g.add_argument("--alpha-size", type=float, default=None, help="size exponent (default 0.5)")
-    g.add_argument("--metrics", default=None, metavar="CSV",
-                   help="candidates' extra metric values (name + one column per 'column:NAME' metric)")
+    g.add_argument("--alpha-latency", type=float, default=None, metavar="A", help="latency exponent (default 1.0)")
+    g.add_argument("--alpha-size", type=float, default=None, metavar="A", help="size exponent (default 0.5)")
+    if columns:  # column metrics exist only for listed candidates, not for subnets a search invents
+        g.add_argument("--metrics", default=None, metavar="CSV",
+                       help="candidates' extra metric values (name + one column per 'column:NAME' metric)")
 
 
 def mes_config_from_args(args: argparse.Namespace):
@@ -61,9 +64,10 @@ def run_report(args: argparse.Namespace) -> int:
     from latbench.candidates import Candidate, resolve_candidate, resolve_candidates
     from latbench.mes import REFERENCE, REFERENCE_MODEL, REFERENCE_RESOLUTION, read_metrics_csv
     from latbench.oracles import published_accuracy, read_accuracy_file
-    from latbench.report import build_report, measure_candidates, print_report, write_report
+    from latbench.report import build_report, check_out_dir, measure_candidates, print_report, write_report
     from latbench.tables import LatencyTable
 
+    check_out_dir(args.out)
     table = LatencyTable.load(args.lut)
     config = mes_config_from_args(args)
     mes = resolve_mes(args, table)
@@ -94,8 +98,11 @@ def run_report(args: argparse.Namespace) -> int:
                 ref = resolve_candidate(REFERENCE_MODEL, REFERENCE_RESOLUTION)
                 ref = Candidate(f"{REFERENCE_MODEL} (MES unit)", ref.resolution, model_name=ref.model_name)
                 to_measure.append(ref)
-        with phase_progress(not args.json) as progress:
-            measured, desc = measure_candidates(to_measure, args.measure, rounds=args.rounds, progress=progress)
+        if args.rounds < 1:
+            raise UsageError(f"--rounds must be >= 1, got {args.rounds}")
+        runner = open_device(args.measure, args)
+        with runner, phase_progress(not args.json) as progress:
+            measured, desc = measure_candidates(to_measure, runner, rounds=args.rounds, progress=progress)
         model = desc.get("device_model") or desc.get("cpu_model")
         device = f"{args.measure} ({model})" if model else args.measure
         mes_measured = mes

@@ -24,6 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_flag(info)
     info.set_defaults(func=run_info)
 
+    from latbench.commands.model_build import register_build
+
+    register_build(msub)
+
 
 def run_models(args: argparse.Namespace) -> int:
     rows = [{"name": n, "default_resolution": default_resolution(n)} for n in list_models()]

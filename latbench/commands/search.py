@@ -52,6 +52,10 @@ def search_from_args(args: argparse.Namespace):
                           getattr(args, "target_mes", None))
     oracle = load_oracle(args.accuracy)
     mes = resolve_mes(args, table)
+    columns = [m.getter for m in mes.metrics if m.getter.startswith("column:")]
+    if columns:
+        raise UsageError(f"the search cannot score MES metric {columns[0]}: CSV columns exist only for listed "
+                         "candidates; use built-in getters (params, macs, latency, weights_mb) in --mes-config")
     space = space_for_table(table, args.space)
     fast = FastEstimator(table, space)
     with phase_progress(not args.json) as progress:
@@ -78,8 +82,10 @@ def print_result(result) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from latbench.report import check_out_dir
     from latbench.search import write_search
 
+    check_out_dir(args.out)
     result, table = search_from_args(args)
     files = write_search(result, args.out, table)
     if args.json:
