@@ -104,9 +104,9 @@ def macs_rate(table: LatencyTable) -> float:
 def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate], *, rounds: int = 2,
                    jobs: int = 2, warmup: int = 10, seed: int = 0,
                    progress: Callable[[str, int, int], None] | None = None,
-                   show_export_progress: bool = True) -> ValidationResult:
+                   show_export_progress: bool = True, time_cap_s: float = 4.0) -> ValidationResult:
     from device_runners.schedule import interleaved_measure
-    from latbench.lut import export_for_runner
+    from latbench.lut import export_for_runner, sampling_policy
 
     progress = progress or (lambda phase, done, total: None)
     t0 = time.perf_counter()
@@ -124,16 +124,17 @@ def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate],
     samples: dict[str, list] = {k: [] for k in items}
     drifts = []
     anchor_key = sorted(items, key=lambda k: items[k].macs())[len(items) // 2]
-    for rnd in range(rounds):
-        run = interleaved_measure(runner, prepared, anchor=prepared[anchor_key], rounds=1, anchor_every=8,
-                                  warmup=warmup, seed=seed * 1000 + rnd,
-                                  on_progress=lambda d, t, k, rnd=rnd: progress("measure models",
-                                                                                 rnd * t + d, rounds * t))
-        for res in run:
-            if not res.is_anchor:
-                samples[res.key].append(res.measurement)
-        if run.report.max_drift is not None:
-            drifts.append(run.report.max_drift)
+    with sampling_policy(runner, time_cap_s=time_cap_s, warmup_time_s=0.1):
+        for rnd in range(rounds):
+            run = interleaved_measure(runner, prepared, anchor=prepared[anchor_key], rounds=1, anchor_every=8,
+                                      warmup=warmup, seed=seed * 1000 + rnd,
+                                      on_progress=lambda d, t, k, rnd=rnd: progress("measure models",
+                                                                                     rnd * t + d, rounds * t))
+            for res in run:
+                if not res.is_anchor:
+                    samples[res.key].append(res.measurement)
+            if run.report.max_drift is not None:
+                drifts.append(run.report.max_drift)
     rate = macs_rate(table)
     rows = []
     for k, c in items.items():
