@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from latbench.errors import DeviceError, UsageError
-from latbench.measurement import Measurement, median_ci_indices, percentile
+from latbench.measurement import Measurement, latbench_version, median_ci_indices, percentile
 
 
 @dataclass(frozen=True)
@@ -137,6 +137,20 @@ class Runner(abc.ABC):
         self, prepared: Prepared, *, warmup: int = 10, runs: int | None = None, profile: bool = False
     ) -> Measurement:
         """Time `prepared`: `warmup` untimed runs, then `runs` timed runs (None: adaptive)."""
+
+    def provenance_for(self, prepared: Prepared, sampling: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """What every Measurement records: the device as it is now, the artifact, the tool's
+        version, when, and how it was sampled (plus runner-specific `extra` facts)."""
+        return {
+            **self.describe(),
+            **extra,
+            **prepared.info,
+            "artifact": prepared.artifact.name,
+            "content_hash": prepared.content_hash,
+            "latbench_version": latbench_version(),
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "sampling": sampling,
+        }
 
     def close(self) -> None:
         self._prepared.clear()

@@ -29,7 +29,7 @@ from typing import Any
 from device_runners.base import DeviceInfo, Prepared, Runner, SamplingPolicy, first_line, sample_latencies
 from device_runners.ort_common import artifact_info, parse_ort_profile, random_feeds, session_inputs
 from latbench.errors import DeviceError, UsageError
-from latbench.measurement import Measurement, latbench_version
+from latbench.measurement import Measurement
 
 
 def parse_core_mask(mask: str | int | Iterable[int] | None) -> list[int] | None:
@@ -233,15 +233,7 @@ class CpuRunner(Runner):
                 sample_clock=time.thread_time_ns if self.clock == "thread_cpu" else None,
             )
             per_op = self._profile(prepared, warmup) if profile else []
-        provenance = {
-            **self.describe(),
-            **prepared.info,
-            "artifact": prepared.artifact.name,
-            "content_hash": prepared.content_hash,
-            "latbench_version": latbench_version(),
-            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "sampling": info,
-        }
+        provenance = self.provenance_for(prepared, info)
         return Measurement(
             label=prepared.label,
             samples_ms=samples,

@@ -40,7 +40,7 @@ from device_runners.coreml_common import (
 )
 from device_runners.ort_common import artifact_info
 from latbench.errors import DeviceError, UsageError
-from latbench.measurement import Measurement, latbench_version
+from latbench.measurement import Measurement
 
 
 def devicectl_hardware(udid: str, timeout: float = 30.0) -> dict[str, Any]:
@@ -250,15 +250,9 @@ class IPhoneRunner(Runner):
             )
             per_op = ops_from_execution_info(infos)
             warnings.append(ESTIMATED_OPS_WARNING)
-        provenance = {
-            **self.describe(),
-            **prepared.info,
-            "artifact": prepared.artifact.name,
-            "content_hash": prepared.content_hash,
-            "latbench_version": latbench_version(),
-            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "sampling": {"warmup_runs": max(warmup, 1), "timed_runs": len(samples), "timing": "on-device"},
-        }
+        provenance = self.provenance_for(
+            prepared, {"warmup_runs": max(warmup, 1), "timed_runs": len(samples), "timing": "on-device"}
+        )
         return Measurement(
             label=label,
             samples_ms=samples,

@@ -28,7 +28,7 @@ from device_runners.coreml_common import (
 )
 from device_runners.ort_common import artifact_info, random_feeds
 from latbench.errors import DeviceError, UsageError
-from latbench.measurement import Measurement, latbench_version
+from latbench.measurement import Measurement
 
 
 def _linux_reason(system: str) -> str:
@@ -143,15 +143,7 @@ class MacRunner(Runner):
                 loop.close()
             per_op = ops_from_execution_info(infos)
             warnings.append(ESTIMATED_OPS_WARNING)
-        provenance = {
-            **self.describe(),
-            **prepared.info,
-            "artifact": prepared.artifact.name,
-            "content_hash": prepared.content_hash,
-            "latbench_version": latbench_version(),
-            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "sampling": info,
-        }
+        provenance = self.provenance_for(prepared, info)
         return Measurement(
             label=prepared.label,
             samples_ms=samples,
