@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from latbench.errors import UsageError
+from latbench.space import check_keys
 
 REFERENCE_MODEL = "mobilenetv2_100"
 REFERENCE_RESOLUTION = 224
@@ -161,9 +162,7 @@ class MESConfig:
             data = {}
         if not isinstance(data, dict):
             raise UsageError(f"{where}: expected a mapping with 'score' and/or 'metrics'")
-        unknown = sorted(set(data) - {"score", "metrics"})
-        if unknown:
-            raise UsageError(f"{where}: unknown key {unknown[0]!r} (known: metrics, score)")
+        check_keys(data, {"score", "metrics"}, where)
         score = parse_alpha(data.get("score", DEFAULT_SCORE), f"{where}: score")
         if score <= 0:
             raise UsageError(f"{where}: score must be positive, got {score}")
@@ -180,10 +179,7 @@ def _metric_from_dict(name: str, entry: Any, base: MetricSpec | None, where: str
     mw = f"{where}: metric {name!r}"
     if not isinstance(entry, dict):
         raise UsageError(f"{mw} must be a mapping with value/unit/alpha")
-    allowed = {"value", "unit", "alpha", "unit_label"}
-    extra = sorted(set(entry) - allowed)
-    if extra:
-        raise UsageError(f"{mw}: unknown key {extra[0]!r} (known: {', '.join(sorted(allowed))})")
+    check_keys(entry, {"value", "unit", "alpha", "unit_label"}, mw)
     if base is None:
         missing = [k for k in ("value", "unit", "alpha") if k not in entry]
         if missing:

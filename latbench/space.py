@@ -40,6 +40,18 @@ def read_yaml_or_json(path: str | Path, what: str) -> Any:
         raise UsageError(f"{what} file {path} is not valid YAML/JSON: {reason}") from None
 
 
+def check_keys(data: dict, known: set[str], where: str) -> None:
+    """One-line error for the first key of `data` that is not in `known`."""
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UsageError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+
+
+def check_family(data: dict, where: str) -> None:
+    if data.get("family", FAMILY) != FAMILY:
+        raise UsageError(f"{where}: family {data['family']!r} is not supported (only {FAMILY!r})")
+
+
 @dataclass(frozen=True)
 class StageArch:
     width: int
@@ -109,12 +121,8 @@ class Arch:
         where = f"arch {source}"
         if not isinstance(data, dict):
             raise UsageError(f"{where}: expected a mapping with 'stages', got {type(data).__name__}")
-        known = {"family", "name", "resolution", "stages"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UsageError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        if data.get("family", FAMILY) != FAMILY:
-            raise UsageError(f"{where}: family {data['family']!r} is not supported (only {FAMILY!r})")
+        check_keys(data, {"family", "name", "resolution", "stages"}, where)
+        check_family(data, where)
         res = data.get("resolution", 224)
         if not _is_int(res) or res <= 0:
             raise UsageError(f"{where}: resolution must be a positive integer, got {res!r}")
@@ -126,9 +134,7 @@ class Arch:
             sw = f"{where}: stage {i}"
             if not isinstance(st, dict):
                 raise UsageError(f"{sw}: expected a mapping with width/expansions/attention")
-            extra = sorted(set(st) - {"width", "expansions", "attention"})
-            if extra:
-                raise UsageError(f"{sw}: unknown key {extra[0]!r} (known: attention, expansions, width)")
+            check_keys(st, {"width", "expansions", "attention"}, sw)
             width, exps, attn = st.get("width"), st.get("expansions"), st.get("attention", 0)
             if not _is_int(width) or width <= 0:
                 raise UsageError(f"{sw}: width must be a positive integer, got {width!r}")
@@ -213,12 +219,8 @@ class SearchSpace:
         where = f"space file {source}"
         if not isinstance(data, dict):
             raise UsageError(f"{where}: expected a mapping with 'stages' and 'resolutions'")
-        known = {"name", "family", "resolutions", "stages"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UsageError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        if data.get("family", FAMILY) != FAMILY:
-            raise UsageError(f"{where}: family {data['family']!r} is not supported (only {FAMILY!r})")
+        check_keys(data, {"name", "family", "resolutions", "stages"}, where)
+        check_family(data, where)
         name = str(data.get("name") or Path(source).stem)
         resolutions = _int_choices(data.get("resolutions", [224]), f"{where}: key resolutions")
         from latbench.models.efficientformerv2 import check_resolution
@@ -237,9 +239,7 @@ class SearchSpace:
             if not isinstance(st, dict):
                 raise UsageError(f"{sw} must be a mapping with widths/depth/expansions/attention")
             allowed = {"widths", "depth", "expansions", "attention"}
-            extra = sorted(set(st) - allowed)
-            if extra:
-                raise UsageError(f"{sw}: unknown key {extra[0]!r} (known: {', '.join(sorted(allowed))})")
+            check_keys(st, allowed, sw)
             missing = sorted(allowed - {"attention"} - set(st))
             if missing:
                 raise UsageError(f"{sw}: missing key {missing[0]!r}")
