@@ -20,9 +20,10 @@ from latbench.fileio import atomic_write_bytes, atomic_write_json, atomic_write_
 from latbench.measurement import Measurement
 
 ARTIFACT_SUFFIXES = {".onnx": "onnx", ".mlpackage": "coreml"}
-# Exporters spell nested module paths either "/network.4/network.4.5/..." or "/network.4/5/...".
-_NODE_BLOCK = re.compile(r"network\.(\d+)/(?:network\.\d+\.)?(\d+)(?:/|_|$)")
-_NODE_EMBED = re.compile(r"network\.(\d+)/(?!\d|network)")
+# Exporters spell the module path of a node in several ways: "/network.4/network.4.5/...",
+# "/network.4/5/..." or "/4/5/..." (the ModuleList's own name dropped).
+_NET = re.compile(r"^(?:network\.)?(\d+)$")
+_BLOCK = re.compile(r"^(?:network\.\d+\.)?(\d+)$")
 
 
 @dataclass
@@ -58,25 +59,28 @@ def resolve_target(spec: str, resolution: int | None) -> tuple[Candidate | None,
 
 
 def block_of_node(node: str, slots_by_prefix: dict[str, list[int]]) -> int | None:
-    """Index of the block slot a node belongs to, from its module path."""
-    m = _NODE_BLOCK.search(node)
-    if m:
-        idx = slots_by_prefix.get(f"network.{m.group(1)}.{m.group(2)}.")
+    """Index of the block slot a node belongs to, from its module path; None if it has none."""
+    parts = [p for p in node.split("/") if p]
+    if len(parts) < 2:
+        return None
+    if parts[0].startswith("patch_embed"):
+        return slots_by_prefix["patch_embed."][0]
+    if parts[0] in ("norm", "head", "dist_head"):
+        return slots_by_prefix.get("", [None])[0]  # final norm, pooling, heads
+    net = _NET.match(parts[0])
+    if net is None:
+        return None
+    blk = _BLOCK.match(parts[1])
+    if blk is not None:
+        idx = slots_by_prefix.get(f"network.{net.group(1)}.{blk.group(1)}.")
         if idx is None:
             return None
         # An attention block is two slots (mixer, FFN) sharing one prefix: the mixer owns token_mixer.
         if len(idx) == 2:
             return idx[0] if "token_mixer" in node else idx[1]
         return idx[0]
-    m = _NODE_EMBED.search(node)
-    if m:
-        idx = slots_by_prefix.get(f"network.{m.group(1)}.")
-        return idx[0] if idx else None
-    if "patch_embed" in node:
-        return slots_by_prefix["patch_embed."][0]
-    if node.startswith(("/norm", "/head", "/dist_head", "/ReduceMean", "/Reshape", "/Add", "/Div", "/Concat")):
-        return slots_by_prefix.get("", [None])[0]  # final norm, pooling, heads
-    return None
+    idx = slots_by_prefix.get(f"network.{net.group(1)}.")  # an embedding between stages
+    return idx[0] if idx else None
 
 
 def breakdowns(m: Measurement, candidate: Candidate | None) -> tuple[list[dict], list[dict]]:

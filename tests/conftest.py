@@ -1,12 +1,8 @@
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
 
 # Tests must not write exports into the user's cache.
 os.environ.setdefault("LATBENCH_CACHE", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"latbench-test-cache-{os.getuid()}"))
@@ -33,11 +29,3 @@ def run_cli_json(run_cli):
         return json.loads(out)
 
     return run
-
-
-def latbench_subprocess(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    """The real console entry point in a child process (checks exit codes and that no traceback leaks)."""
-    return subprocess.run(
-        [sys.executable, "-c", "import sys, cli; sys.exit(cli.main())", *args],
-        cwd=kw.pop("cwd", REPO), capture_output=True, text=True, timeout=timeout, **kw,
-    )

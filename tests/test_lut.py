@@ -11,7 +11,7 @@ import time
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO
+from _support import REPO
 
 TINY = {
     "name": "tiny",

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated formats: onnx, coreml (default: both)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output directory (default: $LATBENCH_CACHE or ~/.cache/latbench/exports)")
-    p.add_argument("--resolution", type=int, default=None,
+    p.add_argument("--resolution", type=int, default=None, metavar="R",
                    help="input resolution (space: one it lists, default all; model: default its own)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="for every format (default: fp32 for ONNX, fp16 for Core ML)")
@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         print_table(
             f"{len(shown)} artifacts exported to {report.out_dir}",
             ["key", "format", "prec", "status", "size", "s", "check"],
-            [(r.key, r.format, r.precision, r.status, _size(r.size), round(r.export_seconds, 1), _check(r))
+            [(f"{r.key} ({r.name})" if r.name else r.key, r.format, r.precision, r.status, _size(r.size),
+              round(r.export_seconds, 1), _check(r))
              for r in shown],
         )
     elif shown:

@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import pytest
 import yaml
-from conftest import latbench_subprocess
+from _support import latbench_subprocess
 
 from latbench.blocks import arch_params
 from latbench.fast_estimator import synthetic_table

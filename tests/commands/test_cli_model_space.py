@@ -1,6 +1,6 @@
 import pytest
 import yaml
-from conftest import latbench_subprocess
+from _support import latbench_subprocess
 
 
 def test_models_json(run_cli_json):

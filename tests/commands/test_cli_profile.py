@@ -60,3 +60,21 @@ def test_profile_mlpackage_on_cpu_is_refused(run_cli, tmp_path):
     (pkg / "Manifest.json").write_text("{}")
     code, _, err = run_cli("profile", str(pkg), "--device", "cpu")
     assert code == 2 and "runs onnx artifacts" in err
+
+
+def test_node_names_map_to_blocks_in_every_exporter_spelling():
+    from latbench.profile import block_of_node
+
+    slots = arch_slots(named_arch("efficientformerv2_s0"))
+    by_prefix = {}
+    for i, s in enumerate(slots):
+        by_prefix.setdefault(s.prefix, []).append(i)
+    key = lambda node: slots[block_of_node(node, by_prefix)].config.key  # noqa: E731
+    for spelling in ("/network.4/network.4.5/{}", "/network.4/5/{}", "/4/5/{}"):
+        assert key(spelling.format("token_mixer/q/q.0/Conv")) == "mhsa-r224-s3-c96"
+        assert key(spelling.format("mlp/fc1/Conv")) == "ffn-r224-s3-c96-e4"
+    assert key("/network.1/proj/Conv") == key("/1/proj/Conv") == "embed-r224-s1-c32-o48"
+    assert key("/5/attn/Softmax") == "attndown-r224-s3-c96-o176"
+    assert key("/patch_embed/0/Conv_output_0_nchwc") == "stem-r224-c32"
+    assert key("/head/Gemm") == "head-r224-c176"
+    assert block_of_node("Gelu_token_14", by_prefix) is None  # fused: inherits the previous node's block
