@@ -26,7 +26,7 @@ from latbench.blocks import BlockConfig, EmptyConfig, FFNConfig, overhead_blocks
 from latbench.candidates import Candidate, resolve_candidate
 from latbench.errors import UsageError
 from latbench.estimator import LatencyEstimator, fit_calibration
-from latbench.measurement import Measurement
+from latbench.measurement import Measurement, merge_measurements
 from latbench.tables import (
     BLOCK_COLUMNS,
     MODEL_COLUMNS,
@@ -34,8 +34,8 @@ from latbench.tables import (
     Journal,
     LatencyTable,
     block_row,
-    merge_measurements,
     op_rows,
+    rounds_stats,
 )
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
@@ -290,8 +290,9 @@ class TableBuilder:
         cands = {c.key: c for c in calibration}
         for key, (fields, ms, ch) in sorted(model_ms.items()):
             m = merge_measurements(ms)
+            stats = rounds_stats(ms)
             cand = cands.get(key)
-            row = {"name": fields.get("name", key), "key": key, "role": "calibration", **m.stats(),
+            row = {"name": fields.get("name", key), "key": key, "role": "calibration", **stats,
                    "content_hash": ch, "measured_at": m.provenance.get("measured_at"), "arch": fields.get("arch")}
             if cand is not None:
                 row["params"] = cand.params()
@@ -299,7 +300,7 @@ class TableBuilder:
                 blocks = cand.blocks()
                 if all(k in est.ms for k in est.required_keys(blocks)):
                     raw.append(est.raw(blocks)[0])
-                    measured.append(m.median)
+                    measured.append(stats["median_ms"])
             model_rows.append(row)
         table.models = pd.DataFrame(model_rows, columns=MODEL_COLUMNS)
         if raw:

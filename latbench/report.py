@@ -21,7 +21,6 @@ import base64
 import html
 import io
 import math
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -189,34 +188,13 @@ def build_report(candidates: Sequence[Candidate], table: LatencyTable, mes: MES,
 def measure_candidates(candidates: Sequence[Candidate], runner, *, rounds: int = 3, warmup: int = 10,
                        runs: int | None = None, seed: int = 0,
                        progress: Callable[[str, int, int], None] | None = None) -> tuple[dict[str, float], dict]:
-    """End-to-end median latency (ms) of each candidate on an open device runner
-    (`device_runners.open_runner`), keyed by candidate name, and the device's provenance. Rounds
-    visit the candidates in a fresh random order; samples are pooled."""
-    from latbench.lut import export_for_runner
-    from latbench.tables import merge_measurements
+    """End-to-end latency (ms) of each candidate on an open device runner, keyed by candidate name,
+    and the device's provenance (interleaved rounds, median of round medians: see latbench.validate)."""
+    from latbench.validate import measure_models
 
-    if rounds < 1:
-        raise UsageError(f"measurement rounds must be >= 1, got {rounds}")
-    progress = progress or (lambda phase, done, total: None)
-    by_key = {c.key: c for c in candidates}
-    arts = export_for_runner(list(by_key.values()), runner.artifact_format, 1, None, False)
-    prepared = {}
-    for i, (k, c) in enumerate(by_key.items()):
-        prepared[k] = runner.prepare(arts[k].path, arts[k].content_hash, label=c.name)
-        progress("prepare models", i + 1, len(by_key))
-    samples: dict[str, list] = {k: [] for k in by_key}
-    rng = random.Random(seed)
-    order = list(by_key)
-    done, total = 0, rounds * len(order)
-    for _ in range(rounds):
-        rng.shuffle(order)  # interleave so drift spreads over every candidate
-        for k in order:
-            samples[k].append(runner.measure(prepared[k], warmup=warmup, runs=runs))
-            done += 1
-            progress("measure models", done, total)
-    device = runner.describe()
-    medians = {k: merge_measurements(ms).median for k, ms in samples.items()}
-    return {c.name: medians[c.key] for c in candidates}, device
+    timings = measure_models(candidates, runner, rounds=rounds, warmup=warmup, runs=runs, seed=seed,
+                             progress=progress)
+    return {c.name: timings.stats[c.key]["median_ms"] for c in candidates}, timings.device
 
 
 # -- plots ---------------------------------------------------------------------------------------------

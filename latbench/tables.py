@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import statistics
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -120,6 +121,19 @@ class Journal:
         self.db.commit()
 
 
+def rounds_stats(ms: list[Measurement]) -> dict[str, Any]:
+    """Statistics of one artifact measured in several interleaved rounds.
+
+    The latency (`median_ms`) is the median of the per-round medians: every round counts once,
+    however many samples its adaptive sampling took (a disturbed round takes *more*, so pooling
+    would let it dominate), and with three or more rounds one disturbed round is outvoted. The
+    spread figures (std, p5, p95, IQR, n, CI) come from the pooled samples.
+    """
+    stats = merge_measurements(ms).stats()
+    stats["median_ms"] = statistics.median(m.median for m in ms)
+    return stats
+
+
 def block_row(config_fields: dict, key: str, ms: list[Measurement], content_hash: str | None,
               params: int | None, input_shape: tuple[int, ...] | None) -> dict[str, Any]:
     m = merge_measurements(ms)
@@ -128,7 +142,7 @@ def block_row(config_fields: dict, key: str, ms: list[Measurement], content_hash
         row[col] = config_fields.get(col)
     row["input_shape"] = "x".join(map(str, input_shape)) if input_shape else None
     row["params"] = params
-    row.update(m.stats())
+    row.update(rounds_stats(ms))
     row["rounds"] = len(ms)
     row["session_ms"] = m.session_ms
     row["first_inference_ms"] = m.first_inference_ms

@@ -18,9 +18,8 @@ from typing import Any
 from latbench.candidates import Candidate
 from latbench.errors import UsageError
 from latbench.estimator import LatencyEstimator
-from latbench.measurement import merge_measurements
 from latbench.space import NAMED_ARCHS, Arch, SearchSpace, named_arch
-from latbench.tables import LatencyTable
+from latbench.tables import LatencyTable, rounds_stats
 
 
 def table_space(table: LatencyTable) -> SearchSpace:
@@ -101,22 +100,28 @@ def macs_rate(table: LatencyTable) -> float:
     return total_ms / total_macs
 
 
-def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate], *, rounds: int = 2,
-                   jobs: int = 2, warmup: int = 10, seed: int = 0,
-                   progress: Callable[[str, int, int], None] | None = None,
-                   show_export_progress: bool = True, time_cap_s: float = 4.0) -> ValidationResult:
+@dataclass
+class ModelTimings:
+    """End-to-end statistics per candidate key (median of round medians, see rounds_stats)."""
+
+    stats: dict[str, dict[str, Any]]
+    device: dict[str, Any]
+    drift: float | None
+
+
+def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, warmup: int = 10,
+                   runs: int | None = None, seed: int = 0, jobs: int = 1, precision: str | None = None,
+                   time_cap_s: float = 4.0, progress: Callable[[str, int, int], None] | None = None,
+                   show_export_progress: bool = False) -> ModelTimings:
+    """Export and measure whole models end to end: interleaved, randomised rounds with a drift anchor."""
     from device_runners.schedule import interleaved_measure
     from latbench.lut import export_for_runner, sampling_policy
 
+    if rounds < 1:
+        raise UsageError(f"measurement rounds must be >= 1, got {rounds}")
     progress = progress or (lambda phase, done, total: None)
-    t0 = time.perf_counter()
-    est = LatencyEstimator(table)
-    for c in candidates:
-        est.check_covered(c.name, c.blocks())
-    warnings = [f"table provenance differs: {d}" for d in table.check_provenance(runner.describe())]
     items = {c.key: c for c in candidates}
-    arts = export_for_runner(list(items.values()), runner.artifact_format, jobs,
-                             table.meta.get("settings", {}).get("precision"), show_export_progress)
+    arts = export_for_runner(list(items.values()), runner.artifact_format, jobs, precision, show_export_progress)
     prepared = {}
     for i, (k, a) in enumerate(arts.items()):
         prepared[k] = runner.prepare(a.path, a.content_hash, label=k)
@@ -126,8 +131,8 @@ def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate],
     anchor_key = sorted(items, key=lambda k: items[k].macs())[len(items) // 2]
     with sampling_policy(runner, time_cap_s=time_cap_s, warmup_time_s=0.1):
         for rnd in range(rounds):
-            run = interleaved_measure(runner, prepared, anchor=prepared[anchor_key], rounds=1, anchor_every=8,
-                                      warmup=warmup, seed=seed * 1000 + rnd,
+            run = interleaved_measure(runner, prepared, anchor=prepared[anchor_key] if len(items) > 1 else None,
+                                      rounds=1, anchor_every=8, warmup=warmup, runs=runs, seed=seed * 1000 + rnd,
                                       on_progress=lambda d, t, k, rnd=rnd: progress("measure models",
                                                                                      rnd * t + d, rounds * t))
             for res in run:
@@ -135,23 +140,40 @@ def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate],
                     samples[res.key].append(res.measurement)
             if run.report.max_drift is not None:
                 drifts.append(run.report.max_drift)
+    return ModelTimings({k: rounds_stats(ms) for k, ms in samples.items()}, runner.describe(),
+                        max(drifts, key=abs) if drifts else None)
+
+
+def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate], *, rounds: int = 3,
+                   jobs: int = 2, warmup: int = 10, seed: int = 0,
+                   progress: Callable[[str, int, int], None] | None = None,
+                   show_export_progress: bool = True, time_cap_s: float = 4.0) -> ValidationResult:
+    t0 = time.perf_counter()
+    est = LatencyEstimator(table)
+    for c in candidates:
+        est.check_covered(c.name, c.blocks())
+    warnings = [f"table provenance differs: {d}" for d in table.check_provenance(runner.describe())]
+    timings = measure_models(candidates, runner, rounds=rounds, warmup=warmup, seed=seed, jobs=jobs,
+                             precision=table.meta.get("settings", {}).get("precision"), time_cap_s=time_cap_s,
+                             progress=progress, show_export_progress=show_export_progress)
     rate = macs_rate(table)
     rows = []
-    for k, c in items.items():
-        m = merge_measurements(samples[k])
+    for c in candidates:
+        stats = timings.stats[c.key]
+        measured_ms = stats["median_ms"]
         e = est.estimate(c)
         macs = c.macs()
-        rows.append({"name": c.name, "params": c.params(), "macs": macs, "measured_ms": m.median,
-                     "measured_ci_rel": m.ci_rel, "latency_ms": e.latency_ms, "plain_sum_ms": e.plain_sum_ms,
-                     "macs_ms": macs * rate, "error_pct": 100 * (e.latency_ms - m.median) / m.median,
-                     "plain_sum_error_pct": 100 * (e.plain_sum_ms - m.median) / m.median,
+        rows.append({"name": c.name, "params": c.params(), "macs": macs, "measured_ms": measured_ms,
+                     "measured_ci_rel": stats["ci_rel"], "latency_ms": e.latency_ms, "plain_sum_ms": e.plain_sum_ms,
+                     "macs_ms": macs * rate, "error_pct": 100 * (e.latency_ms - measured_ms) / measured_ms,
+                     "plain_sum_error_pct": 100 * (e.plain_sum_ms - measured_ms) / measured_ms,
                      "arch": None if c.arch is None else c.arch.compact()})
     measured = [r["measured_ms"] for r in rows]
     figures = accuracy_figures([r["latency_ms"] for r in rows], measured)
     baselines = {"plain_sum": accuracy_figures([r["plain_sum_ms"] for r in rows], measured),
                  "macs_proportional": accuracy_figures([r["macs_ms"] for r in rows], measured)}
-    drift = max(drifts, key=abs) if drifts else None
+    drift = timings.drift
     if drift is not None and abs(drift) > 0.03:
         warnings.append(f"device drifted {drift * 100:+.1f}% during validation (anchor); figures are less reliable")
-    return ValidationResult(table.label(), runner.describe(), rows, figures, baselines, drift,
+    return ValidationResult(table.label(), timings.device, rows, figures, baselines, drift,
                             time.perf_counter() - t0, warnings)

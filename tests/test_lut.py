@@ -44,7 +44,8 @@ def test_build_small_space_then_incremental(run_cli_json, tiny_space, tmp_path):
     [s] = run_cli_json("lut", "build", "--space", str(tiny_space), "--out", str(out), "--calibrate", "1", *FAST)
     blocks = pd.read_csv(out / "blocks.csv")
     kinds = set(blocks["kind"])
-    assert {"stem", "ffn", "mhsa", "embed", "attndown", "head", "empty"} <= kinds
+    assert {"stem", "ffn", "mhsa", "embed", "attndown", "head", "empty", "model"} <= kinds
+    assert "model-mobilenetv2_100-r224" in set(blocks["key"])  # the MES latency unit, measured whole
     assert s["blocks"] == len(blocks) and s["measured_now"] == len(blocks) + 1  # + 1 calibration model
     assert (blocks["n"] == 15).all() and (blocks["median_ms"] > 0).all()
     ops = pd.read_csv(out / "ops.csv")
@@ -82,7 +83,7 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(tiny_space, tmp_path)
     out = tmp_path / "t"
     args = [sys.executable, "-c", "import sys, cli; sys.exit(cli.main())", "lut", "build", "--space",
             str(tiny_space), "--out", str(out), "--calibrate", "0", "--runs", "400", "--rounds", "2", "--jobs", "1",
-            "--json"]
+            "--no-reference", "--json"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
     deadline = time.time() + 240
     try:

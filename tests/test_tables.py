@@ -72,3 +72,13 @@ def test_provenance_diff_and_strict():
     with pytest.raises(UsageError, match="stale.*runtime_version"):
         table.check_provenance({"runtime_version": "1.31.1"}, strict=True)
     assert table.check_provenance({"runtime_version": "1.20.0"}) == []
+
+
+def test_rounds_stats_counts_each_round_once():
+    from latbench.tables import rounds_stats
+
+    quiet1, quiet2 = m([1.0] * 50), m([1.02] * 50)
+    disturbed = m([1.5] * 500)  # a disturbed round that adaptive sampling kept going for longer
+    stats = rounds_stats([quiet1, disturbed, quiet2])
+    assert stats["median_ms"] == pytest.approx(1.02)  # pooling would have said 1.5
+    assert stats["n"] == 600 and stats["p95_ms"] == pytest.approx(1.5)

@@ -15,6 +15,7 @@ from latbench.errors import UsageError
 from latbench.tables import LatencyTable, default_table_dir
 
 DEFAULT_SPACE = "__default__"
+REFERENCE_MODEL = "mobilenetv2_100"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--runs", type=int, default=None, help="fixed timed runs per measurement (default adaptive)")
     b.add_argument("--time-cap", type=float, default=1.5, metavar="S",
                    help="adaptive sampling: at most S seconds per block measurement (default 1.5)")
+    b.add_argument("--no-reference", action="store_true",
+                   help="with --space: skip measuring MobileNetV2-1.0 whole (the MES latency unit)")
     b.add_argument("--calibrate", type=int, default=4, metavar="N",
                    help="whole models measured end to end to fit the overhead model (space builds; 0: none)")
     add_runner_flags(b)
@@ -65,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--device", default=None, help="device id (default: the table's)")
     v.add_argument("--samples", type=int, default=12, help="random subnets (plus S0-L)")
     v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--rounds", type=int, default=2)
+    v.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median of round medians is used")
     v.add_argument("--no-named", action="store_true", help="skip S0-L")
     v.add_argument("--jobs", type=int, default=2)
     v.add_argument("--out", default=None, help="also write the JSON result to this file")
@@ -89,7 +92,10 @@ def run_build(args: argparse.Namespace) -> int:
     resolutions = args.resolution or list(space.resolutions)
     if args.out and len(resolutions) > 1:
         raise UsageError("--out names one table; give one --resolution or drop --out")
-    targets = resolve_candidates(args.model + args.arch) if (args.model or args.arch) else []
+    models = list(args.model)
+    if args.space is not None and not args.no_reference and REFERENCE_MODEL not in models:
+        models.append(REFERENCE_MODEL)  # MES's default latency unit must come from the same table
+    targets = resolve_candidates(models + args.arch) if (models or args.arch) else []
     if args.runs is not None and args.runs < 1:
         raise UsageError(f"--runs must be >= 1, got {args.runs}")
     settings = BuildSettings(rounds=args.rounds, jobs=args.jobs, runs=args.runs, block_time_cap_s=args.time_cap,
