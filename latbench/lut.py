@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import random
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -182,7 +183,9 @@ class TableBuilder:
         if not todo:
             return []
         t0 = time.perf_counter()
-        arts = export_for_runner([items[k] for k in todo], self.runner.artifact_format, self.settings.jobs,
+        anchor_cfg = self.anchor_cfg
+        to_export = [items[k] for k in todo] + ([anchor_cfg] if anchor_cfg is not None else [])
+        arts = export_for_runner(list(dict.fromkeys(to_export)), self.runner.artifact_format, self.settings.jobs,
                                  self.settings.precision, self.show_export_progress)
         self.timings["export_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -191,9 +194,11 @@ class TableBuilder:
             a = arts[k]
             prepared[k] = self.runner.prepare(a.path, a.content_hash, label=k)
             self.progress(f"prepare {role}s", i + 1, len(todo))
+        anchor = None
+        if anchor_cfg is not None:
+            a = arts[anchor_cfg.key]
+            anchor = self.runner.prepare(a.path, a.content_hash, label=anchor_cfg.key)
         self.timings["prepare_s"] += time.perf_counter() - t0
-        anchor_cfg = pick_anchor([items[k] for k in todo]) if role == "block" else None
-        anchor = prepared.get(anchor_cfg.key) if anchor_cfg is not None else None
         measured: list[str] = []
         total = sum(len(rs) for rs in todo.values())
         t0 = time.perf_counter()
@@ -215,11 +220,14 @@ class TableBuilder:
                 continue
 
             def commit(res, rnd=rnd) -> None:
-                if res.is_anchor:
-                    return
                 m: Measurement = res.measurement
                 sampling = m.provenance.get("sampling") or {}
                 self.timings["timed_runs_s"] += sampling.get("timed_wall_s", sum(m.samples_ms) / 1e3)
+                if res.is_anchor:
+                    self._anchor_ms = m.median
+                    return
+                # The anchor's latest speed, for drift normalisation when the table is derived.
+                m.provenance["anchor_ms"] = self._anchor_ms
                 journal.record(res.key, rnd, role, items[res.key].fields(), m, prepared[res.key].content_hash)
                 measured.append(f"{res.key}#{rnd}")
                 self.progress(f"measure {role}s", len(measured), total)
@@ -237,6 +245,10 @@ class TableBuilder:
               calibration: Sequence[Candidate] = ()) -> BuildResult:
         t_start = time.perf_counter()
         configs = list(dict.fromkeys(configs))
+        # One anchor for the whole table (also across resumed runs): its speed at the time of each
+        # measurement is recorded, so slow phases of a shared host can be normalised away.
+        self.anchor_cfg = pick_anchor(configs)
+        self._anchor_ms: float | None = None
         items: dict[str, Any] = {c.key: c for c in configs}
         for e in overhead_blocks(configs):
             items.setdefault(e.key, e)
@@ -253,21 +265,32 @@ class TableBuilder:
         self.timings["total_s"] = time.perf_counter() - t_start
         table.meta["build_timings"] = self.timings
         table.save()
-        return BuildResult(table, measured, reused, dict(self.timings), self.schedule_reports)
+        return BuildResult(table, measured, reused, dict(self.timings), table.meta.get("schedule", []))
 
     def _materialise(self, journal: Journal, space, resolution: int, calibration: list[Candidate]) -> LatencyTable:
         block_rows, ops = [], []
         from latbench.blocks import config_from_fields
 
-        for key, (fields, ms, ch) in sorted(journal.measurements("block").items()):
+        block_ms = journal.measurements("block")
+        model_ms = journal.measurements("model")
+        anchors = [m.provenance.get("anchor_ms") for _, ms, _ in list(block_ms.values()) + list(model_ms.values())
+                   for m in ms]
+        anchors = [a for a in anchors if a]
+        reference = statistics.median(anchors) if anchors else None
+        for key, (fields, ms, ch) in sorted(block_ms.items()):
             config = config_from_fields(fields)
             params = None if config.kind == "model" else config.params()
-            block_rows.append(block_row(fields, key, ms, ch, params, config.input_shape))
+            block_rows.append(block_row(fields, key, ms, ch, params, config.input_shape, reference))
             profiled = next((m for m in ms if m.per_op), None)
             if profiled is not None:
                 ops.extend(op_rows(key, profiled))
-        model_ms = journal.measurements("model")
+        # Drift reports accumulate over resumed and incremental runs.
+        schedule = (journal.get_meta("schedule") or []) + self.schedule_reports
+        journal.set_meta("schedule", schedule)
+        self.schedule_reports = []
         meta: dict[str, Any] = {
+            "anchor": {"key": self.anchor_cfg.key, "reference_ms": reference, "measurements": len(anchors),
+                       "spread": (max(anchors) / min(anchors) - 1) if anchors else None},
             "name": self.out_dir.name,
             "device_id": getattr(self.runner, "device_id", None),
             "device": self.device,
@@ -277,7 +300,7 @@ class TableBuilder:
             "resolution": resolution,
             "settings": self.settings.to_dict(),
             "created": journal.get_meta("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "schedule": self.schedule_reports,
+            "schedule": schedule,
         }
         if journal.get_meta("created") is None:
             journal.set_meta("created", meta["created"])
@@ -290,7 +313,7 @@ class TableBuilder:
         cands = {c.key: c for c in calibration}
         for key, (fields, ms, ch) in sorted(model_ms.items()):
             m = merge_measurements(ms)
-            stats = rounds_stats(ms)
+            stats = rounds_stats(ms, reference)
             cand = cands.get(key)
             row = {"name": fields.get("name", key), "key": key, "role": "calibration", **stats,
                    "content_hash": ch, "measured_at": m.provenance.get("measured_at"), "arch": fields.get("arch")}

@@ -33,7 +33,7 @@ from latbench.fileio import atomic_write_json, atomic_write_text
 from latbench.measurement import Measurement, merge_measurements
 
 SCHEMA_VERSION = 1
-STAT_COLUMNS = ["median_ms", "mean_ms", "std_ms", "p5_ms", "p95_ms", "iqr_ms", "n", "ci_rel"]
+STAT_COLUMNS = ["median_ms", "raw_median_ms", "mean_ms", "std_ms", "p5_ms", "p95_ms", "iqr_ms", "n", "ci_rel"]
 FIELD_COLUMNS = ["resolution", "stage", "width", "expansion", "width_in", "width_out", "channels", "height",
                  "num_classes", "name"]
 BLOCK_COLUMNS = (["key", "kind", *FIELD_COLUMNS, "input_shape", "params", *STAT_COLUMNS, "rounds",
@@ -121,28 +121,39 @@ class Journal:
         self.db.commit()
 
 
-def rounds_stats(ms: list[Measurement]) -> dict[str, Any]:
+def rounds_stats(ms: list[Measurement], anchor_reference_ms: float | None = None) -> dict[str, Any]:
     """Statistics of one artifact measured in several interleaved rounds.
 
     The latency (`median_ms`) is the median of the per-round medians: every round counts once,
     however many samples its adaptive sampling took (a disturbed round takes *more*, so pooling
     would let it dominate), and with three or more rounds one disturbed round is outvoted. The
     spread figures (std, p5, p95, IQR, n, CI) come from the pooled samples.
+
+    With `anchor_reference_ms`, each round median is first normalised by the anchor's speed when
+    it was taken (recorded as provenance["anchor_ms"]): median * reference / anchor. A shared host
+    drifts by several percent over minutes; this puts every measurement on one time base.
     """
     stats = merge_measurements(ms).stats()
-    stats["median_ms"] = statistics.median(m.median for m in ms)
+
+    def normalised(m: Measurement) -> float:
+        anchor = m.provenance.get("anchor_ms")
+        return m.median * anchor_reference_ms / anchor if anchor and anchor_reference_ms else m.median
+
+    stats["median_ms"] = statistics.median(normalised(m) for m in ms)
+    stats["raw_median_ms"] = statistics.median(m.median for m in ms)
     return stats
 
 
 def block_row(config_fields: dict, key: str, ms: list[Measurement], content_hash: str | None,
-              params: int | None, input_shape: tuple[int, ...] | None) -> dict[str, Any]:
+              params: int | None, input_shape: tuple[int, ...] | None,
+              anchor_reference_ms: float | None = None) -> dict[str, Any]:
     m = merge_measurements(ms)
     row: dict[str, Any] = {"key": key, "kind": config_fields.get("kind")}
     for col in FIELD_COLUMNS:
         row[col] = config_fields.get(col)
     row["input_shape"] = "x".join(map(str, input_shape)) if input_shape else None
     row["params"] = params
-    row.update(rounds_stats(ms))
+    row.update(rounds_stats(ms, anchor_reference_ms))
     row["rounds"] = len(ms)
     row["session_ms"] = m.session_ms
     row["first_inference_ms"] = m.first_inference_ms

@@ -100,6 +100,17 @@ def macs_rate(table: LatencyTable) -> float:
     return total_ms / total_macs
 
 
+def table_anchor(table: LatencyTable) -> tuple[Any, float | None]:
+    """The table's anchor block and its reference speed, if the table recorded them."""
+    from latbench.tables import row_config
+
+    info = table.meta.get("anchor") or {}
+    rows = table.blocks[table.blocks["key"] == info.get("key")]
+    if not info.get("reference_ms") or rows.empty:
+        return None, None
+    return row_config(rows.iloc[0].to_dict()), float(info["reference_ms"])
+
+
 @dataclass
 class ModelTimings:
     """End-to-end statistics per candidate key (median of round medians, see rounds_stats)."""
@@ -107,13 +118,20 @@ class ModelTimings:
     stats: dict[str, dict[str, Any]]
     device: dict[str, Any]
     drift: float | None
+    normalised: bool = False
 
 
 def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, warmup: int = 10,
                    runs: int | None = None, seed: int = 0, jobs: int = 1, precision: str | None = None,
                    time_cap_s: float = 4.0, progress: Callable[[str, int, int], None] | None = None,
-                   show_export_progress: bool = False) -> ModelTimings:
-    """Export and measure whole models end to end: interleaved, randomised rounds with a drift anchor."""
+                   show_export_progress: bool = False, anchor: Any = None,
+                   anchor_reference_ms: float | None = None) -> ModelTimings:
+    """Export and measure whole models end to end: interleaved, randomised rounds with a drift anchor.
+
+    `anchor` (a BlockConfig, e.g. a table's anchor block) with `anchor_reference_ms` (its speed in
+    the table) puts the results on the table's time base; without, a mid-sized candidate anchors
+    drift detection only.
+    """
     from device_runners.schedule import interleaved_measure
     from latbench.lut import export_for_runner, sampling_policy
 
@@ -121,27 +139,38 @@ def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, 
         raise UsageError(f"measurement rounds must be >= 1, got {rounds}")
     progress = progress or (lambda phase, done, total: None)
     items = {c.key: c for c in candidates}
-    arts = export_for_runner(list(items.values()), runner.artifact_format, jobs, precision, show_export_progress)
+    to_export = list(items.values()) + ([anchor] if anchor is not None else [])
+    arts = export_for_runner(to_export, runner.artifact_format, jobs, precision, show_export_progress)
     prepared = {}
-    for i, (k, a) in enumerate(arts.items()):
-        prepared[k] = runner.prepare(a.path, a.content_hash, label=k)
-        progress("prepare models", i + 1, len(arts))
+    for i, k in enumerate(items):
+        prepared[k] = runner.prepare(arts[k].path, arts[k].content_hash, label=k)
+        progress("prepare models", i + 1, len(items))
+    if anchor is not None:
+        anchor_prepared = runner.prepare(arts[anchor.key].path, arts[anchor.key].content_hash, label=anchor.key)
+    elif len(items) > 1:
+        anchor_prepared = prepared[sorted(items, key=lambda k: items[k].macs())[len(items) // 2]]
+    else:
+        anchor_prepared = None
     samples: dict[str, list] = {k: [] for k in items}
     drifts = []
-    anchor_key = sorted(items, key=lambda k: items[k].macs())[len(items) // 2]
+    anchor_ms = None
     with sampling_policy(runner, time_cap_s=time_cap_s, warmup_time_s=0.1):
         for rnd in range(rounds):
-            run = interleaved_measure(runner, prepared, anchor=prepared[anchor_key] if len(items) > 1 else None,
-                                      rounds=1, anchor_every=8, warmup=warmup, runs=runs, seed=seed * 1000 + rnd,
+            run = interleaved_measure(runner, prepared, anchor=anchor_prepared, rounds=1, anchor_every=4,
+                                      warmup=warmup, runs=runs, seed=seed * 1000 + rnd,
                                       on_progress=lambda d, t, k, rnd=rnd: progress("measure models",
                                                                                      rnd * t + d, rounds * t))
             for res in run:
-                if not res.is_anchor:
-                    samples[res.key].append(res.measurement)
+                if res.is_anchor:
+                    anchor_ms = res.measurement.median
+                    continue
+                res.measurement.provenance["anchor_ms"] = anchor_ms if anchor is not None else None
+                samples[res.key].append(res.measurement)
             if run.report.max_drift is not None:
                 drifts.append(run.report.max_drift)
-    return ModelTimings({k: rounds_stats(ms) for k, ms in samples.items()}, runner.describe(),
-                        max(drifts, key=abs) if drifts else None)
+    return ModelTimings({k: rounds_stats(ms, anchor_reference_ms) for k, ms in samples.items()},
+                        runner.describe(), max(drifts, key=abs) if drifts else None,
+                        anchor is not None and anchor_reference_ms is not None)
 
 
 def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate], *, rounds: int = 3,
@@ -153,9 +182,11 @@ def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate],
     for c in candidates:
         est.check_covered(c.name, c.blocks())
     warnings = [f"table provenance differs: {d}" for d in table.check_provenance(runner.describe())]
+    anchor, reference = table_anchor(table)
     timings = measure_models(candidates, runner, rounds=rounds, warmup=warmup, seed=seed, jobs=jobs,
                              precision=table.meta.get("settings", {}).get("precision"), time_cap_s=time_cap_s,
-                             progress=progress, show_export_progress=show_export_progress)
+                             progress=progress, show_export_progress=show_export_progress, anchor=anchor,
+                             anchor_reference_ms=reference)
     rate = macs_rate(table)
     rows = []
     for c in candidates:
@@ -174,6 +205,8 @@ def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate],
                  "macs_proportional": accuracy_figures([r["macs_ms"] for r in rows], measured)}
     drift = timings.drift
     if drift is not None and abs(drift) > 0.03:
-        warnings.append(f"device drifted {drift * 100:+.1f}% during validation (anchor); figures are less reliable")
+        how = ("measurements were normalised by the table's anchor" if timings.normalised
+               else "figures are less reliable")
+        warnings.append(f"device drifted {drift * 100:+.1f}% during validation (anchor); {how}")
     return ValidationResult(table.label(), timings.device, rows, figures, baselines, drift,
                             time.perf_counter() - t0, warnings)

@@ -56,6 +56,8 @@ def test_build_small_space_then_incremental(run_cli_json, tiny_space, tmp_path):
         assert k in meta["device"]
     assert meta["space"]["name"] == "tiny" and meta["latbench_version"]
     assert meta["overhead"]["calibrated_on"] and meta["overhead"]["scale"] > 0
+    assert meta["anchor"]["key"] in set(blocks["key"]) and meta["anchor"]["reference_ms"] > 0
+    assert (blocks["raw_median_ms"] > 0).all()  # the drift-normalised median sits beside the raw one
     before = {k: t for k, _, t in journal_rows(out)}
 
     # Nothing new: nothing measured.

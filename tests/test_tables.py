@@ -82,3 +82,16 @@ def test_rounds_stats_counts_each_round_once():
     stats = rounds_stats([quiet1, disturbed, quiet2])
     assert stats["median_ms"] == pytest.approx(1.02)  # pooling would have said 1.5
     assert stats["n"] == 600 and stats["p95_ms"] == pytest.approx(1.5)
+
+
+def test_rounds_stats_normalises_by_the_anchor():
+    from latbench.tables import rounds_stats
+
+    slow_phase = m([1.2] * 50, anchor_ms=0.6)  # the host ran 20 % slow: so did the anchor
+    normal = m([1.0] * 50, anchor_ms=0.5)
+    normal2 = m([1.02] * 50, anchor_ms=0.5)
+    stats = rounds_stats([slow_phase, normal, normal2], anchor_reference_ms=0.5)
+    assert stats["median_ms"] == pytest.approx(1.0)
+    assert stats["raw_median_ms"] == pytest.approx(1.02)
+    assert rounds_stats([slow_phase], anchor_reference_ms=0.5)["median_ms"] == pytest.approx(1.0)
+    assert rounds_stats([slow_phase])["median_ms"] == pytest.approx(1.2)  # no reference: untouched
