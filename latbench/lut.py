@@ -171,13 +171,13 @@ class TableBuilder:
         return journal
 
     # -- measuring ----------------------------------------------------------------------------
-    def _measure(self, journal: Journal, items: dict[str, Any], role: str, rounds: int,
+    def _measure(self, journal: Journal, items: dict[str, Any], roles: dict[str, str], rounds: int,
                  profile_round0: bool) -> list[str]:
         """Measure every (key, round) the journal lacks; commit each as it finishes."""
 
         if self.force:
             journal.forget(items)
-        done = journal.rounds_done(role)
+        done = journal.rounds_done()
         todo = {k: [r for r in range(rounds) if r not in done.get(k, set())] for k in items}
         todo = {k: rs for k, rs in todo.items() if rs}
         if not todo:
@@ -193,7 +193,7 @@ class TableBuilder:
         for i, k in enumerate(todo):
             a = arts[k]
             prepared[k] = self.runner.prepare(a.path, a.content_hash, label=k)
-            self.progress(f"prepare {role}s", i + 1, len(todo))
+            self.progress("prepare", i + 1, len(todo))
         anchor = None
         if anchor_cfg is not None:
             a = arts[anchor_cfg.key]
@@ -202,16 +202,17 @@ class TableBuilder:
         measured: list[str] = []
         total = sum(len(rs) for rs in todo.values())
         t0 = time.perf_counter()
-        cap = self.settings.block_time_cap_s if role == "block" else self.settings.model_time_cap_s
+        has_models = any(roles[k] == "model" for k in todo)
+        cap = self.settings.model_time_cap_s if has_models else self.settings.block_time_cap_s
         # The session is already warm from prepare(); a short warm-up refills the caches, and a
         # minimum sampling time gives tiny blocks many samples per round.
         with sampling_policy(self.runner, time_cap_s=cap, warmup_time_s=self.settings.warmup_time_s,
                              min_time_s=min(cap, self.settings.min_time_s)):
-            self._rounds(journal, items, role, rounds, profile_round0, todo, prepared, anchor, measured, total)
+            self._rounds(journal, items, roles, rounds, profile_round0, todo, prepared, anchor, measured, total)
         self.timings["measure_wall_s"] += time.perf_counter() - t0
         return measured
 
-    def _rounds(self, journal, items, role, rounds, profile_round0, todo, prepared, anchor, measured, total) -> None:
+    def _rounds(self, journal, items, roles, rounds, profile_round0, todo, prepared, anchor, measured, total) -> None:
         from device_runners.schedule import interleaved_measure
 
         for rnd in range(rounds):
@@ -228,9 +229,9 @@ class TableBuilder:
                     return
                 # The anchor's latest speed, for drift normalisation when the table is derived.
                 m.provenance["anchor_ms"] = self._anchor_ms
-                journal.record(res.key, rnd, role, items[res.key].fields(), m, prepared[res.key].content_hash)
+                journal.record(res.key, rnd, roles[res.key], items[res.key].fields(), m, prepared[res.key].content_hash)
                 measured.append(f"{res.key}#{rnd}")
-                self.progress(f"measure {role}s", len(measured), total)
+                self.progress("measure", len(measured), total)
 
             run = interleaved_measure(
                 self.runner, {k: prepared[k] for k in keys}, anchor=anchor, rounds=1,
@@ -238,7 +239,7 @@ class TableBuilder:
                 profile=profile_round0 and rnd == 0, seed=self.settings.seed * 1000 + rnd, on_result=commit,
             )
             report = run.run()
-            self.schedule_reports.append({"role": role, "round": rnd, **report.to_dict()})
+            self.schedule_reports.append({"round": rnd, **report.to_dict()})
 
     # -- the build ----------------------------------------------------------------------------
     def build(self, configs: Sequence[BlockConfig], *, space=None, resolution: int | None = None,
@@ -258,9 +259,12 @@ class TableBuilder:
         items.setdefault(e_in.key, e_in)
         with self._open_journal() as journal:
             reused = sum(1 for k, rs in journal.rounds_done("block").items() if k in items)
-            measured = self._measure(journal, items, "block", self.settings.rounds, self.settings.profile)
+            # Calibration models are measured in the same interleaved rounds as the blocks, so the
+            # overhead fit compares the two under the same host conditions.
             cal_items = {c.key: c for c in calibration}
-            measured += self._measure(journal, cal_items, "model", self.settings.rounds, False)
+            roles = {**{k: "block" for k in items}, **{k: "model" for k in cal_items}}
+            measured = self._measure(journal, {**items, **cal_items}, roles, self.settings.rounds,
+                                     self.settings.profile)
             table = self._materialise(journal, space, r, list(calibration))
         self.timings["total_s"] = time.perf_counter() - t_start
         table.meta["build_timings"] = self.timings
