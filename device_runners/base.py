@@ -152,6 +152,19 @@ class Runner(abc.ABC):
             "sampling": sampling,
         }
 
+    def result(self, prepared: Prepared, samples: list[float], sampling: dict[str, Any], per_op: list,
+               warnings: list[str]) -> Measurement:
+        """The Measurement of a local run: samples plus provenance, prepare-time figures attached."""
+        return Measurement(
+            label=prepared.label,
+            samples_ms=samples,
+            provenance=self.provenance_for(prepared, sampling),
+            per_op=per_op,
+            session_ms=prepared.session_ms,
+            first_inference_ms=prepared.first_inference_ms,
+            warnings=warnings,
+        )
+
     def close(self) -> None:
         self._prepared.clear()
 

@@ -233,16 +233,7 @@ class CpuRunner(Runner):
                 sample_clock=time.thread_time_ns if self.clock == "thread_cpu" else None,
             )
             per_op = self._profile(prepared, warmup) if profile else []
-        provenance = self.provenance_for(prepared, info)
-        return Measurement(
-            label=prepared.label,
-            samples_ms=samples,
-            provenance=provenance,
-            per_op=per_op,
-            session_ms=prepared.session_ms,
-            first_inference_ms=prepared.first_inference_ms,
-            warnings=warnings,
-        )
+        return self.result(prepared, samples, info, per_op, warnings)
 
     def _profile(self, prepared: Prepared, warmup: int):
         _, feeds = prepared.handle

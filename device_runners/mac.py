@@ -143,16 +143,7 @@ class MacRunner(Runner):
                 loop.close()
             per_op = ops_from_execution_info(infos)
             warnings.append(ESTIMATED_OPS_WARNING)
-        provenance = self.provenance_for(prepared, info)
-        return Measurement(
-            label=prepared.label,
-            samples_ms=samples,
-            provenance=provenance,
-            per_op=per_op,
-            session_ms=prepared.session_ms,
-            first_inference_ms=prepared.first_inference_ms,
-            warnings=warnings,
-        )
+        return self.result(prepared, samples, info, per_op, warnings)
 
 
 def _provenance(api: Any) -> dict[str, Any]:
