@@ -97,10 +97,20 @@ def export_for_runner(items: Sequence[Any], fmt: str, jobs: int, precision: str 
     return {r.key: Artifact(r.key, Path(r.path), r.content_hash) for r in report if r.format == fmt}
 
 
-def pick_anchor(configs: Sequence[BlockConfig]) -> BlockConfig:
-    """A mid-sized block re-measured periodically to detect drift."""
-    ffn = [c for c in configs if isinstance(c, FFNConfig) and c.stage == 3]
-    return ffn[len(ffn) // 2] if ffn else configs[0]
+def pick_anchor(journal: Journal, resolution: int) -> BlockConfig:
+    """The table's anchor: re-measured periodically to detect drift and normalise it away.
+
+    Fixed once per table (kept in the journal, so resumed and incremental builds share it) and
+    the same mid-sized block for every table of a resolution, whatever it measures.
+    """
+    from latbench.blocks import config_from_fields
+
+    saved = journal.get_meta("anchor")
+    if saved:
+        return config_from_fields(saved["fields"])
+    anchor = FFNConfig(resolution, 3, 96, 4)
+    journal.set_meta("anchor", {"key": anchor.key, "fields": anchor.fields()})
+    return anchor
 
 
 def calibration_candidates(space, resolution: int, n: int, seed: int) -> list[Candidate]:
@@ -246,9 +256,6 @@ class TableBuilder:
               calibration: Sequence[Candidate] = ()) -> BuildResult:
         t_start = time.perf_counter()
         configs = list(dict.fromkeys(configs))
-        # One anchor for the whole table (also across resumed runs): its speed at the time of each
-        # measurement is recorded, so slow phases of a shared host can be normalised away.
-        self.anchor_cfg = pick_anchor(configs)
         self._anchor_ms: float | None = None
         items: dict[str, Any] = {c.key: c for c in configs}
         for e in overhead_blocks(configs):
@@ -258,6 +265,9 @@ class TableBuilder:
         e_in = EmptyConfig.for_shape(r, (1, 3, r, r))
         items.setdefault(e_in.key, e_in)
         with self._open_journal() as journal:
+            # One anchor per table: its speed at the time of each measurement is recorded, so slow
+            # phases of a shared host can be normalised away.
+            self.anchor_cfg = pick_anchor(journal, r)
             reused = sum(1 for k, rs in journal.rounds_done("block").items() if k in items)
             # Calibration models are measured in the same interleaved rounds as the blocks, so the
             # overhead fit compares the two under the same host conditions.
@@ -293,7 +303,8 @@ class TableBuilder:
         journal.set_meta("schedule", schedule)
         self.schedule_reports = []
         meta: dict[str, Any] = {
-            "anchor": {"key": self.anchor_cfg.key, "reference_ms": reference, "measurements": len(anchors),
+            "anchor": {"key": self.anchor_cfg.key, "fields": self.anchor_cfg.fields(), "reference_ms": reference,
+                       "measurements": len(anchors),
                        "spread": (max(anchors) / min(anchors) - 1) if anchors else None},
             "name": self.out_dir.name,
             "device_id": getattr(self.runner, "device_id", None),

@@ -102,13 +102,12 @@ def macs_rate(table: LatencyTable) -> float:
 
 def table_anchor(table: LatencyTable) -> tuple[Any, float | None]:
     """The table's anchor block and its reference speed, if the table recorded them."""
-    from latbench.tables import row_config
+    from latbench.blocks import config_from_fields
 
     info = table.meta.get("anchor") or {}
-    rows = table.blocks[table.blocks["key"] == info.get("key")]
-    if not info.get("reference_ms") or rows.empty:
+    if not info.get("reference_ms") or not info.get("fields"):
         return None, None
-    return row_config(rows.iloc[0].to_dict()), float(info["reference_ms"])
+    return config_from_fields(info["fields"]), float(info["reference_ms"])
 
 
 @dataclass

@@ -176,3 +176,18 @@ def test_build_bad_input(run_cli, tmp_path):
     assert code == 2 and "unknown device" in err
     code, _, err = run_cli("lut", "show", str(tmp_path))
     assert code == 2 and "not a latency table" in err
+
+
+@pytest.mark.slow
+def test_model_only_build_into_a_table_keeps_its_anchor(run_cli_json, tiny_space, tmp_path):
+    out = tmp_path / "t"
+    run_cli_json("lut", "build", "--space", str(tiny_space), "--out", str(out), "--calibrate", "0",
+                 "--no-reference", *FAST)
+    anchor = json.loads((out / "meta.json").read_text())["anchor"]
+    run_cli_json("lut", "build", "--model", "mobilenetv2_100", "--out", str(out), *FAST)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["anchor"]["key"] == anchor["key"]
+    row = pd.read_csv(out / "blocks.csv").set_index("key").loc["model-mobilenetv2_100-r224"]
+    # Normalised against the same anchor, the whole model stays near its raw time (not rescaled
+    # by some other reference).
+    assert 0.7 < row["median_ms"] / row["raw_median_ms"] < 1.4
