@@ -298,6 +298,11 @@ class TableBuilder:
             profiled = next((m for m in ms if m.per_op), None)
             if profiled is not None:
                 ops.extend(op_rows(key, profiled))
+        # A --model/--arch build into a space's table keeps the space it was built for.
+        if space is not None:
+            journal.set_meta("space", {"name": space.name, "digest": space.digest(), "source": space.source,
+                                       "definition": space.to_dict()})
+        space_info = journal.get_meta("space")
         # Drift reports accumulate over resumed and incremental runs.
         schedule = (journal.get_meta("schedule") or []) + self.schedule_reports
         journal.set_meta("schedule", schedule)
@@ -310,8 +315,7 @@ class TableBuilder:
             "device_id": getattr(self.runner, "device_id", None),
             "device": self.device,
             "latbench_version": latbench.__version__,
-            "space": None if space is None else {"name": space.name, "digest": space.digest(),
-                                                 "source": space.source, "definition": space.to_dict()},
+            "space": space_info,
             "resolution": resolution,
             "settings": self.settings.to_dict(),
             "created": journal.get_meta("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -329,7 +333,7 @@ class TableBuilder:
         for key, (fields, ms, ch) in sorted(model_ms.items()):
             m = merge_measurements(ms)
             stats = rounds_stats(ms, reference)
-            cand = cands.get(key)
+            cand = cands.get(key) or candidate_from_fields(fields, resolution)
             row = {"name": fields.get("name", key), "key": key, "role": "calibration", **stats,
                    "content_hash": ch, "measured_at": m.provenance.get("measured_at"), "arch": fields.get("arch")}
             if cand is not None:
@@ -347,9 +351,21 @@ class TableBuilder:
                 "empty_models": True, "scale": scale, "intercept_ms": intercept,
                 "method": "sum(block - empty(shape)) + empty(input), then scale/intercept fitted by relative "
                           "least squares on whole models measured end to end",
-                "calibrated_on": [r["name"] for r in model_rows if r["key"] in cands],
+                "calibrated_on": [r["name"] for r in model_rows if r.get("params") is not None],
             }
         return table
+
+
+def candidate_from_fields(fields: dict[str, Any], resolution: int) -> Candidate | None:
+    """The Candidate a journal row of a whole model was measured for (inverse of Candidate.fields)."""
+    from latbench.space import Arch
+
+    if fields.get("arch"):
+        arch = Arch.from_dict(fields["arch"], source="journal")
+        return Candidate(arch.label(), arch.resolution, arch=arch)
+    if fields.get("model_name"):
+        return Candidate(fields["name"], resolution, model_name=fields["model_name"])
+    return None
 
 
 def resolve_model_targets(models: Sequence[str], archs: Sequence[str], resolution: int | None) -> list[Candidate]:

@@ -191,3 +191,16 @@ def test_model_only_build_into_a_table_keeps_its_anchor(run_cli_json, tiny_space
     # Normalised against the same anchor, the whole model stays near its raw time (not rescaled
     # by some other reference).
     assert 0.7 < row["median_ms"] / row["raw_median_ms"] < 1.4
+
+
+@pytest.mark.slow
+def test_model_build_into_a_space_table_keeps_space_and_calibration(run_cli_json, tiny_space, tmp_path):
+    out = tmp_path / "t"
+    run_cli_json("lut", "build", "--space", str(tiny_space), "--out", str(out), "--calibrate", "1",
+                 "--no-reference", *FAST)
+    before = json.loads((out / "meta.json").read_text())
+    run_cli_json("lut", "build", "--model", "mobilenetv2_100", "--out", str(out), *FAST)
+    after = json.loads((out / "meta.json").read_text())
+    assert after["space"]["digest"] == before["space"]["digest"]
+    assert after["overhead"]["scale"] == pytest.approx(before["overhead"]["scale"])
+    assert after["overhead"]["calibrated_on"] == before["overhead"]["calibrated_on"]
