@@ -151,6 +151,9 @@ class LatencyEstimator:
             raise UsageError(f"{name}: nothing to estimate (no blocks)")
         self.check_covered(name, blocks)
         raw, plain, rows, e_in = self.raw(blocks)
+        if all(b.kind == "model" for b in blocks):
+            # Measured whole: nothing was summed, so neither overhead nor calibration applies.
+            return Estimate(name, plain, plain, rows, 0.0, 1.0, 0.0, "whole model measured end to end")
         est = self.scale * raw + self.intercept
         method = "sum(block - empty) + empty(input)" if self.use_overhead else "plain sum"
         if self.scale != 1.0 or self.intercept != 0.0:
