@@ -11,6 +11,7 @@ import math
 import os
 import re
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -319,6 +320,31 @@ def reference_outputs(module: Any, x: Any) -> list[Any]:
         out = module(x)
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     return [o.detach().float() for o in outs]
+
+
+@dataclass
+class ExportInputs:
+    """What both exporters start from: the prepared module, its inputs and reference outputs."""
+
+    module: Any
+    x_trace: Any  # traced with one seeded input...
+    x_val: Any  # ...and validated on another, so a trace that baked in values is caught
+    refs: list[Any]
+    out_names: list[str]
+
+
+def export_inputs(item: Exportable, seed: int, timings: dict[str, float]) -> ExportInputs:
+    """Build the module with deterministic weights and compute its reference outputs (timed)."""
+    t0 = time.perf_counter()
+    module = prepared_module(item, seed)
+    shape = tuple(int(d) for d in item.input_shape)
+    x_trace = seeded_input(shape, seed + 1)
+    x_val = seeded_input(shape, seed)
+    timings["build"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    refs = reference_outputs(module, x_val)
+    timings["validate"] = time.perf_counter() - t0
+    return ExportInputs(module, x_trace, x_val, refs, output_names_for(len(refs)))
 
 
 def output_names_for(n: int) -> list[str]:

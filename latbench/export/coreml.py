@@ -28,15 +28,12 @@ from latbench.export.common import (
     ArtifactRecord,
     Exportable,
     captured_output,
+    export_inputs,
     first_line,
     is_macos,
-    output_names_for,
     parity_error,
     parity_result,
-    prepared_module,
     quiet_libraries,
-    reference_outputs,
-    seeded_input,
 )
 
 EXPORTER = "torch.export+coremltools"
@@ -66,19 +63,11 @@ def export_coreml(
 
     ct = import_coremltools()
     timings = rec.timings
-    t0 = time.perf_counter()
-    module = prepared_module(item, seed)
-    shape = tuple(int(d) for d in item.input_shape)
-    x_trace = seeded_input(shape, seed + 1)
-    x_val = seeded_input(shape, seed)
-    timings["build"] = time.perf_counter() - t0
+    inp = export_inputs(item, seed, timings)
+    module, x_trace, x_val, refs, out_names = inp.module, inp.x_trace, inp.x_val, inp.refs, inp.out_names
 
     tmp = tmp_path_for(final)
     try:
-        t0 = time.perf_counter()
-        refs = reference_outputs(module, x_val)
-        out_names = output_names_for(len(refs))
-        timings["validate"] = time.perf_counter() - t0
         target = getattr(ct.target, deployment_target)
         with captured_output():
             t0 = time.perf_counter()
@@ -88,7 +77,7 @@ def export_coreml(
             dtype = np.float16 if precision == "fp16" else np.float32
             mlmodel = ct.convert(
                 program,
-                inputs=[ct.TensorType(name="input", shape=shape, dtype=dtype)],
+                inputs=[ct.TensorType(name="input", shape=tuple(x_trace.shape), dtype=dtype)],
                 outputs=[ct.TensorType(name=n, dtype=dtype) for n in out_names],
                 convert_to="mlprogram",
                 minimum_deployment_target=target,

@@ -42,13 +42,10 @@ from latbench.export.common import (
     ArtifactRecord,
     Exportable,
     captured_output,
-    output_names_for,
+    export_inputs,
     parity_error,
     parity_result,
-    prepared_module,
     quiet_libraries,
-    reference_outputs,
-    seeded_input,
 )
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -71,19 +68,11 @@ def export_onnx(
 
     quiet_libraries()
     timings = rec.timings
-    t0 = time.perf_counter()
-    module = prepared_module(item, seed)
-    shape = tuple(int(d) for d in item.input_shape)
-    x_trace = seeded_input(shape, seed + 1)
-    x_val = seeded_input(shape, seed)
-    timings["build"] = time.perf_counter() - t0
+    inp = export_inputs(item, seed, timings)
+    module, x_trace, x_val, refs, out_names = inp.module, inp.x_trace, inp.x_val, inp.refs, inp.out_names
 
     tmp = tmp_path_for(final)
     try:
-        t0 = time.perf_counter()
-        refs = reference_outputs(module, x_val)
-        out_names = output_names_for(len(refs))
-        timings["validate"] = time.perf_counter() - t0
         with captured_output(), torch.no_grad():
             if exporter == "torchscript":
                 t0 = time.perf_counter()
