@@ -24,7 +24,7 @@ import pandas as pd
 
 import latbench
 from latbench.blocks import BlockConfig, EmptyConfig, FFNConfig, overhead_blocks
-from latbench.candidates import Candidate, resolve_candidate
+from latbench.candidates import Candidate
 from latbench.errors import UsageError
 from latbench.estimator import LatencyEstimator, fit_calibration
 from latbench.measurement import Measurement, merge_measurements
@@ -35,6 +35,7 @@ from latbench.tables import (
     Journal,
     LatencyTable,
     block_row,
+    device_diff,
     op_rows,
     rounds_stats,
 )
@@ -169,9 +170,7 @@ class TableBuilder:
         journal = Journal(self.out_dir / "journal.sqlite")
         previous = journal.get_meta("device")
         if previous is not None and not self.force:
-            probe = LatencyTable(pd.DataFrame(columns=BLOCK_COLUMNS), meta={"device": previous,
-                                 "latbench_version": latbench.__version__})
-            diffs = [d for d in probe.provenance_diff(self.device) if not d.startswith("latbench_version")]
+            diffs = device_diff(previous, self.device)
             if diffs:
                 journal.close()
                 raise UsageError(f"table {self.out_dir} was measured on another device or runtime "
@@ -184,7 +183,6 @@ class TableBuilder:
     def _measure(self, journal: Journal, items: dict[str, Any], roles: dict[str, str], rounds: int,
                  profile_round0: bool) -> list[str]:
         """Measure every (key, round) the journal lacks; commit each as it finishes."""
-
         if self.force:
             journal.forget(items)
         done = journal.rounds_done()
@@ -194,8 +192,7 @@ class TableBuilder:
             return []
         t0 = time.perf_counter()
         anchor_cfg = self.anchor_cfg
-        to_export = [items[k] for k in todo] + ([anchor_cfg] if anchor_cfg is not None else [])
-        arts = export_for_runner(list(dict.fromkeys(to_export)), self.runner.artifact_format, self.settings.jobs,
+        arts = export_for_runner(list(dict.fromkeys([items[k] for k in todo] + [anchor_cfg])), self.runner.artifact_format, self.settings.jobs,
                                  self.settings.precision, self.show_export_progress)
         self.timings["export_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -204,10 +201,8 @@ class TableBuilder:
             a = arts[k]
             prepared[k] = self.runner.prepare(a.path, a.content_hash, label=k)
             self.progress("prepare", i + 1, len(todo))
-        anchor = None
-        if anchor_cfg is not None:
-            a = arts[anchor_cfg.key]
-            anchor = self.runner.prepare(a.path, a.content_hash, label=anchor_cfg.key)
+        a = arts[anchor_cfg.key]
+        anchor = self.runner.prepare(a.path, a.content_hash, label=anchor_cfg.key)
         self.timings["prepare_s"] += time.perf_counter() - t0
         measured: list[str] = []
         total = sum(len(rs) for rs in todo.values())
@@ -366,7 +361,3 @@ def candidate_from_fields(fields: dict[str, Any], resolution: int) -> Candidate 
     if fields.get("model_name"):
         return Candidate(fields["name"], resolution, model_name=fields["model_name"])
     return None
-
-
-def resolve_model_targets(models: Sequence[str], archs: Sequence[str], resolution: int | None) -> list[Candidate]:
-    return [resolve_candidate(s, resolution) for s in list(models) + list(archs)]

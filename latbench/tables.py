@@ -244,18 +244,11 @@ class LatencyTable:
 
     # -- provenance ----------------------------------------------------------------------------
     def provenance_diff(self, current: dict[str, Any]) -> list[str]:
-        """What differs between the table's device provenance and `current` (field: table -> now)."""
-        table = self.device
-        diffs = []
-        for k in PROVENANCE_KEYS + ["latbench_version"]:
-            if k == "latbench_version":
-                a, b = self.meta.get("latbench_version"), latbench.__version__
-            else:
-                if k not in table or k not in current:
-                    continue  # only compare what both sides know
-                a, b = table.get(k), current.get(k)
-            if a != b:
-                diffs.append(f"{k}: {a!r} -> {b!r}")
+        """What differs between the table's device provenance and `current` (field: table -> now),
+        the latbench version included."""
+        diffs = device_diff(self.device, current)
+        if self.meta.get("latbench_version") != latbench.__version__:
+            diffs.append(f"latbench_version: {self.meta.get('latbench_version')!r} -> {latbench.__version__!r}")
         return diffs
 
     def check_provenance(self, current: dict[str, Any], strict: bool = False) -> list[str]:
@@ -265,6 +258,13 @@ class LatencyTable:
             raise UsageError(f"table {self.label()} is stale for this device ({'; '.join(diffs)}); "
                              "rebuild it with `latbench lut build --force` or drop --strict")
         return diffs
+
+
+def device_diff(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Provenance fields that differ between two device descriptions ("field: recorded -> current");
+    only fields both sides know are compared."""
+    return [f"{k}: {recorded[k]!r} -> {current[k]!r}" for k in PROVENANCE_KEYS
+            if k in recorded and k in current and recorded[k] != current[k]]
 
 
 def row_config(row: dict[str, Any]) -> BlockConfig:
