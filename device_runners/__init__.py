@@ -11,7 +11,6 @@ import inspect
 from typing import Any
 
 from device_runners.base import DeviceInfo, DeviceLost, Prepared, Runner, file_content_hash
-from device_runners.schedule import InterleavedRun, ScheduledResult, ScheduleReport, interleaved_measure
 from latbench.errors import DeviceError, UsageError
 
 RUNNER_MODULES = ("device_runners.cpu", "device_runners.android", "device_runners.iphone", "device_runners.mac")
@@ -19,14 +18,10 @@ RUNNER_MODULES = ("device_runners.cpu", "device_runners.android", "device_runner
 __all__ = [
     "DeviceInfo",
     "DeviceLost",
-    "InterleavedRun",
     "Prepared",
     "Runner",
-    "ScheduleReport",
-    "ScheduledResult",
     "discover_devices",
     "file_content_hash",
-    "interleaved_measure",
     "open_runner",
     "runner_classes",
 ]

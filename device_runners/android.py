@@ -11,8 +11,9 @@ How a Measurement is built (perf_test prints summaries, so this is spelled out):
   the first WARMUP of each invocation, are the samples. If the result file is missing or its
   figures disagree with the printed average by more than 25 %, the samples fall back to one per
   invocation (its printed P50, else its average) and a warning says so.
-* With runs=None invocations continue (up to `max_invocations`) until the median's CI is within
-  `target_ci`; with runs=N, R = ceil(N / min_invocations).
+* The caller's SamplingPolicy decides: with a fixed run count N, R = ceil(N / min_invocations);
+  adaptively, invocations continue (up to `max_invocations`) until its stop rule fires (the
+  median's CI target, its time cap, or max runs).
 * Every invocation's printed figures (average, P50/P90/P95/P99, session creation, first
   inference) are kept in `Measurement.extra["invocations"]`; session_ms and first_inference_ms
   are their medians.
@@ -38,11 +39,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from device_runners.base import DeviceInfo, DeviceLost, Prepared, Runner, first_line, relative_ci
+from device_runners.base import DeviceInfo, DeviceLost, Prepared, Runner, first_line
 from device_runners.ort_common import artifact_info, onnx_inputs, parse_ort_profile
 from device_runners.perf_test_output import PerfTestReport, parse_perf_test_output, parse_result_file
 from latbench.errors import DeviceError, UsageError
-from latbench.measurement import THROTTLING_WARNING, Measurement, latbench_version
+from latbench.measurement import THROTTLING_WARNING, Measurement, SamplingPolicy
 
 DEFAULT_PERF_TEST = "/data/local/tmp/onnxruntime_perf_test"
 DEFAULT_REMOTE_DIR = "/data/local/tmp/latbench"
@@ -167,7 +168,6 @@ class AndroidRunner(Runner):
         runs_per_invocation: int = 50,
         min_invocations: int = 3,
         max_invocations: int = 8,
-        target_ci: float = 0.01,
         profile_runs: int = 20,
         command_timeout: float = 600.0,
         quick_timeout: float = 20.0,
@@ -190,7 +190,6 @@ class AndroidRunner(Runner):
         self.runs_per_invocation = runs_per_invocation
         self.min_invocations = min_invocations
         self.max_invocations = max(max_invocations, min_invocations)
-        self.target_ci = target_ci
         self.profile_runs = profile_runs
         self.command_timeout = command_timeout
         self.quick_timeout = quick_timeout
@@ -421,17 +420,16 @@ class AndroidRunner(Runner):
         except ValueError as e:
             raise DeviceError(f"unrecognised onnxruntime_perf_test output on android:{self.serial}: {e}") from e
 
-    def measure(
-        self, prepared: Prepared, *, warmup: int = 10, runs: int | None = None, profile: bool = False
-    ) -> Measurement:
+    def measure(self, prepared: Prepared, policy: SamplingPolicy | None = None, *, profile: bool = False) -> Measurement:
         try:
-            return self._measure(prepared, warmup=warmup, runs=runs, profile=profile)
+            return self._measure(prepared, policy or SamplingPolicy(), profile=profile)
         except DeviceLost as e:
             raise DeviceLost(str(e), unmeasured=[prepared.label]) from e
 
-    def _measure(self, prepared: Prepared, *, warmup: int, runs: int | None, profile: bool) -> Measurement:
-        if warmup < 0:
-            raise UsageError(f"warmup must be >= 0, got {warmup}")
+    def _measure(self, prepared: Prepared, policy: SamplingPolicy, *, profile: bool) -> Measurement:
+        """perf_test invocations until the policy stops them (its stop rule applied after every
+        invocation, once `min_invocations` are in; fixed runs are spread over min_invocations)."""
+        warmup, runs = policy.warmup_runs, policy.runs
         remote_model: str = prepared.handle
         per_inv = math.ceil(runs / self.min_invocations) if runs is not None else self.runs_per_invocation
         n_inv = self.min_invocations if runs is not None else self.max_invocations
@@ -441,6 +439,8 @@ class AndroidRunner(Runner):
         raw: list[float] = []
         raw_ok = True
         token = secrets.token_hex(4)
+        start = time.perf_counter()
+        stopped_by = "max_invocations"
         for i in range(n_inv):
             result_path = f"{self.remote_dir}/res_{token}_{i}.csv"
             self._shell(["rm", "-f", result_path])  # perf_test appends to an existing result file
@@ -455,8 +455,13 @@ class AndroidRunner(Runner):
             else:
                 raw_ok = False
             samples = raw if raw_ok else [r.typical_ms for r in reports]
-            if runs is None and i + 1 >= self.min_invocations and relative_ci(samples) <= self.target_ci:
-                break
+            if runs is None and i + 1 >= self.min_invocations:
+                reason = policy.stop_reason(samples, time.perf_counter() - start)
+                if reason:
+                    stopped_by = reason
+                    break
+        if runs is not None:
+            stopped_by = "runs"
         if raw_ok:
             samples, source = (raw[:runs] if runs is not None else raw), "result_file"
         else:
@@ -465,33 +470,20 @@ class AndroidRunner(Runner):
                 "per-run times unavailable from the perf_test result file; one sample per invocation "
                 "(its P50, else its average), warm-up runs included"
             )
-        if runs is None and relative_ci(samples) > self.target_ci:
-            warnings.append(
-                f"median CI +-{relative_ci(samples) * 100:.1f}% above the {self.target_ci * 100:.1f}% target "
-                f"after {len(reports)} invocations"
-            )
+        ci_warning = policy.ci_warning(samples, stopped_by, unit=f"samples in {len(reports)} invocations")
+        if ci_warning:
+            warnings.append(ci_warning)
         per_op = self._profile(remote_model) if profile else []
         after_status = self.thermal_status()
         statuses = [s for s in (before["thermal_status"], after_status) if s is not None]
         if statuses and max(statuses) >= 1:
             worst = max(statuses)
             warnings.append(f"{THROTTLING_WARNING}: thermal status {THERMAL_STATUS.get(worst, worst)} during the run")
-        provenance = {
-            **before,
-            "thermal_status_after": after_status,
-            **prepared.info,
-            "artifact": prepared.artifact.name,
-            "content_hash": prepared.content_hash,
-            "remote_model": remote_model,
-            "latbench_version": latbench_version(),
-            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "sampling": {
-                "warmup_runs": warmup,
-                "runs_per_invocation": per_inv,
-                "invocations": len(reports),
-                "sample_source": source,
-            },
-        }
+        sampling = {"warmup_runs": warmup, "runs_per_invocation": per_inv, "invocations": len(reports),
+                    "sample_source": source, "stopped_by": stopped_by,
+                    "timed_wall_s": round(time.perf_counter() - start, 6)}
+        provenance = self.provenance_for(prepared, sampling, device=before, thermal_status_after=after_status,
+                                         remote_model=remote_model)
         return Measurement(
             label=prepared.label,
             samples_ms=samples,

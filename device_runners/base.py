@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from latbench.errors import DeviceError, UsageError
-from latbench.measurement import Measurement, latbench_version, median_ci_indices, percentile
+from latbench.measurement import Measurement, SamplingPolicy, latbench_version
 
 
 @dataclass(frozen=True)
@@ -133,16 +133,17 @@ class Runner(abc.ABC):
     def _prepare(self, artifact: Path, content_hash: str, label: str) -> Prepared: ...
 
     @abc.abstractmethod
-    def measure(
-        self, prepared: Prepared, *, warmup: int = 10, runs: int | None = None, profile: bool = False
-    ) -> Measurement:
-        """Time `prepared`: `warmup` untimed runs, then `runs` timed runs (None: adaptive)."""
+    def measure(self, prepared: Prepared, policy: SamplingPolicy | None = None, *, profile: bool = False) -> Measurement:
+        """Time `prepared` as `policy` says (default: SamplingPolicy()); with `profile`, also take
+        per-op times in a way that does not touch the samples."""
 
-    def provenance_for(self, prepared: Prepared, sampling: dict[str, Any], **extra: Any) -> dict[str, Any]:
-        """What every Measurement records: the device as it is now, the artifact, the tool's
-        version, when, and how it was sampled (plus runner-specific `extra` facts)."""
+    def provenance_for(self, prepared: Prepared, sampling: dict[str, Any], *, device: dict[str, Any] | None = None,
+                       **extra: Any) -> dict[str, Any]:
+        """What every Measurement records: the device as it is now (`device`, default describe()),
+        the artifact, the tool's version, when, and how it was sampled (plus runner-specific
+        `extra` facts)."""
         return {
-            **self.describe(),
+            **(self.describe() if device is None else device),
             **extra,
             **prepared.info,
             "artifact": prepared.artifact.name,
@@ -177,48 +178,18 @@ class Runner(abc.ABC):
 
 # -- sampling loop shared by in-process runners (cpu, mac) --------------------------------------
 
-
-@dataclass(frozen=True)
-class SamplingPolicy:
-    """When to stop timing when the caller did not fix the run count.
-
-    Stop once at least `min_runs` samples are in and the median's ~95 % CI is within `target_ci`
-    (relative half-width), or when `time_cap_s` of timed runs have elapsed, or at `max_runs`.
-    """
-
-    min_runs: int = 50
-    max_runs: int = 20_000
-    target_ci: float = 0.01
-    time_cap_s: float = 20.0
-    warmup_time_s: float = 0.3
-    check_every: int = 10
-    #: Keep sampling at least this long before the CI may stop it (more samples of tiny kernels).
-    min_time_s: float = 0.0
-
-
-def relative_ci(samples: Sequence[float]) -> float:
-    idx = median_ci_indices(len(samples))
-    if idx is None:
-        return float("inf")
-    s = sorted(samples)
-    med = percentile(s, 50.0)
-    return (s[idx[1]] - s[idx[0]]) / 2.0 / med if med > 0 else float("inf")
-
-
 #: Below this share of wall time on the CPU, the measuring thread was mostly waiting for a core.
 CONTENTION_SHARE = 0.9
 
 
 def sample_latencies(
     run_once: Callable[[], object],
-    *,
-    warmup: int,
-    runs: int | None,
     policy: SamplingPolicy,
+    *,
     cpu_clock: Callable[[], int] | None = None,
     sample_clock: Callable[[], int] | None = None,
 ) -> tuple[list[float], dict[str, Any], list[str]]:
-    """Warm up, then time `run_once`. Returns (samples_ms, info, warnings).
+    """Warm up, then time `run_once` as `policy` says. Returns (samples_ms, info, warnings).
 
     Samples are taken with `sample_clock` (default time.perf_counter_ns, wall time); warm-up and
     the time cap always use wall time. With `cpu_clock` (the measuring thread's CPU time, valid
@@ -231,47 +202,26 @@ def sample_latencies(
     # Warm-up by count and by time: caches, allocator arenas and CPU frequency settle.
     t_end = clock() + int(policy.warmup_time_s * 1e9)
     done = 0
-    while done < warmup or clock() < t_end:
+    while done < policy.warmup_runs or clock() < t_end:
         run_once()
         done += 1
     samples: list[float] = []
     warnings: list[str] = []
-    stopped_by = "runs"
     if cpu_clock:
         cpu0 = cpu_clock()  # read outside the timed windows, so it costs the samples nothing
     start = clock()
-    if runs is not None:
-        if runs < 1:
-            raise UsageError(f"runs must be >= 1, got {runs}")
-        for _ in range(runs):
-            t0 = timer()
-            run_once()
-            samples.append((timer() - t0) / 1e6)
-    else:
-        deadline = clock() + int(policy.time_cap_s * 1e9)
-        min_end = clock() + int(policy.min_time_s * 1e9)
-        while True:
-            t0 = timer()
-            run_once()
-            samples.append((timer() - t0) / 1e6)
-            n = len(samples)
-            if n >= policy.max_runs:
-                stopped_by = "max_runs"
-                break
-            if (n >= policy.min_runs and n % policy.check_every == 0 and clock() >= min_end
-                    and relative_ci(samples) <= policy.target_ci):
-                stopped_by = "ci"
-                break
-            if clock() >= deadline:
-                stopped_by = "time_cap"
-                break
-        ci = relative_ci(samples)
-        if stopped_by != "ci" and ci > policy.target_ci:
-            warnings.append(
-                f"median CI +-{ci * 100:.1f}% above the {policy.target_ci * 100:.1f}% target "
-                f"({stopped_by.replace('_', ' ')} reached after {len(samples)} runs)"
-            )
+    while True:
+        t0 = timer()
+        run_once()
+        samples.append((timer() - t0) / 1e6)
+        stopped_by = policy.stop_reason(samples, (clock() - start) / 1e9,
+                                        check=len(samples) % policy.check_every == 0)
+        if stopped_by:
+            break
     wall_ns = clock() - start
+    warning = policy.ci_warning(samples, stopped_by)
+    if warning:
+        warnings.append(warning)
     info: dict[str, Any] = {"warmup_runs": done, "timed_runs": len(samples), "stopped_by": stopped_by,
                             "timed_wall_s": round(wall_ns / 1e9, 6)}
     if cpu_clock:

@@ -26,10 +26,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from device_runners.base import DeviceInfo, Prepared, Runner, SamplingPolicy, first_line, sample_latencies
+from device_runners.base import DeviceInfo, Prepared, Runner, first_line, sample_latencies
 from device_runners.ort_common import artifact_info, parse_ort_profile, random_feeds, session_inputs
 from latbench.errors import DeviceError, UsageError
-from latbench.measurement import Measurement
+from latbench.measurement import Measurement, SamplingPolicy
 
 
 def parse_core_mask(mask: str | int | Iterable[int] | None) -> list[int] | None:
@@ -102,7 +102,6 @@ class CpuRunner(Runner):
         *,
         threads: int = 1,
         core_mask: str | int | Iterable[int] | None = None,
-        policy: SamplingPolicy | None = None,
         seed: int = 0,
         profile_runs: int = 20,
         clock: str = "auto",
@@ -131,7 +130,6 @@ class CpuRunner(Runner):
                 raise UsageError(f"cores {missing} are not available on this host (available: {_available_cores()})")
             if not hasattr(os, "sched_setaffinity"):
                 raise UsageError("core pinning needs os.sched_setaffinity (Linux)")
-        self.policy = policy or SamplingPolicy()
         self.seed = seed
         self.profile_runs = profile_runs
 
@@ -218,21 +216,18 @@ class CpuRunner(Runner):
         finally:
             os.sched_setaffinity(0, saved)
 
-    def measure(
-        self, prepared: Prepared, *, warmup: int = 10, runs: int | None = None, profile: bool = False
-    ) -> Measurement:
+    def measure(self, prepared: Prepared, policy: SamplingPolicy | None = None, *, profile: bool = False) -> Measurement:
+        policy = policy or SamplingPolicy()
         session, feeds = prepared.handle
         with self._pinned():
             samples, info, warnings = sample_latencies(
                 lambda: self._run(session, feeds),
-                warmup=warmup,
-                runs=runs,
-                policy=self.policy,
+                policy,
                 # One intra-op thread computes on this thread, so its CPU time is the work done.
                 cpu_clock=time.thread_time_ns if self.threads == 1 else None,
                 sample_clock=time.thread_time_ns if self.clock == "thread_cpu" else None,
             )
-            per_op = self._profile(prepared, warmup) if profile else []
+            per_op = self._profile(prepared, policy.warmup_runs) if profile else []
         return self.result(prepared, samples, info, per_op, warnings)
 
     def _profile(self, prepared: Prepared, warmup: int):

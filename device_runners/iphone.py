@@ -6,9 +6,9 @@ builds and launches a model-runner app on the phone and returns a Device with a 
 MLModelBenchmarker(model, device) then loads and predicts on the phone. Its timings are taken
 on the device (load_duration / last_predict_duration), in milliseconds.
 
-Samples: benchmark_predict in batches of `batch` predictions until the median's CI is within
-`target_ci` (at least `min_runs`, at most `max_runs`), after `warmup` untimed predictions whose
-first one is the first-inference time. session_ms is the median of `load_iterations` loads.
+Samples: benchmark_predict in batches of `batch` predictions until the caller's SamplingPolicy
+stops it (fixed runs, or the median's CI target, the time cap or max runs), after the policy's
+warm-up predictions (at least one), whose first is the first-inference time. session_ms is the median of `load_iterations` loads.
 Per-op times come from benchmark_operation_execution and are estimates (whole-model time x
 MLComputePlan cost weight), which every such Measurement says in its warnings.
 
@@ -22,11 +22,12 @@ import json
 import statistics
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from device_runners.base import DeviceInfo, DeviceLost, Prepared, Runner, first_line, relative_ci
+from device_runners.base import DeviceInfo, DeviceLost, Prepared, Runner, first_line
 from device_runners.coreml_common import (
     ARTIFACT_SUFFIXES,
     ESTIMATED_OPS_WARNING,
@@ -39,7 +40,7 @@ from device_runners.coreml_common import (
 )
 from device_runners.ort_common import artifact_info
 from latbench.errors import DeviceError, UsageError
-from latbench.measurement import Measurement
+from latbench.measurement import Measurement, SamplingPolicy
 
 
 def devicectl_hardware(udid: str, timeout: float = 30.0) -> dict[str, Any]:
@@ -86,10 +87,7 @@ class IPhoneRunner(Runner):
         api: Any,
         compute_units: str = "ALL",
         load_iterations: int = 3,
-        min_runs: int = 50,
-        max_runs: int = 500,
         batch: int = 50,
-        target_ci: float = 0.01,
         profile_runs: int = 20,
         hardware: dict[str, Any] | None = None,
     ) -> None:
@@ -99,13 +97,10 @@ class IPhoneRunner(Runner):
         self.udid = device.udid
         self.device_id = f"iphone:{device.udid}"
         self.compute_units = check_compute_units(compute_units)
-        if min(load_iterations, min_runs, max_runs, batch, profile_runs) < 1:
+        if min(load_iterations, batch, profile_runs) < 1:
             raise UsageError("iteration counts must be >= 1")
         self.load_iterations = load_iterations
-        self.min_runs = min_runs
-        self.max_runs = max(max_runs, min_runs)
         self.batch = batch
-        self.target_ci = target_ci
         self.profile_runs = profile_runs
         self.hardware = hardware or {}
         self._loop = asyncio.new_event_loop()
@@ -221,27 +216,23 @@ class IPhoneRunner(Runner):
         loads = self._call("load", label, lambda: bench.benchmark_load(iterations=self.load_iterations))
         return Prepared(label, content_hash, artifact, bench, info, session_ms=statistics.median(loads.samples))
 
-    def measure(
-        self, prepared: Prepared, *, warmup: int = 10, runs: int | None = None, profile: bool = False
-    ) -> Measurement:
+    def measure(self, prepared: Prepared, policy: SamplingPolicy | None = None, *, profile: bool = False) -> Measurement:
+        policy = policy or SamplingPolicy()
         bench = prepared.handle
         label = prepared.label
-        warm = self._call("predict", label, lambda: bench.benchmark_predict(iterations=max(warmup, 1)))
+        warmup = max(policy.warmup_runs, 1)
+        warm = self._call("predict", label, lambda: bench.benchmark_predict(iterations=warmup))
         first_ms = warm.samples[0] if warm.samples else None
         samples: list[float] = []
-        target = runs if runs is not None else self.max_runs
-        while len(samples) < target:
-            n = min(self.batch, target - len(samples))
+        start = time.perf_counter()
+        while True:
+            n = self.batch if policy.runs is None else min(self.batch, policy.runs - len(samples))
             batch = self._call("predict", label, lambda n=n: bench.benchmark_predict(iterations=n))
             samples.extend(float(s) for s in batch.samples)
-            if runs is None and len(samples) >= self.min_runs and relative_ci(samples) <= self.target_ci:
+            stopped_by = policy.stop_reason(samples, time.perf_counter() - start)
+            if stopped_by:
                 break
-        warnings = []
-        if runs is None and relative_ci(samples) > self.target_ci:
-            warnings.append(
-                f"median CI +-{relative_ci(samples) * 100:.1f}% above the {self.target_ci * 100:.1f}% target "
-                f"after {len(samples)} runs"
-            )
+        warnings = [w for w in [policy.ci_warning(samples, stopped_by)] if w]
         per_op = []
         if profile:
             infos = self._call(
@@ -250,7 +241,8 @@ class IPhoneRunner(Runner):
             per_op = ops_from_execution_info(infos)
             warnings.append(ESTIMATED_OPS_WARNING)
         provenance = self.provenance_for(
-            prepared, {"warmup_runs": max(warmup, 1), "timed_runs": len(samples), "timing": "on-device"}
+            prepared, {"warmup_runs": warmup, "timed_runs": len(samples), "stopped_by": stopped_by,
+                       "timed_wall_s": round(time.perf_counter() - start, 6), "timing": "on-device"}
         )
         return Measurement(
             label=label,

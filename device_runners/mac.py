@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from device_runners.base import DeviceInfo, Prepared, Runner, SamplingPolicy, first_line, sample_latencies
+from device_runners.base import DeviceInfo, Prepared, Runner, first_line, sample_latencies
 from device_runners.coreml_common import (
     ARTIFACT_SUFFIXES,
     ESTIMATED_OPS_WARNING,
@@ -28,7 +28,7 @@ from device_runners.coreml_common import (
 )
 from device_runners.ort_common import artifact_info, random_feeds
 from latbench.errors import DeviceError, UsageError
-from latbench.measurement import Measurement
+from latbench.measurement import Measurement, SamplingPolicy
 
 
 def _linux_reason(system: str) -> str:
@@ -53,7 +53,6 @@ class MacRunner(Runner):
         *,
         api: Any,
         compute_units: str = "ALL",
-        policy: SamplingPolicy | None = None,
         seed: int = 0,
         profile_runs: int = 20,
     ) -> None:
@@ -61,7 +60,6 @@ class MacRunner(Runner):
         self.api = api
         self.device_id = "mac"
         self.compute_units = check_compute_units(compute_units)
-        self.policy = policy or SamplingPolicy()
         self.seed = seed
         self.profile_runs = profile_runs
 
@@ -122,13 +120,9 @@ class MacRunner(Runner):
         except Exception as e:
             raise DeviceError(f"Core ML prediction failed: {first_line(e)}") from e
 
-    def measure(
-        self, prepared: Prepared, *, warmup: int = 10, runs: int | None = None, profile: bool = False
-    ) -> Measurement:
+    def measure(self, prepared: Prepared, policy: SamplingPolicy | None = None, *, profile: bool = False) -> Measurement:
         model, feeds = prepared.handle
-        samples, info, warnings = sample_latencies(
-            lambda: self._predict(model, feeds), warmup=warmup, runs=runs, policy=self.policy
-        )
+        samples, info, warnings = sample_latencies(lambda: self._predict(model, feeds), policy or SamplingPolicy())
         per_op = []
         if profile:
             bench = self.api.MLModelBenchmarker(model=model, device=None)

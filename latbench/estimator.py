@@ -47,6 +47,9 @@ class Estimate:
     scale: float = 1.0
     intercept_ms: float = 0.0
     method: str = ""
+    calibrated: bool = False
+    #: Why the estimate may be off: an uncalibrated table, table entries flagged as doubtful.
+    warnings: list[str] = field(default_factory=list)
 
     def per_group(self) -> dict[str, float]:
         """Estimated ms per stem/stage/head, scaled so the groups add up to latency_ms
@@ -106,11 +109,13 @@ class LatencyEstimator:
 
     def __init__(self, table: LatencyTable):
         self.table = table
-        self.ms = table.median_ms()
+        self.ms = table.latency_ms()
+        self.flagged = table.flagged()
         ov = table.overhead
         self.use_overhead = bool(ov.get("empty_models", True)) and any(k.startswith("empty-") for k in self.ms)
         self.scale = float(ov.get("scale", 1.0))
         self.intercept = float(ov.get("intercept_ms", 0.0))
+        self.calibrated = bool(ov.get("calibrated", bool(ov.get("calibrated_on"))))
 
     def _empty_key(self, resolution: int, shape: tuple[int, ...]) -> str:
         return EmptyConfig.for_shape(resolution, shape).key
@@ -151,16 +156,33 @@ class LatencyEstimator:
             raise UsageError(f"{name}: nothing to estimate (no blocks)")
         self.check_covered(name, blocks)
         raw, plain, rows, e_in = self.raw(blocks)
+        warnings = self.doubtful(self.required_keys(blocks))
         if all(b.kind == "model" for b in blocks):
             # Measured whole: nothing was summed, so neither overhead nor calibration applies.
-            return Estimate(name, plain, plain, rows, 0.0, 1.0, 0.0, "whole model measured end to end")
+            return Estimate(name, plain, plain, rows, 0.0, 1.0, 0.0, "whole model measured end to end", True,
+                            warnings)
         est = self.scale * raw + self.intercept
         method = "sum(block - empty) + empty(input)" if self.use_overhead else "plain sum"
-        if self.scale != 1.0 or self.intercept != 0.0:
-            method += f", calibrated x{self.scale:.4f} {self.intercept:+.4f} ms"
+        if self.calibrated:
+            method += f", calibrated x{self.scale:.4f}" + (f" {self.intercept:+.4f} ms" if self.intercept else "")
+        else:
+            method += ", UNCALIBRATED"
+            warnings.insert(0, f"table {self.table.label()} is uncalibrated: no whole model was measured end to end "
+                               "with it, so what isolated blocks miss (fusion, cache effects; typically -15..+15 %) "
+                               "is not corrected; rebuild it with --calibrate N (space builds) or --model/--arch")
         if not math.isfinite(est) or est <= 0:
             est = plain
-        return Estimate(name, est, plain, rows, e_in, self.scale, self.intercept, method)
+        return Estimate(name, est, plain, rows, e_in, self.scale, self.intercept, method, self.calibrated, warnings)
+
+    def doubtful(self, keys: list[str]) -> list[str]:
+        """A warning naming the table entries in `keys` whose latency is flagged as doubtful."""
+        bad = [f"{k} ({self.flagged[k]})" for k in keys if k in self.flagged]
+        if not bad:
+            return []
+        shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+        return [f"{len(bad)} table entr{'y' if len(bad) == 1 else 'ies'} used here "
+                f"{'is' if len(bad) == 1 else 'are'} doubtful: {shown}; re-measure with "
+                f"`latbench lut check {self.table.label()} --device {self.table.meta.get('device_id') or 'ID'} --fix`"]
 
     def estimate(self, candidate) -> Estimate:
         """Estimate a `latbench.candidates.Candidate`."""

@@ -287,13 +287,14 @@ def synthetic_table(space: SearchSpace | None = None, resolution: int = 224, *,
     rows: list[dict[str, Any]] = []
     for c in configs + overhead_blocks(configs) + [EmptyConfig(r, 3, r, r)]:
         rows.append({"key": c.key, "kind": c.kind, **{k: v for k, v in c.fields().items() if k != "kind"},
-                     "params": c.params(), "median_ms": cost(c)})
+                     "params": c.params(), "latency_ms": cost(c), "consensus": True})
     if reference_ms is not None:
         ref = ModelConfig(REFERENCE_RESOLUTION, REFERENCE_MODEL)
         rows.append({"key": ref.key, "kind": "model", "name": REFERENCE_MODEL, "resolution": REFERENCE_RESOLUTION,
-                     "median_ms": reference_ms})
+                     "latency_ms": reference_ms, "consensus": True})
     rows = list({row["key"]: row for row in rows}.values())
     meta = {"name": "synthetic", "device_id": "synthetic", "synthetic": True, "resolution": r,
             "space": {"name": space.name, "digest": space.digest(), "definition": space.to_dict()},
-            "overhead": {"empty_models": True, "scale": scale, "intercept_ms": intercept_ms}}
+            "overhead": {"empty_models": True, "scale": scale, "intercept_ms": intercept_ms, "calibrated": True,
+                         "calibrated_on": ["synthetic"]}}
     return LatencyTable(pd.DataFrame(rows, columns=BLOCK_COLUMNS), meta=meta)

@@ -1,21 +1,22 @@
-"""Build, extend and validate latency lookup tables on a device.
+"""Build latency lookup tables on a device, and derive them from their journal.
 
-Flow: block configs -> export (content-addressed cache) -> runner.prepare -> interleaved,
-randomised rounds with a drift anchor -> every measurement committed to the table's journal as
-it is taken -> blocks.csv/ops.csv/models.csv/meta.json derived from the journal atomically.
+Flow: block configs (+ the empty models of the overhead model, + whole models for calibration)
+-> one MeasuringSession (export, prepare, interleaved rounds until the rounds of every entry
+agree, each measurement committed to the table's journal as it is taken) -> `derive_table`:
+per entry the consensus of its rounds on the table's time base, a plausibility check across
+entries of a kind, the overhead calibration fitted on the whole models -> blocks.csv, ops.csv,
+models.csv, meta.json, written atomically.
 
-Re-running a build measures only the (key, round) pairs the journal lacks, so a killed build
-resumes where it stopped and a grown space costs only its new configurations.
+Re-running a build measures only what the journal lacks, so a killed build resumes where it
+stopped and a grown space costs only its new configurations.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
+import math
 import random
-import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,46 +24,81 @@ from typing import Any
 import pandas as pd
 
 import latbench
-from latbench.blocks import BlockConfig, EmptyConfig, FFNConfig, overhead_blocks
+from latbench.blocks import (
+    AttnConfig,
+    BlockConfig,
+    EmptyConfig,
+    FFNConfig,
+    config_from_fields,
+    overhead_blocks,
+)
 from latbench.candidates import Candidate
 from latbench.errors import UsageError
 from latbench.estimator import LatencyEstimator, fit_calibration
-from latbench.measurement import Measurement, merge_measurements
-from latbench.tables import (
-    BLOCK_COLUMNS,
-    MODEL_COLUMNS,
-    OP_COLUMNS,
-    Journal,
-    LatencyTable,
-    block_row,
-    device_diff,
-    op_rows,
-    rounds_stats,
-)
+from latbench.measurement import SamplingPolicy, merge_measurements
+from latbench.measuring.consensus import ConsensusRule, Verdict
+from latbench.measuring.journal import Journal, JournalRow
+from latbench.measuring.session import MeasuringPlan, MeasuringSession, SessionResult, Target, round_values
+from latbench.measuring.timebase import base_levels, session_factors
+from latbench.plausibility import PlausibilityRule, check_trends, entry_of
+from latbench.tables import BLOCK_COLUMNS, MODEL_COLUMNS, OP_COLUMNS, LatencyTable, device_diff, op_rows
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
+
+#: Rounds an implausible entry gets beyond the consensus minimum before it is flagged.
+PLAUSIBILITY_EXTRA_ROUNDS = 2
 
 
 @dataclass
 class BuildSettings:
-    rounds: int = 3  # interleaved passes over all blocks; samples are pooled across rounds
+    rounds: int = 3  # rounds every entry gets; consensus may ask for more (up to consensus.max_rounds)
     warmup: int = 10
-    runs: int | None = None  # None: the runner's adaptive policy
+    runs: int | None = None  # None: adaptive sampling (CI target or time cap)
     profile: bool = True  # per-op breakdown (taken in round 0 only)
     anchor_every: int = 12
     seed: int = 0
     jobs: int = 2
     calibration_models: int = 4  # whole models measured end to end to fit the overhead model
     precision: str | None = None
-    # Per-measurement time caps for runners with an adaptive policy: many short interleaved
-    # measurements beat one long one on a drifting device.
+    # Per-measurement time caps: many short interleaved measurements beat one long one.
     block_time_cap_s: float = 1.5
     model_time_cap_s: float = 4.0
     warmup_time_s: float = 0.05
     min_time_s: float = 0.3
+    min_separation_s: float = 2.0  # an entry's extra round waits this long after its previous one
+    consensus: ConsensusRule = field(default_factory=ConsensusRule)
+    plausibility: PlausibilityRule = field(default_factory=PlausibilityRule)
+
+    def policies(self) -> dict[str, SamplingPolicy]:
+        def policy(cap: float) -> SamplingPolicy:
+            if self.runs is not None:
+                return SamplingPolicy.fixed(self.runs, self.warmup)
+            return SamplingPolicy(warmup_runs=self.warmup, warmup_time_s=self.warmup_time_s, time_cap_s=cap,
+                                  min_time_s=min(cap, self.min_time_s))
+
+        return {"block": policy(self.block_time_cap_s), "anchor": policy(self.block_time_cap_s),
+                "model": policy(self.model_time_cap_s)}
+
+    def plan(self) -> MeasuringPlan:
+        return MeasuringPlan(rounds=self.rounds, consensus=self.consensus, policies=self.policies(),
+                             anchor_every=self.anchor_every, seed=self.seed, profile=self.profile,
+                             min_separation_s=self.min_separation_s)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        d = {k: v for k, v in self.__dict__.items() if k not in ("consensus", "plausibility")}
+        return {**d, "consensus": self.consensus.to_dict(), "plausibility": self.plausibility.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **changes: Any) -> BuildSettings:
+        """The settings a table was built with (its meta.json / journal), with `changes`."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k not in ("consensus",
+                                                                                              "plausibility")}
+        if data.get("consensus"):
+            known["consensus"] = ConsensusRule.from_dict(data["consensus"])
+        if data.get("plausibility"):
+            known["plausibility"] = PlausibilityRule(**{k: v for k, v in data["plausibility"].items()
+                                                        if k in PlausibilityRule.__dataclass_fields__})
+        return cls(**{**known, **changes})
 
 
 @dataclass
@@ -71,54 +107,28 @@ class BuildResult:
     measured: list[str] = field(default_factory=list)  # (key, round) pairs measured by this run, as "key#r"
     reused: int = 0
     timings: dict[str, float] = field(default_factory=dict)
-    schedule: list[dict[str, Any]] = field(default_factory=list)
+    session: SessionResult | None = None
 
 
-@dataclass(frozen=True)
-class Artifact:
-    key: str
-    path: Path
-    content_hash: str
-
-
-def export_for_runner(items: Sequence[Any], fmt: str, jobs: int, precision: str | None,
-                      progress: bool) -> dict[str, Artifact]:
-    """Export through the content-addressed cache; raise if any item failed."""
-    from latbench.export import export_items
-
-    if not items:
-        return {}
-    kwargs: dict[str, Any] = {"formats": (fmt,), "jobs": jobs, "progress": progress}
-    if precision:
-        kwargs["precision"] = precision
-    report = export_items(list(items), **kwargs)
-    if report.failures:
-        first = report.failures[0]
-        raise UsageError(f"export failed for {len(report.failures)} item(s), first {first.key}: {first.error}")
-    return {r.key: Artifact(r.key, Path(r.path), r.content_hash) for r in report if r.format == fmt}
-
-
-def pick_anchor(journal: Journal, resolution: int) -> BlockConfig:
-    """The table's anchor: re-measured periodically to detect drift and normalise it away.
-
-    Fixed once per table (kept in the journal, so resumed and incremental builds share it) and
-    the same mid-sized block for every table of a resolution, whatever it measures.
-    """
-    from latbench.blocks import config_from_fields
-
-    saved = journal.get_meta("anchor")
+def table_anchors(journal: Journal, resolution: int) -> list[BlockConfig]:
+    """The table's anchors: measured alongside the entries in every session (build, resume,
+    check, validate) to put sessions on one time base. Fixed once per table (kept in the
+    journal). One anchor per kind the estimator leans on most: an FFN and an attention mixer."""
+    saved = journal.get_meta("anchors")
     if saved:
-        return config_from_fields(saved["fields"])
-    anchor = FFNConfig(resolution, 3, 96, 4)
-    journal.set_meta("anchor", {"key": anchor.key, "fields": anchor.fields()})
-    return anchor
+        return [config_from_fields(f) for f in saved]
+    legacy = journal.get_meta("anchor")  # tables from before several anchors
+    anchors = ([config_from_fields(legacy["fields"])] if legacy else
+               [FFNConfig(resolution, 3, 96, 4), AttnConfig(resolution, 3, 96)])
+    journal.set_meta("anchors", [a.fields() for a in anchors])
+    return anchors
 
 
 def calibration_candidates(space, resolution: int, n: int, seed: int) -> list[Candidate]:
     """S0 plus random subnets of the space (seeds disjoint from `lut validate`'s default)."""
     if n <= 0 or space is None:
         return []
-    from latbench.space import named_arch
+    from latbench.space import Arch, named_arch
 
     out: list[Candidate] = []
     s0 = named_arch("efficientformerv2_s0", resolution)
@@ -127,29 +137,13 @@ def calibration_candidates(space, resolution: int, n: int, seed: int) -> list[Ca
     rng = random.Random(f"calibration:{seed}")
     while len(out) < n:
         arch = space.sample(rng, resolution)
-        from latbench.space import Arch
-
         arch = Arch(arch.stages, arch.resolution, f"calib-{len(out)}")
         out.append(Candidate(arch.name, resolution, arch=arch))
     return out
 
 
-@contextlib.contextmanager
-def sampling_policy(runner, **changes: float):
-    """Temporarily adjust the adaptive sampling policy of runners that have one (cpu, mac)."""
-    policy = getattr(runner, "policy", None)
-    if policy is None or not dataclasses.is_dataclass(policy):
-        yield
-        return
-    runner.policy = dataclasses.replace(policy, **{k: v for k, v in changes.items() if hasattr(policy, k)})
-    try:
-        yield
-    finally:
-        runner.policy = policy
-
-
 class TableBuilder:
-    """Drives one build into `out_dir` on an open runner."""
+    """Drives one build into `out_dir` on an open runner (or dispatcher)."""
 
     def __init__(self, runner, out_dir: str | Path, settings: BuildSettings, *, force: bool = False,
                  progress: ProgressFn | None = None, show_export_progress: bool = True):
@@ -160,11 +154,7 @@ class TableBuilder:
         self.progress = progress or (lambda phase, done, total: None)
         self.show_export_progress = show_export_progress
         self.device = runner.describe()
-        self.timings: dict[str, float] = {"export_s": 0.0, "prepare_s": 0.0, "measure_wall_s": 0.0,
-                                          "timed_runs_s": 0.0}
-        self.schedule_reports: list[dict[str, Any]] = []
 
-    # -- journal / provenance -------------------------------------------------------------------
     def _open_journal(self) -> Journal:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         journal = Journal(self.out_dir / "journal.sqlite")
@@ -177,178 +167,179 @@ class TableBuilder:
                                  f"({'; '.join(diffs)}); pass --force to re-measure it or --out another directory")
         journal.set_meta("device", self.device)
         journal.set_meta("device_id", getattr(self.runner, "device_id", None))
+        journal.set_meta("settings", self.settings.to_dict())
         return journal
 
-    # -- measuring ----------------------------------------------------------------------------
-    def _measure(self, journal: Journal, items: dict[str, Any], roles: dict[str, str], rounds: int,
-                 profile_round0: bool) -> list[str]:
-        """Measure every (key, round) the journal lacks; commit each as it finishes."""
-        if self.force:
-            journal.forget(items)
-        done = journal.rounds_done()
-        todo = {k: [r for r in range(rounds) if r not in done.get(k, set())] for k in items}
-        todo = {k: rs for k, rs in todo.items() if rs}
-        if not todo:
-            return []
-        t0 = time.perf_counter()
-        anchor_cfg = self.anchor_cfg
-        arts = export_for_runner(list(dict.fromkeys([items[k] for k in todo] + [anchor_cfg])), self.runner.artifact_format, self.settings.jobs,
-                                 self.settings.precision, self.show_export_progress)
-        self.timings["export_s"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        prepared = {}
-        for i, k in enumerate(todo):
-            a = arts[k]
-            prepared[k] = self.runner.prepare(a.path, a.content_hash, label=k)
-            self.progress("prepare", i + 1, len(todo))
-        a = arts[anchor_cfg.key]
-        anchor = self.runner.prepare(a.path, a.content_hash, label=anchor_cfg.key)
-        self.timings["prepare_s"] += time.perf_counter() - t0
-        measured: list[str] = []
-        total = sum(len(rs) for rs in todo.values())
-        t0 = time.perf_counter()
-        has_models = any(roles[k] == "model" for k in todo)
-        cap = self.settings.model_time_cap_s if has_models else self.settings.block_time_cap_s
-        # The session is already warm from prepare(); a short warm-up refills the caches, and a
-        # minimum sampling time gives tiny blocks many samples per round.
-        with sampling_policy(self.runner, time_cap_s=cap, warmup_time_s=self.settings.warmup_time_s,
-                             min_time_s=min(cap, self.settings.min_time_s)):
-            self._rounds(journal, items, roles, rounds, profile_round0, todo, prepared, anchor, measured, total)
-        self.timings["measure_wall_s"] += time.perf_counter() - t0
-        return measured
-
-    def _rounds(self, journal, items, roles, rounds, profile_round0, todo, prepared, anchor, measured, total) -> None:
-        from device_runners.schedule import interleaved_measure
-
-        for rnd in range(rounds):
-            keys = [k for k, rs in todo.items() if rnd in rs]
-            if not keys:
-                continue
-
-            def commit(res, rnd=rnd) -> None:
-                m: Measurement = res.measurement
-                sampling = m.provenance.get("sampling") or {}
-                self.timings["timed_runs_s"] += sampling.get("timed_wall_s", sum(m.samples_ms) / 1e3)
-                if res.is_anchor:
-                    self._anchor_ms = m.median
-                    return
-                # The anchor's latest speed, for drift normalisation when the table is derived.
-                m.provenance["anchor_ms"] = self._anchor_ms
-                journal.record(res.key, rnd, roles[res.key], items[res.key].fields(), m, prepared[res.key].content_hash)
-                measured.append(f"{res.key}#{rnd}")
-                self.progress("measure", len(measured), total)
-
-            run = interleaved_measure(
-                self.runner, {k: prepared[k] for k in keys}, anchor=anchor, rounds=1,
-                anchor_every=self.settings.anchor_every, warmup=self.settings.warmup, runs=self.settings.runs,
-                profile=profile_round0 and rnd == 0, seed=self.settings.seed * 1000 + rnd, on_result=commit,
-            )
-            report = run.run()
-            self.schedule_reports.append({"round": rnd, **report.to_dict()})
-
-    # -- the build ----------------------------------------------------------------------------
     def build(self, configs: Sequence[BlockConfig], *, space=None, resolution: int | None = None,
               calibration: Sequence[Candidate] = ()) -> BuildResult:
         t_start = time.perf_counter()
         configs = list(dict.fromkeys(configs))
-        self._anchor_ms: float | None = None
+        r = resolution or configs[0].resolution
         items: dict[str, Any] = {c.key: c for c in configs}
         for e in overhead_blocks(configs):
             items.setdefault(e.key, e)
-        # The model-input empty is needed by every estimate.
-        r = resolution or configs[0].resolution
-        e_in = EmptyConfig.for_shape(r, (1, 3, r, r))
+        e_in = EmptyConfig.for_shape(r, (1, 3, r, r))  # the model-input empty is needed by every estimate
         items.setdefault(e_in.key, e_in)
+        targets = [Target(k, c, "block") for k, c in items.items()]
+        # Calibration models are measured in the same interleaved rounds as the blocks, so the
+        # overhead fit compares the two under the same host conditions.
+        targets += [Target(c.key, c, "model") for c in calibration]
         with self._open_journal() as journal:
-            # One anchor per table: its speed at the time of each measurement is recorded, so slow
-            # phases of a shared host can be normalised away.
-            self.anchor_cfg = pick_anchor(journal, r)
-            reused = sum(1 for k, rs in journal.rounds_done("block").items() if k in items)
-            # Calibration models are measured in the same interleaved rounds as the blocks, so the
-            # overhead fit compares the two under the same host conditions.
-            cal_items = {c.key: c for c in calibration}
-            roles = {**{k: "block" for k in items}, **{k: "model" for k in cal_items}}
-            measured = self._measure(journal, {**items, **cal_items}, roles, self.settings.rounds,
-                                     self.settings.profile)
-            table = self._materialise(journal, space, r, list(calibration))
-        self.timings["total_s"] = time.perf_counter() - t_start
-        table.meta["build_timings"] = self.timings
+            if self.force:
+                journal.forget([t.key for t in targets])
+            if space is not None:
+                journal.set_meta("space", {"name": space.name, "digest": space.digest(), "source": space.source,
+                                           "definition": space.to_dict()})
+            journal.set_meta("resolution", r)
+            reused = sum(1 for k in journal.rounds_done("block") if k in items)
+            anchors = [Target(a.key, a, "anchor") for a in table_anchors(journal, r)]
+            rule = self.settings.consensus
+            session = MeasuringSession(
+                self.runner, self.settings.plan(), journal=journal, purpose="build", progress=self.progress,
+                export_jobs=self.settings.jobs, precision=self.settings.precision,
+                show_export_progress=self.show_export_progress,
+                time_base=lambda j, s: session_factors(j, rule, current=s),
+                recheck=lambda verdicts: implausible_keys(verdicts, items, self.settings))
+            result = session.run(targets, anchors)
+            base_levels(journal, rule)  # fix the time base once the first session has finished
+            journal.set_meta("sessions_report", (journal.get_meta("sessions_report") or [])
+                             + ([{"session": result.session, **result.report}] if result.session else []))
+            table = derive_table(journal, self.out_dir)
+        timings = {**result.timings, "total_s": time.perf_counter() - t_start}
+        table.meta["build_timings"] = timings
         table.save()
-        return BuildResult(table, measured, reused, dict(self.timings), table.meta.get("schedule", []))
+        return BuildResult(table, result.measured, reused, timings, result)
 
-    def _materialise(self, journal: Journal, space, resolution: int, calibration: list[Candidate]) -> LatencyTable:
-        block_rows, ops = [], []
-        from latbench.blocks import config_from_fields
 
-        block_ms = journal.measurements("block")
-        model_ms = journal.measurements("model")
-        anchors = [m.provenance.get("anchor_ms") for _, ms, _ in list(block_ms.values()) + list(model_ms.values())
-                   for m in ms]
-        anchors = [a for a in anchors if a]
-        reference = statistics.median(anchors) if anchors else None
-        for key, (fields, ms, ch) in sorted(block_ms.items()):
-            config = config_from_fields(fields)
-            params = None if config.kind == "model" else config.params()
-            block_rows.append(block_row(fields, key, ms, ch, params, config.input_shape, reference))
-            profiled = next((m for m in ms if m.per_op), None)
-            if profiled is not None:
-                ops.extend(op_rows(key, profiled))
-        # A --model/--arch build into a space's table keeps the space it was built for.
-        if space is not None:
-            journal.set_meta("space", {"name": space.name, "digest": space.digest(), "source": space.source,
-                                       "definition": space.to_dict()})
-        space_info = journal.get_meta("space")
-        # Drift reports accumulate over resumed and incremental runs.
-        schedule = (journal.get_meta("schedule") or []) + self.schedule_reports
-        journal.set_meta("schedule", schedule)
-        self.schedule_reports = []
-        meta: dict[str, Any] = {
-            "anchor": {"key": self.anchor_cfg.key, "fields": self.anchor_cfg.fields(), "reference_ms": reference,
-                       "measurements": len(anchors),
-                       "spread": (max(anchors) / min(anchors) - 1) if anchors else None},
-            "name": self.out_dir.name,
-            "device_id": getattr(self.runner, "device_id", None),
-            "device": self.device,
-            "latbench_version": latbench.__version__,
-            "space": space_info,
-            "resolution": resolution,
-            "settings": self.settings.to_dict(),
-            "created": journal.get_meta("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "schedule": schedule,
+def implausible_keys(verdicts: dict[str, Verdict], items: dict[str, Any], settings: BuildSettings) -> list[str]:
+    """Entries far above the trend of their kind that may still get a few more rounds."""
+    entries = [entry_of(k, items[k], v.value) for k, v in verdicts.items() if k in items and math.isfinite(v.value)]
+    checks = check_trends(entries, settings.plausibility)
+    bound = settings.consensus.min_rounds + PLAUSIBILITY_EXTRA_ROUNDS
+    return [k for k, c in checks.items() if c.implausible and verdicts[k].rounds < bound]
+
+
+# -- deriving a table from its journal ------------------------------------------------------------
+def entry_stats(rows: Sequence[JournalRow], rule: ConsensusRule, factors: dict[str, float]) -> dict[str, Any]:
+    """The table columns of one entry: the consensus latency on the table's time base, how its
+    rounds agreed, and spread statistics of the pooled samples."""
+    ms = [r.measurement for r in rows]
+    pooled = merge_measurements(ms)
+    verdict = rule.decide(round_values(rows, rule, factors))
+    raw = rule.decide([rule.round_value(m) for m in ms])
+    stats = pooled.stats()
+    return {
+        "latency_ms": verdict.value,
+        "raw_latency_ms": raw.value,
+        "consensus": verdict.agreed,
+        "agreement": verdict.agreement,
+        "round_spread": verdict.spread,
+        **stats,
+        "rounds": len(ms),
+        "session_ms": pooled.session_ms,
+        "first_inference_ms": pooled.first_inference_ms,
+        "measured_at": pooled.provenance.get("measured_at"),
+        "warnings": "; ".join(pooled.warnings) or None,
+    }
+
+
+def derive_table(journal: Journal, out_dir: Path) -> LatencyTable:
+    """The table as the journal says it is (no measuring): what a build, `lut check --fix` and
+    `lut repair` write."""
+    settings = journal.get_meta("settings") or {}
+    built = BuildSettings.from_dict(settings)
+    rule, prule = built.consensus, built.plausibility
+    factors = session_factors(journal, rule)
+    resolution = journal.get_meta("resolution")
+    block_rows: list[dict[str, Any]] = []
+    ops: list[dict[str, Any]] = []
+    configs: dict[str, BlockConfig] = {}
+    for key, rows in sorted(journal.rows("block").items()):
+        fields = rows[0].fields
+        config = config_from_fields(fields)
+        configs[key] = config
+        row = {"key": key, "kind": fields.get("kind"),
+               **{c: fields.get(c) for c in ("resolution", "stage", "width", "expansion", "width_in", "width_out",
+                                            "channels", "height", "num_classes", "name")},
+               "input_shape": "x".join(map(str, config.input_shape)) if config.input_shape else None,
+               "params": None if config.kind == "model" else config.params(),
+               "macs": None if config.kind == "model" else config.macs(),
+               "content_hash": rows[-1].content_hash, **entry_stats(rows, rule, factors)}
+        block_rows.append(row)
+        profiled = next((r.measurement for r in rows if r.measurement.per_op), None)
+        if profiled is not None:
+            ops.extend(op_rows(key, profiled))
+    # Plausibility across entries of a kind: flag what stays far above its trend.
+    checks = check_trends([entry_of(r["key"], configs[r["key"]], r["latency_ms"]) for r in block_rows
+                           if math.isfinite(r["latency_ms"])], prule)
+    for row in block_rows:
+        c = checks.get(row["key"])
+        row["trend_ratio"] = None if c is None else c.ratio
+        flags = ([] if row["consensus"] else ["no-consensus"]) + (["implausible"] if c and c.implausible else [])
+        row["flags"] = ",".join(flags) or None
+    space_info = journal.get_meta("space")
+    base = journal.get_meta("time_base")
+    anchors = journal.get_meta("anchors") or []
+    meta: dict[str, Any] = {
+        "name": out_dir.name,
+        "device_id": journal.get_meta("device_id"),
+        "device": journal.get_meta("device") or {},
+        "latbench_version": latbench.__version__,
+        "space": space_info,
+        "resolution": resolution,
+        "settings": settings,
+        "consensus": rule.to_dict(),
+        "plausibility": prule.to_dict(),
+        "anchors": {"keys": [config_from_fields(f).key for f in anchors], "fields": anchors,
+                    "levels_ms": (base or {}).get("levels"), "base_session": (base or {}).get("session")},
+        "time_base": {"method": "per-session factor: median over anchors of base level / session level",
+                      "sessions": {s: f for s, f in factors.items()}},
+        "flagged": {r["key"]: r["flags"] for r in block_rows if r["flags"]},
+        "created": journal.get_meta("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "sessions": journal.get_meta("sessions_report") or [],
+    }
+    if journal.get_meta("created") is None:
+        journal.set_meta("created", meta["created"])
+    table = LatencyTable(pd.DataFrame(block_rows, columns=BLOCK_COLUMNS), pd.DataFrame(ops, columns=OP_COLUMNS),
+                         pd.DataFrame(columns=MODEL_COLUMNS), meta, out_dir)
+    _calibrate(table, journal, rule, factors, resolution)
+    return table
+
+
+def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, factors: dict[str, float],
+               resolution: int | None) -> None:
+    """Fit the overhead model's scale on the whole models measured end to end (models.csv)."""
+    table.meta["overhead"] = {"empty_models": True, "scale": 1.0, "intercept_ms": 0.0, "calibrated": False,
+                              "calibrated_on": []}
+    est = LatencyEstimator(table)
+    model_rows, raw, measured = [], [], []
+    for key, rows in sorted(journal.rows("model").items()):
+        fields = rows[0].fields
+        stats = entry_stats(rows, rule, factors)
+        cand = candidate_from_fields(fields, resolution or 224)
+        row = {"name": fields.get("name", key), "key": key, "role": "calibration", **stats,
+               "content_hash": rows[-1].content_hash, "arch": fields.get("arch")}
+        if cand is not None:
+            row["params"] = cand.params()
+            row["macs"] = cand.macs()
+            blocks = cand.blocks()
+            if all(k in est.ms for k in est.required_keys(blocks)) and math.isfinite(stats["latency_ms"]):
+                raw.append(est.raw(blocks)[0])
+                measured.append(stats["latency_ms"])
+        row["flags"] = None if stats["consensus"] else "no-consensus"
+        model_rows.append(row)
+    table.models = pd.DataFrame(model_rows, columns=MODEL_COLUMNS)
+    if raw:
+        scale, _ = fit_calibration(raw, measured)
+        names = [r["name"] for r in model_rows if r.get("params") is not None]
+        fitted = [scale * x for x in raw]
+        table.meta["overhead"] = {
+            "empty_models": True, "scale": scale, "intercept_ms": 0.0, "calibrated": True,
+            "method": "sum(block - empty(shape)) + empty(input), times a scale fitted by relative least squares "
+                      "on whole models measured end to end",
+            "calibrated_on": names,
+            "fit_errors_pct": [100 * (f / m - 1) for f, m in zip(fitted, measured)],
         }
-        if journal.get_meta("created") is None:
-            journal.set_meta("created", meta["created"])
-        table = LatencyTable(pd.DataFrame(block_rows, columns=BLOCK_COLUMNS), pd.DataFrame(ops, columns=OP_COLUMNS),
-                             pd.DataFrame(columns=MODEL_COLUMNS), meta, self.out_dir)
-        # Overhead model: empties are in the table; fit scale/intercept on whole models measured end to end.
-        table.meta["overhead"] = {"empty_models": True, "scale": 1.0, "intercept_ms": 0.0}
-        est = LatencyEstimator(table)
-        model_rows, raw, measured = [], [], []
-        cands = {c.key: c for c in calibration}
-        for key, (fields, ms, ch) in sorted(model_ms.items()):
-            m = merge_measurements(ms)
-            stats = rounds_stats(ms, reference)
-            cand = cands.get(key) or candidate_from_fields(fields, resolution)
-            row = {"name": fields.get("name", key), "key": key, "role": "calibration", **stats,
-                   "content_hash": ch, "measured_at": m.provenance.get("measured_at"), "arch": fields.get("arch")}
-            if cand is not None:
-                row["params"] = cand.params()
-                row["macs"] = cand.macs()
-                blocks = cand.blocks()
-                if all(k in est.ms for k in est.required_keys(blocks)):
-                    raw.append(est.raw(blocks)[0])
-                    measured.append(stats["median_ms"])
-            model_rows.append(row)
-        table.models = pd.DataFrame(model_rows, columns=MODEL_COLUMNS)
-        if raw:
-            scale, intercept = fit_calibration(raw, measured)
-            table.meta["overhead"] = {
-                "empty_models": True, "scale": scale, "intercept_ms": intercept,
-                "method": "sum(block - empty(shape)) + empty(input), then scale/intercept fitted by relative "
-                          "least squares on whole models measured end to end",
-                "calibrated_on": [r["name"] for r in model_rows if r.get("params") is not None],
-            }
-        return table
 
 
 def candidate_from_fields(fields: dict[str, Any], resolution: int) -> Candidate | None:
@@ -361,3 +352,9 @@ def candidate_from_fields(fields: dict[str, Any], resolution: int) -> Candidate 
     if fields.get("model_name"):
         return Candidate(fields["name"], resolution, model_name=fields["model_name"])
     return None
+
+
+def model_calibration_targets(candidates: Iterable[Candidate]) -> list[Candidate]:
+    """The candidates of a --model/--arch build that can calibrate the table: those that
+    decompose into blocks (measured whole, they tell how the block sum relates to the model)."""
+    return [c for c in candidates if c.arch is not None]

@@ -270,3 +270,85 @@ def merge_measurements(measurements: Sequence[Measurement], label: str | None = 
 
 def latbench_version() -> str:
     return latbench.__version__
+
+
+def relative_ci(samples: Sequence[float]) -> float:
+    """Relative half-width of the ~95 % CI of the median of `samples`; inf when n is too small."""
+    idx = median_ci_indices(len(samples))
+    if idx is None:
+        return math.inf
+    s = sorted(samples)
+    med = percentile(s, 50.0)
+    return (s[idx[1]] - s[idx[0]]) / 2.0 / med if med > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class SamplingPolicy:
+    """How one measurement samples: warm-up, then timed runs until a stop rule fires.
+
+    The caller (a measuring session) passes a policy to `Runner.measure` with every measurement,
+    so blocks, whole models and anchors can be sampled differently without touching the runner.
+    With `runs` set, exactly that many timed runs are taken. Otherwise sampling stops once at
+    least `min_runs` samples are in, `min_time_s` has passed and the median's ~95 % CI is within
+    `target_ci` (relative half-width), or at `time_cap_s` of timed runs, or at `max_runs`.
+    Runners that cannot time single runs (a benchmark binary printing summaries) apply the same
+    rule to whatever unit they sample in (invocations, batches).
+    """
+
+    warmup_runs: int = 10
+    warmup_time_s: float = 0.3
+    runs: int | None = None
+    min_runs: int = 50
+    max_runs: int = 20_000
+    target_ci: float = 0.01
+    time_cap_s: float = 20.0
+    min_time_s: float = 0.0
+    check_every: int = 10
+
+    def __post_init__(self) -> None:
+        from latbench.errors import UsageError
+
+        if self.runs is not None and self.runs < 1:
+            raise UsageError(f"runs must be >= 1, got {self.runs}")
+        if self.warmup_runs < 0 or self.min_runs < 1 or self.max_runs < 1 or self.check_every < 1:
+            raise UsageError("warm-up runs must be >= 0 and run counts >= 1")
+        if min(self.warmup_time_s, self.time_cap_s, self.min_time_s, self.target_ci) < 0:
+            raise UsageError("sampling times and the CI target must be >= 0")
+
+    @classmethod
+    def fixed(cls, runs: int, warmup_runs: int = 10, warmup_time_s: float = 0.0) -> SamplingPolicy:
+        """Exactly `runs` timed runs after `warmup_runs` untimed ones."""
+        return cls(warmup_runs=warmup_runs, warmup_time_s=warmup_time_s, runs=runs)
+
+    def replace(self, **changes: Any) -> SamplingPolicy:
+        import dataclasses
+
+        return dataclasses.replace(self, **changes)
+
+    def stop_reason(self, samples: Sequence[float], elapsed_s: float, *, check: bool = True) -> str | None:
+        """Why sampling should stop after these samples ("runs", "ci", "time_cap", "max_runs"),
+        or None to go on. `check=False` skips the (costly) CI test between check points."""
+        n = len(samples)
+        if self.runs is not None:
+            return "runs" if n >= self.runs else None
+        if n >= self.max_runs:
+            return "max_runs"
+        if (check and n >= self.min_runs and elapsed_s >= self.min_time_s
+                and relative_ci(samples) <= self.target_ci):
+            return "ci"
+        if elapsed_s >= self.time_cap_s:
+            return "time_cap"
+        return None
+
+    def ci_warning(self, samples: Sequence[float], stopped_by: str, unit: str = "runs") -> str | None:
+        """The warning a measurement carries when adaptive sampling stopped short of the CI target."""
+        if self.runs is not None or stopped_by == "ci":
+            return None
+        ci = relative_ci(samples)
+        if ci <= self.target_ci:
+            return None
+        return (f"median CI +-{ci * 100:.1f}% above the {self.target_ci * 100:.1f}% target "
+                f"({stopped_by.replace('_', ' ')} reached after {len(samples)} {unit})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)

@@ -9,6 +9,7 @@ which maps back onto the Arch's block decomposition.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ from latbench.blocks import arch_slots
 from latbench.candidates import Candidate, resolve_candidate
 from latbench.errors import UsageError
 from latbench.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
-from latbench.measurement import Measurement
+from latbench.measurement import Measurement, merge_measurements
+from latbench.measuring.session import ArtifactItem, MeasuringSession, Target
 
 ARTIFACT_SUFFIXES = {".onnx": "onnx", ".mlpackage": "coreml"}
 # Exporters spell the module path of a node in several ways: "/network.4/network.4.5/...",
@@ -34,10 +36,17 @@ class ProfileResult:
     measurement: Measurement
     per_op_type: list[dict[str, Any]] = field(default_factory=list)
     per_block: list[dict[str, Any]] = field(default_factory=list)
+    #: How the rounds agreed: the consensus latency ("value_ms"), agreement, spread.
+    consensus: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def latency_ms(self) -> float:
+        return float(self.consensus.get("value_ms", self.measurement.median))
 
     def to_dict(self) -> dict[str, Any]:
         m = self.measurement
-        return {"target": self.target, "device": self.device_id, "artifact": self.artifact, **m.stats(),
+        return {"target": self.target, "device": self.device_id, "artifact": self.artifact,
+                "latency_ms": self.latency_ms, "consensus": self.consensus, **m.stats(),
                 "session_ms": m.session_ms, "first_inference_ms": m.first_inference_ms, "warnings": m.warnings,
                 "per_op_type": self.per_op_type, "per_block": self.per_block, "provenance": m.provenance,
                 "samples_ms": m.samples_ms}
@@ -115,8 +124,11 @@ def breakdowns(m: Measurement, candidate: Candidate | None) -> tuple[list[dict],
 
 
 def profile(spec: str, runner, *, runs: int | None = None, warmup: int = 10, resolution: int | None = None,
-            jobs: int = 1, show_export_progress: bool = True) -> ProfileResult:
-    from latbench.lut import export_for_runner
+            rounds: int = 3, jobs: int = 1, show_export_progress: bool = True,
+            progress: Callable[[str, int, int], None] | None = None) -> ProfileResult:
+    """Measure one model (or artifact) on an open runner: a measuring session of `rounds`
+    rounds (more until they agree), per-op times from the first round's profiling run."""
+    from latbench.validate import model_plan
 
     candidate, artifact = resolve_target(spec, resolution)
     if artifact is not None:
@@ -124,15 +136,22 @@ def profile(spec: str, runner, *, runs: int | None = None, warmup: int = 10, res
         if fmt != runner.artifact_format:
             raise UsageError(f"device {runner.device_id} runs {runner.artifact_format} artifacts, "
                              f"{artifact.name} is {fmt}")
-        prepared = runner.prepare(artifact, label=artifact.stem)
+        item = ArtifactItem.of(artifact)
+        target = Target(item.key, item, "model")
     else:
-        art = export_for_runner([candidate], runner.artifact_format, jobs, None, show_export_progress)[candidate.key]
-        prepared = runner.prepare(art.path, art.content_hash, label=candidate.name)
-        artifact = art.path
-    m = runner.measure(prepared, warmup=warmup, runs=runs, profile=True)
+        target = Target(candidate.key, candidate, "model")
+    plan = model_plan(rounds, runs, warmup, time_cap_s=4.0, seed=0, profile=True)
+    session = MeasuringSession(runner, plan, purpose="profile", export_jobs=jobs, progress=progress,
+                               show_export_progress=show_export_progress)
+    res = session.run([target])
+    ms = res.measurements(target.key)
+    m = merge_measurements(ms, label=candidate.name if candidate else artifact.name)
+    m.per_op = next((x.per_op for x in ms if x.per_op), [])
+    verdict = res.verdicts[target.key]
     by_type, per_block = breakdowns(m, candidate)
-    return ProfileResult(candidate.name if candidate else artifact.name, runner.device_id, str(artifact), m,
-                         by_type, per_block)
+    path = artifact if artifact is not None else session.artifacts[target.key].path
+    return ProfileResult(candidate.name if candidate else artifact.name, runner.device_id, str(path), m,
+                         by_type, per_block, verdict.to_dict())
 
 
 def write_outputs(result: ProfileResult, out_dir: str | Path) -> list[Path]:

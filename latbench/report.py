@@ -189,12 +189,12 @@ def measure_candidates(candidates: Sequence[Candidate], runner, *, rounds: int =
                        runs: int | None = None, seed: int = 0,
                        progress: Callable[[str, int, int], None] | None = None) -> tuple[dict[str, float], dict]:
     """End-to-end latency (ms) of each candidate on an open device runner, keyed by candidate name,
-    and the device's provenance (interleaved rounds, median of round medians: see latbench.validate)."""
+    and the device's provenance (one measuring session: interleaved rounds until they agree)."""
     from latbench.validate import measure_models
 
     timings = measure_models(candidates, runner, rounds=rounds, warmup=warmup, runs=runs, seed=seed,
                              progress=progress)
-    return {c.name: timings.stats[c.key]["median_ms"] for c in candidates}, timings.device
+    return {c.name: timings.passes[0][c.key] for c in candidates}, timings.device
 
 
 # -- plots ---------------------------------------------------------------------------------------------

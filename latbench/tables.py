@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
-import statistics
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,16 +28,21 @@ import latbench
 from latbench.blocks import BlockConfig
 from latbench.errors import UsageError
 from latbench.fileio import atomic_write_json, atomic_write_text
-from latbench.measurement import Measurement, merge_measurements
+from latbench.measurement import Measurement
 
-SCHEMA_VERSION = 1
-STAT_COLUMNS = ["median_ms", "raw_median_ms", "mean_ms", "std_ms", "p5_ms", "p95_ms", "iqr_ms", "n", "ci_rel"]
+SCHEMA_VERSION = 2
+#: The latency an estimate uses, and how the entry's rounds agreed on it (see measuring/consensus.py).
+CONSENSUS_COLUMNS = ["latency_ms", "raw_latency_ms", "consensus", "agreement", "round_spread", "rounds"]
+#: Spread statistics of the pooled samples of every round.
+STAT_COLUMNS = ["median_ms", "mean_ms", "std_ms", "p5_ms", "p95_ms", "iqr_ms", "n", "ci_rel"]
 FIELD_COLUMNS = ["resolution", "stage", "width", "expansion", "width_in", "width_out", "channels", "height",
                  "num_classes", "name"]
-BLOCK_COLUMNS = (["key", "kind", *FIELD_COLUMNS, "input_shape", "params", *STAT_COLUMNS, "rounds",
-                  "session_ms", "first_inference_ms", "content_hash", "measured_at", "warnings"])
+BLOCK_COLUMNS = (["key", "kind", *FIELD_COLUMNS, "input_shape", "params", "macs", *CONSENSUS_COLUMNS,
+                  "trend_ratio", "flags", *STAT_COLUMNS, "session_ms", "first_inference_ms", "content_hash",
+                  "measured_at", "warnings"])
 OP_COLUMNS = ["block_key", "op_type", "node_name", "median_ms", "share"]
-MODEL_COLUMNS = ["name", "key", "role", "params", "macs", *STAT_COLUMNS, "content_hash", "measured_at", "arch"]
+MODEL_COLUMNS = ["name", "key", "role", "params", "macs", *CONSENSUS_COLUMNS, "flags", *STAT_COLUMNS,
+                 "content_hash", "measured_at", "arch"]
 
 # Provenance fields that must match for a table to describe the device it is used with.
 PROVENANCE_KEYS = ["device_kind", "device_model", "soc", "os", "os_build", "runtime", "runtime_version",
@@ -49,118 +52,6 @@ PROVENANCE_KEYS = ["device_kind", "device_model", "soc", "os", "os_build", "runt
 def default_table_dir(device_id: str, space_name: str, resolution: int, root: str | Path = "tables") -> Path:
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in device_id)
     return Path(root) / safe / f"{space_name}-r{resolution}"
-
-
-class Journal:
-    """Append-only SQLite record of measurements; every row is committed as it is taken.
-
-    One row per (key, round). SQLite's journaling makes each commit atomic, so a SIGKILL at any
-    point leaves either the whole row or none of it.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(
-            """
-            CREATE TABLE IF NOT EXISTS measurements (
-                key TEXT NOT NULL, round INTEGER NOT NULL, role TEXT NOT NULL,
-                fields TEXT NOT NULL, measurement TEXT NOT NULL, content_hash TEXT,
-                measured_at REAL NOT NULL, PRIMARY KEY (key, round));
-            CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-            """
-        )
-        self.db.commit()
-
-    def close(self) -> None:
-        self.db.close()
-
-    def __enter__(self) -> Journal:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def record(self, key: str, round_: int, role: str, fields: dict, m: Measurement, content_hash: str | None) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (key, round_, role, json.dumps(fields, default=str), json.dumps(m.to_dict()), content_hash, time.time()),
-        )
-        self.db.commit()
-
-    def rounds_done(self, role: str | None = None) -> dict[str, set[int]]:
-        q = "SELECT key, round FROM measurements" + (" WHERE role = ?" if role else "")
-        out: dict[str, set[int]] = {}
-        for key, rnd in self.db.execute(q, (role,) if role else ()):
-            out.setdefault(key, set()).add(rnd)
-        return out
-
-    def measurements(self, role: str | None = None) -> dict[str, tuple[dict, list[Measurement], str | None]]:
-        """key -> (fields, measurements of every round, content hash)."""
-        q = "SELECT key, fields, measurement, content_hash FROM measurements"
-        q += (" WHERE role = ?" if role else "") + " ORDER BY key, round"
-        out: dict[str, tuple[dict, list[Measurement], str | None]] = {}
-        for key, fields, mj, ch in self.db.execute(q, (role,) if role else ()):
-            entry = out.setdefault(key, (json.loads(fields), [], ch))
-            entry[1].append(Measurement.from_dict(json.loads(mj)))
-        return out
-
-    def forget(self, keys: Iterable[str]) -> None:
-        self.db.executemany("DELETE FROM measurements WHERE key = ?", [(k,) for k in keys])
-        self.db.commit()
-
-    def get_meta(self, name: str) -> Any:
-        row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def set_meta(self, name: str, value: Any) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, json.dumps(value, default=str)))
-        self.db.commit()
-
-
-def rounds_stats(ms: list[Measurement], anchor_reference_ms: float | None = None) -> dict[str, Any]:
-    """Statistics of one artifact measured in several interleaved rounds.
-
-    The latency (`median_ms`) is the median of the per-round medians: every round counts once,
-    however many samples its adaptive sampling took (a disturbed round takes *more*, so pooling
-    would let it dominate), and with three or more rounds one disturbed round is outvoted. The
-    spread figures (std, p5, p95, IQR, n, CI) come from the pooled samples.
-
-    With `anchor_reference_ms`, each round median is first normalised by the anchor's speed when
-    it was taken (recorded as provenance["anchor_ms"]): median * reference / anchor. A shared host
-    drifts by several percent over minutes; this puts every measurement on one time base.
-    """
-    stats = merge_measurements(ms).stats()
-
-    def normalised(m: Measurement) -> float:
-        anchor = m.provenance.get("anchor_ms")
-        return m.median * anchor_reference_ms / anchor if anchor and anchor_reference_ms else m.median
-
-    stats["median_ms"] = statistics.median(normalised(m) for m in ms)
-    stats["raw_median_ms"] = statistics.median(m.median for m in ms)
-    return stats
-
-
-def block_row(config_fields: dict, key: str, ms: list[Measurement], content_hash: str | None,
-              params: int | None, input_shape: tuple[int, ...] | None,
-              anchor_reference_ms: float | None = None) -> dict[str, Any]:
-    m = merge_measurements(ms)
-    row: dict[str, Any] = {"key": key, "kind": config_fields.get("kind")}
-    for col in FIELD_COLUMNS:
-        row[col] = config_fields.get(col)
-    row["input_shape"] = "x".join(map(str, input_shape)) if input_shape else None
-    row["params"] = params
-    row.update(rounds_stats(ms, anchor_reference_ms))
-    row["rounds"] = len(ms)
-    row["session_ms"] = m.session_ms
-    row["first_inference_ms"] = m.first_inference_ms
-    row["content_hash"] = content_hash
-    row["measured_at"] = m.provenance.get("measured_at")
-    row["warnings"] = "; ".join(m.warnings) or None
-    return row
 
 
 def op_rows(key: str, m: Measurement) -> list[dict[str, Any]]:
@@ -191,8 +82,15 @@ class LatencyTable:
     def overhead(self) -> dict[str, Any]:
         return self.meta.get("overhead") or {}
 
-    def median_ms(self) -> dict[str, float]:
-        return dict(zip(self.blocks["key"], self.blocks["median_ms"].astype(float)))
+    def latency_ms(self) -> dict[str, float]:
+        """key -> the latency estimates use (the consensus of the entry's rounds)."""
+        return dict(zip(self.blocks["key"], self.blocks["latency_ms"].astype(float)))
+
+    def flagged(self) -> dict[str, str]:
+        """key -> flags ("no-consensus", "implausible") of entries whose latency is in doubt."""
+        if "flags" not in self.blocks.columns:
+            return {}
+        return {k: f for k, f in zip(self.blocks["key"], self.blocks["flags"]) if isinstance(f, str) and f}
 
     def has(self, key: str) -> bool:
         return key in set(self.blocks["key"])
@@ -237,7 +135,7 @@ class LatencyTable:
         if meta.get("schema_version") != SCHEMA_VERSION:
             raise UsageError(f"latency table {path} has schema {meta.get('schema_version')}, "
                              f"this latbench reads {SCHEMA_VERSION}; rebuild it with `latbench lut build --force`")
-        missing = [c for c in ("key", "kind", "median_ms") if c not in blocks.columns]
+        missing = [c for c in ("key", "kind", "latency_ms") if c not in blocks.columns]
         if missing:
             raise UsageError(f"latency table {path}: blocks.csv lacks column {missing[0]!r}")
         return cls(blocks, ops, models, meta, path)

@@ -1,15 +1,19 @@
 """Check a latency table against end-to-end measurements of whole models on the device.
 
-Random subnets of the table's space plus the published S0-L are exported, measured end to end
-(interleaved, with a drift anchor) and compared with three estimates computed in the same run:
-latbench's estimator, the plain sum of isolated block latencies (the usual lookup-table method),
-and a MACs-proportional estimate.
+Random subnets of the table's space plus the published S0-L are exported and measured end to end
+in at least two separated passes (each a measuring session: interleaved rounds until they agree,
+the table's anchors measured alongside to put the pass on the table's time base). Three
+estimates computed in the same run are compared with the mean of the passes: latbench's
+estimator, the plain sum of isolated block latencies (the usual lookup-table method) and a
+MACs-proportional estimate. The pass-to-pass spread of each model is the noise floor: an
+estimation error within it cannot be told from measurement noise.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,8 +22,18 @@ from typing import Any
 from latbench.candidates import Candidate
 from latbench.errors import UsageError
 from latbench.estimator import LatencyEstimator
+from latbench.measurement import SamplingPolicy
+from latbench.measuring.consensus import ConsensusRule
+from latbench.measuring.session import (
+    DEFAULT_POLICIES,
+    LocalDispatcher,
+    MeasuringPlan,
+    MeasuringSession,
+    Target,
+)
+from latbench.measuring.timebase import anchor_levels, session_factor
 from latbench.space import NAMED_ARCHS, Arch, SearchSpace, named_arch
-from latbench.tables import LatencyTable, rounds_stats
+from latbench.tables import LatencyTable
 
 
 def table_space(table: LatencyTable) -> SearchSpace:
@@ -68,144 +82,183 @@ def accuracy_figures(estimates: Sequence[float], measured: Sequence[float]) -> d
 
 @dataclass
 class ValidationResult:
+    """Estimation error against the mean of the passes, beside the pass-to-pass noise floor."""
+
     table: str
     device: dict[str, Any]
     rows: list[dict[str, Any]]
     figures: dict[str, float]
     baselines: dict[str, dict[str, float]]
+    noise: dict[str, Any] = field(default_factory=dict)
     drift: float | None = None
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.figures, "baselines": self.baselines, "models": self.rows, "table": self.table,
-                "device": self.device, "anchor_drift": self.drift, "seconds": self.seconds,
+        return {**self.figures, "baselines": self.baselines, "noise": self.noise, "models": self.rows,
+                "table": self.table, "device": self.device, "anchor_drift": self.drift, "seconds": self.seconds,
                 "warnings": self.warnings}
 
 
 def macs_rate(table: LatencyTable) -> float:
     """ms per MAC for the MACs-proportional baseline, fitted on the table's own calibration models
     (or, without any, on its blocks)."""
-    models = table.models.dropna(subset=["macs", "median_ms"]) if len(table.models) else table.models
+    models = table.models.dropna(subset=["macs", "latency_ms"]) if len(table.models) else table.models
     if len(models):
-        return float(models["median_ms"].sum() / models["macs"].sum())
+        return float(models["latency_ms"].sum() / models["macs"].sum())
     from latbench.tables import row_config
 
     total_ms = total_macs = 0.0
     for row in table.blocks.to_dict("records"):
         if row["kind"] in ("empty", "model"):
             continue
-        total_ms += row["median_ms"]
+        total_ms += row["latency_ms"]
         total_macs += row_config(row).macs()
     return total_ms / total_macs
 
 
-def table_anchor(table: LatencyTable) -> tuple[Any, float | None]:
-    """The table's anchor block and its reference speed, if the table recorded them."""
+def table_anchors_and_levels(table: LatencyTable) -> tuple[list[Any], dict[str, float]]:
+    """The table's anchor blocks and their levels on its time base (empty when it has none)."""
     from latbench.blocks import config_from_fields
 
-    info = table.meta.get("anchor") or {}
-    if not info.get("reference_ms") or not info.get("fields"):
-        return None, None
-    return config_from_fields(info["fields"]), float(info["reference_ms"])
+    info = table.meta.get("anchors") or {}
+    return [config_from_fields(f) for f in info.get("fields") or []], dict(info.get("levels_ms") or {})
 
 
 @dataclass
 class ModelTimings:
-    """End-to-end statistics per candidate key (median of round medians, see rounds_stats)."""
+    """End-to-end latency per candidate key from one or more passes, each a measuring session."""
 
-    stats: dict[str, dict[str, Any]]
+    passes: list[dict[str, float]]  # per pass: key -> consensus latency on the time base
     device: dict[str, Any]
     drift: float | None
-    normalised: bool = False
+    factors: list[float | None]  # per pass: the time-base factor applied (None: none)
+    no_consensus: list[str] = field(default_factory=list)
+    sessions: list[Any] = field(default_factory=list)
+
+    def mean(self, key: str) -> float:
+        return statistics.fmean(p[key] for p in self.passes)
+
+    def noise(self, key: str) -> float | None:
+        """Pass-to-pass spread of one model: (max - min) / mean over passes (None with one pass)."""
+        values = [p[key] for p in self.passes]
+        return (max(values) - min(values)) / statistics.fmean(values) if len(values) > 1 else None
 
 
-def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, warmup: int = 10,
+def model_plan(rounds: int, runs: int | None, warmup: int, time_cap_s: float, seed: int,
+               profile: bool = False) -> MeasuringPlan:
+    """How whole models are sampled end to end (validation, reports, profiles)."""
+    policy = (SamplingPolicy.fixed(runs, warmup) if runs is not None else
+              SamplingPolicy(warmup_runs=warmup, warmup_time_s=0.1, time_cap_s=time_cap_s,
+                             min_time_s=min(0.3, time_cap_s)))
+    anchor = DEFAULT_POLICIES["anchor"] if runs is None else SamplingPolicy.fixed(runs, warmup)
+    return MeasuringPlan(rounds=rounds, consensus=ConsensusRule.for_rounds(rounds),
+                         policies={"model": policy, "block": policy, "anchor": anchor},
+                         anchor_every=4, seed=seed, profile=profile)
+
+
+def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, passes: int = 1, warmup: int = 10,
                    runs: int | None = None, seed: int = 0, jobs: int = 1, precision: str | None = None,
                    time_cap_s: float = 4.0, progress: Callable[[str, int, int], None] | None = None,
-                   show_export_progress: bool = False, anchor: Any = None,
-                   anchor_reference_ms: float | None = None) -> ModelTimings:
-    """Export and measure whole models end to end: interleaved, randomised rounds with a drift anchor.
+                   show_export_progress: bool = False, anchors: Sequence[Any] = (),
+                   anchor_levels_ms: dict[str, float] | None = None) -> ModelTimings:
+    """Measure whole models end to end: `passes` measuring sessions one after the other, each
+    interleaved rounds until every model's rounds agree.
 
-    `anchor` (a BlockConfig, e.g. a table's anchor block) with `anchor_reference_ms` (its speed in
-    the table) puts the results on the table's time base; without, a mid-sized candidate anchors
-    drift detection only.
+    With `anchors` (BlockConfigs, e.g. a table's anchor blocks) and their `anchor_levels_ms` on a
+    table's time base, every pass also measures the anchors and its results are put on that
+    time base; without, results are taken as measured.
     """
-    from device_runners.schedule import interleaved_measure
-    from latbench.lut import export_for_runner, sampling_policy
-
-    if rounds < 1:
-        raise UsageError(f"measurement rounds must be >= 1, got {rounds}")
+    if rounds < 1 or passes < 1:
+        raise UsageError(f"measurement rounds and passes must be >= 1, got {rounds} and {passes}")
     progress = progress or (lambda phase, done, total: None)
-    items = {c.key: c for c in candidates}
-    to_export = list(items.values()) + ([anchor] if anchor is not None else [])
-    arts = export_for_runner(to_export, runner.artifact_format, jobs, precision, show_export_progress)
-    prepared = {}
-    for i, k in enumerate(items):
-        prepared[k] = runner.prepare(arts[k].path, arts[k].content_hash, label=k)
-        progress("prepare models", i + 1, len(items))
-    if anchor is not None:
-        anchor_prepared = runner.prepare(arts[anchor.key].path, arts[anchor.key].content_hash, label=anchor.key)
-    elif len(items) > 1:
-        anchor_prepared = prepared[sorted(items, key=lambda k: items[k].macs())[len(items) // 2]]
-    else:
-        anchor_prepared = None
-    samples: dict[str, list] = {k: [] for k in items}
-    drifts = []
-    anchor_ms = None
-    with sampling_policy(runner, time_cap_s=time_cap_s, warmup_time_s=0.1):
-        for rnd in range(rounds):
-            run = interleaved_measure(runner, prepared, anchor=anchor_prepared, rounds=1, anchor_every=4,
-                                      warmup=warmup, runs=runs, seed=seed * 1000 + rnd,
-                                      on_progress=lambda d, t, k, rnd=rnd: progress("measure models",
-                                                                                     rnd * t + d, rounds * t))
-            for res in run:
-                if res.is_anchor:
-                    anchor_ms = res.measurement.median
-                    continue
-                res.measurement.provenance["anchor_ms"] = anchor_ms if anchor is not None else None
-                samples[res.key].append(res.measurement)
-            if run.report.max_drift is not None:
-                drifts.append(run.report.max_drift)
-    return ModelTimings({k: rounds_stats(ms, anchor_reference_ms) for k, ms in samples.items()},
-                        runner.describe(), max(drifts, key=abs) if drifts else None,
-                        anchor is not None and anchor_reference_ms is not None)
+    plan = model_plan(rounds, runs, warmup, time_cap_s, seed)
+    targets = [Target(c.key, c, "model") for c in candidates]
+    anchor_targets = [Target(a.key, a, "anchor") for a in anchors] if anchor_levels_ms else []
+    out: list[dict[str, float]] = []
+    factors: list[float | None] = []
+    drifts: list[float] = []
+    no_consensus: list[str] = []
+    sessions = []
+    dispatcher = runner if hasattr(runner, "execute") else LocalDispatcher(runner)
+    for p in range(passes):
+        applied: list[float | None] = [None]
+
+        def time_base(journal, session, applied=applied):
+            if not anchor_levels_ms or not session:
+                return {}
+            f = session_factor(anchor_levels(journal.anchors(session), plan.consensus), anchor_levels_ms)
+            applied[0] = f
+            return {session: f} if f else {}
+
+        def prog(phase, done, total, p=p):
+            progress(f"{phase} (pass {p + 1}/{passes})" if passes > 1 else phase, done, total)
+
+        plan.seed = seed * 1000 + p
+        session = MeasuringSession(dispatcher, plan, purpose=f"models-pass{p}", progress=prog, export_jobs=jobs,
+                                   precision=precision, show_export_progress=show_export_progress and p == 0,
+                                   time_base=time_base)
+        res = session.run(targets, anchor_targets)
+        sessions.append(res)
+        out.append({k: v.value for k, v in res.verdicts.items()})
+        factors.append(applied[0])
+        no_consensus += [k for k in res.report.get("no_consensus", []) if k not in no_consensus]
+        if res.report.get("max_drift") is not None:
+            drifts.append(res.report["max_drift"])
+    return ModelTimings(out, dispatcher.describe(), max(drifts, key=abs) if drifts else None, factors,
+                        no_consensus, sessions)
 
 
 def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate], *, rounds: int = 3,
-                   jobs: int = 2, warmup: int = 10, seed: int = 0,
+                   passes: int = 2, jobs: int = 2, warmup: int = 10, seed: int = 0,
                    progress: Callable[[str, int, int], None] | None = None,
                    show_export_progress: bool = True, time_cap_s: float = 4.0) -> ValidationResult:
+    """Measure `candidates` end to end in `passes` separated passes and compare with the table's
+    estimates (and the plain sum and a MACs-proportional estimate) against the pass mean."""
+    if passes < 2:
+        raise UsageError(f"validation needs at least 2 passes to measure its noise floor, got {passes}")
     t0 = time.perf_counter()
     est = LatencyEstimator(table)
     for c in candidates:
         est.check_covered(c.name, c.blocks())
     warnings = [f"table provenance differs: {d}" for d in table.check_provenance(runner.describe())]
-    anchor, reference = table_anchor(table)
-    timings = measure_models(candidates, runner, rounds=rounds, warmup=warmup, seed=seed, jobs=jobs,
-                             precision=table.meta.get("settings", {}).get("precision"), time_cap_s=time_cap_s,
-                             progress=progress, show_export_progress=show_export_progress, anchor=anchor,
-                             anchor_reference_ms=reference)
+    anchors, levels = table_anchors_and_levels(table)
+    if not levels:
+        warnings.append("the table records no anchor levels: measurements are not put on its time base")
+    timings = measure_models(candidates, runner, rounds=rounds, passes=passes, warmup=warmup, seed=seed, jobs=jobs,
+                             precision=(table.meta.get("settings") or {}).get("precision"), time_cap_s=time_cap_s,
+                             progress=progress, show_export_progress=show_export_progress, anchors=anchors,
+                             anchor_levels_ms=levels)
     rate = macs_rate(table)
     rows = []
     for c in candidates:
-        stats = timings.stats[c.key]
-        measured_ms = stats["median_ms"]
+        measured_ms = timings.mean(c.key)
         e = est.estimate(c)
         macs = c.macs()
+        noise = timings.noise(c.key)
         rows.append({"name": c.name, "params": c.params(), "macs": macs, "measured_ms": measured_ms,
-                     "measured_ci_rel": stats["ci_rel"], "latency_ms": e.latency_ms, "plain_sum_ms": e.plain_sum_ms,
+                     "pass_ms": [p[c.key] for p in timings.passes],
+                     "pass_noise_pct": None if noise is None else 100 * noise,
+                     "latency_ms": e.latency_ms, "plain_sum_ms": e.plain_sum_ms,
                      "macs_ms": macs * rate, "error_pct": 100 * (e.latency_ms - measured_ms) / measured_ms,
                      "plain_sum_error_pct": 100 * (e.plain_sum_ms - measured_ms) / measured_ms,
+                     "consensus": c.key not in timings.no_consensus,
                      "arch": None if c.arch is None else c.arch.compact()})
     measured = [r["measured_ms"] for r in rows]
     figures = accuracy_figures([r["latency_ms"] for r in rows], measured)
     baselines = {"plain_sum": accuracy_figures([r["plain_sum_ms"] for r in rows], measured),
                  "macs_proportional": accuracy_figures([r["macs_ms"] for r in rows], measured)}
+    noises = [r["pass_noise_pct"] for r in rows if r["pass_noise_pct"] is not None]
+    noise_floor = {"passes": passes, "median_pct": statistics.median(noises), "max_pct": max(noises),
+                   "within_noise": sum(abs(r["error_pct"]) <= max(r["pass_noise_pct"], 0.0) for r in rows) / len(rows),
+                   "time_base_factors": timings.factors}
+    if timings.no_consensus:
+        warnings.append(f"{len(timings.no_consensus)} model(s) never reached consensus between rounds "
+                        f"(their figures are less reliable): {', '.join(timings.no_consensus[:4])}")
     drift = timings.drift
-    if drift is not None and abs(drift) > 0.03:
-        how = ("measurements were normalised by the table's anchor" if timings.normalised
-               else "figures are less reliable")
-        warnings.append(f"device drifted {drift * 100:+.1f}% during validation (anchor); {how}")
-    return ValidationResult(table.label(), timings.device, rows, figures, baselines, drift,
+    if drift is not None and abs(drift) > 0.05:
+        warnings.append(f"an anchor reading strayed {drift * 100:+.1f}% from its level during validation")
+    uncal = [w for w in est.estimate(candidates[0]).warnings if "uncalibrated" in w] if candidates else []
+    warnings += uncal
+    return ValidationResult(table.label(), timings.device, rows, figures, baselines, noise_floor, drift,
                             time.perf_counter() - t0, warnings)

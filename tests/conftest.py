@@ -1,8 +1,14 @@
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# Test doubles (fake devices, services) are importable from every test module.
+FAKES = Path(__file__).resolve().parent / "fakes"
+if str(FAKES) not in sys.path:
+    sys.path.insert(0, str(FAKES))
 
 # Tests must not write exports into the user's cache.
 os.environ.setdefault("LATBENCH_CACHE", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"latbench-test-cache-{os.getuid()}"))

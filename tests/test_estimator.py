@@ -10,7 +10,7 @@ from latbench.tables import BLOCK_COLUMNS, LatencyTable
 
 
 def make_table(keys_ms: dict[str, float], overhead=None) -> LatencyTable:
-    rows = [{"key": k, "kind": k.split("-")[0], "median_ms": v} for k, v in keys_ms.items()]
+    rows = [{"key": k, "kind": k.split("-")[0], "latency_ms": v} for k, v in keys_ms.items()]
     meta = {"device_id": "cpu", "resolution": 224, "overhead": overhead or {}}
     return LatencyTable(pd.DataFrame(rows, columns=BLOCK_COLUMNS), meta=meta)
 
@@ -21,7 +21,8 @@ def s0_table(with_empties=True, scale=1.0, intercept=0.0):
     if with_empties:
         for i, e in enumerate(overhead_blocks(blocks) + [EmptyConfig(224, 3, 224, 224)]):
             ms[e.key] = 0.02 + 0.001 * i
-    return make_table(ms, {"scale": scale, "intercept_ms": intercept}), blocks, ms
+    overhead = {"scale": scale, "intercept_ms": intercept, "calibrated": scale != 1.0 or intercept != 0.0}
+    return make_table(ms, overhead), blocks, ms
 
 
 def test_estimate_is_sum_of_entries_minus_overheads_plus_input_overhead():
@@ -45,6 +46,29 @@ def test_calibration_is_applied():
     est = LatencyEstimator(table).estimate(cand)
     assert est.latency_ms == pytest.approx(1.1 * raw + 0.05)
     assert "calibrated" in est.method
+
+
+def test_an_uncalibrated_table_says_so_in_every_estimate():
+    table, _, _ = s0_table()
+    est = LatencyEstimator(table).estimate(resolve_candidate("efficientformerv2_s0"))
+    assert not est.calibrated and "UNCALIBRATED" in est.method
+    assert est.warnings and "uncalibrated" in est.warnings[0] and "\n" not in est.warnings[0]
+    assert est.to_dict()["calibrated"] is False and est.to_dict()["warnings"] == est.warnings
+    cal, _, _ = s0_table(scale=1.1)
+    est = LatencyEstimator(cal).estimate(resolve_candidate("efficientformerv2_s0"))
+    assert est.calibrated and est.warnings == []
+
+
+def test_doubtful_entries_are_carried_into_the_estimates_that_use_them():
+    table, blocks, _ = s0_table(scale=1.1)
+    bad = blocks[5].key
+    table.blocks["flags"] = [("no-consensus" if k == bad else None) for k in table.blocks["key"]]
+    est = LatencyEstimator(table).estimate(resolve_candidate("efficientformerv2_s0"))
+    assert len(est.warnings) == 1 and bad in est.warnings[0] and "no-consensus" in est.warnings[0]
+    assert "lut check" in est.warnings[0] and "--fix" in est.warnings[0]
+    # An architecture that does not use the entry carries no warning.
+    other = LatencyEstimator(table).estimate_blocks("x", [b for b in blocks if b.key != bad])
+    assert other.warnings == []
 
 
 def test_without_empties_it_is_the_plain_sum():
@@ -71,6 +95,7 @@ def test_reference_model_is_one_block():
     table.meta["overhead"] = {"scale": 1.2}
     est = LatencyEstimator(table).estimate(resolve_candidate("mobilenetv2_100"))
     assert est.latency_ms == pytest.approx(5.0)  # the block-sum calibration does not apply
+    assert est.warnings == []  # nor does a warning about it
 
 
 def test_fit_calibration_recovers_scale_and_line():

@@ -47,7 +47,8 @@ def test_build_small_space_then_incremental(run_cli_json, tiny_space, tmp_path):
     assert {"stem", "ffn", "mhsa", "embed", "attndown", "head", "empty", "model"} <= kinds
     assert "model-mobilenetv2_100-r224" in set(blocks["key"])  # the MES latency unit, measured whole
     assert s["blocks"] == len(blocks) and s["measured_now"] == len(blocks) + 1  # + 1 calibration model
-    assert (blocks["n"] == 15).all() and (blocks["median_ms"] > 0).all()
+    assert (blocks["n"] == 15).all() and (blocks["latency_ms"] > 0).all()
+    assert blocks["consensus"].all() and (blocks["agreement"] == "1/1").all()  # one round: its own consensus
     ops = pd.read_csv(out / "ops.csv")
     assert set(ops["block_key"]) >= set(blocks.loc[blocks.kind == "ffn", "key"])
     assert abs(ops.groupby("block_key")["share"].sum() - 1).max() < 1e-6
@@ -55,9 +56,10 @@ def test_build_small_space_then_incremental(run_cli_json, tiny_space, tmp_path):
     for k in ("runtime", "runtime_version", "threads", "soc", "os"):
         assert k in meta["device"]
     assert meta["space"]["name"] == "tiny" and meta["latbench_version"]
-    assert meta["overhead"]["calibrated_on"] and meta["overhead"]["scale"] > 0
-    assert meta["anchor"]["key"] in set(blocks["key"]) and meta["anchor"]["reference_ms"] > 0
-    assert (blocks["raw_median_ms"] > 0).all()  # the drift-normalised median sits beside the raw one
+    assert meta["overhead"]["calibrated"] and meta["overhead"]["calibrated_on"] and meta["overhead"]["scale"] > 0
+    assert meta["anchors"]["keys"] and all(v > 0 for v in meta["anchors"]["levels_ms"].values())
+    assert "per-round p5" in meta["consensus"]["rule"]
+    assert (blocks["raw_latency_ms"] > 0).all()  # the latency before the time base sits beside it
     before = {k: t for k, _, t in journal_rows(out)}
 
     # Nothing new: nothing measured.
@@ -109,11 +111,14 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(tiny_space, tmp_path)
     [summary] = json.loads(done.stdout)
     rows = journal_rows(out)
     keys = {k for k, _, _ in rows}
-    assert len(rows) == len(set((k, r) for k, r, _ in rows)) == 2 * len(keys)  # every key, both rounds, once
+    assert len(rows) == len(set((k, r) for k, r, _ in rows))  # no (key, round) twice
+    for k in keys:  # every key has both rounds (and any consensus asked for), numbered without gaps
+        rounds = sorted(r for kk, r, _ in rows if kk == k)
+        assert rounds == list(range(len(rounds))) and len(rounds) >= 2
     assert set(first) <= set(rows)  # what the killed run committed is kept as it was
     assert summary["measured_now"] == len(rows) - len(first)
     blocks = pd.read_csv(out / "blocks.csv")
-    assert len(blocks) == len(keys) and (blocks["rounds"] == 2).all()
+    assert len(blocks) == len(keys) and (blocks["rounds"] >= 2).all()
 
 
 @pytest.mark.slow
@@ -126,11 +131,13 @@ def test_estimate_show_diff_and_staleness(run_cli, run_cli_json, tiny_space, tmp
     (tmp_path / "a1.yaml").write_text(yaml.safe_dump(arch))
     [est] = run_cli_json("lut", "estimate", str(out), str(tmp_path / "a1.yaml"))
     assert est["name"] == "a1" and est["latency_ms"] > 0
-    table = pd.read_csv(out / "blocks.csv").set_index("key")["median_ms"]
+    table = pd.read_csv(out / "blocks.csv").set_index("key")["latency_ms"]
     expect = sum(b["count"] * (table[b["key"]] - b["overhead_ms"]) for b in est["blocks"]) + est["input_overhead_ms"]
     assert est["latency_ms"] == pytest.approx(expect * est["scale"] + est["intercept_ms"])
     assert est["plain_sum_ms"] == pytest.approx(sum(b["count"] * table[b["key"]] for b in est["blocks"]))
-    assert est["warnings"] == []
+    assert est["calibrated"] is False and "uncalibrated" in est["warnings"][0]
+    # (further warnings may name entries this host's noise made doubtful; none says the table is stale)
+    assert not any("stale" in w for w in est["warnings"])
 
     # A key the table lacks: one-line error listing it and how to fill it.
     arch["stages"][3]["expansions"] = [2, 4]
@@ -160,8 +167,14 @@ def test_validate_json_shape(run_cli_json, tiny_space, tmp_path):
     run_cli_json("lut", "build", "--space", str(tiny_space), "--out", str(out), "--calibrate", "0", *FAST)
     res = run_cli_json("lut", "validate", str(out), "--samples", "2", "--seed", "3", "--rounds", "1")
     assert res["n"] == 2  # S0-L are not in the tiny space
-    for k in ("mean_abs_pct_error", "within_5pct", "within_10pct", "kendall_tau", "baselines"):
+    for k in ("mean_abs_pct_error", "within_5pct", "within_10pct", "kendall_tau", "baselines", "noise"):
         assert k in res
+    noise = res["noise"]
+    assert noise["passes"] == 2 and 0 <= noise["median_pct"] <= noise["max_pct"]
+    assert 0 <= noise["within_noise"] <= 1 and len(noise["time_base_factors"]) == 2
+    for m in res["models"]:
+        assert len(m["pass_ms"]) == 2 and m["measured_ms"] == pytest.approx(sum(m["pass_ms"]) / 2)
+        assert m["pass_noise_pct"] == pytest.approx(100 * (max(m["pass_ms"]) - min(m["pass_ms"])) / m["measured_ms"])
     assert set(res["baselines"]) == {"plain_sum", "macs_proportional"}
     assert 0 <= res["within_5pct"] <= res["within_10pct"] <= 1
     assert all(m["measured_ms"] > 0 and m["latency_ms"] > 0 for m in res["models"])
@@ -183,14 +196,14 @@ def test_model_only_build_into_a_table_keeps_its_anchor(run_cli_json, tiny_space
     out = tmp_path / "t"
     run_cli_json("lut", "build", "--space", str(tiny_space), "--out", str(out), "--calibrate", "0",
                  "--no-reference", *FAST)
-    anchor = json.loads((out / "meta.json").read_text())["anchor"]
+    anchors = json.loads((out / "meta.json").read_text())["anchors"]
     run_cli_json("lut", "build", "--model", "mobilenetv2_100", "--out", str(out), *FAST)
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["anchor"]["key"] == anchor["key"]
+    assert meta["anchors"]["keys"] == anchors["keys"] and meta["anchors"]["levels_ms"] == anchors["levels_ms"]
     row = pd.read_csv(out / "blocks.csv").set_index("key").loc["model-mobilenetv2_100-r224"]
-    # Normalised against the same anchor, the whole model stays near its raw time (not rescaled
-    # by some other reference).
-    assert 0.7 < row["median_ms"] / row["raw_median_ms"] < 1.4
+    # Put on the table's time base by the same anchors, the whole model stays near its raw time
+    # (not rescaled by some other reference).
+    assert 0.7 < row["latency_ms"] / row["raw_latency_ms"] < 1.4
 
 
 @pytest.mark.slow
@@ -204,3 +217,53 @@ def test_model_build_into_a_space_table_keeps_space_and_calibration(run_cli_json
     assert after["space"]["digest"] == before["space"]["digest"]
     assert after["overhead"]["scale"] == pytest.approx(before["overhead"]["scale"])
     assert after["overhead"]["calibrated_on"] == before["overhead"]["calibrated_on"]
+
+
+@pytest.mark.slow
+def test_a_model_table_is_calibrated_on_its_models_and_says_so(run_cli_json, tmp_path):
+    out = tmp_path / "t"
+    [s] = run_cli_json("lut", "build", "--model", "efficientformerv2_s0", "--out", str(out), *FAST)
+    assert s["overhead"]["calibrated"] and s["overhead"]["calibrated_on"] == ["efficientformerv2_s0"]
+    models = pd.read_csv(out / "models.csv")
+    assert list(models["name"]) == ["efficientformerv2_s0"] and models["latency_ms"].iloc[0] > 0
+    [est] = run_cli_json("lut", "estimate", str(out), "efficientformerv2_s0")
+    assert est["calibrated"] is True and "calibrated x" in est["method"]
+    assert not any("uncalibrated" in w for w in est["warnings"])
+    # One model fitted with one scale: the estimate of that model is its end-to-end measurement.
+    assert est["latency_ms"] == pytest.approx(models["latency_ms"].iloc[0], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_check_fix_repairs_a_planted_bad_entry(run_cli_json, tiny_space, tmp_path):
+    from latbench.lut import derive_table
+    from latbench.measuring.journal import Journal
+
+    out = tmp_path / "t"
+    run_cli_json("lut", "build", "--space", str(tiny_space), "--out", str(out), "--calibrate", "0",
+                 "--no-reference", "--runs", "30", "--rounds", "2", "--jobs", "1")
+    before = pd.read_csv(out / "blocks.csv").set_index("key")["latency_ms"]
+    bad = "mhsa-r224-s3-c96"
+    # Plant a value 60 % too slow whose rounds agree (a burst over all of them): consensus cannot see it.
+    with Journal(out / "journal.sqlite") as j:
+        for row in j.rows(keys=[bad])[bad]:
+            m = row.measurement
+            m.samples_ms = [x * 1.6 for x in m.samples_ms]
+            j.record(bad, row.round, row.role, row.fields, m, row.content_hash, device=row.device,
+                     session=row.session)
+        derive_table(j, out).save()
+    planted = pd.read_csv(out / "blocks.csv").set_index("key")["latency_ms"][bad]
+    assert planted == pytest.approx(1.6 * before[bad], rel=0.02)
+
+    others = ["ffn-r224-s3-c96-e4", "stem-r224-c32"]
+    res = run_cli_json("lut", "check", str(out), "--key", bad, "--key", others[0], "--key", others[1])
+    by = {r["key"]: r for r in res["entries"]}
+    assert bad in res["moved"] and by[bad]["ratio"] < 0.8 and res["fixed"] == []
+    assert set(by) == {bad, *others} and all(by[k]["noise"] > 0 for k in by)
+    assert pd.read_csv(out / "blocks.csv").set_index("key")["latency_ms"][bad] == planted  # untouched
+
+    res = run_cli_json("lut", "check", str(out), "--key", bad, "--fix")
+    assert res["fixed"] == [bad]
+    after = pd.read_csv(out / "blocks.csv").set_index("key")
+    assert after["latency_ms"][bad] < 0.8 * planted and after["rounds"][bad] > 2
+    with Journal(out / "journal.sqlite") as j:
+        assert [s["purpose"] for s in j.sessions()][-1] == "check"

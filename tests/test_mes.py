@@ -19,7 +19,7 @@ from latbench.tables import BLOCK_COLUMNS, LatencyTable
 
 
 def table_with(keys_ms: dict[str, float], overhead=None) -> LatencyTable:
-    rows = [{"key": k, "kind": k.split("-")[0], "median_ms": v} for k, v in keys_ms.items()]
+    rows = [{"key": k, "kind": k.split("-")[0], "latency_ms": v} for k, v in keys_ms.items()]
     meta = {"device_id": "pixel7", "resolution": 224, "overhead": overhead or {}}
     return LatencyTable(pd.DataFrame(rows, columns=BLOCK_COLUMNS), meta=meta)
 

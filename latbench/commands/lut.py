@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", default=None, help="table directory (default tables/<device>/<space>-r<resolution>)")
     b.add_argument("--jobs", type=int, default=2, help="export worker processes")
     b.add_argument("--force", action="store_true", help="re-measure everything")
-    b.add_argument("--rounds", type=int, default=3, help="interleaved passes over the blocks (samples pooled)")
+    b.add_argument("--rounds", type=int, default=3,
+                   help="interleaved rounds per entry; entries whose rounds disagree get more, up to --max-rounds")
+    b.add_argument("--max-rounds", type=int, default=8, help="bound on the rounds of an entry (default 8)")
     b.add_argument("--runs", type=int, default=None, help="fixed timed runs per measurement (default adaptive)")
     b.add_argument("--time-cap", type=float, default=1.5, metavar="S",
                    help="adaptive sampling: at most S seconds per block measurement (default 1.5)")
@@ -68,7 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--device", default=None, help="device id (default: the table's)")
     v.add_argument("--samples", type=int, default=12, help="random subnets (plus S0-L)")
     v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median of round medians is used")
+    v.add_argument("--rounds", type=int, default=3, help="interleaved rounds per pass (more until they agree)")
+    v.add_argument("--passes", type=int, default=2,
+                   help="separated passes over all models (>= 2): their spread is the noise floor")
     v.add_argument("--no-named", action="store_true", help="skip S0-L")
     v.add_argument("--jobs", type=int, default=2)
     v.add_argument("--out", default=None, help="also write the JSON result to this file")
@@ -77,17 +81,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_flag(v)
     v.set_defaults(func=run_validate)
 
+    c = lsub.add_parser("check", help="re-measure entries and report (or --fix) those that moved beyond the noise")
+    c.add_argument("table")
+    c.add_argument("--device", default=None, help="device id (default: the table's)")
+    c.add_argument("--sample", type=int, default=None, metavar="N",
+                   help="check N entries drawn at random, flagged entries first (default: all)")
+    c.add_argument("--key", action="append", default=[], metavar="KEY", help="check this entry (repeatable)")
+    c.add_argument("--rounds", type=int, default=3, help="rounds per entry (more until they agree)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--fix", action="store_true",
+                   help="record the new rounds of moved and flagged entries in the journal and rederive the table")
+    add_runner_flags(c)
+    add_json_flag(c)
+    c.set_defaults(func=run_check)
+
 
 # -- build ------------------------------------------------------------------------------------------
 def run_build(args: argparse.Namespace) -> int:
     from latbench.blocks import space_blocks
-    from latbench.lut import BuildSettings, TableBuilder, calibration_candidates
+    from latbench.lut import BuildSettings, TableBuilder, calibration_candidates, model_calibration_targets
     from latbench.space import SearchSpace
 
     if args.space is None and not args.model and not args.arch:
         raise UsageError("say what to measure: --space [FILE], --model NAME or --arch FILE")
     if args.jobs < 1 or args.rounds < 1 or args.calibrate < 0:
         raise UsageError("--jobs and --rounds must be >= 1 and --calibrate >= 0")
+    if args.max_rounds < args.rounds:
+        raise UsageError(f"--max-rounds ({args.max_rounds}) must be >= --rounds ({args.rounds})")
     space = SearchSpace.load(None if args.space in (None, DEFAULT_SPACE) else args.space)
     resolutions = args.resolution or list(space.resolutions)
     if args.out and len(resolutions) > 1:
@@ -98,8 +118,12 @@ def run_build(args: argparse.Namespace) -> int:
     targets = resolve_candidates(models + args.arch) if (models or args.arch) else []
     if args.runs is not None and args.runs < 1:
         raise UsageError(f"--runs must be >= 1, got {args.runs}")
+    from latbench.measuring.consensus import ConsensusRule
+
+    rule = ConsensusRule.for_rounds(args.rounds, args.max_rounds)
     settings = BuildSettings(rounds=args.rounds, jobs=args.jobs, runs=args.runs, block_time_cap_s=args.time_cap,
-                             model_time_cap_s=max(args.time_cap, 4.0), calibration_models=args.calibrate)
+                             model_time_cap_s=max(args.time_cap, 4.0), calibration_models=args.calibrate,
+                             consensus=rule)
     results = []
     runner = open_device(args.device, args)
     with runner, phase_progress(not args.json) as progress:
@@ -110,12 +134,17 @@ def run_build(args: argparse.Namespace) -> int:
                 calib = calibration_candidates(space, r, args.calibrate, settings.seed)
             else:
                 configs, calib = [], []
+            at_r = []
             for t in targets:
                 if t.resolution != r:
                     t = resolve_candidates([t.source if t.source != "registry" else t.name], r)[0]
                 if args.space not in (None,) and t.arch is not None:
                     space.validate(t.arch)
                 configs += [c for c in t.blocks() if c not in configs]
+                at_r.append(t)
+            if args.space is None:
+                # Every table is calibrated: a --model/--arch build measures its models end to end.
+                calib = model_calibration_targets(at_r)
             out = Path(args.out) if args.out else default_table_dir(args.device, space.name, r)
             builder = TableBuilder(runner, out, settings, force=args.force, progress=progress,
                                    show_export_progress=not args.json)
@@ -133,25 +162,39 @@ def run_build(args: argparse.Namespace) -> int:
                 f"(timed runs {s['timings'].get('timed_runs_s', 0):.1f} s, export {s['timings'].get('export_s', 0):.1f} s)"
             )
             ov = s["overhead"]
-            if ov.get("calibrated_on"):
-                console().print(f"overhead model: x{ov['scale']:.4f} {ov['intercept_ms']:+.4f} ms, "
-                                f"fitted on {', '.join(ov['calibrated_on'])}")
+            if ov.get("calibrated"):
+                console().print(f"overhead model: x{ov['scale']:.4f}, fitted on {', '.join(ov['calibrated_on'])}")
+            else:
+                console().print("[yellow]warning:[/] the table is uncalibrated (no whole model measured end to end)",
+                                highlight=False)
+            c = s["consensus"]
+            console().print(f"consensus: {c['agreed']} of {s['blocks']} entries agreed within "
+                            f"{c['tolerance']:.0%}; {c['extra_rounds']} extra round(s) measured", highlight=False)
+            for key, flags in s["flagged"].items():
+                console().print(f"[yellow]flagged:[/] {key} ({flags})", highlight=False)
     return 0
 
 
 def build_summary(res) -> dict[str, Any]:
     t = res.table
+    rule = t.meta.get("consensus") or {}
+    rounds = t.blocks["rounds"].astype(int) if len(t.blocks) else []
     return {"table": str(t.path), "blocks": int(len(t.blocks)), "measured_now": len(res.measured),
             "reused": res.reused, "timings": res.timings, "overhead": t.overhead,
-            "device": t.meta.get("device_id")}
+            "device": t.meta.get("device_id"),
+            "consensus": {"agreed": int(t.blocks["consensus"].astype(bool).sum()) if len(t.blocks) else 0,
+                          "tolerance": rule.get("tolerance"), "rule": rule.get("rule"),
+                          "extra_rounds": int(sum(max(0, n - rule.get("min_rounds", 3)) for n in rounds))},
+            "flagged": t.flagged()}
 
 
 # -- show / diff ------------------------------------------------------------------------------------
 def run_show(args: argparse.Namespace) -> int:
     table = LatencyTable.load(args.table)
-    blocks = table.blocks.sort_values("median_ms", ascending=False)
+    blocks = table.blocks.sort_values("latency_ms", ascending=False)
+    flagged = table.flagged()
     if args.json:
-        print_json({"table": str(table.path), "meta": table.meta,
+        print_json({"table": str(table.path), "meta": table.meta, "flagged": flagged,
                     "blocks": _records(blocks), "models": _records(table.models)})
         return 0
     dev = table.device
@@ -159,16 +202,29 @@ def run_show(args: argparse.Namespace) -> int:
                     f"{dev.get('soc') or ''}; {dev.get('runtime')} {dev.get('runtime_version')}, "
                     f"threads {dev.get('threads')}; latbench {table.meta.get('latbench_version')}; "
                     f"updated {table.meta.get('updated')}")
-    by_kind = blocks.groupby("kind")["median_ms"].agg(["count", "median", "min", "max"])
+    by_kind = blocks.groupby("kind")["latency_ms"].agg(["count", "median", "min", "max"])
     print_table("blocks per kind (ms)", ["kind", "count", "median", "min", "max"],
                 [(k, int(r["count"]), r["median"], r["min"], r["max"]) for k, r in by_kind.iterrows()])
-    print_table("slowest blocks", ["key", "median ms", "p5", "p95", "n"],
-                [(r["key"], r["median_ms"], r["p5_ms"], r["p95_ms"], int(r["n"])) for r in
+    print_table("slowest blocks", ["key", "latency ms", "agreement", "p5", "p95", "n"],
+                [(r["key"], r["latency_ms"], r["agreement"], r["p5_ms"], r["p95_ms"], int(r["n"])) for r in
                  blocks.head(10).to_dict("records")])
+    rule = table.meta.get("consensus") or {}
+    agreed = int(table.blocks["consensus"].astype(bool).sum())
+    console().print(f"consensus: {agreed} of {len(table.blocks)} entries agreed ({rule.get('rule', 'no rule')})",
+                    highlight=False)
+    if flagged:
+        rows = blocks[blocks["key"].isin(flagged)].to_dict("records")
+        print_table(f"flagged entries ({len(flagged)}): doubtful, carried as warnings into estimates",
+                    ["key", "latency ms", "flags", "agreement", "round spread", "trend ratio"],
+                    [(r["key"], r["latency_ms"], r["flags"], r["agreement"], r["round_spread"], r["trend_ratio"])
+                     for r in rows])
     ov = table.overhead
-    if ov:
+    if ov.get("calibrated"):
         console().print(f"overhead model: {ov.get('method', 'empty models')}; scale {ov.get('scale', 1):.4f}, "
-                        f"intercept {ov.get('intercept_ms', 0):+.4f} ms")
+                        f"fitted on {', '.join(ov.get('calibrated_on') or [])}", highlight=False)
+    else:
+        console().print("[yellow]warning:[/] the table is uncalibrated: no whole model was measured end to end",
+                        highlight=False)
     return 0
 
 
@@ -181,7 +237,7 @@ def _records(df) -> list[dict[str, Any]]:
 
 def run_diff(args: argparse.Namespace) -> int:
     a, b = LatencyTable.load(args.a), LatencyTable.load(args.b)
-    ma, mb = a.median_ms(), b.median_ms()
+    ma, mb = a.latency_ms(), b.latency_ms()
     common = sorted(set(ma) & set(mb))
     if not common:
         raise UsageError(f"tables {args.a} and {args.b} share no block keys")
@@ -225,17 +281,17 @@ def run_estimate(args: argparse.Namespace) -> int:
     res = table.meta.get("resolution")
     cands = resolve_candidates(args.targets, res)
     estimates = [est.estimate(c) for c in cands]
-    for w in warnings:
-        console().print(f"[yellow]warning:[/] {w}", highlight=False) if not args.json else None
     if args.json:
         out = []
         for c, e in zip(cands, estimates):
             d = e.to_dict()
             d["params"] = c.params()
-            d["warnings"] = warnings
+            d["warnings"] = warnings + e.warnings
             out.append(d)
         print_json(out)
         return 0
+    for w in dict.fromkeys(warnings + [w for e in estimates for w in e.warnings]):
+        console().print(f"[yellow]warning:[/] {w}", highlight=False)
     print_table(f"estimates from {table.path} ({estimates[0].method})", ["model", "latency ms", "plain sum ms",
                 "blocks"], [(e.name, e.latency_ms, e.plain_sum_ms, sum(b.count for b in e.blocks)) for e in estimates])
     for e in estimates:
@@ -263,8 +319,8 @@ def run_validate(args: argparse.Namespace) -> int:
     with runner, phase_progress(not args.json) as progress:
         if args.strict:
             table.check_provenance(runner.describe(), strict=True)
-        result = validate_table(table, runner, cands, rounds=args.rounds, jobs=args.jobs, seed=args.seed,
-                                progress=progress, show_export_progress=not args.json)
+        result = validate_table(table, runner, cands, rounds=args.rounds, passes=args.passes, jobs=args.jobs,
+                                seed=args.seed, progress=progress, show_export_progress=not args.json)
     out = result.to_dict()
     if args.out:
         atomic_write_json(args.out, out)
@@ -276,13 +332,54 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def print_validation(result) -> None:
-    print_table(f"end-to-end vs estimate ({result.table})",
-                ["model", "measured ms", "latbench ms", "err %", "plain sum ms", "err %", "MACs-prop ms"],
-                [(r["name"], r["measured_ms"], r["latency_ms"], r["error_pct"], r["plain_sum_ms"],
-                  r["plain_sum_error_pct"], r["macs_ms"]) for r in result.rows])
+    print_table(f"end-to-end (mean of {result.noise.get('passes')} passes) vs estimate ({result.table})",
+                ["model", "measured ms", "pass noise %", "latbench ms", "err %", "plain sum ms", "err %",
+                 "MACs-prop ms"],
+                [(r["name"], r["measured_ms"], r["pass_noise_pct"], r["latency_ms"], r["error_pct"],
+                  r["plain_sum_ms"], r["plain_sum_error_pct"], r["macs_ms"]) for r in result.rows])
     rows = [("latbench", result.figures)] + list(result.baselines.items())
-    print_table("accuracy", ["method", "mean |err| %", "bias %", "within 5%", "within 10%", "Kendall tau"],
+    print_table("accuracy against the pass mean", ["method", "mean |err| %", "bias %", "within 5%", "within 10%",
+                                                   "Kendall tau"],
                 [(name, f["mean_abs_pct_error"], f["bias_pct"], f"{f['within_5pct']:.0%}",
                   f"{f['within_10pct']:.0%}", f["kendall_tau"]) for name, f in rows])
+    n = result.noise
+    console().print(f"noise floor (pass to pass): median {n['median_pct']:.2f} %, max {n['max_pct']:.2f} %; "
+                    f"{n['within_noise']:.0%} of the models' estimation errors are within their own pass-to-pass "
+                    "spread", highlight=False)
     for w in result.warnings:
         console().print(f"[yellow]warning:[/] {w}", highlight=False)
+
+
+# -- check ------------------------------------------------------------------------------------------
+def run_check(args: argparse.Namespace) -> int:
+    from latbench.check import check_table
+
+    table = LatencyTable.load(args.table)
+    if args.rounds < 1:
+        raise UsageError(f"--rounds must be >= 1, got {args.rounds}")
+    device = args.device or table.meta.get("device_id") or "cpu"
+    runner = open_device(device, args)
+    with runner, phase_progress(not args.json) as progress:
+        result = check_table(table, runner, sample=args.sample, keys=args.key, seed=args.seed, rounds=args.rounds,
+                             fix=args.fix, progress=progress, show_export_progress=not args.json)
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    print_table(f"re-measured entries of {result.table} (now, on the table's time base)",
+                ["key", "stored ms", "now ms", "now/stored", "noise", "moved", "flags"]
+                + (["fixed ms"] if result.fixed else []),
+                [(r["key"], r["stored_ms"], r["now_ms"], r["ratio"], f"+-{r['noise']:.1%}", "MOVED" if r["moved"] else "",
+                  r["flags"] or "") + ((r.get("fixed_ms"),) if result.fixed else ())
+                 for r in sorted(result.rows, key=lambda r: -abs(r["ratio"] - 1) if math.isfinite(r["ratio"]) else 0)])
+    f = result.time_base_factor
+    console().print(f"time base: the device is {'' if f is None else f'{1 / f - 1:+.1%} '}"
+                    f"{'(no anchor levels)' if f is None else 'slower than' if f < 1 else 'faster than'} "
+                    f"when the table was built; anchors disagree by {result.anchor_disagreement:.1%}",
+                    highlight=False)
+    console().print(f"{len(result.moved)} of {len(result.rows)} entries moved beyond the noise"
+                    + (f"; fixed {len(result.fixed)} (moved or flagged): new rounds recorded, table rederived"
+                       if result.fixed else "" if not result.moved else "; run again with --fix to repair them"),
+                    highlight=False)
+    for w in result.warnings:
+        console().print(f"[yellow]warning:[/] {w}", highlight=False)
+    return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from latbench.commands._output import add_json_flag, console, print_json, print_table
+from latbench.commands._progress import phase_progress
 from latbench.commands._runner import add_runner_flags, open_device
 from latbench.errors import UsageError
 
@@ -15,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="device id (see `latbench devices`; default cpu)")
     p.add_argument("--runs", type=int, default=None, help="timed runs (default: adaptive, until the median is within ~1%%)")
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3, help="measurement rounds (more until they agree; default 3)")
     p.add_argument("--resolution", type=int, default=None)
     p.add_argument("--out", default=None, help="write profile.json, CSVs and breakdown.png here")
     add_runner_flags(p)
@@ -27,10 +29,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.runs is not None and args.runs < 1:
         raise UsageError(f"--runs must be >= 1, got {args.runs}")
+    if args.rounds < 1 or args.warmup < 0:
+        raise UsageError("--rounds must be >= 1 and --warmup >= 0")
     runner = open_device(args.device, args)
-    with runner:
+    with runner, phase_progress(not args.json) as progress:
         result = profile(args.target, runner, runs=args.runs, warmup=args.warmup, resolution=args.resolution,
-                         show_export_progress=not args.json)
+                         rounds=args.rounds, show_export_progress=not args.json, progress=progress)
     files = write_outputs(result, args.out) if args.out else []
     if args.json:
         d = result.to_dict()
@@ -38,8 +42,10 @@ def run(args: argparse.Namespace) -> int:
         print_json(d)
         return 0
     m = result.measurement
-    console().print(f"[bold]{result.target}[/] on {result.device_id}: median {m.median:.3f} ms "
-                    f"(p5 {m.p5:.3f}, p95 {m.p95:.3f}, n {m.n}, CI +-{m.ci_rel * 100:.1f}%); "
+    c = result.consensus
+    console().print(f"[bold]{result.target}[/] on {result.device_id}: {result.latency_ms:.3f} ms "
+                    f"({'agreed' if c.get('agreed') else 'NO consensus'} {c.get('agreement')} rounds); "
+                    f"pooled median {m.median:.3f} ms (p5 {m.p5:.3f}, p95 {m.p95:.3f}, n {m.n}); "
                     f"session {m.session_ms or 0:.1f} ms, first inference {m.first_inference_ms or 0:.2f} ms",
                     highlight=False)
     print_table("per op type (profiled)", ["op type", "ms", "share"],

@@ -9,9 +9,11 @@ import pytest
 from fake_adbd import Misbehaviour
 from fake_perf_test import PerfTestBehaviour
 
-from device_runners import DeviceLost, discover_devices, interleaved_measure, open_runner
+from device_runners import DeviceLost, discover_devices, open_runner
 from device_runners.android import AndroidRunner, check_remote_path, parse_cpu_list, parse_getprop, shell_join
 from latbench.errors import DeviceError, UsageError
+from latbench.measurement import SamplingPolicy
+from latbench.measuring.session import Job, LocalDispatcher
 
 # Few, short invocations keep the suite fast; the numbers are still real onnxruntime timings.
 QUICK = {"min_invocations": 2, "max_invocations": 3, "runs_per_invocation": 8, "backoff_s": 0.05}
@@ -52,7 +54,7 @@ def test_measure_end_to_end_with_pinning_threads_and_raw_samples(adb_server, mak
     adbd = make_phone()
     with open_phone(adb_server, adbd, threads=2) as runner:
         prepared = runner.prepare(models["small"])
-        m = runner.measure(prepared, warmup=2, runs=12)
+        m = runner.measure(prepared, SamplingPolicy.fixed(12, 2))
     assert m.n == 12 and all(s > 0 for s in m.samples_ms)
     assert m.provenance["sampling"]["sample_source"] == "result_file"
     assert m.provenance["sampling"]["invocations"] == 2
@@ -115,7 +117,7 @@ def test_benchmark_failures_are_one_line_device_errors(adb_server, make_phone, m
     with open_phone(adb_server, adbd) as runner:
         prepared = runner.prepare(models["small"])
         with pytest.raises(DeviceError, match=message) as err:
-            runner.measure(prepared, warmup=1, runs=4)
+            runner.measure(prepared, SamplingPolicy.fixed(4, 1))
     assert "\n" not in str(err.value)
     assert not isinstance(err.value, DeviceLost)
 
@@ -126,7 +128,7 @@ def test_hung_benchmark_times_out(adb_server, make_phone, models):
         prepared = runner.prepare(models["small"])
         t0 = time.monotonic()
         with pytest.raises(DeviceError, match="timed out after 1s"):
-            runner.measure(prepared, warmup=1, runs=4)
+            runner.measure(prepared, SamplingPolicy.fixed(4, 1))
         assert time.monotonic() - t0 < 15
 
 
@@ -143,7 +145,7 @@ def test_transient_adb_failure_is_retried(adb_server, make_phone, models):
     with open_phone(adb_server, adbd) as runner:
         prepared = runner.prepare(models["small"])
         adbd.device.misbehaviour.refuse_next = 2
-        m = runner.measure(prepared, warmup=1, runs=4)
+        m = runner.measure(prepared, SamplingPolicy.fixed(4, 1))
     assert m.n == 4 and adbd.device.misbehaviour.refuse_next == 0
 
 
@@ -157,20 +159,20 @@ def test_unplug_mid_run_raises_device_lost_and_keeps_finished_results(adb_server
         adbd.device.misbehaviour.unplug_after_commands = adbd.device.shell_count + 3
 
     with open_phone(adb_server, adbd, retries=1) as runner:
-        items = {name: runner.prepare(models[name], label=name) for name in ("small", "medium", "fp16")}
-        run = interleaved_measure(runner, items, warmup=1, runs=4, seed=1, on_result=commit)
+        dispatcher = LocalDispatcher(runner)
+        dispatcher.prepared = {name: runner.prepare(models[name], label=name) for name in ("small", "medium", "fp16")}
+        jobs = [Job(name, 0, "block", SamplingPolicy.fixed(4, 1)) for name in ("small", "medium", "fp16")]
         with pytest.raises(DeviceLost) as lost:
-            run.run()
+            dispatcher.execute(jobs, [], 12, lambda res, is_anchor: commit(res.job))
     assert len(committed) == 1
     assert sorted(committed + lost.value.unmeasured) == ["fp16", "medium", "small"]
-    assert run.report.unmeasured == lost.value.unmeasured
     assert isinstance(lost.value, DeviceError) and "disconnected" in str(lost.value)
 
 
 def test_fallback_to_per_invocation_samples_without_result_file(adb_server, make_phone, models):
     adbd = make_phone(Misbehaviour(perf=PerfTestBehaviour(write_result_file=False)))
     with open_phone(adb_server, adbd) as runner:
-        m = runner.measure(runner.prepare(models["small"]), warmup=1, runs=6)
+        m = runner.measure(runner.prepare(models["small"]), SamplingPolicy.fixed(6, 1))
     assert m.provenance["sampling"]["sample_source"] == "per_invocation_p50"
     assert m.n == 2  # one per invocation
     assert m.samples_ms == [inv["p50_ms"] for inv in m.extra["invocations"]]
@@ -181,7 +183,7 @@ def test_fallback_to_per_invocation_samples_without_result_file(adb_server, make
 def test_other_perf_test_versions(adb_server, make_phone, models, variant):
     adbd = make_phone(Misbehaviour(perf=PerfTestBehaviour(variant=variant)))
     with open_phone(adb_server, adbd) as runner:
-        m = runner.measure(runner.prepare(models["small"]), warmup=1, runs=6)
+        m = runner.measure(runner.prepare(models["small"]), SamplingPolicy.fixed(6, 1))
     assert m.provenance["sampling"]["sample_source"] == "result_file" and m.n == 6
     inv = m.extra["invocations"][0]
     assert inv["average_ms"] > 0 and inv["p50_ms"] > 0
@@ -191,17 +193,17 @@ def test_shell_v1_device_and_throttling_flag(adb_server, make_phone, models):
     adbd = make_phone(Misbehaviour(shell_v2=False, thermal_status=2))
     with open_phone(adb_server, adbd) as runner:
         prepared = runner.prepare(models["small"])
-        m = runner.measure(prepared, warmup=1, runs=4)
+        m = runner.measure(prepared, SamplingPolicy.fixed(4, 1))
         assert m.throttled and m.provenance["thermal_state"] == "moderate"
         adbd.device.misbehaviour.perf.exit_code = 3  # exit codes survive the v1 `; echo X4EXIT:$?` path
         with pytest.raises(DeviceError, match="status 3"):
-            runner.measure(prepared, warmup=1, runs=4)
+            runner.measure(prepared, SamplingPolicy.fixed(4, 1))
 
 
 def test_profile_pulls_and_parses_the_device_profile(adb_server, make_phone, models):
     adbd = make_phone()
     with open_phone(adb_server, adbd, profile_runs=5) as runner:
-        m = runner.measure(runner.prepare(models["medium"]), warmup=1, runs=4, profile=True)
+        m = runner.measure(runner.prepare(models["medium"]), SamplingPolicy.fixed(4, 1), profile=True)
     assert {"Conv", "GlobalAveragePool"} <= {op.op_type for op in m.per_op}
     assert any("-p" in argv for argv in perf_commands(adbd))
     assert not list((adbd.device.root / "latbench").glob("prof_*.json"))  # removed after the pull

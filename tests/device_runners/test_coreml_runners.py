@@ -8,11 +8,12 @@ import fake_coreml_device as fake
 import pytest
 
 from device_runners import discover_devices, open_runner
-from device_runners.base import DeviceLost, SamplingPolicy
+from device_runners.base import DeviceLost
 from device_runners.coreml_common import ESTIMATED_OPS_WARNING
 from device_runners.iphone import IPhoneRunner
 from device_runners.mac import MacRunner
 from latbench.errors import DeviceError, UsageError
+from latbench.measurement import SamplingPolicy
 
 UDID = "00008101-000A1B2C3D4E001E"
 HW = {"marketingName": "iPhone 12", "productType": "iPhone13,2", "cpuType": {"name": "arm64e"}}
@@ -57,10 +58,10 @@ def test_iphone_discovery_through_the_harness(world):
 
 
 def test_iphone_measure_uses_on_device_samples_and_records_provenance(world, mlpackage):
-    with open_iphone(compute_units="CPU_AND_NE", min_runs=20, batch=20, max_runs=100) as runner:
+    with open_iphone(compute_units="CPU_AND_NE", batch=20) as runner:
         assert fake.WORLD.launched == [UDID]  # the model-runner app was started once
         prepared = runner.prepare(mlpackage)
-        m = runner.measure(prepared, warmup=3)
+        m = runner.measure(prepared, SamplingPolicy(warmup_runs=3, min_runs=20, max_runs=100))
     assert 20 <= m.n <= 100 and all(s > 0 for s in m.samples_ms)
     assert m.session_ms > 0 and m.first_inference_ms > m.median  # first predict pays for specialisation
     p = m.provenance
@@ -74,7 +75,7 @@ def test_iphone_fixed_runs_and_compute_units_choice(world, mlpackage):
     medians = {}
     for cu in ("CPU_ONLY", "ALL"):
         with open_iphone(compute_units=cu, batch=10) as runner:
-            m = runner.measure(runner.prepare(mlpackage), warmup=1, runs=25)
+            m = runner.measure(runner.prepare(mlpackage), SamplingPolicy.fixed(25, 1))
         assert m.n == 25
         medians[cu] = m.median
     assert medians["ALL"] < medians["CPU_ONLY"]  # the simulated Neural Engine is faster
@@ -84,7 +85,7 @@ def test_iphone_fixed_runs_and_compute_units_choice(world, mlpackage):
 
 def test_iphone_per_op_estimates_are_labelled(world, mlpackage):
     with open_iphone(batch=10, profile_runs=5) as runner:
-        m = runner.measure(runner.prepare(mlpackage), warmup=1, runs=10, profile=True)
+        m = runner.measure(runner.prepare(mlpackage), SamplingPolicy.fixed(10, 1), profile=True)
     assert [op.op_type for op in m.per_op] == ["conv", "reduce_mean", "relu"]
     assert m.per_op[0].node_name == "conv_0"
     assert ESTIMATED_OPS_WARNING in m.warnings
@@ -95,7 +96,7 @@ def test_iphone_disconnect_mid_run_is_device_lost(world, mlpackage):
         prepared = runner.prepare(mlpackage)
         fake.WORLD.disconnect_after_predicts = fake.WORLD.predict_calls + 15
         with pytest.raises(DeviceLost) as lost:
-            runner.measure(prepared, warmup=1, runs=40)
+            runner.measure(prepared, SamplingPolicy.fixed(40, 1))
     assert lost.value.unmeasured == ["tiny"] and "disconnected" in str(lost.value)
 
 
@@ -117,10 +118,9 @@ def test_iphone_load_failure_and_unavailable_phone(world, mlpackage, tmp_path):
 
 
 def test_mac_runner_times_predict_locally(world, mlpackage):
-    policy = SamplingPolicy(min_runs=20, time_cap_s=0.5, warmup_time_s=0.0)
-    with open_runner("mac", coreml_api=fake, host_os_name="Darwin", compute_units="CPU_ONLY", policy=policy) as runner:
+    with open_runner("mac", coreml_api=fake, host_os_name="Darwin", compute_units="CPU_ONLY") as runner:
         prepared = runner.prepare(mlpackage)
-        m = runner.measure(prepared, warmup=2, runs=20, profile=True)
+        m = runner.measure(prepared, SamplingPolicy.fixed(20, 2), profile=True)
         assert runner.describe()["compute_units"] == "CPU_ONLY"
     assert m.n == 20 and m.session_ms is not None and m.first_inference_ms is not None
     # predict() really spends the simulated 1.5 ms, so host timing sees at least that

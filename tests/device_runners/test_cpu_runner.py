@@ -9,24 +9,24 @@ import time
 
 import pytest
 
-from device_runners.base import SamplingPolicy, file_content_hash
+from device_runners.base import file_content_hash
 from device_runners.cpu import CpuRunner, parse_core_mask
 from device_runners.ort_common import parse_ort_profile
 from latbench.errors import UsageError
-from latbench.measurement import Measurement
+from latbench.measurement import Measurement, SamplingPolicy
 
 FAST = SamplingPolicy(min_runs=30, time_cap_s=1.0, warmup_time_s=0.02)
 
 
 @pytest.fixture
 def runner():
-    with CpuRunner(policy=FAST) as r:
+    with CpuRunner() as r:
         yield r
 
 
 def test_fixed_run_count_gives_exactly_that_many_samples(runner, models):
     prepared = runner.prepare(models["small"])
-    m = runner.measure(prepared, warmup=3, runs=40)
+    m = runner.measure(prepared, SamplingPolicy.fixed(40, 3))
     assert m.n == 40 and all(s > 0 for s in m.samples_ms)
     assert m.provenance["sampling"]["timed_runs"] == 40
     assert m.provenance["sampling"]["warmup_runs"] >= 3
@@ -34,7 +34,7 @@ def test_fixed_run_count_gives_exactly_that_many_samples(runner, models):
 
 
 def test_adaptive_runs_stop_on_ci_or_time_cap(runner, models):
-    m = runner.measure(runner.prepare(models["small"]), warmup=2)
+    m = runner.measure(runner.prepare(models["small"]), FAST.replace(warmup_runs=2))
     info = m.provenance["sampling"]
     assert info["stopped_by"] in ("ci", "time_cap", "max_runs")
     assert m.n >= (FAST.min_runs if info["stopped_by"] == "ci" else 1)
@@ -47,17 +47,17 @@ def test_adaptive_runs_stop_on_ci_or_time_cap(runner, models):
 def test_time_cap_is_respected_and_reported(models):
     # min_runs out of reach: only the time cap can stop it.
     policy = SamplingPolicy(min_runs=10**6, max_runs=10**7, time_cap_s=0.2, warmup_time_s=0.0)
-    with CpuRunner(policy=policy) as r:
+    with CpuRunner() as r:
         prepared = r.prepare(models["small"])
         t0 = time.monotonic()
-        m = r.measure(prepared, warmup=1)
+        m = r.measure(prepared, policy.replace(warmup_runs=1))
         assert time.monotonic() - t0 < 5.0
     assert m.provenance["sampling"]["stopped_by"] == "time_cap"
 
 
 def test_session_and_first_inference_recorded_apart(runner, models):
     prepared = runner.prepare(models["small"])
-    m = runner.measure(prepared, warmup=1, runs=10)
+    m = runner.measure(prepared, SamplingPolicy.fixed(10, 1))
     assert m.session_ms is not None and m.session_ms > 0
     assert m.first_inference_ms is not None and m.first_inference_ms > 0
     assert m.session_ms not in m.samples_ms
@@ -75,7 +75,7 @@ def test_prepare_is_cached_by_content_hash(runner, models, tmp_path):
 
 
 def test_provenance_records_settings_and_inputs(runner, models):
-    m = runner.measure(runner.prepare(models["small"], label="tiny"), warmup=1, runs=5)
+    m = runner.measure(runner.prepare(models["small"], label="tiny"), SamplingPolicy.fixed(5, 1))
     p = m.provenance
     assert m.label == "tiny"
     assert p["runtime"] == "onnxruntime" and p["runtime_version"]
@@ -87,13 +87,13 @@ def test_provenance_records_settings_and_inputs(runner, models):
 
 
 def test_float16_model_gets_float16_input(runner, models):
-    m = runner.measure(runner.prepare(models["fp16"]), warmup=1, runs=5)
+    m = runner.measure(runner.prepare(models["fp16"]), SamplingPolicy.fixed(5, 1))
     assert m.provenance["input_dtype"] == "float16" and m.provenance["precision"] == "fp16"
 
 
 def test_profile_uses_a_separate_session_and_parses_nodes(runner, models):
     prepared = runner.prepare(models["medium"])
-    m = runner.measure(prepared, warmup=2, runs=20, profile=True)
+    m = runner.measure(prepared, SamplingPolicy.fixed(20, 2), profile=True)
     assert m.n == 20  # profiling adds no samples
     op_types = {op.op_type for op in m.per_op}
     assert "Conv" in op_types and "GlobalAveragePool" in op_types
@@ -109,7 +109,7 @@ def test_core_pinning_applies_during_measurement_and_is_restored(models):
     before = os.sched_getaffinity(0)
     core = min(before)
     seen = []
-    with CpuRunner(policy=FAST, core_mask=1 << core) as r:
+    with CpuRunner(core_mask=1 << core) as r:
         prepared = r.prepare(models["small"])
         session, feeds = prepared.handle
         real_run = session.run
@@ -119,7 +119,7 @@ def test_core_pinning_applies_during_measurement_and_is_restored(models):
                 seen.append(os.sched_getaffinity(0))
                 return real_run(*a, **k)
 
-        r.measure(dataclasses.replace(prepared, handle=(Spy(), feeds)), warmup=1, runs=3)
+        r.measure(dataclasses.replace(prepared, handle=(Spy(), feeds)), SamplingPolicy.fixed(3, 1))
         assert r.describe()["core_mask"] == hex(1 << core)
     assert seen and all(s == {core} for s in seen)
     assert os.sched_getaffinity(0) == before
@@ -184,20 +184,20 @@ def test_profile_parser_rejects_non_profiles():
 def test_contention_share_is_recorded_and_warned_about():
     from device_runners.base import sample_latencies
 
-    policy = SamplingPolicy(warmup_time_s=0.0)
+    twenty = SamplingPolicy.fixed(20, 1)
     busy = lambda: sum(range(2000))  # noqa: E731
-    _, info, warnings = sample_latencies(busy, warmup=1, runs=20, policy=policy, cpu_clock=time.thread_time_ns)
+    _, info, warnings = sample_latencies(busy, twenty, cpu_clock=time.thread_time_ns)
     assert 0.0 < info["cpu_share"] <= 1.0
     # A thread that got no CPU at all while the wall clock ran: everything was waiting.
-    _, info, warnings = sample_latencies(busy, warmup=1, runs=20, policy=policy, cpu_clock=lambda: 0)
+    _, info, warnings = sample_latencies(busy, twenty, cpu_clock=lambda: 0)
     assert info["cpu_share"] == 0.0 and any("host contention" in w for w in warnings)
-    _, info, _ = sample_latencies(busy, warmup=1, runs=5, policy=policy)
+    _, info, _ = sample_latencies(busy, SamplingPolicy.fixed(5, 1))
     assert "cpu_share" not in info
 
 
 def test_thread_cpu_clock_option(models):
-    with CpuRunner(policy=FAST, clock="thread_cpu") as r:
-        m = r.measure(r.prepare(models["small"]), warmup=1, runs=15)
+    with CpuRunner(clock="thread_cpu") as r:
+        m = r.measure(r.prepare(models["small"]), SamplingPolicy.fixed(15, 1))
     assert m.n == 15 and all(s >= 0 for s in m.samples_ms) and m.provenance["clock"] == "thread_cpu"
     with pytest.raises(UsageError, match="threads=1"):
         CpuRunner(threads=2, clock="thread_cpu")

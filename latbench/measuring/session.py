@@ -1,0 +1,379 @@
+"""One measuring session: export -> prepare -> interleaved rounds -> consensus -> journal.
+
+Every command that measures goes through `MeasuringSession`: building and checking a table,
+validating it, `mes report --measure` and `profile`. A session
+
+1. exports what it measures through the content-addressed cache (once per artifact);
+2. prepares each artifact on the device (through a `Dispatcher`: one local runner, or a farm);
+3. measures in *waves*: each wave visits the (key, round) pairs still needed in a fresh random
+   order, with anchor measurements every `anchor_every` targets, and commits every result to
+   the journal the moment it is taken (a killed session loses nothing; a rerun measures only
+   what the journal lacks);
+4. after each wave, asks the consensus rule which entries' rounds agree; entries without
+   consensus (and entries a caller-supplied check calls implausible) get another round in the
+   next wave, up to the rule's bound, so rounds of one entry are taken at different times;
+5. returns the rows, the verdicts and a report (anchor drift, throttling, failures, timings).
+
+The sampling policy of each role (block, model, anchor) is handed to the runner with every
+measurement; nothing is patched onto the runner.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from latbench.errors import DeviceError, UsageError
+from latbench.measurement import Measurement, SamplingPolicy
+from latbench.measuring.consensus import ConsensusRule, Verdict
+from latbench.measuring.journal import AnchorRow, Journal, JournalRow
+from latbench.measuring.timebase import anchor_levels
+
+ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
+
+#: Default sampling per role: many short measurements beat one long one on a drifting device.
+DEFAULT_POLICIES: dict[str, SamplingPolicy] = {
+    "block": SamplingPolicy(warmup_runs=10, warmup_time_s=0.05, time_cap_s=1.5, min_time_s=0.3),
+    "model": SamplingPolicy(warmup_runs=10, warmup_time_s=0.1, time_cap_s=4.0, min_time_s=0.3),
+    "anchor": SamplingPolicy(warmup_runs=10, warmup_time_s=0.05, time_cap_s=1.0, min_time_s=0.3),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One thing to measure: an exportable item (BlockConfig, Candidate) under a role."""
+
+    key: str
+    item: Any
+    role: str  # "block", "model" or "anchor"
+
+    @classmethod
+    def of(cls, item: Any, role: str) -> Target:
+        return cls(item.key, item, role)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    key: str
+    path: Path
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class ArtifactItem:
+    """An artifact given as a file (.onnx, .mlpackage): measured as it is, never exported."""
+
+    path: Path
+    content_hash: str
+
+    @classmethod
+    def of(cls, path: Path) -> ArtifactItem:
+        from latbench.export.cache import tree_sha256
+
+        return cls(Path(path), tree_sha256(path))
+
+    @property
+    def key(self) -> str:
+        return f"file-{self.path.stem}-{self.content_hash[:12]}"
+
+    def fields(self) -> dict[str, Any]:
+        return {"kind": "artifact", "path": str(self.path), "content_hash": self.content_hash}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (key, round) measurement a dispatcher runs."""
+
+    key: str
+    round: int
+    role: str
+    policy: SamplingPolicy
+    profile: bool = False
+
+
+@dataclass(frozen=True)
+class JobResult:
+    job: Job
+    device: str
+    measurement: Measurement
+
+
+@dataclass
+class MeasuringPlan:
+    """How a session samples and when it accepts a latency."""
+
+    rounds: int = 3  # rounds every target gets; consensus may ask for more, up to consensus.max_rounds
+    consensus: ConsensusRule = field(default_factory=ConsensusRule)
+    policies: dict[str, SamplingPolicy] = field(default_factory=lambda: dict(DEFAULT_POLICIES))
+    anchor_every: int = 12
+    seed: int = 0
+    profile: bool = False  # per-op breakdown in the first round of every target
+    #: An extra round of an entry waits at least this long after its previous round (anchors
+    #: fill the gap), so a burst that spoiled one round is less likely to spoil the next.
+    min_separation_s: float = 2.0
+    drift_tolerance: float = 0.05
+
+    def policy(self, role: str) -> SamplingPolicy:
+        return self.policies.get(role) or self.policies.get("block") or SamplingPolicy()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rounds": self.rounds, "consensus": self.consensus.to_dict(), "anchor_every": self.anchor_every,
+                "seed": self.seed, "profile": self.profile, "min_separation_s": self.min_separation_s,
+                "policies": {k: p.to_dict() for k, p in self.policies.items()}}
+
+
+class Dispatcher(Protocol):
+    """Where jobs run: one local runner (LocalDispatcher) or several devices."""
+
+    artifact_format: str
+    device_id: str
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def prepare(self, artifacts: Mapping[str, Artifact], progress: ProgressFn) -> None: ...
+
+    def execute(self, jobs: Sequence[Job], anchors: Sequence[Job], anchor_every: int,
+                on_result: Callable[[JobResult, bool], None]) -> None:
+        """Run `jobs` in order, an anchor job (rotating through `anchors`) first, after every
+        `anchor_every` jobs and last; call on_result(result, is_anchor) as each finishes."""
+        ...
+
+
+class LocalDispatcher:
+    """Jobs run one after the other on one open runner."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self.artifact_format = runner.artifact_format
+        self.device_id = runner.device_id
+        self.prepared: dict[str, Any] = {}
+
+    def describe(self) -> dict[str, Any]:
+        return self.runner.describe()
+
+    def prepare(self, artifacts: Mapping[str, Artifact], progress: ProgressFn) -> None:
+        todo = [k for k in artifacts if k not in self.prepared]
+        for i, key in enumerate(todo):
+            a = artifacts[key]
+            self.prepared[key] = self.runner.prepare(a.path, a.content_hash, label=key)
+            progress("prepare", i + 1, len(todo))
+
+    def execute(self, jobs: Sequence[Job], anchors: Sequence[Job], anchor_every: int,
+                on_result: Callable[[JobResult, bool], None]) -> None:
+        from device_runners.base import DeviceLost
+
+        order: list[tuple[Job, bool]] = []
+        turn = 0
+
+        def anchor() -> None:
+            nonlocal turn
+            if anchors:
+                order.append((anchors[turn % len(anchors)], True))
+                turn += 1
+
+        anchor()
+        for i, job in enumerate(jobs):
+            order.append((job, False))
+            if (i + 1) % anchor_every == 0 and i + 1 < len(jobs):
+                anchor()
+        if jobs:
+            anchor()
+        for pos, (job, is_anchor) in enumerate(order):
+            try:
+                m = self.runner.measure(self.prepared[job.key], job.policy, profile=job.profile)
+            except DeviceLost as e:
+                left = list(dict.fromkeys(j.key for j, a in order[pos:] if not a))
+                raise DeviceLost(str(e), unmeasured=left) from e
+            on_result(JobResult(job, self.device_id, m), is_anchor)
+
+
+@dataclass
+class SessionResult:
+    session: str
+    device: dict[str, Any]
+    rows: dict[str, list[JournalRow]]  # every round of every target, the journal's included
+    verdicts: dict[str, Verdict]
+    anchors: list[AnchorRow]  # this session's anchor measurements
+    measured: list[str] = field(default_factory=list)  # "key#round" measured by this session
+    report: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def value(self, key: str) -> float:
+        return self.verdicts[key].value
+
+    def measurements(self, key: str) -> list[Measurement]:
+        return [r.measurement for r in self.rows.get(key, [])]
+
+
+class MeasuringSession:
+    """Measure targets on a device until their rounds agree; see the module docstring.
+
+    `time_base(journal, session)` returns session id -> factor onto a common time base (default:
+    none); `recheck(verdicts)` names entries that need another round for reasons beyond their
+    own rounds (a plausibility check across entries).
+    """
+
+    def __init__(self, dispatcher: Any, plan: MeasuringPlan | None = None, *, journal: Journal | None = None,
+                 purpose: str = "measure", progress: ProgressFn | None = None, export_jobs: int = 2,
+                 precision: str | None = None, show_export_progress: bool = False,
+                 time_base: Callable[[Journal, str], Mapping[str, float]] | None = None,
+                 recheck: Callable[[dict[str, Verdict]], Iterable[str]] | None = None) -> None:
+        self.dispatcher = dispatcher if hasattr(dispatcher, "execute") else LocalDispatcher(dispatcher)
+        self.plan = plan or MeasuringPlan()
+        if self.plan.rounds < 1 or self.plan.anchor_every < 1:
+            raise UsageError("measurement rounds and anchor_every must be >= 1")
+        self.journal = journal if journal is not None else Journal(":memory:")
+        self.purpose = purpose
+        self.progress = progress or (lambda phase, done, total: None)
+        self.export_jobs = export_jobs
+        self.precision = precision
+        self.show_export_progress = show_export_progress
+        self.time_base = time_base or (lambda journal, session: {})
+        self.recheck = recheck
+        self.timings: dict[str, float] = {"export_s": 0.0, "prepare_s": 0.0, "measure_wall_s": 0.0,
+                                          "timed_runs_s": 0.0}
+        # State of the run in progress.
+        self.session = ""
+        self._targets: dict[str, Target] = {}
+        self.artifacts: dict[str, Artifact] = {}  # what the run in progress measures
+        self._measured: list[str] = []
+        self._total = 0
+        self._anchor_seq = 0
+        self._last_end: dict[str, float] = {}
+        self._throttled: list[str] = []
+
+    # -- the session --------------------------------------------------------------------------
+    def run(self, targets: Sequence[Target], anchors: Sequence[Target] = ()) -> SessionResult:
+        self._targets = {t.key: t for t in targets}
+        anchors = list({a.key: a for a in anchors}.values())
+        rows, verdicts = self._state()
+        todo = self._wave(rows, verdicts, wave=0)
+        waves: list[dict[str, Any]] = []
+        if todo:
+            self.session = self.journal.start_session(self.purpose, self.dispatcher.device_id,
+                                                      self.dispatcher.describe())
+            self.artifacts = self._export([self._targets[k].item for k in dict.fromkeys(j.key for j in todo)]
+                                      + [a.item for a in anchors])
+            t0 = time.perf_counter()
+            self.dispatcher.prepare(self.artifacts, self.progress)
+            self.timings["prepare_s"] += time.perf_counter() - t0
+            anchor_jobs = [Job(a.key, 0, "anchor", self.plan.policy("anchor")) for a in anchors]
+            t0 = time.perf_counter()
+            self._total = len(todo)
+            while todo:
+                self._separate(todo, anchor_jobs)
+                self.dispatcher.execute(todo, anchor_jobs, self.plan.anchor_every, self._commit)
+                waves.append({"wave": len(waves), "jobs": len(todo)})
+                rows, verdicts = self._state()
+                todo = self._wave(rows, verdicts, wave=len(waves))
+                self._total += len(todo)
+            self.timings["measure_wall_s"] += time.perf_counter() - t0
+        session_anchors = self.journal.anchors(self.session) if self.session else []
+        report: dict[str, Any] = {"waves": waves, "throttled": self._throttled,
+                                  "no_consensus": sorted(k for k, v in verdicts.items() if not v.agreed),
+                                  **drift_report(session_anchors, self.plan.consensus, self.plan.drift_tolerance)}
+        return SessionResult(self.session, self.dispatcher.describe(), rows, verdicts, session_anchors,
+                             list(self._measured), report, dict(self.timings))
+
+    # -- steps --------------------------------------------------------------------------------
+    def _export(self, items: list[Any]) -> dict[str, Artifact]:
+        t0 = time.perf_counter()
+        arts = export_artifacts(items, self.dispatcher.artifact_format, self.export_jobs, self.precision,
+                                self.show_export_progress)
+        self.timings["export_s"] += time.perf_counter() - t0
+        return arts
+
+    def _state(self) -> tuple[dict[str, list[JournalRow]], dict[str, Verdict]]:
+        rows = self.journal.rows(keys=self._targets)
+        factors = self.time_base(self.journal, self.session)
+        rule = self.plan.consensus
+        return rows, {k: rule.decide(round_values(rows.get(k, []), rule, factors)) for k in self._targets}
+
+    def _wave(self, rows: dict[str, list[JournalRow]], verdicts: dict[str, Verdict], wave: int) -> list[Job]:
+        """The jobs of the next wave: missing initial rounds, then one more round for entries
+        without consensus (or rechecked) that the rule still allows."""
+        rule = self.plan.consensus
+        recheck = set(self.recheck(verdicts)) if self.recheck else set()
+        jobs: list[Job] = []
+        for key, target in self._targets.items():
+            done = {r.round for r in rows.get(key, [])}
+            missing = [r for r in range(self.plan.rounds) if r not in done]
+            if missing:
+                rounds = missing
+            elif len(done) < rule.max_rounds and (verdicts[key].needs_more or key in recheck):
+                rounds = [max(done) + 1]
+            else:
+                continue
+            jobs += [Job(key, r, target.role, self.plan.policy(target.role), profile=self.plan.profile and r == 0)
+                     for r in rounds]
+        # A fresh random order every wave; in the first wave, round by round.
+        random.Random(f"{self.plan.seed}:{wave}").shuffle(jobs)
+        jobs.sort(key=lambda j: j.round if wave == 0 else 0)
+        return jobs
+
+    def _separate(self, todo: list[Job], anchor_jobs: list[Job]) -> None:
+        """Before a re-measurement wave, let time pass (measuring anchors) so an entry's new
+        round is not taken in the same burst as its previous one."""
+        if not self._last_end or not anchor_jobs:
+            return
+        wait_until = max(self._last_end.get(j.key, 0.0) for j in todo) + self.plan.min_separation_s
+        turn = 0
+        while time.monotonic() < wait_until:
+            self.dispatcher.execute([], [anchor_jobs[turn % len(anchor_jobs)]], self.plan.anchor_every, self._commit)
+            turn += 1
+
+    def _commit(self, res: JobResult, is_anchor: bool) -> None:
+        """Journal one result the moment it arrives."""
+        m = res.measurement
+        sampling = m.provenance.get("sampling") or {}
+        self.timings["timed_runs_s"] += sampling.get("timed_wall_s", sum(m.samples_ms) / 1e3)
+        if m.throttled:
+            self._throttled.append(res.job.key)
+        if is_anchor:
+            self.journal.record_anchor(self.session, res.device, self._anchor_seq, res.job.key, m)
+            self._anchor_seq += 1
+            return
+        target = self._targets[res.job.key]
+        self.journal.record(res.job.key, res.job.round, target.role, target.item.fields(), m,
+                            self.artifacts[res.job.key].content_hash, device=res.device, session=self.session)
+        self._last_end[res.job.key] = time.monotonic()
+        self._measured.append(f"{res.job.key}#{res.job.round}")
+        self.progress("measure", len(self._measured), self._total)
+
+
+def round_values(rows: Sequence[JournalRow], rule: ConsensusRule, factors: Mapping[str, float]) -> list[float]:
+    """Each round's statistic, put on the common time base by its session's factor."""
+    return [rule.round_value(r.measurement) * factors.get(r.session or "", 1.0) for r in rows]
+
+
+def drift_report(anchors: Sequence[AnchorRow], rule: ConsensusRule, tolerance: float) -> dict[str, Any]:
+    """How far each anchor reading strayed from the anchor's level in this session."""
+    levels = anchor_levels(anchors, rule)
+    readings = [rule.round_value(a.measurement) / levels[a.key] - 1 for a in anchors if levels.get(a.key)]
+    return {"anchor_levels_ms": levels, "anchor_readings": len(readings),
+            "max_drift": max(readings, key=abs) if readings else None,
+            "drifted_readings": sum(abs(d) > tolerance for d in readings)}
+
+
+def export_artifacts(items: Sequence[Any], fmt: str, jobs: int, precision: str | None,
+                     progress: bool) -> dict[str, Artifact]:
+    """Export through the content-addressed cache; DeviceError (exit 1) if any item failed."""
+    from latbench.export import export_items
+
+    items = list({i.key: i for i in items}.values())
+    given = {i.key: Artifact(i.key, i.path, i.content_hash) for i in items if isinstance(i, ArtifactItem)}
+    items = [i for i in items if not isinstance(i, ArtifactItem)]
+    if not items:
+        return given
+    kwargs: dict[str, Any] = {"formats": (fmt,), "jobs": jobs, "progress": progress}
+    if precision:
+        kwargs["precision"] = precision
+    report = export_items(items, **kwargs)
+    if report.failures:
+        first = report.failures[0]
+        raise DeviceError(f"export failed for {len(report.failures)} item(s), first {first.key}: {first.error}")
+    return {**given, **{r.key: Artifact(r.key, Path(r.path), r.content_hash) for r in report if r.format == fmt}}

@@ -1,0 +1,84 @@
+"""One time base across sessions: anchors measured in every session say how fast the device was.
+
+A host or phone is not equally fast on every day (or every hour): a table built in the morning
+and re-checked, extended or validated in the afternoon must compare like with like. Every
+session measures the table's anchor blocks alongside its own work; an anchor's *level* in a
+session is the consensus of its readings there. The table's base session fixes the reference
+levels; any other session's rounds are multiplied by median over anchors of reference / level.
+Within a session nothing is normalised: bursts are shorter than the gaps between anchor
+readings, and an anchor of one kind does not see the slowdowns that hit another (see the
+README's measuring notes for the measurements behind this choice).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from latbench.measuring.consensus import ConsensusRule
+from latbench.measuring.journal import AnchorRow, Journal
+
+
+def anchor_levels(anchors: Sequence[AnchorRow], rule: ConsensusRule) -> dict[str, float]:
+    """Each anchor's level in a set of readings: the consensus of its readings (the fastest
+    reading when there are fewer than a quorum)."""
+    by: dict[str, list[float]] = {}
+    for a in anchors:
+        by.setdefault(a.key, []).append(rule.round_value(a.measurement))
+    out = {}
+    for key, values in by.items():
+        out[key] = rule.decide(values).value if len(values) >= rule.quorum else min(values)
+    return out
+
+
+def session_factor(levels: Mapping[str, float], reference: Mapping[str, float]) -> float | None:
+    """The factor that puts a session whose anchors read `levels` on the time base where they
+    read `reference`: the median over shared anchors of reference / level (None without any)."""
+    ratios = [reference[k] / levels[k] for k in levels if k in reference and levels[k] > 0 and reference[k] > 0]
+    return statistics.median(ratios) if ratios else None
+
+
+def by_session(journal: Journal) -> dict[str, list[AnchorRow]]:
+    out: dict[str, list[AnchorRow]] = {}
+    for a in journal.anchors():
+        out.setdefault(a.session, []).append(a)
+    return out
+
+
+def base_levels(journal: Journal, rule: ConsensusRule, *, exclude: str | None = None) -> dict[str, Any] | None:
+    """The journal's reference: the first session (other than `exclude`, one still running)
+    whose anchors were read at least `rule.min_rounds` times. Once found it is kept in the
+    journal, so later sessions never move the table's time base."""
+    saved = journal.get_meta("time_base")
+    if saved and saved.get("levels"):
+        return saved
+    for session, rows in by_session(journal).items():
+        if session == exclude:
+            continue
+        counts: dict[str, int] = {}
+        for a in rows:
+            counts[a.key] = counts.get(a.key, 0) + 1
+        if counts and max(counts.values()) >= rule.min_rounds:
+            base = {"session": session, "levels": anchor_levels(rows, rule), "readings": len(rows)}
+            journal.set_meta("time_base", base)
+            return base
+    return None
+
+
+def session_factors(journal: Journal, rule: ConsensusRule, *, current: str | None = None) -> dict[str, float]:
+    """session id -> factor onto the journal's time base (1.0 for the base session; sessions
+    without anchor readings are left as they are). `current`, a session still running, never
+    becomes the base."""
+    base = base_levels(journal, rule, exclude=current)
+    if base is None:
+        return {}
+    out = {}
+    for session, rows in by_session(journal).items():
+        if session == base["session"]:
+            out[session] = 1.0
+            continue
+        f = session_factor(anchor_levels(rows, rule), base["levels"])
+        if f is not None:
+            out[session] = f
+    return out

@@ -1,0 +1,119 @@
+"""MeasuringSession on a scripted device: interleaving, anchors, consensus re-measurement, resume."""
+
+from __future__ import annotations
+
+import pytest
+from scripted_device import ScriptedRunner
+
+from device_runners.base import DeviceLost
+from latbench.blocks import AttnConfig, FFNConfig
+from latbench.errors import DeviceError
+from latbench.measurement import SamplingPolicy
+from latbench.measuring.journal import Journal
+from latbench.measuring.session import MeasuringPlan, MeasuringSession, Target
+
+BLOCKS = [FFNConfig(224, 3, 96, 2), FFNConfig(224, 3, 96, 3), FFNConfig(224, 4, 176, 4), AttnConfig(224, 4, 176)]
+ANCHOR = FFNConfig(224, 3, 96, 4)
+BASE = {c.key: 0.2 + 0.1 * i for i, c in enumerate(BLOCKS)} | {ANCHOR.key: 0.4}
+FAST_PLAN = dict(min_separation_s=0.0, anchor_every=2)
+
+
+def targets():
+    return [Target.of(c, "block") for c in BLOCKS]
+
+
+def session(runner, journal=None, **plan):
+    return MeasuringSession(runner, MeasuringPlan(**{**FAST_PLAN, **plan}), journal=journal, export_jobs=1)
+
+
+def test_two_disturbed_rounds_of_three_yield_the_undisturbed_value():
+    runner = ScriptedRunner(BASE.__getitem__)
+    key = BLOCKS[1].key
+    runner.slow(key, 1.25, 1.0, 1.35)  # rounds 0 and 2 hit by bursts; round 1 clean
+    res = session(runner).run(targets(), [Target.of(ANCHOR, "anchor")])
+    v = res.verdicts[key]
+    assert v.agreed and v.rounds == 4 and runner.measurements_of(key) == 4
+    assert v.value == pytest.approx(BASE[key], rel=0.01)  # the median of round medians would say 1.25x
+    assert all(res.verdicts[c.key].rounds == 3 for c in BLOCKS if c.key != key)
+    assert [w["jobs"] for w in res.report["waves"]] == [12, 1]
+    assert res.report["no_consensus"] == []
+
+
+def test_rounds_are_interleaved_randomly_with_anchors_and_each_role_gets_its_policy():
+    runner = ScriptedRunner(BASE.__getitem__)
+    model_policy = SamplingPolicy.fixed(7, 1)
+    ts = targets()
+    ts[0] = Target.of(BLOCKS[0], "model")
+    plan = dict(policies={"block": SamplingPolicy.fixed(5, 1), "model": model_policy,
+                          "anchor": SamplingPolicy.fixed(3, 1)})
+    session(runner, **plan).run(ts, [Target.of(ANCHOR, "anchor")])
+    labels = [c[0] for c in runner.calls]
+    work = [k for k in labels if k != ANCHOR.key]
+    assert labels[0] == ANCHOR.key and labels[-1] == ANCHOR.key
+    # Every round visits every block before the next round starts, in a fresh order.
+    rounds = [work[i:i + 4] for i in range(0, 12, 4)]
+    assert all(sorted(r) == sorted(BASE_KEYS) for r in rounds) and len({tuple(r) for r in rounds}) > 1
+    # An anchor after every second block.
+    gaps = [i for i, k in enumerate(labels) if k == ANCHOR.key]
+    assert all(b - a <= 3 for a, b in zip(gaps, gaps[1:]))
+    for label, policy, _ in runner.calls:
+        expect = {ANCHOR.key: 3, BLOCKS[0].key: 7}.get(label, 5)
+        assert policy.runs == expect
+
+
+BASE_KEYS = [c.key for c in BLOCKS]
+
+
+def test_an_unplugged_device_loses_nothing_and_a_rerun_measures_only_the_rest(tmp_path):
+    path = tmp_path / "journal.sqlite"
+    runner = ScriptedRunner(BASE.__getitem__, lost_after=7)
+    with Journal(path) as journal, pytest.raises(DeviceLost) as lost:
+        session(runner, journal).run(targets(), [Target.of(ANCHOR, "anchor")])
+    with Journal(path) as journal:
+        first = {(k, r.round) for k, rows in journal.rows().items() for r in rows}
+    assert 0 < len(first) < 12
+    assert lost.value.unmeasured  # what was still to do
+    again = ScriptedRunner(BASE.__getitem__)
+    with Journal(path) as journal:
+        res = session(again, journal).run(targets(), [Target.of(ANCHOR, "anchor")])
+        rows = journal.rows()
+    assert sum(1 for c in again.calls if c[0] != ANCHOR.key) == 12 - len(first)
+    assert sorted((k, r.round) for k, rs in rows.items() for r in rs) == sorted(
+        (c.key, r) for c in BLOCKS for r in range(3))
+    assert len({r.session for rs in rows.values() for r in rs}) == 2
+    assert all(v.agreed for v in res.verdicts.values())
+    # Nothing left: a third run measures nothing at all, anchors included.
+    idle = ScriptedRunner(BASE.__getitem__)
+    with Journal(path) as journal:
+        res = session(idle, journal).run(targets(), [Target.of(ANCHOR, "anchor")])
+    assert idle.calls == [] and res.measured == []
+
+
+def test_a_failing_benchmark_stops_the_session_after_committing_what_was_done(tmp_path):
+    runner = ScriptedRunner(BASE.__getitem__, fail={BLOCKS[2].key})
+    with Journal(tmp_path / "j.sqlite") as journal:
+        with pytest.raises(DeviceError, match="benchmark failed"):
+            session(runner, journal).run(targets())
+        done = journal.rows()
+    assert BLOCKS[2].key not in done and sum(len(v) for v in done.values()) == len(runner.calls) - 1
+
+
+def test_recheck_asks_for_more_rounds_and_extra_rounds_are_separated_in_time(tmp_path):
+    runner = ScriptedRunner(BASE.__getitem__, sleep_s=0.005)
+    key = BLOCKS[3].key
+    asked = []
+
+    def recheck(verdicts):
+        more = [key] if verdicts[key].rounds < 5 else []
+        asked.append(more)
+        return more
+
+    with Journal(tmp_path / "j.sqlite") as journal:
+        res = MeasuringSession(runner, MeasuringPlan(anchor_every=2, min_separation_s=0.3), journal=journal,
+                               recheck=recheck, export_jobs=1).run(targets(), [Target.of(ANCHOR, "anchor")])
+        rows = journal.rows()[key]
+    assert res.verdicts[key].rounds == 5 and len(asked) >= 3
+    # Each extra round waited for the separation (the gap was filled with anchor readings).
+    assert rows[3].measured_at - rows[2].measured_at >= 0.3
+    assert rows[4].measured_at - rows[3].measured_at >= 0.3
+    assert len(res.anchors) > 6

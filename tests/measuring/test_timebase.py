@@ -1,0 +1,54 @@
+"""The time base: anchors say how fast the device was in each session."""
+
+import pytest
+
+from latbench.measurement import Measurement
+from latbench.measuring.consensus import ConsensusRule
+from latbench.measuring.journal import Journal
+from latbench.measuring.timebase import anchor_levels, base_levels, session_factor, session_factors
+
+
+def reading(ms):
+    return Measurement("a", [ms] * 20)
+
+
+def test_anchor_levels_take_the_consensus_of_readings():
+    with Journal(":memory:") as j:
+        s = j.start_session("build", "cpu")
+        for i, v in enumerate([1.0, 1.3, 1.01, 1.5]):
+            j.record_anchor(s, "cpu", i, "ffn", reading(v))
+        j.record_anchor(s, "cpu", 9, "mhsa", reading(2.0))
+        levels = anchor_levels(j.anchors(s), ConsensusRule())
+    assert levels["ffn"] == pytest.approx(1.005)  # the burst readings (1.3, 1.5) do not count
+    assert levels["mhsa"] == 2.0  # a single reading: taken as it is
+
+
+def test_sessions_are_put_on_the_base_sessions_time_base():
+    rule = ConsensusRule()
+    with Journal(":memory:") as j:
+        base = j.start_session("build", "cpu")
+        for i in range(3):
+            j.record_anchor(base, "cpu", i, "ffn", reading(1.0))
+            j.record_anchor(base, "cpu", 10 + i, "mhsa", reading(2.0))
+        later = j.start_session("check", "cpu")  # the host is 10 % slower now
+        for i in range(3):
+            j.record_anchor(later, "cpu", i, "ffn", reading(1.1))
+            j.record_anchor(later, "cpu", 10 + i, "mhsa", reading(2.2))
+        # A session still running never becomes the base: here the later one does.
+        assert session_factors(j, rule, current=base) == {later: 1.0, base: pytest.approx(1.1)}
+        j.set_meta("time_base", None)
+        factors = session_factors(j, rule)
+        assert factors[base] == 1.0 and factors[later] == pytest.approx(1 / 1.1)
+        fixed = base_levels(j, rule)
+        assert fixed["session"] == base and fixed["levels"] == {"ffn": 1.0, "mhsa": 2.0}
+        # Fixed once: a faster session later does not move the base.
+        fast = j.start_session("check", "cpu")
+        for i in range(3):
+            j.record_anchor(fast, "cpu", i, "ffn", reading(0.5))
+        assert base_levels(j, rule)["session"] == base
+        assert session_factors(j, rule)[fast] == pytest.approx(2.0)
+
+
+def test_session_factor_is_the_median_over_anchors():
+    assert session_factor({"a": 1.1, "b": 2.0, "c": 1.0}, {"a": 1.0, "b": 2.0, "c": 1.0}) == pytest.approx(1.0)
+    assert session_factor({"x": 1.0}, {"a": 1.0}) is None

@@ -1,0 +1,76 @@
+"""Table builds on a scripted device: consensus re-measurement and plausibility across entries.
+
+The device is a script (tests/fakes/scripted_device.py), so the disturbances are exactly the ones
+planted; the blocks, exports, journal and derived table are the real ones.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from scripted_device import ScriptedRunner
+
+from latbench.blocks import FFNConfig
+from latbench.lut import BuildSettings, TableBuilder
+
+# Twelve FFN blocks of stage 3: enough neighbours for a trend.
+FFNS = [FFNConfig(224, 3, w, e) for w in (96, 120, 144, 192) for e in (2, 3, 4)]
+
+
+def cost(key: str) -> float:
+    """A device whose FFN latency follows MACs exactly; empties and the rest cost little."""
+    for c in FFNS:
+        if c.key == key:
+            return 0.02 + 1.5e-9 * c.macs()
+    return 0.03
+
+
+def build(runner, tmp_path, **kw):
+    settings = BuildSettings(min_separation_s=0.0, profile=False, calibration_models=0, jobs=1, **kw)
+    return TableBuilder(runner, tmp_path / "t", settings, show_export_progress=False).build(FFNS)
+
+
+def test_two_disturbed_rounds_are_re_measured_to_the_undisturbed_value(tmp_path):
+    runner = ScriptedRunner(cost)
+    key = FFNS[4].key
+    runner.slow(key, 1.842 / 1.49, 1.0, 2.015 / 1.49)  # the issue's journal: 1.842 / 1.49 / 2.015 ms
+    res = build(runner, tmp_path)
+    row = pd.read_csv(tmp_path / "t" / "blocks.csv").set_index("key").loc[key]
+    assert row["latency_ms"] == pytest.approx(cost(key), rel=0.01)
+    assert bool(row["consensus"]) and row["rounds"] == 4 and row["agreement"] == "2/4"
+    assert pd.isna(row["flags"])
+    assert f"{key}#3" in res.measured
+
+
+def test_a_planted_outlier_is_re_measured_and_flagged_when_it_stays(tmp_path):
+    runner = ScriptedRunner(cost)
+    stuck = FFNS[7].key
+    runner.slow(stuck, *[1.6] * 20)  # every round 60 % slow: the rounds agree, the neighbours do not
+    build(runner, tmp_path)
+    blocks = pd.read_csv(tmp_path / "t" / "blocks.csv").set_index("key")
+    row = blocks.loc[stuck]
+    assert bool(row["consensus"]) and row["flags"] == "implausible"
+    assert row["trend_ratio"] > 1.4
+    assert row["rounds"] == 5 and runner.measurements_of(stuck) == 5  # re-measured twice before flagging
+    assert blocks.drop(index=stuck)["flags"].isna().all()
+
+
+def test_a_transient_outlier_that_fooled_the_consensus_is_caught_by_its_neighbours(tmp_path):
+    runner = ScriptedRunner(cost)
+    key = FFNS[10].key
+    runner.slow(key, 1.5, 1.5, 1.5)  # one long burst over all three rounds: they agree on a wrong value
+    build(runner, tmp_path)
+    row = pd.read_csv(tmp_path / "t" / "blocks.csv").set_index("key").loc[key]
+    assert row["latency_ms"] == pytest.approx(cost(key), rel=0.01)  # later rounds agree on the true value
+    assert pd.isna(row["flags"]) and row["rounds"] == 5
+
+
+def test_entries_that_never_agree_are_flagged_and_shown(tmp_path, run_cli_json):
+    runner = ScriptedRunner(cost)
+    key = FFNS[1].key
+    runner.slow(key, 1.0, *[1.1 + 0.07 * i for i in range(10)])  # one good round, then ever slower
+    build(runner, tmp_path)
+    row = pd.read_csv(tmp_path / "t" / "blocks.csv").set_index("key").loc[key]
+    assert row["flags"] == "no-consensus" and row["rounds"] == 8 and not bool(row["consensus"])
+    shown = run_cli_json("lut", "show", str(tmp_path / "t"))
+    assert shown["flagged"] == {key: "no-consensus"}
