@@ -24,13 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from latbench.blocks import EmptyConfig, arch_slots  # noqa: E402
-from latbench.candidates import Candidate  # noqa: E402
-from latbench.estimator import LatencyEstimator  # noqa: E402
-from latbench.fast_estimator import FastEstimator, synthetic_table  # noqa: E402
-from latbench.mes import MES, MESConfig, config_with_overrides, resolve  # noqa: E402
+from latbench.blocks.candidates import Candidate  # noqa: E402
+from latbench.blocks.configs import EmptyConfig, arch_slots  # noqa: E402
+from latbench.estimate.estimator import LatencyEstimator  # noqa: E402
+from latbench.estimate.fast import FastEstimator
+from latbench.mes.score import MES, MESConfig, config_with_overrides, resolve  # noqa: E402
 from latbench.space import NAMED_ARCHS, Arch, named_arch  # noqa: E402
-from latbench.tables import LatencyTable  # noqa: E402
+from latbench.tables.synthetic import synthetic_table  # noqa: E402
+from latbench.tables.table import LatencyTable  # noqa: E402
 
 
 def pin_one_core() -> str:
@@ -52,10 +53,9 @@ class DictSum:
         self.params: dict[str, int] = {}
         # Per-key net latency (t - empty of its input shape) and params, prepared once like any LUT.
         space_archs = [named_arch(n) for n in NAMED_ARCHS]
-        from latbench.blocks import space_blocks
-        from latbench.fast_estimator import space_for_table
+        from latbench.blocks.configs import space_blocks
 
-        configs = space_blocks(space_for_table(table), int(table.meta.get("resolution") or 224))
+        configs = space_blocks(table.space(fallback=True), int(table.meta.get("resolution") or 224))
         for c in configs + [s.config for a in space_archs for s in arch_slots(a)]:
             e = ms.get(EmptyConfig.for_shape(c.resolution, c.input_shape).key, 0.0) if est.use_overhead else 0.0
             if c.key in ms:
@@ -63,7 +63,7 @@ class DictSum:
                 self.params[c.key] = c.params()
         r = int(table.meta.get("resolution") or 224)
         self.e_in = ms.get(EmptyConfig(r, 3, r, r).key, 0.0) if est.use_overhead else 0.0
-        self.scale, self.intercept = est.scale, est.intercept
+        self.scale = est.scale
         self.mes = mes
 
     def score(self, arch: Arch) -> tuple[float, int, float]:
@@ -87,7 +87,7 @@ class DictSum:
         for k in keys:
             lat += self.net[k]
             params += self.params[k]
-        lat = self.scale * lat + self.intercept
+        lat = self.scale * lat
         return lat, params, self.mes({"latency": lat, "params": params})
 
 

@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from latbench.blocks import space_blocks
+from latbench.blocks.configs import space_blocks
 from latbench.export import default_jobs, export_items, parse_formats
 from latbench.space import SearchSpace
 

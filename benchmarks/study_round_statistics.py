@@ -28,7 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def entries(resolution: int = 224):
-    from latbench.blocks import AttnConfig, AttnDownConfig, EmbedConfig, FFNConfig, HeadConfig, StemConfig
+    from latbench.blocks.configs import (
+        AttnConfig,
+        AttnDownConfig,
+        EmbedConfig,
+        FFNConfig,
+        HeadConfig,
+        StemConfig,
+    )
 
     return [StemConfig(resolution, 32), FFNConfig(resolution, 1, 32, 4), FFNConfig(resolution, 2, 48, 4),
             FFNConfig(resolution, 3, 96, 3), FFNConfig(resolution, 3, 144, 4), FFNConfig(resolution, 4, 176, 4),
@@ -42,14 +49,14 @@ def entries(resolution: int = 224):
 def measure(args) -> int:
     from disturb import Disturbance
 
-    from device_runners.base import SamplingPolicy
     from device_runners.cpu import CpuRunner
-    from latbench.lut import export_for_runner
+    from latbench.measuring.measurement import SamplingPolicy
+    from latbench.measuring.session import export_artifacts
 
     configs = entries()
-    arts = export_for_runner(configs, "onnx", 2, None, False)
+    arts = export_artifacts(configs, "onnx", 2, None, False)
     policy = SamplingPolicy(time_cap_s=args.time_cap, warmup_time_s=0.05, min_time_s=min(0.3, args.time_cap))
-    runner = CpuRunner(core_mask=args.core_mask, policy=policy)
+    runner = CpuRunner(core_mask=args.core_mask)
     prepared = {c.key: runner.prepare(arts[c.key].path, arts[c.key].content_hash, label=c.key) for c in configs}
     rounds: list[dict] = []
     log = Path(args.out).with_suffix(".bursts.jsonl")
@@ -60,7 +67,7 @@ def measure(args) -> int:
         random.Random(f"{phase}:{i}").shuffle(order)
         for key in order:
             t0 = time.time()
-            m = runner.measure(prepared[key], warmup=10)
+            m = runner.measure(prepared[key], policy)
             rounds.append({"phase": phase, "round": i, "key": key, "t0": t0, "t1": time.time(),
                            "samples": m.samples_ms})
         print(f"{phase} round {i} done", flush=True)
@@ -91,6 +98,8 @@ STATS = {
     "median": lambda s: q(s, 0.5),
     "p25": lambda s: q(s, 0.25),
     "p10": lambda s: q(s, 0.10),
+    "p5": lambda s: q(s, 0.05),
+    "p2": lambda s: q(s, 0.02),
     "min": min,
 }
 
@@ -126,7 +135,10 @@ def analyse(args) -> int:
     print(f"{len(keys)} entries; quiet rounds {len(by[('quiet', keys[0])])}, disturbed "
           f"{len(by[('disturbed', keys[0])])}, quiet after {len(by.get(('quiet_after', keys[0]), []))}")
     for sname, stat in STATS.items():
-        ref = {k: statistics.median(stat(s) for s in by[("quiet", k)]) for k in keys}
+        # The truth is the undisturbed speed: on a host whose slowdowns last whole rounds, the
+        # fast cluster of all quiet rounds (before and after), not their median.
+        quiet_all = {k: [stat(s) for s in by[("quiet", k)] + by.get(("quiet_after", k), [])] for k in keys}
+        ref = {k: consensus(v, args.tol, max(2, len(v) // 4))[0] for k, v in quiet_all.items()}
         after = {k: statistics.median(stat(s) for s in by[("quiet_after", k)]) for k in keys
                  if ("quiet_after", k) in by}
         quiet_cv = statistics.median(
@@ -161,6 +173,43 @@ def analyse(args) -> int:
     return 0
 
 
+def analyse_anchors(args) -> int:
+    """Does normalising by anchors help? Within the disturbed phase (each round by the anchor's
+    value in the same round) and across phases (quiet_after vs quiet: one time-base factor)."""
+    data = json.loads(Path(args.study).read_text())
+    stat = STATS[args.statistic]
+    vals: dict[tuple[str, str, int], float] = {}
+    for r in data["rounds"]:
+        vals[(r["phase"], r["key"], r["round"])] = stat(r["samples"])
+    keys = sorted({k for _, k, _ in vals})
+    anchors = {"ffn": "ffn-r224-s3-c144-e4", "mhsa": "mhsa-r224-s3-c96"}
+    rounds = {p: sorted({i for ph, _, i in vals if ph == p}) for p in ("quiet", "disturbed", "quiet_after")}
+    def level(phase: str, k: str) -> float:  # the consensus of a phase's rounds, as a session sees them
+        return consensus([vals[(phase, k, i)] for i in rounds[phase]], 0.02, 2)[0]
+
+    ref = {k: level("quiet", k) for k in keys}
+    print(f"statistic {args.statistic}; anchors {anchors}; levels: consensus of each phase's rounds")
+    # Within the disturbed phase: per-round value vs reference, raw and normalised per round.
+    for label, names in (("none", []), ("ffn", ["ffn"]), ("mhsa", ["mhsa"]), ("both (median)", ["ffn", "mhsa"])):
+        errs = []
+        for i in rounds["disturbed"]:
+            f = statistics.median(ref[anchors[n]] / vals[("disturbed", anchors[n], i)] for n in names) if names else 1
+            errs += [abs(vals[("disturbed", k, i)] * f / ref[k] - 1) for k in keys if k not in anchors.values()]
+        errs.sort()
+        print(f"  per-round normalisation [{label:13s}] median |err| {statistics.median(errs) * 100:5.2f} %  "
+              f"p90 {q(errs, 0.9) * 100:5.2f} %")
+    # Across phases: consensus-like level per phase (median of round values), entry ratio after/before.
+    if rounds["quiet_after"]:
+        after = {k: level("quiet_after", k) for k in keys}
+        ratios = {k: after[k] / ref[k] for k in keys}
+        for label, names in (("none", []), ("ffn", ["ffn"]), ("mhsa", ["mhsa"]), ("both (median)", ["ffn", "mhsa"])):
+            f = statistics.median(1 / ratios[anchors[n]] for n in names) if names else 1.0
+            errs = sorted(abs(ratios[k] * f - 1) for k in keys if k not in anchors.values())
+            print(f"  session factor [{label:13s}] factor {f:.4f}: entries after/before median |dev| "
+                  f"{statistics.median(errs) * 100:5.2f} %, max {errs[-1] * 100:5.2f} %")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -179,8 +228,11 @@ def main() -> int:
     a.add_argument("--tol", type=float, default=0.03)
     a.add_argument("--quorum", type=int, default=2)
     a.add_argument("--trials", type=int, default=200)
+    b = sub.add_parser("anchors")
+    b.add_argument("study")
+    b.add_argument("--statistic", default="p5", choices=sorted(STATS))
     args = ap.parse_args()
-    return measure(args) if args.cmd == "measure" else analyse(args)
+    return {"measure": measure, "analyse": analyse, "anchors": analyse_anchors}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ import importlib
 import inspect
 from typing import Any
 
-from device_runners.base import DeviceInfo, DeviceLost, Prepared, Runner, file_content_hash
-from latbench.errors import DeviceError, UsageError
+from device_runners.base import DeviceInfo, DeviceLost, Prepared, Runner
+from latbench.core.errors import DeviceError, UsageError
+from latbench.core.text import first_line
 
 RUNNER_MODULES = ("device_runners.cpu", "device_runners.android", "device_runners.iphone", "device_runners.mac")
 
@@ -21,7 +22,6 @@ __all__ = [
     "Prepared",
     "Runner",
     "discover_devices",
-    "file_content_hash",
     "open_runner",
     "runner_classes",
 ]
@@ -46,7 +46,7 @@ def discover_devices(**options: Any) -> list[DeviceInfo]:
             cls = importlib.import_module(name).RUNNER
             infos.extend(cls.discover(**_accepted(cls.discover, options)))
         except Exception as e:  # a broken kind must not hide the others
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = first_line(e)
             infos.append(DeviceInfo(kind, kind, False, f"discovery failed: {reason}", {}))
     return infos
 
@@ -83,4 +83,4 @@ def _open(cls: type[Runner], device_id: str, options: dict[str, Any]) -> Runner:
     except (DeviceError, UsageError):
         raise
     except Exception as e:  # an unexpected tool failure still reads as one line
-        raise DeviceError(f"{device_id} unavailable: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}") from e
+        raise DeviceError(f"{device_id} unavailable: {first_line(e)}") from e

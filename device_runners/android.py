@@ -39,11 +39,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from device_runners.base import DeviceInfo, DeviceLost, Prepared, Runner, first_line
+from device_runners.base import DeviceInfo, DeviceLost, Prepared, Runner
 from device_runners.ort_common import artifact_info, onnx_inputs, parse_ort_profile
 from device_runners.perf_test_output import PerfTestReport, parse_perf_test_output, parse_result_file
-from latbench.errors import DeviceError, UsageError
-from latbench.measurement import THROTTLING_WARNING, Measurement, SamplingPolicy
+from latbench.core.errors import DeviceError, UsageError
+from latbench.core.text import first_line
+from latbench.measuring.measurement import THROTTLING_WARNING, Measurement, SamplingPolicy
 
 DEFAULT_PERF_TEST = "/data/local/tmp/onnxruntime_perf_test"
 DEFAULT_REMOTE_DIR = "/data/local/tmp/latbench"
@@ -152,7 +153,6 @@ def props_provenance(props: dict[str, str]) -> dict[str, Any]:
 class AndroidRunner(Runner):
     kind = "android"
     artifact_format = "onnx"
-    artifact_suffixes = (".onnx",)
 
     def __init__(
         self,

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from latbench.errors import DeviceError, UsageError
-from latbench.measurement import Measurement, SamplingPolicy, latbench_version
+from latbench.core.errors import DeviceError, UsageError
+from latbench.core.formats import FORMAT_SUFFIXES
+from latbench.core.hashing import tree_sha256
+from latbench.measuring.measurement import Measurement, SamplingPolicy, latbench_version
 
 
 @dataclass(frozen=True)
@@ -63,26 +64,11 @@ class DeviceLost(DeviceError):
         self.unmeasured: list[str] = list(unmeasured)
 
 
-def file_content_hash(path: Path) -> str:
-    """sha256 of a file's bytes, or of a directory's files (e.g. .mlpackage) in sorted order."""
-    h = hashlib.sha256()
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for p in files:
-        if path.is_dir():
-            h.update(str(p.relative_to(path)).encode() + b"\0")
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
 class Runner(abc.ABC):
     """A measuring device. Subclasses set `kind` and `artifact_format` and implement the hooks."""
 
     kind: ClassVar[str]  # "cpu", "android", "iphone", "mac"; also the device id prefix
-    artifact_format: ClassVar[str]  # "onnx" or "coreml"
-    artifact_suffixes: ClassVar[tuple[str, ...]] = ()
+    artifact_format: ClassVar[str]  # a key of latbench.core.formats.FORMAT_SUFFIXES
 
     device_id: str
 
@@ -110,16 +96,17 @@ class Runner(abc.ABC):
         """Provenance of the device as it is now (model, OS, runtime, threads, governor, thermal)."""
 
     def prepare(self, artifact: Path, content_hash: str | None = None, *, label: str | None = None) -> Prepared:
-        """Make `artifact` ready; done once per content hash (`content_hash` defaults to the file's sha256)."""
+        """Make `artifact` ready; done once per content hash (default: latbench.core.hashing.tree_sha256)."""
         artifact = Path(artifact)
-        if self.artifact_suffixes and artifact.suffix.lower() not in self.artifact_suffixes:
+        suffixes = FORMAT_SUFFIXES.get(self.artifact_format, ())
+        if suffixes and artifact.suffix.lower() not in suffixes:
             raise UsageError(
                 f"{self.kind} runner measures {self.artifact_format} artifacts "
-                f"({', '.join(self.artifact_suffixes)}), got {artifact.name}"
+                f"({', '.join(suffixes)}), got {artifact.name}"
             )
         if not artifact.exists():
             raise UsageError(f"artifact not found: {artifact}")
-        content_hash = content_hash or file_content_hash(artifact)
+        content_hash = content_hash or tree_sha256(artifact)
         label = label or artifact.stem
         cached = self._prepared.get(content_hash)
         if cached is not None:
@@ -238,12 +225,3 @@ def sample_latencies(
                 f"host contention: the measuring thread was on a CPU {share:.0%} of the wall time; {effect}"
             )
     return samples, info, warnings
-
-
-def first_line(exc: BaseException | str) -> str:
-    """First non-empty line of an error, for one-line user messages."""
-    text = str(exc).strip()
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__ if isinstance(exc, BaseException) else "unknown error"

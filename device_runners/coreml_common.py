@@ -15,11 +15,10 @@ from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from device_runners.ort_common import TensorSpec
-from latbench.errors import UsageError
-from latbench.measurement import OpTime
+from latbench.core.errors import UsageError
+from latbench.measuring.measurement import OpTime
 
 COMPUTE_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
-ARTIFACT_SUFFIXES = (".mlpackage", ".mlmodel", ".mlmodelc")
 ESTIMATED_OPS_WARNING = (
     "Core ML per-op times are estimates (whole-model time x compute-plan cost weight), not measurements"
 )
@@ -64,10 +63,6 @@ def get_api(api: Any = None) -> Any:
 
 def host_os(override: str | None = None) -> str:
     return override or platform.system()
-
-
-def os_label(system: str) -> str:
-    return {"Darwin": "macOS"}.get(system, system)
 
 
 def check_compute_units(name: str) -> str:

@@ -26,10 +26,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from device_runners.base import DeviceInfo, Prepared, Runner, first_line, sample_latencies
+from device_runners.base import DeviceInfo, Prepared, Runner, sample_latencies
 from device_runners.ort_common import artifact_info, parse_ort_profile, random_feeds, session_inputs
-from latbench.errors import DeviceError, UsageError
-from latbench.measurement import Measurement, SamplingPolicy
+from latbench.core.errors import DeviceError, UsageError
+from latbench.core.text import first_line
+from latbench.measuring.measurement import Measurement, SamplingPolicy
 
 
 def parse_core_mask(mask: str | int | Iterable[int] | None) -> list[int] | None:
@@ -95,7 +96,6 @@ def _available_cores() -> list[int]:
 class CpuRunner(Runner):
     kind = "cpu"
     artifact_format = "onnx"
-    artifact_suffixes = (".onnx",)
 
     def __init__(
         self,

@@ -27,9 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from device_runners.base import DeviceInfo, DeviceLost, Prepared, Runner, first_line
+from device_runners.base import DeviceInfo, DeviceLost, Prepared, Runner
 from device_runners.coreml_common import (
-    ARTIFACT_SUFFIXES,
     ESTIMATED_OPS_WARNING,
     check_compute_units,
     get_api,
@@ -39,8 +38,9 @@ from device_runners.coreml_common import (
     spec_inputs,
 )
 from device_runners.ort_common import artifact_info
-from latbench.errors import DeviceError, UsageError
-from latbench.measurement import Measurement, SamplingPolicy
+from latbench.core.errors import DeviceError, UsageError
+from latbench.core.text import first_line
+from latbench.measuring.measurement import Measurement, SamplingPolicy
 
 
 def devicectl_hardware(udid: str, timeout: float = 30.0) -> dict[str, Any]:
@@ -78,7 +78,6 @@ def _linux_reason(system: str) -> str:
 class IPhoneRunner(Runner):
     kind = "iphone"
     artifact_format = "coreml"
-    artifact_suffixes = ARTIFACT_SUFFIXES
 
     def __init__(
         self,

@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from device_runners.base import DeviceInfo, Prepared, Runner, first_line, sample_latencies
+from device_runners.base import DeviceInfo, Prepared, Runner, sample_latencies
 from device_runners.coreml_common import (
-    ARTIFACT_SUFFIXES,
     ESTIMATED_OPS_WARNING,
     check_compute_units,
     get_api,
@@ -27,8 +26,9 @@ from device_runners.coreml_common import (
     spec_inputs,
 )
 from device_runners.ort_common import artifact_info, random_feeds
-from latbench.errors import DeviceError, UsageError
-from latbench.measurement import Measurement, SamplingPolicy
+from latbench.core.errors import DeviceError, UsageError
+from latbench.core.text import first_line
+from latbench.measuring.measurement import Measurement, SamplingPolicy
 
 
 def _linux_reason(system: str) -> str:
@@ -46,7 +46,6 @@ def _sysctl(name: str) -> str | None:
 class MacRunner(Runner):
     kind = "mac"
     artifact_format = "coreml"
-    artifact_suffixes = ARTIFACT_SUFFIXES
 
     def __init__(
         self,

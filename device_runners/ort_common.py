@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from latbench.measurement import OpTime
+from latbench.measuring.measurement import OpTime
 
 _KERNEL_SUFFIX = "_kernel_time"
 

@@ -10,6 +10,6 @@ REPO = Path(__file__).resolve().parent.parent
 def latbench_subprocess(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     """The real console entry point in a child process (checks exit codes and that no traceback leaks)."""
     return subprocess.run(
-        [sys.executable, "-c", "import sys, cli; sys.exit(cli.main())", *args],
+        [sys.executable, "-m", "latbench", *args],
         cwd=kw.pop("cwd", REPO), capture_output=True, text=True, timeout=timeout, **kw,
     )

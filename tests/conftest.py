@@ -17,7 +17,7 @@ os.environ.setdefault("LATBENCH_CACHE", str(Path(os.environ.get("TMPDIR", "/tmp"
 @pytest.fixture
 def run_cli(capsys):
     """Run `latbench ARGS` in-process; returns (exit code, stdout, stderr)."""
-    import cli
+    from latbench import cli
 
     def run(*args: str):
         code = cli.main(list(args))

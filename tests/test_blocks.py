@@ -3,14 +3,12 @@ from collections import Counter
 import pytest
 import torch
 
-from latbench.blocks import (
+from latbench.blocks.configs import (
     arch_params,
     arch_slots,
     config_from_fields,
     decompose,
-    key_counts,
     space_blocks,
-    standalone_with_weights,
 )
 from latbench.models.efficientformerv2 import EfficientFormerV2
 from latbench.space import NAMED_ARCHS, SearchSpace, named_arch
@@ -22,6 +20,17 @@ def test_default_space_unique_blocks_at_224():
     assert len(keys) == len(set(keys)) == 87
     assert Counter(b.kind for b in blocks) == {"ffn": 39, "embed": 18, "attndown": 16, "mhsa": 8, "head": 4, "stem": 2}
     assert "ffn-r224-s2-c48-e3" in keys and "mhsa-r224-s3-c96" in keys and "attndown-r224-s3-c192-o384" in keys
+
+
+def key_counts(arch):
+    return Counter(c.key for c in decompose(arch))
+
+
+def standalone_with_weights(slot, model_state):
+    """The slot's standalone module with the full model's weights copied in (strictly)."""
+    module = slot.config.build()
+    module.load_state_dict({k: model_state[slot.prefix + k] for k in module.state_dict()}, strict=True)
+    return module
 
 
 def test_every_decomposed_key_is_in_the_space_blocks():
@@ -96,7 +105,7 @@ def test_macs_match_published():
 
 
 def test_analytic_macs_equal_counted_macs():
-    from latbench.blocks import block_macs, overhead_blocks
+    from latbench.blocks.configs import block_macs, overhead_blocks
 
     d = SearchSpace.default().to_dict()
     d["resolutions"] = [224, 256]

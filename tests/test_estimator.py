@@ -1,12 +1,13 @@
 import pandas as pd
 import pytest
 
-from latbench.blocks import EmptyConfig, decompose, overhead_blocks
-from latbench.candidates import resolve_candidate
-from latbench.errors import UsageError
-from latbench.estimator import LatencyEstimator, fit_calibration
+from latbench.blocks.candidates import resolve_candidate
+from latbench.blocks.configs import EmptyConfig, decompose, overhead_blocks
+from latbench.core.errors import UsageError
+from latbench.estimate.estimator import LatencyEstimator
 from latbench.space import named_arch
-from latbench.tables import BLOCK_COLUMNS, LatencyTable
+from latbench.tables.overhead import fit_scale
+from latbench.tables.table import BLOCK_COLUMNS, LatencyTable
 
 
 def make_table(keys_ms: dict[str, float], overhead=None) -> LatencyTable:
@@ -15,13 +16,13 @@ def make_table(keys_ms: dict[str, float], overhead=None) -> LatencyTable:
     return LatencyTable(pd.DataFrame(rows, columns=BLOCK_COLUMNS), meta=meta)
 
 
-def s0_table(with_empties=True, scale=1.0, intercept=0.0):
+def s0_table(with_empties=True, scale=1.0):
     blocks = decompose(named_arch("efficientformerv2_s0"))
     ms = {b.key: 0.1 + 0.01 * i for i, b in enumerate(dict.fromkeys(blocks))}
     if with_empties:
         for i, e in enumerate(overhead_blocks(blocks) + [EmptyConfig(224, 3, 224, 224)]):
             ms[e.key] = 0.02 + 0.001 * i
-    overhead = {"scale": scale, "intercept_ms": intercept, "calibrated": scale != 1.0 or intercept != 0.0}
+    overhead = {"scale": scale, "calibrated": scale != 1.0}
     return make_table(ms, overhead), blocks, ms
 
 
@@ -39,12 +40,12 @@ def test_estimate_is_sum_of_entries_minus_overheads_plus_input_overhead():
 
 
 def test_calibration_is_applied():
-    table, blocks, _ = s0_table(scale=1.1, intercept=0.05)
+    table, blocks, _ = s0_table(scale=1.1)
     plain_table, _, _ = s0_table()
     cand = resolve_candidate("efficientformerv2_s0")
     raw = LatencyEstimator(plain_table).estimate(cand).latency_ms
     est = LatencyEstimator(table).estimate(cand)
-    assert est.latency_ms == pytest.approx(1.1 * raw + 0.05)
+    assert est.latency_ms == pytest.approx(1.1 * raw)
     assert "calibrated" in est.method
 
 
@@ -98,15 +99,13 @@ def test_reference_model_is_one_block():
     assert est.warnings == []  # nor does a warning about it
 
 
-def test_fit_calibration_recovers_scale_and_line():
+def test_fit_scale_recovers_the_scale_with_relative_weights():
     raw = [1.0, 2.0, 4.0, 8.0]
-    assert fit_calibration(raw, [0.9 * x for x in raw]) == (pytest.approx(0.9), 0.0)
-    scale, intercept = fit_calibration(raw, [0.9 * x + 0.2 for x in raw], intercept=True)
-    assert scale == pytest.approx(0.9) and intercept == pytest.approx(0.2)
+    assert fit_scale(raw, [0.9 * x for x in raw]) == pytest.approx(0.9)
     # Relative weighting: a 10 % miss on a small model counts as much as on a large one.
     # (unweighted least squares would give ~0.90, dominated by the large model).
-    s, _ = fit_calibration([1.0, 10.0], [1.1, 9.0])
+    s = fit_scale([1.0, 10.0], [1.1, 9.0])
     r = [1.0 / 1.1, 10.0 / 9.0]
     assert s == pytest.approx(sum(r) / sum(x * x for x in r))
-    assert fit_calibration([2.0], [3.0]) == (1.5, 0.0)
-    assert fit_calibration([], []) == (1.0, 0.0)
+    assert fit_scale([2.0], [3.0]) == 1.5
+    assert fit_scale([], []) == 1.0

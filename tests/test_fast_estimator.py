@@ -1,13 +1,14 @@
 import numpy as np
 import pytest
 
-from latbench.blocks import arch_params
-from latbench.candidates import Candidate
-from latbench.errors import UsageError
-from latbench.estimator import LatencyEstimator
-from latbench.fast_estimator import FastEstimator, synthetic_table
-from latbench.mes import MESConfig, resolve
+from latbench.blocks.candidates import Candidate
+from latbench.blocks.configs import arch_params
+from latbench.core.errors import UsageError
+from latbench.estimate.estimator import LatencyEstimator
+from latbench.estimate.fast import FastEstimator
+from latbench.mes.score import MESConfig, resolve
 from latbench.space import NAMED_ARCHS, Arch, SearchSpace, StageArch, named_arch
+from latbench.tables.synthetic import synthetic_table
 
 
 def reference_latencies(table, archs):
@@ -41,7 +42,7 @@ def test_equals_latency_estimator_on_random_subnets_and_s0_to_l(archs):
 
 
 def test_equals_latency_estimator_with_calibration(archs):
-    check_equal(synthetic_table(scale=1.07, intercept_ms=0.3), archs)
+    check_equal(synthetic_table(scale=1.07), archs)
 
 
 def test_equals_latency_estimator_without_empty_models(archs):
@@ -53,8 +54,8 @@ def test_equals_latency_estimator_without_empty_models(archs):
 
 
 def test_falls_back_to_plain_sum_like_the_estimator(archs):
-    # A huge negative intercept makes the calibrated estimate negative: both fall back to the plain sum.
-    table = synthetic_table(intercept_ms=-1000.0)
+    # A negative scale makes the calibrated estimate negative: both fall back to the plain sum.
+    table = synthetic_table(scale=-1.0)
     scores = check_equal(table, archs[:20])
     est = LatencyEstimator(table)
     a = archs[0]

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from scripted_device import ScriptedRunner
 
-from latbench.blocks import FFNConfig
-from latbench.lut import BuildSettings, TableBuilder
+from latbench.blocks.configs import FFNConfig
+from latbench.tables.build import BuildSettings, TableBuilder
 
 # Twelve FFN blocks of stage 3: enough neighbours for a trend.
 FFNS = [FFNConfig(224, 3, w, e) for w in (96, 120, 144, 192) for e in (2, 3, 4)]
@@ -27,7 +27,7 @@ def cost(key: str) -> float:
 
 def build(runner, tmp_path, **kw):
     settings = BuildSettings(min_separation_s=0.0, profile=False, calibration_models=0, jobs=1, **kw)
-    return TableBuilder(runner, tmp_path / "t", settings, show_export_progress=False).build(FFNS)
+    return TableBuilder(runner, tmp_path / "t", settings).build(FFNS)
 
 
 def test_two_disturbed_rounds_are_re_measured_to_the_undisturbed_value(tmp_path):

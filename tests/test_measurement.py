@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from latbench.measurement import (
+from latbench.measuring.measurement import (
     THROTTLING_WARNING,
     Measurement,
     OpTime,

@@ -4,10 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from latbench.errors import UsageError
-from latbench.mes import (
+from latbench.core.errors import UsageError
+from latbench.mes.score import (
     REFERENCE,
-    REFERENCE_KEY,
     MESConfig,
     config_with_overrides,
     parse_count,
@@ -15,7 +14,7 @@ from latbench.mes import (
     reference_latency_ms,
     resolve,
 )
-from latbench.tables import BLOCK_COLUMNS, LatencyTable
+from latbench.tables.table import BLOCK_COLUMNS, REFERENCE_KEY, LatencyTable
 
 
 def table_with(keys_ms: dict[str, float], overhead=None) -> LatencyTable:
@@ -67,7 +66,7 @@ def test_reference_unit_comes_from_the_table_and_makes_mobilenetv2_score_its_siz
 
 def test_reference_unit_is_the_whole_model_measurement():
     # MobileNetV2 is measured whole: the block-sum calibration does not touch it.
-    table = table_with({REFERENCE_KEY: 4.0, EMPTY_IN: 0.1}, {"scale": 1.1, "intercept_ms": 0.05})
+    table = table_with({REFERENCE_KEY: 4.0, EMPTY_IN: 0.1}, {"scale": 1.1})
     assert reference_latency_ms(table) == pytest.approx(4.0)
 
 

@@ -1,8 +1,9 @@
 import pytest
 import yaml
 
-from latbench.errors import LatbenchError, UsageError
-from latbench.oracles import (
+from latbench.core.errors import LatbenchError, UsageError
+from latbench.search.algorithm import frontier
+from latbench.search.oracles import (
     CallableOracle,
     ProxyOracle,
     TableOracle,
@@ -11,7 +12,6 @@ from latbench.oracles import (
     published_entries,
     read_accuracy_file,
 )
-from latbench.search import frontier
 from latbench.space import Arch, SearchSpace, StageArch, named_arch
 
 S0 = named_arch("efficientformerv2_s0")

@@ -3,14 +3,16 @@ import json
 import pandas as pd
 import pytest
 
-from latbench.candidates import Candidate
-from latbench.errors import UsageError
-from latbench.estimator import LatencyEstimator
-from latbench.fast_estimator import synthetic_table
-from latbench.mes import MESConfig, resolve
-from latbench.oracles import AccuracyEntry, published_accuracy
-from latbench.report import build_report, latency_report, pareto_flags, write_report
+from latbench.blocks.candidates import Candidate
+from latbench.core.errors import UsageError
+from latbench.estimate.estimator import LatencyEstimator
+from latbench.mes.pareto import pareto_flags
+from latbench.mes.score import MESConfig, resolve
+from latbench.report.model import build_report, latency_report
+from latbench.report.writers import write_report
+from latbench.search.oracles import AccuracyEntry, published_accuracy
 from latbench.space import Arch, SearchSpace, StageArch, named_arch
+from latbench.tables.synthetic import synthetic_table
 
 SMALL = {
     "name": "small",
@@ -130,7 +132,9 @@ def test_latency_report_adds_up(setup, capsys):
     assert sum(b["count"] for b in lr.blocks) == sum(b.count for b in e.blocks)
     assert lr.mes == pytest.approx(mes({"params": 3_600_256, "latency": lr.latency_ms}))
     assert json.loads(json.dumps(lr.to_dict()))["params"] == 3_600_256
-    lr.print()
+    from latbench.commands.model_build import print_latency_report
+
+    print_latency_report(lr)
     out = capsys.readouterr().out
     assert "stage3" in out and "MES" in out and "alpha=1" in out
 

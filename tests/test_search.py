@@ -4,15 +4,16 @@ import math
 import pandas as pd
 import pytest
 
-from latbench.blocks import arch_params, decompose
-from latbench.candidates import Candidate
-from latbench.errors import UsageError
-from latbench.estimator import LatencyEstimator
-from latbench.fast_estimator import FastEstimator, synthetic_table
-from latbench.mes import MESConfig, resolve
-from latbench.oracles import CallableOracle, ProxyOracle
-from latbench.search import Target, floor_arch, frontier, run_search, write_search
+from latbench.blocks.candidates import Candidate
+from latbench.blocks.configs import arch_params, decompose
+from latbench.core.errors import UsageError
+from latbench.estimate.estimator import LatencyEstimator
+from latbench.estimate.fast import FastEstimator
+from latbench.mes.score import MESConfig, resolve
+from latbench.search.algorithm import Target, floor_arch, frontier, run_search, write_search
+from latbench.search.oracles import CallableOracle, ProxyOracle
 from latbench.space import Arch, SearchSpace, StageArch
+from latbench.tables.synthetic import synthetic_table
 
 SMALL = {
     "name": "small",

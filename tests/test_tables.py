@@ -1,11 +1,11 @@
 import pandas as pd
 import pytest
 
-from latbench.blocks import space_blocks
-from latbench.errors import UsageError
-from latbench.measurement import Measurement, OpTime
+from latbench.blocks.configs import space_blocks
+from latbench.core.errors import UsageError
+from latbench.measuring.measurement import Measurement, OpTime
 from latbench.space import SearchSpace
-from latbench.tables import BLOCK_COLUMNS, LatencyTable, row_config
+from latbench.tables.table import BLOCK_COLUMNS, LatencyTable, row_config
 
 
 def m(samples, label="x", **prov):

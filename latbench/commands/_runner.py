@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from latbench.errors import UsageError
+from latbench.core.errors import UsageError
 
 # flag -> (runner option name, type, help). Only flags the user gives are passed on, and the
 # device kind rejects options it does not take with a one-line error.

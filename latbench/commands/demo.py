@@ -1,7 +1,7 @@
 """`latbench demo`: the main job on the emulated CPU backend, end to end.
 
 Builds (or resumes) the CPU latency table of the default space, validates it against end-to-end
-measurements of a few random subnets and S0, and prints the summary. What `make demo` runs.
+measurements of a few random subnets and S0-L, and prints the summary. What `make demo` runs.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from latbench.commands._output import console
+from latbench.core.progress import phase_progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,21 +20,29 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import cli
+    from device_runners import open_runner
+    from latbench.blocks.candidates import sample_candidates
+    from latbench.commands.lut import print_validation, report_builds
+    from latbench.core.errors import UsageError
+    from latbench.estimate.validate import validate_table
     from latbench.space import SearchSpace
-    from latbench.tables import default_table_dir
+    from latbench.tables.build import BuildSettings, TableBuilder, plan_tables
 
+    if args.samples < 0:
+        raise UsageError(f"--samples must be >= 0, got {args.samples}")
     space = SearchSpace.default()
-    table = args.out or str(default_table_dir("cpu", space.name, space.resolutions[0]))
-    parser = cli.build_parser()
-    console().print(f"[bold]1/2[/] latency table of the default space on the emulated CPU backend -> {table}")
-    build = parser.parse_args(["lut", "build", "--device", "cpu", "--space", "--out", table])
-    code = build.func(build)
-    if code:
-        return code
-    console().print(f"[bold]2/2[/] validating {table} on {args.samples} random subnets and S0-L, end to end")
-    validate = parser.parse_args(["lut", "validate", table, "--samples", str(args.samples), "--seed", "1"])
-    code = validate.func(validate)
-    console().print(f"next: `latbench lut estimate {table} efficientformerv2_s1`, "
-                    f"`latbench profile efficientformerv2_s0 --device cpu`")
-    return code
+    [plan] = plan_tables(space=space, resolutions=[space.resolutions[0]], out=args.out)
+    console().print(f"[bold]1/2[/] latency table of the default space on the emulated CPU backend -> {plan.out}")
+    with open_runner("cpu") as runner:
+        with phase_progress() as progress:
+            res = TableBuilder(runner, plan.out, BuildSettings(), progress=progress).build(
+                plan.configs, space=space, resolution=plan.resolution, calibration=plan.calibration)
+        report_builds([res], as_json=False)
+        console().print(f"[bold]2/2[/] validating {plan.out} on {args.samples} random subnets and S0-L, end to end")
+        cands = sample_candidates(space, plan.resolution, args.samples, seed=1)
+        with phase_progress() as progress:
+            result = validate_table(res.table, runner, cands, seed=1, progress=progress)
+    print_validation(result)
+    console().print(f"next: `latbench lut estimate {plan.out} efficientformerv2_s1`, "
+                    f"`latbench profile efficientformerv2_s0 --device cpu`", highlight=False)
+    return 0

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from latbench.commands._output import add_json_flag, print_json, print_table
-from latbench.errors import UsageError
+from latbench.core.errors import UsageError
 
 # `--space` without a value means the shipped space.
 _DEFAULT_SPACE = ""
@@ -51,8 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def resolve_items(args: argparse.Namespace) -> list:
     """What to export, with every input problem raised as a one-line UsageError."""
-    from latbench.blocks import space_blocks
-    from latbench.candidates import resolve_candidate
+    from latbench.blocks.candidates import resolve_candidate
+    from latbench.blocks.configs import space_blocks
     from latbench.models import list_models
     from latbench.space import SearchSpace
 

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from typing import Any
 
-from latbench.candidates import resolve_candidates
+from latbench.blocks.candidates import resolve_candidates, sample_candidates
 from latbench.commands._output import add_json_flag, console, print_json, print_table
-from latbench.commands._progress import phase_progress
 from latbench.commands._runner import add_runner_flags, open_device
-from latbench.errors import UsageError
-from latbench.tables import LatencyTable, default_table_dir
+from latbench.core.errors import UsageError
+from latbench.core.progress import phase_progress
+from latbench.tables.table import LatencyTable
 
 DEFAULT_SPACE = "__default__"
-REFERENCE_MODEL = "mobilenetv2_100"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -98,61 +96,37 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # -- build ------------------------------------------------------------------------------------------
 def run_build(args: argparse.Namespace) -> int:
-    from latbench.blocks import space_blocks
-    from latbench.lut import BuildSettings, TableBuilder, calibration_candidates, model_calibration_targets
+    from latbench.measuring.consensus import ConsensusRule
     from latbench.space import SearchSpace
+    from latbench.tables.build import BuildSettings, TableBuilder, plan_tables
 
-    if args.space is None and not args.model and not args.arch:
-        raise UsageError("say what to measure: --space [FILE], --model NAME or --arch FILE")
-    if args.jobs < 1 or args.rounds < 1 or args.calibrate < 0:
-        raise UsageError("--jobs and --rounds must be >= 1 and --calibrate >= 0")
+    if args.jobs < 1 or args.rounds < 1:
+        raise UsageError("--jobs and --rounds must be >= 1")
     if args.max_rounds < args.rounds:
         raise UsageError(f"--max-rounds ({args.max_rounds}) must be >= --rounds ({args.rounds})")
-    space = SearchSpace.load(None if args.space in (None, DEFAULT_SPACE) else args.space)
-    resolutions = args.resolution or list(space.resolutions)
-    if args.out and len(resolutions) > 1:
-        raise UsageError("--out names one table; give one --resolution or drop --out")
-    models = list(args.model)
-    if args.space is not None and not args.no_reference and REFERENCE_MODEL not in models:
-        models.append(REFERENCE_MODEL)  # MES's default latency unit must come from the same table
-    targets = resolve_candidates(models + args.arch) if (models or args.arch) else []
     if args.runs is not None and args.runs < 1:
         raise UsageError(f"--runs must be >= 1, got {args.runs}")
-    from latbench.measuring.consensus import ConsensusRule
-
-    rule = ConsensusRule.for_rounds(args.rounds, args.max_rounds)
+    space = None if args.space is None else SearchSpace.load(None if args.space == DEFAULT_SPACE else args.space)
+    plans = plan_tables(space=space, models=args.model, archs=args.arch, resolutions=args.resolution, out=args.out,
+                        device_id=args.device, calibrate=args.calibrate, reference=not args.no_reference)
     settings = BuildSettings(rounds=args.rounds, jobs=args.jobs, runs=args.runs, block_time_cap_s=args.time_cap,
                              model_time_cap_s=max(args.time_cap, 4.0), calibration_models=args.calibrate,
-                             consensus=rule)
+                             consensus=ConsensusRule.for_rounds(args.rounds, args.max_rounds))
     results = []
     runner = open_device(args.device, args)
     with runner, phase_progress(not args.json) as progress:
-        for r in resolutions:
-            if args.space is not None:
-                space.check_resolution(r)
-                configs = space_blocks(space, r)
-                calib = calibration_candidates(space, r, args.calibrate, settings.seed)
-            else:
-                configs, calib = [], []
-            at_r = []
-            for t in targets:
-                if t.resolution != r:
-                    t = resolve_candidates([t.source if t.source != "registry" else t.name], r)[0]
-                if args.space not in (None,) and t.arch is not None:
-                    space.validate(t.arch)
-                configs += [c for c in t.blocks() if c not in configs]
-                at_r.append(t)
-            if args.space is None:
-                # Every table is calibrated: a --model/--arch build measures its models end to end.
-                calib = model_calibration_targets(at_r)
-            out = Path(args.out) if args.out else default_table_dir(args.device, space.name, r)
-            builder = TableBuilder(runner, out, settings, force=args.force, progress=progress,
-                                   show_export_progress=not args.json)
-            res = builder.build(configs, space=space if args.space is not None else None, resolution=r,
-                                calibration=calib)
-            results.append(res)
+        for plan in plans:
+            builder = TableBuilder(runner, plan.out, settings, force=args.force, progress=progress)
+            results.append(builder.build(plan.configs, space=plan.space, resolution=plan.resolution,
+                                         calibration=plan.calibration))
+    report_builds(results, args.json)
+    return 0
+
+
+def report_builds(results: list, as_json: bool) -> None:
+    """What a build did, as JSON or on the console."""
     summary = [build_summary(res) for res in results]
-    if args.json:
+    if as_json:
         print_json(summary)
     else:
         for s in summary:
@@ -172,7 +146,6 @@ def run_build(args: argparse.Namespace) -> int:
                             f"{c['tolerance']:.0%}; {c['extra_rounds']} extra round(s) measured", highlight=False)
             for key, flags in s["flagged"].items():
                 console().print(f"[yellow]flagged:[/] {key} ({flags})", highlight=False)
-    return 0
 
 
 def build_summary(res) -> dict[str, Any]:
@@ -273,7 +246,7 @@ def staleness(table: LatencyTable, strict: bool) -> list[str]:
 
 
 def run_estimate(args: argparse.Namespace) -> int:
-    from latbench.estimator import LatencyEstimator
+    from latbench.estimate.estimator import LatencyEstimator
 
     table = LatencyTable.load(args.table)
     warnings = staleness(table, args.strict)
@@ -303,15 +276,15 @@ def run_estimate(args: argparse.Namespace) -> int:
 
 # -- validate ---------------------------------------------------------------------------------------
 def run_validate(args: argparse.Namespace) -> int:
-    from latbench.fileio import atomic_write_json
-    from latbench.validate import table_space, validate_table, validation_candidates
+    from latbench.core.fileio import atomic_write_json
+    from latbench.estimate.validate import validate_table
 
     table = LatencyTable.load(args.table)
     if args.samples < 0:
         raise UsageError(f"--samples must be >= 0, got {args.samples}")
-    space = table_space(table)
+    space = table.space()
     device = args.device or table.meta.get("device_id") or "cpu"
-    cands = validation_candidates(space, int(table.meta.get("resolution") or 224), args.samples, args.seed,
+    cands = sample_candidates(space, int(table.meta.get("resolution") or 224), args.samples, args.seed,
                                   named=not args.no_named)
     if not cands:
         raise UsageError("nothing to validate: give --samples > 0 or keep S0-L")
@@ -320,7 +293,7 @@ def run_validate(args: argparse.Namespace) -> int:
         if args.strict:
             table.check_provenance(runner.describe(), strict=True)
         result = validate_table(table, runner, cands, rounds=args.rounds, passes=args.passes, jobs=args.jobs,
-                                seed=args.seed, progress=progress, show_export_progress=not args.json)
+                                seed=args.seed, progress=progress)
     out = result.to_dict()
     if args.out:
         atomic_write_json(args.out, out)
@@ -352,7 +325,7 @@ def print_validation(result) -> None:
 
 # -- check ------------------------------------------------------------------------------------------
 def run_check(args: argparse.Namespace) -> int:
-    from latbench.check import check_table
+    from latbench.tables.check import check_table
 
     table = LatencyTable.load(args.table)
     if args.rounds < 1:
@@ -361,7 +334,7 @@ def run_check(args: argparse.Namespace) -> int:
     runner = open_device(device, args)
     with runner, phase_progress(not args.json) as progress:
         result = check_table(table, runner, sample=args.sample, keys=args.key, seed=args.seed, rounds=args.rounds,
-                             fix=args.fix, progress=progress, show_export_progress=not args.json)
+                             fix=args.fix, progress=progress)
     if args.json:
         print_json(result.to_dict())
         return 0

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from latbench.commands._output import add_json_flag, console, print_json
-from latbench.commands._progress import phase_progress
+from latbench.commands._output import add_json_flag, console, print_json, print_table
 from latbench.commands._runner import add_runner_flags, open_device
-from latbench.errors import UsageError
+from latbench.core.errors import UsageError
+from latbench.core.progress import phase_progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +47,7 @@ def add_mes_flags(p: argparse.ArgumentParser, columns: bool = False) -> None:
 
 
 def mes_config_from_args(args: argparse.Namespace):
-    from latbench.mes import MESConfig, config_with_overrides
+    from latbench.mes.score import MESConfig, config_with_overrides
 
     config = MESConfig.load(args.mes_config) if args.mes_config else MESConfig()
     return config_with_overrides(config, latency_unit=args.latency_unit, size_unit=args.size_unit,
@@ -55,17 +55,19 @@ def mes_config_from_args(args: argparse.Namespace):
 
 
 def resolve_mes(args: argparse.Namespace, table):
-    from latbench.mes import resolve
+    from latbench.mes.score import resolve
 
     return resolve(mes_config_from_args(args), table)
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from latbench.candidates import Candidate, resolve_candidate, resolve_candidates
-    from latbench.mes import REFERENCE, REFERENCE_MODEL, REFERENCE_RESOLUTION, read_metrics_csv
-    from latbench.oracles import published_accuracy, read_accuracy_file
-    from latbench.report import build_report, check_out_dir, measure_candidates, print_report, write_report
-    from latbench.tables import LatencyTable
+    from latbench.blocks.candidates import Candidate, resolve_candidate, resolve_candidates
+    from latbench.measuring.models import measure_candidates
+    from latbench.mes.score import REFERENCE, read_metrics_csv
+    from latbench.report.model import build_report
+    from latbench.report.writers import check_out_dir, write_report
+    from latbench.search.oracles import published_accuracy, read_accuracy_file
+    from latbench.tables.table import REFERENCE_MODEL, REFERENCE_RESOLUTION, LatencyTable
 
     check_out_dir(args.out)
     table = LatencyTable.load(args.lut)
@@ -118,3 +120,18 @@ def run_report(args: argparse.Namespace) -> int:
     print_report(report)
     console().print(f"wrote {', '.join(sorted(p.name for p in files.values()))} to {args.out}", highlight=False)
     return 0
+
+
+def print_report(report) -> None:
+    """The report on the console: the ranked table, its header lines and the accuracy sources."""
+    from latbench.report.model import display_frame, header_lines
+
+    df = display_frame(report)
+    cols = [c for c in df.columns if c != "accuracy_source" and not (c.endswith("_ms") and c not in
+                                                                      ("latency_ms", "measured_ms"))]
+    print_table(report.title, cols, df[cols].itertuples(index=False))
+    for line in header_lines(report):
+        console().print(line, highlight=False)
+    sources = sorted({r.accuracy_source for r in report.rows if r.accuracy_source})
+    for s in sources:
+        console().print(f"accuracy source: {s}", highlight=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from latbench.candidates import resolve_candidate
+from latbench.blocks.candidates import resolve_candidate
 from latbench.commands._output import add_json_flag, print_json, print_table
 from latbench.models import default_resolution, list_models
 

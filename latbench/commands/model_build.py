@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from latbench.commands._output import add_json_flag, console, print_json
+from latbench.commands._output import add_json_flag, console, fmt, print_json
 
 
 def register_build(msub: argparse._SubParsersAction) -> None:
@@ -26,8 +26,8 @@ def register_build(msub: argparse._SubParsersAction) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     from latbench.commands.search import print_result, search_from_args
-    from latbench.errors import UsageError
-    from latbench.report import latency_report
+    from latbench.core.errors import UsageError
+    from latbench.report.model import latency_report
     from latbench.space import Arch
 
     out = Path(args.out)
@@ -44,6 +44,30 @@ def run_build(args: argparse.Namespace) -> int:
                     "search": {k: v for k, v in result.to_dict().items() if k != "trajectory"}})
         return 0
     print_result(result)
-    report.print()
+    print_latency_report(report)
     console().print(f"wrote {out}; next: `latbench model info {out}`, `latbench export {out}`", highlight=False)
     return 0
+
+
+def print_latency_report(report) -> None:
+    """The builder's view of one model on the console: ms per block and per stage, MES."""
+    from rich.table import Table
+
+    con = console()
+    t = Table(title=f"{report.name}: estimated latency per block ({report.table})")
+    for col in ("stage", "block", "count", "isolated ms", "overhead ms", "est. ms", "share"):
+        t.add_column(col, overflow="fold")
+    for b in report.blocks:
+        t.add_row(b["group"], b["key"], fmt(b["count"]), fmt(b["block_ms"]), fmt(b["overhead_ms"]),
+                  fmt(b["est_ms"]), f"{b['est_ms'] / report.latency_ms:.1%}")
+    con.print(t)
+    stages = Table(title="per stage")
+    stages.add_column("stage")
+    stages.add_column("est. ms")
+    for g, v in report.per_stage_ms.items():
+        stages.add_row(g, fmt(v))
+    stages.add_row("total", fmt(report.latency_ms))
+    con.print(stages)
+    con.print(f"params {report.params:,}; latency {report.latency_ms:.4g} ms ({report.method}); "
+              f"MES {report.mes:.4g}", highlight=False)
+    con.print(report.mes_line, highlight=False)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from latbench.commands._output import add_json_flag, console, print_json, print_table
-from latbench.commands._progress import phase_progress
 from latbench.commands._runner import add_runner_flags, open_device
-from latbench.errors import UsageError
+from latbench.core.errors import UsageError
+from latbench.core.progress import phase_progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latbench.profile import profile, write_outputs
+    from latbench.measuring.profile import profile
+    from latbench.report.profile_files import write_profile
 
     if args.runs is not None and args.runs < 1:
         raise UsageError(f"--runs must be >= 1, got {args.runs}")
@@ -34,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
     runner = open_device(args.device, args)
     with runner, phase_progress(not args.json) as progress:
         result = profile(args.target, runner, runs=args.runs, warmup=args.warmup, resolution=args.resolution,
-                         rounds=args.rounds, show_export_progress=not args.json, progress=progress)
-    files = write_outputs(result, args.out) if args.out else []
+                         rounds=args.rounds, progress=progress)
+    files = write_profile(result, args.out) if args.out else []
     if args.json:
         d = result.to_dict()
         d["files"] = [str(f) for f in files]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from latbench.commands._output import add_json_flag, console, print_json, print_table
-from latbench.commands._progress import phase_progress
 from latbench.commands.mes import add_mes_flags, resolve_mes
+from latbench.core.progress import phase_progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,11 +39,12 @@ def add_search_args(p: argparse.ArgumentParser, targets: tuple[str, ...]) -> Non
 
 def search_from_args(args: argparse.Namespace):
     """Load everything the search needs from parsed args and run it. Returns (result, table)."""
-    from latbench.errors import UsageError
-    from latbench.fast_estimator import FastEstimator, space_for_table
-    from latbench.oracles import load_oracle
-    from latbench.search import Target, run_search
-    from latbench.tables import LatencyTable
+    from latbench.core.errors import UsageError
+    from latbench.estimate.fast import FastEstimator
+    from latbench.search.algorithm import Target, run_search
+    from latbench.search.oracles import load_oracle
+    from latbench.space import SearchSpace
+    from latbench.tables.table import LatencyTable
 
     if args.max_steps is not None and args.max_steps < 1:
         raise UsageError(f"--max-steps must be >= 1, got {args.max_steps}")
@@ -56,7 +57,7 @@ def search_from_args(args: argparse.Namespace):
     if columns:
         raise UsageError(f"the search cannot score MES metric {columns[0]}: CSV columns exist only for listed "
                          "candidates; use built-in getters (params, macs, latency, weights_mb) in --mes-config")
-    space = space_for_table(table, args.space)
+    space = SearchSpace.load(args.space) if args.space else table.space(fallback=True)
     fast = FastEstimator(table, space)
     with phase_progress(not args.json) as progress:
         result = run_search(fast, oracle, mes, target, seed=args.seed, max_steps=args.max_steps, progress=progress)
@@ -82,8 +83,8 @@ def print_result(result) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latbench.report import check_out_dir
-    from latbench.search import write_search
+    from latbench.report.writers import check_out_dir
+    from latbench.search.algorithm import write_search
 
     check_out_dir(args.out)
     result, table = search_from_args(args)

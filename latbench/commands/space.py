@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from latbench.blocks import space_blocks
+from latbench.blocks.configs import space_blocks
 from latbench.commands._output import add_json_flag, print_json, print_table
-from latbench.errors import UsageError
+from latbench.core.errors import UsageError
 from latbench.space import SearchSpace
 
 

@@ -10,7 +10,7 @@ manifest), `onnx` and `coreml` (one exporter each), `runner` (many items on work
 
 from __future__ import annotations
 
-from latbench.export.cache import MANIFEST_NAME, Manifest, default_cache_dir, tree_sha256
+from latbench.export.cache import MANIFEST_NAME, Manifest, default_cache_dir
 from latbench.export.common import (
     COREML_TARGETS,
     DEFAULT_DEPLOYMENT_TARGET,
@@ -50,5 +50,4 @@ __all__ = [
     "prepare_for_export",
     "prepared_module",
     "seeded_input",
-    "tree_sha256",
 ]

@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import latbench
-from latbench.errors import UsageError
+from latbench.core.errors import UsageError
+from latbench.core.fileio import atomic_write_json
+from latbench.core.formats import FORMAT_SUFFIXES
+from latbench.core.hashing import tree_sha256
 from latbench.export.common import (
     PIPELINE_VERSION,
     ArtifactRecord,
@@ -31,11 +34,9 @@ from latbench.export.common import (
     library_versions,
     safe_name,
 )
-from latbench.fileio import atomic_write_json
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA = 1
-SUFFIX = {"onnx": ".onnx", "coreml": ".mlpackage"}
 TMP_PREFIX = ".tmp-"
 
 
@@ -132,33 +133,7 @@ def content_hash(descriptor: dict[str, Any]) -> str:
 
 def artifact_relpath(key: str, fmt: str, precision: str, chash: str) -> str:
     """Readable and content-addressed: onnx/ffn-r224-s1-c32-e4-fp32-<hash>.onnx."""
-    return f"{fmt}/{safe_name(key)}-{precision}-{chash[:16]}{SUFFIX[fmt]}"
-
-
-def tree_sha256(path: str | Path) -> str:
-    """sha256 of a file, or of a directory (.mlpackage) as sorted (relative path, file sha256) pairs."""
-    path = Path(path)
-    if path.is_file():
-        return _file_sha256(path)
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f.relative_to(path).as_posix().encode() + b"\0" + _file_sha256(f).encode() + b"\n")
-    return h.hexdigest()
-
-
-def tree_size(path: str | Path) -> int:
-    path = Path(path)
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return f"{fmt}/{safe_name(key)}-{precision}-{chash[:16]}{FORMAT_SUFFIXES[fmt][0]}"
 
 
 def check_writable(out_dir: str | Path) -> Path:
@@ -179,7 +154,7 @@ def remove_stale_temps(out_dir: Path) -> None:
     """Delete temp files/directories left by interrupted exports whose process is gone."""
     import shutil
 
-    for sub in [out_dir, *(out_dir / fmt for fmt in SUFFIX)]:
+    for sub in [out_dir, *(out_dir / fmt for fmt in FORMAT_SUFFIXES)]:
         if not sub.is_dir():
             continue
         for p in sub.glob(f"{TMP_PREFIX}*"):

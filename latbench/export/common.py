@@ -20,9 +20,9 @@ from importlib import metadata
 from typing import Any, Protocol, runtime_checkable
 
 import latbench
-from latbench.errors import LatbenchError, UsageError
+from latbench.core.errors import LatbenchError, UsageError
+from latbench.core.formats import FORMATS
 
-FORMATS = ("onnx", "coreml")
 PRECISIONS = ("fp32", "fp16")
 #: Precision used when the caller does not choose one: ONNX artifacts feed CPU runtimes (fp32),
 #: Core ML ones the Neural Engine/GPU, which compute in fp16 anyway.
@@ -409,12 +409,6 @@ def captured_output() -> Iterator[io.StringIO]:
     with warnings.catch_warnings(), contextlib.redirect_stderr(buf), contextlib.redirect_stdout(buf):
         warnings.simplefilter("ignore")
         yield buf
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 def safe_name(key: str) -> str:

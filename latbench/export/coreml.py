@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from latbench.core.text import first_line
 from latbench.export.cache import place_artifact, tmp_path_for
 from latbench.export.common import (
     COREML_PARITY_TOLERANCE,
@@ -29,7 +30,6 @@ from latbench.export.common import (
     Exportable,
     captured_output,
     export_inputs,
-    first_line,
     is_macos,
     parity_error,
     parity_result,
@@ -176,7 +176,7 @@ def _predict_parity(
     try:
         model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
     except Exception as exc:  # e.g. a deployment target newer than this Mac's OS
-        return {"status": "skipped", "reason": f"this Mac cannot load the package: {first_line(exc)}"}
+        return {"status": "skipped", "reason": f"this Mac cannot load the package: {first_line(exc, with_type=True)}"}
     feed = x.numpy().astype("float16" if dtypes[in_name] == "float16" else "float32")
     got = model.predict({in_name: feed})
     parity = parity_result([r.numpy() for r in refs], [got[n] for n in out_names], COREML_PARITY_TOLERANCE[precision])

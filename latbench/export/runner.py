@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latbench.errors import UsageError
+from latbench.core.errors import UsageError
+from latbench.core.hashing import tree_sha256, tree_size
+from latbench.core.progress import ProgressFn, phase_progress
+from latbench.core.text import first_line
 from latbench.export.cache import (
     Manifest,
     artifact_relpath,
@@ -23,8 +26,6 @@ from latbench.export.cache import (
     default_cache_dir,
     item_fields,
     remove_stale_temps,
-    tree_sha256,
-    tree_size,
 )
 from latbench.export.common import (
     DEFAULT_DEPLOYMENT_TARGET,
@@ -36,7 +37,6 @@ from latbench.export.common import (
     check_deployment_target,
     check_precision,
     cpu_count,
-    first_line,
     parse_formats,
     quiet_libraries,
 )
@@ -173,7 +173,7 @@ def run_task(task: ExportTask) -> ArtifactRecord:
         rec.sha256 = tree_sha256(final)
         rec.size = tree_size(final)
     except Exception as exc:  # any failure of this one configuration is reported, not raised
-        rec.error = first_line(exc)
+        rec.error = first_line(exc, with_type=True)
         rec.traceback = traceback.format_exc(limit=-8)
     rec.export_seconds = round(time.perf_counter() - t0, 4)
     rec.timings = {k: round(v, 4) for k, v in rec.timings.items()}
@@ -230,7 +230,7 @@ def export_items(
     precision: str | None = None,
     deployment_target: str = DEFAULT_DEPLOYMENT_TARGET,
     jobs: int | None = 1,
-    progress: bool = True,
+    progress: bool | ProgressFn = False,
     *,
     seed: int = DEFAULT_SEED,
     force: bool = False,
@@ -245,12 +245,17 @@ def export_items(
       (fp32 for ONNX, fp16 for Core ML).
     - `out_dir`: None means default_cache_dir() ($LATBENCH_CACHE or ~/.cache/latbench/exports).
     - `jobs`: worker processes (None: min(2, CPUs)); 1 exports in this process.
+    - `progress`: a ProgressFn (phase "export"), True for bars on stderr, False for none.
     - `force`: re-export even when a trusted artifact exists.
     - `on_result`: called in this process with every finished or cached record.
 
     One configuration failing does not stop the others: its record has status "failed" and an
     error, and it is listed in `report.failures`. Bad arguments raise UsageError.
     """
+    if progress is True:
+        with phase_progress() as bars:
+            return export_items(items, formats, out_dir, precision, deployment_target, jobs, bars, seed=seed,
+                                force=force, onnx_exporter=onnx_exporter, opset=opset, on_result=on_result)
     t_start = time.perf_counter()
     fmts = parse_formats(formats)
     check_precision(precision)
@@ -280,12 +285,16 @@ def export_items(
         else:
             todo.append(i)
 
-    bar = _Progress(len(tasks), len(tasks) - len(todo), enabled=progress and bool(todo))
+    report_progress = progress if callable(progress) else None
+    done = [len(tasks) - len(todo)]
 
     def finish(i: int, rec: ArtifactRecord) -> None:
         results[i] = rec
         manifest.update([rec])
-        bar.advance(rec)
+        done[0] += 1
+        if report_progress is not None and todo:
+            mark = "FAILED " if rec.status == "failed" else ""
+            report_progress("export", done[0], len(tasks), f"{mark}{rec.key} [{rec.format}]")
         if on_result is not None:
             on_result(rec)
 
@@ -294,13 +303,11 @@ def export_items(
             on_result(rec)
     # Whole models are the long poles: start them first so workers finish together.
     todo.sort(key=lambda i: tasks[i].kind != "model")
-    with bar:
-        if jobs == 1 or len(todo) <= 1:
-            for i in todo:
-                bar.start(tasks[i])
-                finish(i, run_task(tasks[i]))
-        else:
-            _run_pool([(i, tasks[i]) for i in todo], min(jobs, len(todo)), fmts, finish, bar)
+    if jobs == 1 or len(todo) <= 1:
+        for i in todo:
+            finish(i, run_task(tasks[i]))
+    else:
+        _run_pool([(i, tasks[i]) for i in todo], min(jobs, len(todo)), fmts, finish)
 
     records = {(tasks[i].key, tasks[i].fmt): results[i] for i in sorted(results)}
     return ExportReport(out, records, round(time.perf_counter() - t_start, 3))
@@ -311,7 +318,6 @@ def _run_pool(
     jobs: int,
     fmts: tuple[str, ...],
     finish: Callable[[int, ArtifactRecord], None],
-    bar: _Progress,
 ) -> None:
     """Run tasks on `jobs` spawned workers, at most `jobs` in flight.
 
@@ -342,7 +348,7 @@ def _run_pool(
                 suspects.append((i, task))
             return False
         except Exception as exc:  # e.g. the item could not be pickled for the worker
-            rec = _failed(task, first_line(exc))
+            rec = _failed(task, first_line(exc, with_type=True))
         finish(i, rec)
         return True
 
@@ -356,8 +362,6 @@ def _run_pool(
             return False
         pending.popleft()
         in_flight[fut] = (i, task, isolated)
-        if not isolated:
-            bar.start(task)
         return True
 
     try:
@@ -408,49 +412,6 @@ def _kill_pool(pool: ProcessPoolExecutor) -> None:
     # With its workers gone the manager thread marks the pool broken and exits; at most `jobs`
     # tasks were submitted, so there is nothing to cancel.
     pool.shutdown(wait=True)
-
-
-class _Progress:
-    """A rich progress bar on stderr (no-op when disabled)."""
-
-    def __init__(self, total: int, already: int, enabled: bool):
-        self.enabled = enabled
-        self.total, self.already = total, already
-        self._p: Any = None
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._p = Progress(
-                TextColumn("export"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.description}"),
-                console=Console(stderr=True), transient=False,
-            )  # fmt: skip
-            self._p.start()
-            self._id = self._p.add_task("", total=self.total, completed=self.already)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._p is not None:
-            self._p.stop()
-
-    def start(self, task: ExportTask) -> None:
-        if self._p is not None:
-            self._p.update(self._id, description=f"{task.key} [{task.fmt}]")
-
-    def advance(self, rec: ArtifactRecord) -> None:
-        if self._p is not None:
-            mark = "FAILED " if rec.status == "failed" else ""
-            self._p.update(self._id, advance=1, description=f"{mark}{rec.key} [{rec.format}]")
 
 
 def export_one(

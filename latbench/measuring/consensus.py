@@ -15,8 +15,9 @@ often lasts a whole round. So:
   rounds that agree (a single round faster than everything else is more likely a fluke than the
   truth once this many rounds disagree), else the fastest round.
 
-The statistic, tolerance and quorum were chosen by measurement (benchmarks/study_round_statistics.py;
-see the README's measuring notes) and are recorded in every table's meta.json.
+The statistic (p2: the 2nd percentile of a round's samples), the tolerance (2 %) and the quorum
+(2) were chosen by measurement on a noisy 2-core host (benchmarks/study_round_statistics.py; the
+README's measuring notes give the figures) and are recorded in every table's meta.json.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from latbench.errors import UsageError
-from latbench.measurement import Measurement, percentile
+from latbench.core.errors import UsageError
+from latbench.measuring.measurement import Measurement, percentile
 
 #: Per-round statistics a rule may use: the name and the percentile of the round's samples.
 ROUND_STATISTICS = {"median": 50.0, "p25": 25.0, "p10": 10.0, "p5": 5.0, "p2": 2.0, "min": 0.0}
@@ -57,11 +58,14 @@ class Verdict:
 
 @dataclass(frozen=True)
 class ConsensusRule:
-    statistic: str = "p5"
-    tolerance: float = 0.03
+    statistic: str = "p2"
+    tolerance: float = 0.02
     quorum: int = 2
     min_rounds: int = 3
     max_rounds: int = 8
+    #: Rounds this close in absolute terms agree whatever their ratio: entries of a few tens of
+    #: microseconds (the empty models) would otherwise never agree within a relative tolerance.
+    floor_ms: float = 0.002
     #: Rounds measured on another day/host speed are put on one time base before they are compared.
     notes: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -97,13 +101,13 @@ class ConsensusRule:
         if not finite:
             return Verdict(math.nan, False, (), n, math.nan, n < self.max_rounds)
         fastest = finite[0][0]
-        members = [i for v, i in finite if v <= fastest * (1 + self.tolerance)]
+        members = [i for v, i in finite if self._agree(fastest, v)]
         agreed = len(members) >= self.quorum and n >= self.min_rounds
         if not agreed and n >= self.min_rounds:
             # Fallback: the lowest window of `quorum` rounds that agree, else the fastest round.
             for j in range(len(finite) - self.quorum + 1):
                 window = finite[j:j + self.quorum]
-                if window[-1][0] <= window[0][0] * (1 + self.tolerance):
+                if self._agree(window[0][0], window[-1][0]):
                     members = [i for _, i in window]
                     break
             else:
@@ -113,14 +117,18 @@ class ConsensusRule:
         needs_more = not agreed and n < self.max_rounds
         return Verdict(value, agreed, tuple(sorted(members)), n, spread, needs_more)
 
+    def _agree(self, low: float, high: float) -> bool:
+        return high <= low * (1 + self.tolerance) or high - low <= self.floor_ms
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("notes")
         return {**d, "rule": (f"per-round {self.statistic}; accepted when the fastest round and at least "
-                              f"{self.quorum - 1} other(s) agree within {self.tolerance:.0%}; otherwise more "
+                              f"{self.quorum - 1} other(s) agree within {self.tolerance:.0%} (or {self.floor_ms * 1e3:g} us); otherwise more "
                               f"rounds, later, up to {self.max_rounds}; then flagged")}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConsensusRule:
-        known = {k: data[k] for k in ("statistic", "tolerance", "quorum", "min_rounds", "max_rounds") if k in data}
+        known = {k: data[k] for k in ("statistic", "tolerance", "quorum", "min_rounds", "max_rounds", "floor_ms")
+                 if k in data}
         return cls(**known)

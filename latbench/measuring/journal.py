@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from latbench.measurement import Measurement
+from latbench.measuring.measurement import Measurement
 
 
 @dataclass(frozen=True)

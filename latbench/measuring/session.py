@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from latbench.errors import DeviceError, UsageError
-from latbench.measurement import Measurement, SamplingPolicy
+from latbench.core.errors import DeviceError, UsageError
+from latbench.core.progress import ProgressFn, no_progress
 from latbench.measuring.consensus import ConsensusRule, Verdict
 from latbench.measuring.journal import AnchorRow, Journal, JournalRow
+from latbench.measuring.measurement import Measurement, SamplingPolicy
 from latbench.measuring.timebase import anchor_levels
-
-ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
 
 #: Default sampling per role: many short measurements beat one long one on a drifting device.
 DEFAULT_POLICIES: dict[str, SamplingPolicy] = {
@@ -72,7 +71,7 @@ class ArtifactItem:
 
     @classmethod
     def of(cls, path: Path) -> ArtifactItem:
-        from latbench.export.cache import tree_sha256
+        from latbench.core.hashing import tree_sha256
 
         return cls(Path(path), tree_sha256(path))
 
@@ -219,7 +218,7 @@ class MeasuringSession:
 
     def __init__(self, dispatcher: Any, plan: MeasuringPlan | None = None, *, journal: Journal | None = None,
                  purpose: str = "measure", progress: ProgressFn | None = None, export_jobs: int = 2,
-                 precision: str | None = None, show_export_progress: bool = False,
+                 precision: str | None = None,
                  time_base: Callable[[Journal, str], Mapping[str, float]] | None = None,
                  recheck: Callable[[dict[str, Verdict]], Iterable[str]] | None = None) -> None:
         self.dispatcher = dispatcher if hasattr(dispatcher, "execute") else LocalDispatcher(dispatcher)
@@ -228,10 +227,9 @@ class MeasuringSession:
             raise UsageError("measurement rounds and anchor_every must be >= 1")
         self.journal = journal if journal is not None else Journal(":memory:")
         self.purpose = purpose
-        self.progress = progress or (lambda phase, done, total: None)
+        self.progress = progress or no_progress
         self.export_jobs = export_jobs
         self.precision = precision
-        self.show_export_progress = show_export_progress
         self.time_base = time_base or (lambda journal, session: {})
         self.recheck = recheck
         self.timings: dict[str, float] = {"export_s": 0.0, "prepare_s": 0.0, "measure_wall_s": 0.0,
@@ -283,7 +281,7 @@ class MeasuringSession:
     def _export(self, items: list[Any]) -> dict[str, Artifact]:
         t0 = time.perf_counter()
         arts = export_artifacts(items, self.dispatcher.artifact_format, self.export_jobs, self.precision,
-                                self.show_export_progress)
+                                self.progress)
         self.timings["export_s"] += time.perf_counter() - t0
         return arts
 
@@ -360,7 +358,7 @@ def drift_report(anchors: Sequence[AnchorRow], rule: ConsensusRule, tolerance: f
 
 
 def export_artifacts(items: Sequence[Any], fmt: str, jobs: int, precision: str | None,
-                     progress: bool) -> dict[str, Artifact]:
+                     progress: ProgressFn | bool = False) -> dict[str, Artifact]:
     """Export through the content-addressed cache; DeviceError (exit 1) if any item failed."""
     from latbench.export import export_items
 

@@ -15,18 +15,22 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from latbench.errors import UsageError
+from latbench.core.errors import UsageError
+from latbench.core.text import first_line
 from latbench.models import register_model
-from latbench.space import Arch, named_arch
-
-# Attention hyper-parameters are fixed by the paper, not searched.
-ATTN_KEY_DIM = 32
-ATTN_HEADS = 8
-ATTN_RATIO = 4
-DOWN_KEY_DIM = 16
-DOWN_HEADS = 8
-DOWN_RATIO = 4
-LAYER_SCALE_INIT = 1e-5
+from latbench.space.arch import (
+    ATTN_HEADS,
+    ATTN_KEY_DIM,
+    ATTN_RATIO,
+    DOWN_HEADS,
+    DOWN_KEY_DIM,
+    DOWN_RATIO,
+    LAYER_SCALE_INIT,
+    Arch,
+    check_resolution,
+    named_arch,
+    stage_resolution,
+)
 
 
 def conv_bn(c_in: int, c_out: int, kernel: int = 1, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -35,18 +39,6 @@ def conv_bn(c_in: int, c_out: int, kernel: int = 1, stride: int = 1, groups: int
         nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, groups=groups),
         nn.BatchNorm2d(c_out),
     )
-
-
-def stage_resolution(resolution: int, stage: int) -> int:
-    """Feature-map side of stage 1..4 (1/4 .. 1/32 of the input)."""
-    return math.ceil(resolution / 2 ** (stage + 1))
-
-
-def check_resolution(resolution: int) -> None:
-    # Strided attention downsamples stage 3 by 2 and upsamples by 2 again; that only lines up
-    # when every stage side is an integer, i.e. the input is a multiple of 32.
-    if not isinstance(resolution, int) or resolution < 64 or resolution % 32:
-        raise UsageError(f"resolution {resolution!r} is not supported: use a multiple of 32 >= 64 (e.g. 224, 256, 288)")
 
 
 def offset_index_grid(res_q: int, res_k: int) -> torch.Tensor:
@@ -270,6 +262,26 @@ def classify(x: torch.Tensor, norm: nn.Module, head: nn.Module, dist_head: nn.Mo
     return out if training else (out[0] + out[1]) / 2
 
 
+class AttnMixer(nn.Module):
+    """First half of an attention block, measured on its own: x + layer_scale_1 * token_mixer(x)."""
+
+    def __init__(self, dim: int, resolution: int, strided: bool):
+        super().__init__()
+        self.token_mixer = Attention4D(dim, resolution, strided)
+        self.layer_scale_1 = nn.Parameter(LAYER_SCALE_INIT * torch.ones(dim, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.layer_scale_1 * self.token_mixer(x)
+
+
+class Passthrough(nn.Module):
+    """x * 1: one trivial op (it times the per-inference overhead). Identity would be folded away by
+    exporters/runtimes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 1.0
+
+
 class EfficientFormerV2(nn.Module):
     """Any subnet of the EfficientFormerV2 search space, described by an `Arch`."""
 
@@ -323,7 +335,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UsageError(f"checkpoint {path} is not a loadable weights-only torch file: {first}") from None
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
@@ -358,22 +370,22 @@ def _named(name: str, resolution: int, num_classes: int) -> EfficientFormerV2:
     return EfficientFormerV2(named_arch(name, resolution), num_classes)
 
 
-@register_model()
+@register_model
 def efficientformerv2_s0(resolution: int = 224, num_classes: int = 1000) -> EfficientFormerV2:
     return _named("efficientformerv2_s0", resolution, num_classes)
 
 
-@register_model()
+@register_model
 def efficientformerv2_s1(resolution: int = 224, num_classes: int = 1000) -> EfficientFormerV2:
     return _named("efficientformerv2_s1", resolution, num_classes)
 
 
-@register_model()
+@register_model
 def efficientformerv2_s2(resolution: int = 224, num_classes: int = 1000) -> EfficientFormerV2:
     return _named("efficientformerv2_s2", resolution, num_classes)
 
 
-@register_model()
+@register_model
 def efficientformerv2_l(resolution: int = 224, num_classes: int = 1000) -> EfficientFormerV2:
     return _named("efficientformerv2_l", resolution, num_classes)
 

@@ -118,7 +118,7 @@ class MobileNetV2(nn.Module):
         return self.classifier(x)
 
 
-@register_model(default_resolution=224)
+@register_model
 def mobilenetv2_100(resolution: int = 224, num_classes: int = 1000) -> nn.Module:
     """MobileNetV2 width 1.0 (3,504,872 params at 1000 classes).
 

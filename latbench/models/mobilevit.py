@@ -17,8 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from latbench.errors import UsageError
-from latbench.models import register_model
+from latbench.models import check_resolution, register_model
 
 
 def _bilinear_matrix(src: int, dst: int) -> torch.Tensor:
@@ -31,11 +30,6 @@ def _bilinear_matrix(src: int, dst: int) -> torch.Tensor:
     # Height keeps its size (an exact identity for bilinear), width is resized: row i of the
     # result is the resized unit vector e_i, i.e. column i of M.
     return F.interpolate(eye, size=(src, dst), mode="bilinear", align_corners=False)[0, 0].T.contiguous()
-
-
-def _check_resolution(resolution: int) -> None:
-    if not isinstance(resolution, int) or resolution <= 0 or resolution % 32 != 0:
-        raise UsageError(f"MobileViT input resolution must be a positive multiple of 32, got {resolution!r}")
 
 
 class ConvBNAct(nn.Sequential):
@@ -201,7 +195,7 @@ class MobileViTConfig:
 class MobileViT(nn.Module):
     def __init__(self, cfg: MobileViTConfig, resolution: int = 256, num_classes: int = 1000):
         super().__init__()
-        _check_resolution(resolution)
+        check_resolution("mobilevit_s", resolution)
         c1, c2, c3, c4, c5 = cfg.channels
         t = cfg.expand_ratio
         self.stem = ConvBNAct(3, cfg.stem_channels, kernel_size=3, stride=2)
@@ -256,19 +250,19 @@ _XS = MobileViTConfig(expand_ratio=4, channels=(32, 48, 64, 80, 96), dims=(96, 1
 _S = MobileViTConfig(expand_ratio=4, channels=(32, 64, 96, 128, 160), dims=(144, 192, 240))
 
 
-@register_model(default_resolution=256)
+@register_model
 def mobilevit_xxs(resolution: int = 256, num_classes: int = 1000) -> nn.Module:
     """MobileViT-XXS (1,272,024 params at 1000 classes)."""
     return MobileViT(_XXS, resolution=resolution, num_classes=num_classes)
 
 
-@register_model(default_resolution=256)
+@register_model
 def mobilevit_xs(resolution: int = 256, num_classes: int = 1000) -> nn.Module:
     """MobileViT-XS (2,317,848 params at 1000 classes)."""
     return MobileViT(_XS, resolution=resolution, num_classes=num_classes)
 
 
-@register_model(default_resolution=256)
+@register_model
 def mobilevit_s(resolution: int = 256, num_classes: int = 1000) -> nn.Module:
     """MobileViT-S (5,578,632 params at 1000 classes)."""
     return MobileViT(_S, resolution=resolution, num_classes=num_classes)

@@ -6,9 +6,9 @@ import pytest
 import yaml
 from _support import latbench_subprocess
 
-from latbench.blocks import arch_params
-from latbench.fast_estimator import synthetic_table
+from latbench.blocks.configs import arch_params
 from latbench.space import Arch, SearchSpace, StageArch
+from latbench.tables.synthetic import synthetic_table
 
 SMALL = {
     "name": "small",

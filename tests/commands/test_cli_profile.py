@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from latbench.blocks import arch_slots
+from latbench.blocks.configs import arch_slots
 from latbench.space import named_arch
 
 
@@ -65,7 +65,7 @@ def test_profile_mlpackage_on_cpu_is_refused(run_cli, tmp_path):
 
 
 def test_node_names_map_to_blocks_in_every_exporter_spelling():
-    from latbench.profile import block_of_node
+    from latbench.measuring.profile import block_of_node
 
     slots = arch_slots(named_arch("efficientformerv2_s0"))
     by_prefix = {}

@@ -11,8 +11,8 @@ from fake_perf_test import PerfTestBehaviour
 
 from device_runners import DeviceLost, discover_devices, open_runner
 from device_runners.android import AndroidRunner, check_remote_path, parse_cpu_list, parse_getprop, shell_join
-from latbench.errors import DeviceError, UsageError
-from latbench.measurement import SamplingPolicy
+from latbench.core.errors import DeviceError, UsageError
+from latbench.measuring.measurement import SamplingPolicy
 from latbench.measuring.session import Job, LocalDispatcher
 
 # Few, short invocations keep the suite fast; the numbers are still real onnxruntime timings.

@@ -12,8 +12,8 @@ from device_runners.base import DeviceLost
 from device_runners.coreml_common import ESTIMATED_OPS_WARNING
 from device_runners.iphone import IPhoneRunner
 from device_runners.mac import MacRunner
-from latbench.errors import DeviceError, UsageError
-from latbench.measurement import SamplingPolicy
+from latbench.core.errors import DeviceError, UsageError
+from latbench.measuring.measurement import SamplingPolicy
 
 UDID = "00008101-000A1B2C3D4E001E"
 HW = {"marketingName": "iPhone 12", "productType": "iPhone13,2", "cpuType": {"name": "arm64e"}}

@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from device_runners.base import file_content_hash
 from device_runners.cpu import CpuRunner, parse_core_mask
 from device_runners.ort_common import parse_ort_profile
-from latbench.errors import UsageError
-from latbench.measurement import Measurement, SamplingPolicy
+from latbench.core.errors import UsageError
+from latbench.core.hashing import tree_sha256
+from latbench.measuring.measurement import Measurement, SamplingPolicy
 
 FAST = SamplingPolicy(min_runs=30, time_cap_s=1.0, warmup_time_s=0.02)
 
@@ -70,7 +70,7 @@ def test_prepare_is_cached_by_content_hash(runner, models, tmp_path):
     b = runner.prepare(copy)  # same bytes, other path: same prepared session, own label
     assert b.handle is a.handle and b.label == "copy" and a.label == "small"
     assert runner.prepare(models["small"]) is a
-    assert a.content_hash == file_content_hash(models["small"])
+    assert a.content_hash == tree_sha256(models["small"])
     assert runner.prepare(models["medium"]) is not a
 
 

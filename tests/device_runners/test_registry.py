@@ -12,7 +12,7 @@ import device_runners
 from device_runners import discover_devices, open_runner
 from device_runners.cpu import CpuRunner
 from latbench.commands import devices as devices_cmd
-from latbench.errors import DeviceError, UsageError
+from latbench.core.errors import DeviceError, UsageError
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from latbench.blocks import EmbedConfig, FFNConfig, HeadConfig, StemConfig
+from latbench.blocks.configs import EmbedConfig, FFNConfig, HeadConfig, StemConfig
+from latbench.core.hashing import tree_sha256
 from latbench.export import (
     MANIFEST_NAME,
     ArtifactRecord,
@@ -17,7 +18,6 @@ from latbench.export import (
     export_items,
     export_one,
     find_artifact,
-    tree_sha256,
 )
 from latbench.export import cache as cache_mod
 from latbench.export import common as common_mod

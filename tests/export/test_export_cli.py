@@ -133,7 +133,7 @@ def test_real_entry_point_prints_no_traceback(tmp_path: Path) -> None:
     # Not `from _support import ...`: with several conftest.py files under tests/ that name is ambiguous.
     repo = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys, cli; sys.exit(cli.main())",
+        [sys.executable, "-m", "latbench",
          "export", "--space", "--format", "onnx,tflite", "--out", str(tmp_path)],
         cwd=repo, capture_output=True, text=True, timeout=120,
     )

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from latbench.blocks import EmbedConfig, FFNConfig, space_blocks
-from latbench.candidates import resolve_candidate
-from latbench.export import export_items, export_one, tree_sha256
+from latbench.blocks.candidates import resolve_candidate
+from latbench.blocks.configs import EmbedConfig, FFNConfig, space_blocks
+from latbench.core.hashing import tree_sha256
+from latbench.export import export_items, export_one
 from latbench.export.coreml import import_coremltools
 from latbench.space import SearchSpace
 

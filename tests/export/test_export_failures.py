@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from latbench.blocks import FFNConfig, StemConfig
+from latbench.blocks.configs import FFNConfig, StemConfig
 from latbench.commands import export as export_cmd
 from latbench.export import MANIFEST_NAME, export_items
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from latbench.blocks import AttnConfig, AttnDownConfig, FFNConfig, space_blocks
-from latbench.candidates import resolve_candidate
+from latbench.blocks.candidates import resolve_candidate
+from latbench.blocks.configs import AttnConfig, AttnDownConfig, FFNConfig, space_blocks
 from latbench.export import PARITY_TOLERANCE, export_items, export_one
 from latbench.models import list_models
 from latbench.space import SearchSpace

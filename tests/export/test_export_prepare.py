@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from latbench.blocks import AttnConfig, FFNConfig, HeadConfig, StemConfig
+from latbench.blocks.configs import AttnConfig, FFNConfig, HeadConfig, StemConfig
 from latbench.export import prepare_for_export, prepared_module, seeded_input
 from latbench.export.common import parity_result, parse_formats
 
@@ -110,7 +110,7 @@ def test_a_batch_one_only_module_is_calibrated_on_one_sample() -> None:
 
 
 def test_whole_models_have_realistic_output_scale() -> None:
-    from latbench.candidates import resolve_candidate
+    from latbench.blocks.candidates import resolve_candidate
     from latbench.export.common import reference_outputs
 
     cand = resolve_candidate("efficientformerv2_s0")

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from device_runners.base import DeviceInfo, DeviceLost, Prepared, Runner
-from latbench.errors import DeviceError
-from latbench.measurement import Measurement, SamplingPolicy
+from latbench.core.errors import DeviceError
+from latbench.measuring.measurement import Measurement, SamplingPolicy
 
 
 class ScriptedRunner(Runner):

@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from latbench.errors import UsageError
-from latbench.measurement import Measurement
+from latbench.core.errors import UsageError
 from latbench.measuring.consensus import ConsensusRule
+from latbench.measuring.measurement import Measurement
 
 
 def test_fastest_rounds_agreeing_are_accepted():

@@ -3,8 +3,8 @@
 import json
 import sqlite3
 
-from latbench.measurement import Measurement, OpTime
 from latbench.measuring.journal import Journal
+from latbench.measuring.measurement import Measurement, OpTime
 
 
 def m(samples, label="x"):

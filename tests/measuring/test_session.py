@@ -6,10 +6,10 @@ import pytest
 from scripted_device import ScriptedRunner
 
 from device_runners.base import DeviceLost
-from latbench.blocks import AttnConfig, FFNConfig
-from latbench.errors import DeviceError
-from latbench.measurement import SamplingPolicy
+from latbench.blocks.configs import AttnConfig, FFNConfig
+from latbench.core.errors import DeviceError
 from latbench.measuring.journal import Journal
+from latbench.measuring.measurement import SamplingPolicy
 from latbench.measuring.session import MeasuringPlan, MeasuringSession, Target
 
 BLOCKS = [FFNConfig(224, 3, 96, 2), FFNConfig(224, 3, 96, 3), FFNConfig(224, 4, 176, 4), AttnConfig(224, 4, 176)]

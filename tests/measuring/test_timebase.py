@@ -2,9 +2,9 @@
 
 import pytest
 
-from latbench.measurement import Measurement
 from latbench.measuring.consensus import ConsensusRule
 from latbench.measuring.journal import Journal
+from latbench.measuring.measurement import Measurement
 from latbench.measuring.timebase import anchor_levels, base_levels, session_factor, session_factors
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from latbench.errors import UsageError
+from latbench.core.errors import UsageError
 from latbench.models import create_model
 from latbench.models.efficientformerv2 import EfficientFormerV2, load_checkpoint, offset_index_grid
 from latbench.space import Arch, SearchSpace, StageArch, named_arch

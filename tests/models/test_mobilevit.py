@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from latbench.errors import UsageError
+from latbench.core.errors import UsageError
 from latbench.models.mobilevit import (
     MobileViTBlock,
     _bilinear_matrix,

@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from latbench.errors import UsageError
-from latbench.fast_estimator import FastEstimator
-from latbench.mes import MES, parse_count, parse_ms
-from latbench.oracles import AccuracyOracle
-from latbench.report import build_report, check_out_dir, pareto_flags, write_report
+from latbench.core.errors import UsageError
+from latbench.core.progress import ProgressFn, no_progress
+from latbench.estimate.fast import FastEstimator
+from latbench.mes.pareto import pareto_flags
+from latbench.mes.score import MES, parse_count, parse_ms
+from latbench.report.model import build_report
+from latbench.report.writers import check_out_dir, write_report
+from latbench.search.oracles import AccuracyOracle
 from latbench.space import Arch, SearchSpace, StageArch
 
 TARGET_KINDS = ("latency", "params", "mes")
@@ -220,7 +222,6 @@ class SearchResult:
         return d
 
 
-ProgressFn = Callable[[str, int, int], None]
 
 
 def run_search(fast: FastEstimator, oracle: AccuracyOracle, mes: MES, target: Target, *,
@@ -229,7 +230,7 @@ def run_search(fast: FastEstimator, oracle: AccuracyOracle, mes: MES, target: Ta
     """Algorithm 1 (see the module docstring). Raises UsageError when the target is unreachable."""
     t0 = time.perf_counter()
     space = fast.space
-    progress = progress or (lambda phase, done, total: None)
+    progress = progress or no_progress
     current = start or space.largest(fast.resolution)
     space.validate(current)
     current = Arch(current.stages, current.resolution, "step-000")
@@ -303,9 +304,9 @@ def trajectory_frame(result: SearchResult) -> pd.DataFrame:
 def write_search(result: SearchResult, out_dir: str | Path, table, *, report: bool = True) -> dict[str, Path]:
     """trajectory.csv/.json, frontier.csv (every evaluated action), final.yaml, pareto/*.yaml and a
     report over the Pareto set (report.md/.html/.csv and plots)."""
-    from latbench.candidates import Candidate
-    from latbench.fileio import atomic_write_json, atomic_write_text
-    from latbench.oracles import AccuracyEntry
+    from latbench.blocks.candidates import Candidate
+    from latbench.core.fileio import atomic_write_json, atomic_write_text
+    from latbench.search.oracles import AccuracyEntry
 
     out = check_out_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)

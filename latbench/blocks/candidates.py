@@ -7,16 +7,19 @@ one whole-model block.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
 
-from latbench.blocks import BlockConfig, ModelConfig, arch_params, decompose
-from latbench.errors import UsageError
+from latbench.blocks.configs import BlockConfig, ModelConfig, arch_params, decompose
+from latbench.core.errors import UsageError
+from latbench.core.userfiles import read_yaml_or_json
+from latbench.models import check_resolution as check_model_resolution
 from latbench.models import create_model, default_resolution, list_models
-from latbench.space import NAMED_ARCHS, Arch, named_arch, read_yaml_or_json
+from latbench.space import NAMED_ARCHS, Arch, SearchSpace, check_resolution, named_arch
 
 ARCH_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -71,8 +74,6 @@ class Candidate:
 
 
 def _from_arch(arch: Arch, source: str) -> Candidate:
-    from latbench.models.efficientformerv2 import check_resolution
-
     check_resolution(arch.resolution)
     return Candidate(arch.label(), arch.resolution, arch=arch, source=source)
 
@@ -84,9 +85,7 @@ def resolve_candidate(spec: str, resolution: int | None = None) -> Candidate:
         res = resolution or default_resolution(spec)
         if spec in NAMED_ARCHS:
             return _from_arch(named_arch(spec, res), "registry")
-        from latbench.models.efficientformerv2 import check_resolution
-
-        check_resolution(res)
+        check_model_resolution(spec, res)
         return Candidate(spec, res, model_name=spec)
     path = Path(spec)
     if path.suffix.lower() in ARCH_SUFFIXES and path.is_file():
@@ -129,4 +128,35 @@ def resolve_candidates(specs: list[str], resolution: int | None = None) -> list[
         if c.name in seen:
             raise UsageError(f"candidate name {c.name!r} appears twice; give the arch files distinct 'name' fields")
         seen.add(c.name)
+    return out
+
+
+def sample_candidates(space: SearchSpace, resolution: int, n: int, seed: int, *, purpose: str = "validation",
+                      named: bool = True) -> list[Candidate]:
+    """Whole models to measure end to end: published variants in the space plus seeded random
+    subnets, for `purpose`:
+
+    - "validation": S0-L (those in the space, with `named`) plus `n` random subnets `subnet-SEED-I`;
+    - "calibration": S0 (when in the space) counted within `n`, the rest random `calib-I`.
+
+    The two purposes draw from different random streams, so a table is never validated on the
+    subnets it was calibrated on.
+    """
+    if purpose not in ("validation", "calibration"):
+        raise ValueError(f"unknown purpose {purpose!r}")
+    if n < 0:
+        raise UsageError(f"the number of subnets must be >= 0, got {n}")
+    out: list[Candidate] = []
+    variants = NAMED_ARCHS if purpose == "validation" else ("efficientformerv2_s0",)
+    for name in variants if named else ():
+        arch = named_arch(name, resolution)
+        if space.contains(arch):
+            out.append(Candidate(name, resolution, arch=arch))
+    if purpose == "calibration":
+        out = out[:n]
+    rng = random.Random(f"{'validate' if purpose == 'validation' else 'calibration'}:{seed}")
+    for i in range(n if purpose == "validation" else n - len(out)):
+        a = space.sample(rng, resolution)
+        name = f"subnet-{seed}-{i}" if purpose == "validation" else f"calib-{len(out)}"
+        out.append(Candidate(name, resolution, arch=Arch(a.stages, resolution, name)))
     return out

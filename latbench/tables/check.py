@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latbench.errors import UsageError
+from latbench.core.errors import UsageError
+from latbench.core.progress import ProgressFn
 from latbench.measuring.consensus import ConsensusRule
 from latbench.measuring.journal import Journal
 from latbench.measuring.session import MeasuringSession, Target
 from latbench.measuring.timebase import anchor_levels, session_factor
-from latbench.tables import LatencyTable, row_config
+from latbench.tables.table import LatencyTable, row_config
 
 
 @dataclass
@@ -68,9 +69,8 @@ def pick_entries(table: LatencyTable, sample: int | None, seed: int, keys: Seque
 
 def check_table(table: LatencyTable, runner: Any, *, sample: int | None = None, keys: Sequence[str] = (),
                 seed: int = 0, rounds: int = 3, fix: bool = False,
-                progress: Callable[[str, int, int], None] | None = None,
-                show_export_progress: bool = False) -> CheckResult:
-    from latbench.lut import BuildSettings, derive_table, table_anchors
+                progress: ProgressFn | None = None) -> CheckResult:
+    from latbench.tables.build import BuildSettings, derive_table, table_anchors
 
     if table.path is None or not (Path(table.path) / "journal.sqlite").is_file():
         raise UsageError(f"table {table.label()} has no journal.sqlite; `lut check` needs the table's journal")
@@ -99,8 +99,7 @@ def check_table(table: LatencyTable, runner: Any, *, sample: int | None = None, 
 
     targets = [Target(k, row_config(rows_by_key[k]), "block") for k in keys]
     session = MeasuringSession(runner, settings.plan(), journal=scratch, purpose="check", progress=progress,
-                               export_jobs=settings.jobs, precision=settings.precision,
-                               show_export_progress=show_export_progress, time_base=time_base)
+                               export_jobs=settings.jobs, precision=settings.precision, time_base=time_base)
     res = session.run(targets, [Target(a.key, a, "anchor") for a in anchors])
     now_levels = anchor_levels(res.anchors, rule)
     factors = [levels[k] / now_levels[k] for k in now_levels if k in levels and now_levels[k] > 0]

@@ -32,8 +32,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from latbench.errors import LatbenchError, UsageError
-from latbench.space import Arch, named_arch, read_yaml_or_json
+from latbench.core.errors import LatbenchError, UsageError
+from latbench.core.text import first_line
+from latbench.core.userfiles import read_yaml_or_json
+from latbench.space import Arch, named_arch
 
 ACCURACY_SUFFIXES = (".csv", ".yaml", ".yml", ".json")
 _CALLABLE_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
@@ -150,7 +152,7 @@ def _csv_records(path: Path) -> list[dict[str, Any]]:
     try:
         df = pd.read_csv(path, dtype={"name": str, "digest": str, "source": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise UsageError(f"accuracy file {path} is not a valid CSV: {str(exc).splitlines()[0]}") from None
+        raise UsageError(f"accuracy file {path} is not a valid CSV: {first_line(exc)}") from None
     if not ({"name", "digest"} & set(df.columns)):
         raise UsageError(f"accuracy file {path} needs a 'name' or 'digest' column")
     if not ({"top1", "accuracy"} & set(df.columns)):
@@ -226,7 +228,7 @@ class CallableOracle(AccuracyOracle):
         except LatbenchError:
             raise
         except Exception as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            msg = first_line(exc) if str(exc).strip() else ""
             raise LatbenchError(f"accuracy oracle {self.spec} failed on {arch.label()}: "
                                 f"{type(exc).__name__}{': ' + msg if msg else ''}") from exc
         if isinstance(value, complex):
@@ -273,7 +275,7 @@ class ProxyOracle(AccuracyOracle):
 
 @functools.lru_cache(maxsize=65536)
 def _params(arch: Arch) -> int:
-    from latbench.blocks import arch_params
+    from latbench.blocks.configs import arch_params
 
     return arch_params(arch)
 
@@ -309,7 +311,7 @@ def import_callable(spec: str) -> Callable[[Arch], Any]:
     except ModuleNotFoundError as exc:
         raise UsageError(f"accuracy oracle {spec}: cannot import module {module_name!r} ({exc})") from None
     except Exception as exc:  # the user's module failing at import time still reads as one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc) if str(exc).strip() else ""
         raise UsageError(f"accuracy oracle {spec}: importing {module_name!r} failed: {type(exc).__name__}"
                          f"{': ' + first if first else ''}") from None
     fn = getattr(module, attr, None)

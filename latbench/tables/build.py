@@ -14,9 +14,8 @@ stopped and a grown space costs only its new configurations.
 from __future__ import annotations
 
 import math
-import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,26 +23,26 @@ from typing import Any
 import pandas as pd
 
 import latbench
-from latbench.blocks import (
+from latbench.blocks.candidates import Candidate
+from latbench.blocks.configs import (
     AttnConfig,
+    AttnDownConfig,
     BlockConfig,
     EmptyConfig,
     FFNConfig,
     config_from_fields,
     overhead_blocks,
 )
-from latbench.candidates import Candidate
-from latbench.errors import UsageError
-from latbench.estimator import LatencyEstimator, fit_calibration
-from latbench.measurement import SamplingPolicy, merge_measurements
+from latbench.core.errors import UsageError
+from latbench.core.progress import ProgressFn, no_progress
 from latbench.measuring.consensus import ConsensusRule, Verdict
 from latbench.measuring.journal import Journal, JournalRow
+from latbench.measuring.measurement import SamplingPolicy, merge_measurements
 from latbench.measuring.session import MeasuringPlan, MeasuringSession, SessionResult, Target, round_values
 from latbench.measuring.timebase import base_levels, session_factors
-from latbench.plausibility import PlausibilityRule, check_trends, entry_of
-from latbench.tables import BLOCK_COLUMNS, MODEL_COLUMNS, OP_COLUMNS, LatencyTable, device_diff, op_rows
-
-ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
+from latbench.tables.overhead import OverheadModel, fit_scale
+from latbench.tables.plausibility import PlausibilityRule, check_trends, entry_of
+from latbench.tables.table import BLOCK_COLUMNS, MODEL_COLUMNS, OP_COLUMNS, LatencyTable, device_diff, op_rows
 
 #: Rounds an implausible entry gets beyond the consensus minimum before it is flagged.
 PLAUSIBILITY_EXTRA_ROUNDS = 2
@@ -113,46 +112,27 @@ class BuildResult:
 def table_anchors(journal: Journal, resolution: int) -> list[BlockConfig]:
     """The table's anchors: measured alongside the entries in every session (build, resume,
     check, validate) to put sessions on one time base. Fixed once per table (kept in the
-    journal). One anchor per kind the estimator leans on most: an FFN and an attention mixer."""
+    journal). One anchor for each of the kinds that carry most of a model's time (an FFN, an
+    attention mixer, an attention downsampling): the median of their session-to-session ratios is
+    robust to one anchor's own noise (README, measuring notes)."""
     saved = journal.get_meta("anchors")
     if saved:
         return [config_from_fields(f) for f in saved]
-    legacy = journal.get_meta("anchor")  # tables from before several anchors
-    anchors = ([config_from_fields(legacy["fields"])] if legacy else
-               [FFNConfig(resolution, 3, 96, 4), AttnConfig(resolution, 3, 96)])
+    anchors = [FFNConfig(resolution, 3, 96, 4), AttnConfig(resolution, 3, 96), AttnDownConfig(resolution, 96, 176)]
     journal.set_meta("anchors", [a.fields() for a in anchors])
     return anchors
-
-
-def calibration_candidates(space, resolution: int, n: int, seed: int) -> list[Candidate]:
-    """S0 plus random subnets of the space (seeds disjoint from `lut validate`'s default)."""
-    if n <= 0 or space is None:
-        return []
-    from latbench.space import Arch, named_arch
-
-    out: list[Candidate] = []
-    s0 = named_arch("efficientformerv2_s0", resolution)
-    if space.contains(s0):
-        out.append(Candidate(s0.label(), resolution, arch=s0))
-    rng = random.Random(f"calibration:{seed}")
-    while len(out) < n:
-        arch = space.sample(rng, resolution)
-        arch = Arch(arch.stages, arch.resolution, f"calib-{len(out)}")
-        out.append(Candidate(arch.name, resolution, arch=arch))
-    return out
 
 
 class TableBuilder:
     """Drives one build into `out_dir` on an open runner (or dispatcher)."""
 
     def __init__(self, runner, out_dir: str | Path, settings: BuildSettings, *, force: bool = False,
-                 progress: ProgressFn | None = None, show_export_progress: bool = True):
+                 progress: ProgressFn | None = None):
         self.runner = runner
         self.out_dir = Path(out_dir)
         self.settings = settings
         self.force = force
-        self.progress = progress or (lambda phase, done, total: None)
-        self.show_export_progress = show_export_progress
+        self.progress = progress or no_progress
         self.device = runner.describe()
 
     def _open_journal(self) -> Journal:
@@ -197,7 +177,6 @@ class TableBuilder:
             session = MeasuringSession(
                 self.runner, self.settings.plan(), journal=journal, purpose="build", progress=self.progress,
                 export_jobs=self.settings.jobs, precision=self.settings.precision,
-                show_export_progress=self.show_export_progress,
                 time_base=lambda j, s: session_factors(j, rule, current=s),
                 recheck=lambda verdicts: implausible_keys(verdicts, items, self.settings))
             result = session.run(targets, anchors)
@@ -309,9 +288,8 @@ def derive_table(journal: Journal, out_dir: Path) -> LatencyTable:
 def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, factors: dict[str, float],
                resolution: int | None) -> None:
     """Fit the overhead model's scale on the whole models measured end to end (models.csv)."""
-    table.meta["overhead"] = {"empty_models": True, "scale": 1.0, "intercept_ms": 0.0, "calibrated": False,
-                              "calibrated_on": []}
-    est = LatencyEstimator(table)
+    table.meta["overhead"] = {"empty_models": True, "scale": 1.0, "calibrated": False, "calibrated_on": []}
+    model = OverheadModel(table.latency_ms())
     model_rows, raw, measured = [], [], []
     for key, rows in sorted(journal.rows("model").items()):
         fields = rows[0].fields
@@ -323,18 +301,18 @@ def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, facto
             row["params"] = cand.params()
             row["macs"] = cand.macs()
             blocks = cand.blocks()
-            if all(k in est.ms for k in est.required_keys(blocks)) and math.isfinite(stats["latency_ms"]):
-                raw.append(est.raw(blocks)[0])
+            if model.covers(blocks) and math.isfinite(stats["latency_ms"]):
+                raw.append(model.raw(blocks)[0])
                 measured.append(stats["latency_ms"])
         row["flags"] = None if stats["consensus"] else "no-consensus"
         model_rows.append(row)
     table.models = pd.DataFrame(model_rows, columns=MODEL_COLUMNS)
     if raw:
-        scale, _ = fit_calibration(raw, measured)
+        scale = fit_scale(raw, measured)
         names = [r["name"] for r in model_rows if r.get("params") is not None]
         fitted = [scale * x for x in raw]
         table.meta["overhead"] = {
-            "empty_models": True, "scale": scale, "intercept_ms": 0.0, "calibrated": True,
+            "empty_models": True, "scale": scale, "calibrated": True,
             "method": "sum(block - empty(shape)) + empty(input), times a scale fitted by relative least squares "
                       "on whole models measured end to end",
             "calibrated_on": names,
@@ -354,7 +332,62 @@ def candidate_from_fields(fields: dict[str, Any], resolution: int) -> Candidate 
     return None
 
 
-def model_calibration_targets(candidates: Iterable[Candidate]) -> list[Candidate]:
-    """The candidates of a --model/--arch build that can calibrate the table: those that
-    decompose into blocks (measured whole, they tell how the block sum relates to the model)."""
-    return [c for c in candidates if c.arch is not None]
+@dataclass
+class TablePlan:
+    """What one table build measures: the blocks, the calibration models, where it goes."""
+
+    out: Path
+    resolution: int
+    configs: list[BlockConfig]
+    calibration: list[Candidate]
+    space: Any = None  # the SearchSpace the table is built for (None: a --model/--arch table)
+
+
+def plan_tables(*, space: Any = None, models: Sequence[str] = (), archs: Sequence[str] = (),
+                resolutions: Sequence[int] | None = None, out: str | Path | None = None, device_id: str = "cpu",
+                calibrate: int = 4, seed: int = 0, reference: bool = True) -> list[TablePlan]:
+    """The tables a build makes: one per resolution, for a search space (every block it can
+    produce, S0 plus random subnets as calibration, MobileNetV2-1.0 whole as the MES unit unless
+    `reference` is off) and/or named models and arch files (their blocks; measured whole as
+    calibration, so every table is calibrated). `space` None means no space table; then the
+    default space only names the table directory."""
+    from latbench.blocks.candidates import resolve_candidates, sample_candidates
+    from latbench.blocks.configs import space_blocks
+    from latbench.space import SearchSpace
+    from latbench.tables.table import REFERENCE_MODEL, default_table_dir
+
+    if space is None and not models and not archs:
+        raise UsageError("say what to measure: --space [FILE], --model NAME or --arch FILE")
+    if calibrate < 0:
+        raise UsageError(f"--calibrate must be >= 0, got {calibrate}")
+    naming = space or SearchSpace.default()
+    resolutions = list(resolutions or naming.resolutions)
+    if out is not None and len(resolutions) > 1:
+        raise UsageError("--out names one table; give one --resolution or drop --out")
+    models = list(models)
+    if space is not None and reference and REFERENCE_MODEL not in models:
+        models.append(REFERENCE_MODEL)  # MES's default latency unit must come from the same table
+    targets = resolve_candidates(models + list(archs)) if (models or archs) else []
+    plans = []
+    for r in resolutions:
+        if space is not None:
+            space.check_resolution(r)
+            configs = space_blocks(space, r)
+            calib = sample_candidates(space, r, calibrate, seed, purpose="calibration")
+        else:
+            configs, calib = [], []
+        at_r = []
+        for t in targets:
+            if t.resolution != r:
+                t = resolve_candidates([t.source if t.source != "registry" else t.name], r)[0]
+            if space is not None and t.arch is not None:
+                space.validate(t.arch)
+            configs += [c for c in t.blocks() if c not in configs]
+            at_r.append(t)
+        if space is None:
+            # Models that decompose into blocks, measured whole, tell how the block sum relates
+            # to the model: they calibrate a --model/--arch table.
+            calib = [t for t in at_r if t.arch is not None]
+        path = Path(out) if out is not None else default_table_dir(device_id, naming.name, r)
+        plans.append(TablePlan(path, r, configs, calib, space))
+    return plans

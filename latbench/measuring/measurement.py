@@ -306,7 +306,7 @@ class SamplingPolicy:
     check_every: int = 10
 
     def __post_init__(self) -> None:
-        from latbench.errors import UsageError
+        from latbench.core.errors import UsageError
 
         if self.runs is not None and self.runs < 1:
             raise UsageError(f"runs must be >= 1, got {self.runs}")

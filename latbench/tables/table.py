@@ -25,10 +25,12 @@ from typing import Any
 import pandas as pd
 
 import latbench
-from latbench.blocks import BlockConfig
-from latbench.errors import UsageError
-from latbench.fileio import atomic_write_json, atomic_write_text
-from latbench.measurement import Measurement
+from latbench.blocks.configs import BlockConfig
+from latbench.core.errors import UsageError
+from latbench.core.fileio import atomic_write_json, atomic_write_text
+from latbench.core.text import first_line
+from latbench.measuring.measurement import Measurement
+from latbench.space import SearchSpace
 
 SCHEMA_VERSION = 2
 #: The latency an estimate uses, and how the entry's rounds agreed on it (see measuring/consensus.py).
@@ -43,6 +45,12 @@ BLOCK_COLUMNS = (["key", "kind", *FIELD_COLUMNS, "input_shape", "params", "macs"
 OP_COLUMNS = ["block_key", "op_type", "node_name", "median_ms", "share"]
 MODEL_COLUMNS = ["name", "key", "role", "params", "macs", *CONSENSUS_COLUMNS, "flags", *STAT_COLUMNS,
                  "content_hash", "measured_at", "arch"]
+
+#: MES's default latency unit: MobileNetV2-1.0 measured whole in the same table (a space build
+#: measures it; MES reads it).
+REFERENCE_MODEL = "mobilenetv2_100"
+REFERENCE_RESOLUTION = 224
+REFERENCE_KEY = f"model-{REFERENCE_MODEL}-r{REFERENCE_RESOLUTION}"
 
 # Provenance fields that must match for a table to describe the device it is used with.
 PROVENANCE_KEYS = ["device_kind", "device_model", "soc", "os", "os_build", "runtime", "runtime_version",
@@ -99,6 +107,16 @@ class LatencyTable:
         have = set(self.blocks["key"])
         return sorted({k for k in keys if k not in have})
 
+    def space(self, fallback: bool = False) -> SearchSpace:
+        """The search space the table was built for (from meta.json). Without one: the default
+        space with `fallback`, else a one-line error saying how to build a space table."""
+        definition = (self.meta.get("space") or {}).get("definition")
+        if definition:
+            return SearchSpace.from_dict(definition, source=f"{self.label()}/meta.json")
+        if fallback:
+            return SearchSpace.default()
+        raise UsageError(f"table {self.label()} was not built for a search space; build it with --space")
+
     def label(self) -> str:
         return str(self.path) if self.path else self.meta.get("name", "<table>")
 
@@ -131,7 +149,7 @@ class LatencyTable:
             models = (pd.read_csv(path / "models.csv") if (path / "models.csv").is_file()
                       else pd.DataFrame(columns=MODEL_COLUMNS))
         except (json.JSONDecodeError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-            raise UsageError(f"latency table {path} is corrupt: {str(exc).splitlines()[0]}") from None
+            raise UsageError(f"latency table {path} is corrupt: {first_line(exc)}") from None
         if meta.get("schema_version") != SCHEMA_VERSION:
             raise UsageError(f"latency table {path} has schema {meta.get('schema_version')}, "
                              f"this latbench reads {SCHEMA_VERSION}; rebuild it with `latbench lut build --force`")
@@ -167,7 +185,7 @@ def device_diff(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
 
 def row_config(row: dict[str, Any]) -> BlockConfig:
     """Rebuild the BlockConfig of a blocks.csv row (pandas gives NaN for unused field columns)."""
-    from latbench.blocks import BLOCK_KINDS, config_from_fields
+    from latbench.blocks.configs import BLOCK_KINDS, config_from_fields
 
     cls = BLOCK_KINDS[row["kind"]]
     wanted = {f for f in cls.__dataclass_fields__}

@@ -9,19 +9,18 @@ which maps back onto the Arch's block decomposition.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latbench.blocks import arch_slots
-from latbench.candidates import Candidate, resolve_candidate
-from latbench.errors import UsageError
-from latbench.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
-from latbench.measurement import Measurement, merge_measurements
+from latbench.blocks.candidates import Candidate, resolve_candidate
+from latbench.blocks.configs import arch_slots
+from latbench.core.errors import UsageError
+from latbench.core.formats import format_of
+from latbench.core.progress import ProgressFn
+from latbench.measuring.measurement import Measurement, merge_measurements
 from latbench.measuring.session import ArtifactItem, MeasuringSession, Target
 
-ARTIFACT_SUFFIXES = {".onnx": "onnx", ".mlpackage": "coreml"}
 # Exporters spell the module path of a node in several ways: "/network.4/network.4.5/...",
 # "/network.4/5/..." or "/4/5/..." (the ModuleList's own name dropped).
 _NET = re.compile(r"^(?:network\.)?(\d+)$")
@@ -56,7 +55,7 @@ def resolve_target(spec: str, resolution: int | None) -> tuple[Candidate | None,
     """A model name / arch file (exported on demand) or an existing .onnx / .mlpackage artifact."""
     path = Path(spec)
     suffix = path.suffix.lower()
-    if suffix in ARTIFACT_SUFFIXES:
+    if format_of(path) is not None:
         if not path.exists():
             raise UsageError(f"artifact {spec} does not exist")
         if suffix == ".onnx" and not path.is_file():
@@ -124,15 +123,15 @@ def breakdowns(m: Measurement, candidate: Candidate | None) -> tuple[list[dict],
 
 
 def profile(spec: str, runner, *, runs: int | None = None, warmup: int = 10, resolution: int | None = None,
-            rounds: int = 3, jobs: int = 1, show_export_progress: bool = True,
-            progress: Callable[[str, int, int], None] | None = None) -> ProfileResult:
+            rounds: int = 3, jobs: int = 1,
+            progress: ProgressFn | None = None) -> ProfileResult:
     """Measure one model (or artifact) on an open runner: a measuring session of `rounds`
     rounds (more until they agree), per-op times from the first round's profiling run."""
-    from latbench.validate import model_plan
+    from latbench.measuring.models import model_plan
 
     candidate, artifact = resolve_target(spec, resolution)
     if artifact is not None:
-        fmt = ARTIFACT_SUFFIXES[artifact.suffix.lower()]
+        fmt = format_of(artifact)
         if fmt != runner.artifact_format:
             raise UsageError(f"device {runner.device_id} runs {runner.artifact_format} artifacts, "
                              f"{artifact.name} is {fmt}")
@@ -141,8 +140,7 @@ def profile(spec: str, runner, *, runs: int | None = None, warmup: int = 10, res
     else:
         target = Target(candidate.key, candidate, "model")
     plan = model_plan(rounds, runs, warmup, time_cap_s=4.0, seed=0, profile=True)
-    session = MeasuringSession(runner, plan, purpose="profile", export_jobs=jobs, progress=progress,
-                               show_export_progress=show_export_progress)
+    session = MeasuringSession(runner, plan, purpose="profile", export_jobs=jobs, progress=progress)
     res = session.run([target])
     ms = res.measurements(target.key)
     m = merge_measurements(ms, label=candidate.name if candidate else artifact.name)
@@ -152,42 +150,3 @@ def profile(spec: str, runner, *, runs: int | None = None, warmup: int = 10, res
     path = artifact if artifact is not None else session.artifacts[target.key].path
     return ProfileResult(candidate.name if candidate else artifact.name, runner.device_id, str(path), m,
                          by_type, per_block, verdict.to_dict())
-
-
-def write_outputs(result: ProfileResult, out_dir: str | Path) -> list[Path]:
-    """profile.json, per_op_type.csv, per_block.csv (when known), samples.csv and a bar chart PNG."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / "profile.json", out / "per_op_type.csv", out / "samples.csv"]
-    atomic_write_json(written[0], result.to_dict())
-    atomic_write_text(written[1], pd.DataFrame(result.per_op_type, columns=["op_type", "ms", "share"]).to_csv(index=False))
-    atomic_write_text(written[2], pd.DataFrame({"sample_ms": result.measurement.samples_ms}).to_csv(index=False))
-    if result.per_block:
-        written.append(out / "per_block.csv")
-        atomic_write_text(written[-1], pd.DataFrame(result.per_block).to_csv(index=False))
-    panels = [("per op type", result.per_op_type, "op_type")]
-    if result.per_block:
-        panels.append(("per block", result.per_block, "block"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 0.3 * max(len(p[1]) for p in panels) + 2))
-    axes = [axes] if len(panels) == 1 else list(axes)
-    for ax, (title, rows, label) in zip(axes, panels):
-        rows = sorted(rows, key=lambda r: r["ms"])
-        ax.barh([str(r[label]) for r in rows], [r["ms"] for r in rows], color="#4477aa")
-        ax.set_xlabel("ms (profiled)")
-        ax.set_title(f"{result.target} on {result.device_id}: {title}")
-        ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    written.append(out / "breakdown.png")
-    atomic_write_bytes(written[-1], buf.getvalue())
-    return written

@@ -12,7 +12,7 @@ so here a subnet is a row of small integer arrays (`EncodedArchs`):
 and the table is turned once into per-stage/width/expansion arrays of net block latency
 (t - empty(shape), the estimator's overhead model), plain latency and parameters. A batch estimate
 is then a handful of numpy gathers and sums. The result is the same formula as LatencyEstimator
-(`raw = sum count * (t - e) + e(input)`, `est = scale * raw + intercept`, plain sum when that is not
+(`raw = sum count * (t - e) + e(input)`, `est = scale * raw`, plain sum when that is not
 positive), equal to it up to float summation order (tested to 1e-9 relative).
 """
 
@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from latbench.blocks import (
+from latbench.blocks.configs import (
     AttnConfig,
     AttnDownConfig,
     BlockConfig,
@@ -34,21 +33,11 @@ from latbench.blocks import (
     FFNConfig,
     HeadConfig,
     StemConfig,
-    space_blocks,
 )
-from latbench.errors import UsageError
+from latbench.core.errors import UsageError
+from latbench.core.text import weights_mb
 from latbench.space import N_STAGES, Arch, SearchSpace, StageArch
-from latbench.tables import BLOCK_COLUMNS, LatencyTable
-
-
-def space_for_table(table: LatencyTable, space_path: str | None = None) -> SearchSpace:
-    """The space to search/encode: --space FILE, else the one the table was built for, else the default."""
-    if space_path is not None:
-        return SearchSpace.load(space_path)
-    definition = (table.meta.get("space") or {}).get("definition")
-    if definition:
-        return SearchSpace.from_dict(definition, source=f"{table.label()}/meta.json")
-    return SearchSpace.default()
+from latbench.tables.table import LatencyTable
 
 
 @dataclass
@@ -116,14 +105,14 @@ class FastEstimator:
     """Batch estimates over one space and resolution from a LatencyTable (construct once)."""
 
     def __init__(self, table: LatencyTable, space: SearchSpace | None = None, resolution: int | None = None):
-        from latbench.estimator import LatencyEstimator
+        from latbench.estimate.estimator import LatencyEstimator
 
         self.table = table
-        self.space = space or space_for_table(table)
+        self.space = space or table.space(fallback=True)
         self.resolution = int(resolution or table.meta.get("resolution") or self.space.resolutions[0])
         self.space.check_resolution(self.resolution)
         self.estimator = LatencyEstimator(table)  # reused for its overhead rules and its error messages
-        self.scale, self.intercept = self.estimator.scale, self.estimator.intercept
+        self.scale = self.estimator.scale
         self.use_overhead = self.estimator.use_overhead
         sp = self.space.stages
         self.n_widths = [len(s.widths) for s in sp]
@@ -209,7 +198,7 @@ class FastEstimator:
     def latency(self, enc: EncodedArchs, check: bool = True, _idx: np.ndarray | None = None) -> np.ndarray:
         idx = self._ffn_index(enc) if _idx is None else _idx
         raw = self._net.total(enc, idx) + self.input_overhead
-        out = self.scale * raw + self.intercept
+        out = self.scale * raw
         with np.errstate(invalid="ignore"):
             bad = ~(np.isfinite(out) & (out > 0))
         if bad.any():  # like LatencyEstimator: fall back to the plain sum (rare, so computed only here)
@@ -218,7 +207,7 @@ class FastEstimator:
             bad = np.flatnonzero(~np.isfinite(out))
             if bad.size:
                 arch = self.decode(enc, int(bad[0]))
-                from latbench.blocks import decompose
+                from latbench.blocks.configs import decompose
 
                 self.estimator.check_covered(arch.label(), decompose(arch))  # raises, naming the missing keys
                 raise UsageError(f"table {self.table.label()} gives no finite latency for {arch.label()}")
@@ -243,7 +232,7 @@ class FastEstimator:
             values: dict[str, np.ndarray] = {"latency": lat, "params": par}
             getters = {m.getter for m in mes.metrics}
             if "weights_mb" in getters:
-                values["weights_mb"] = par * 4 / 1e6
+                values["weights_mb"] = weights_mb(par)
             if "macs" in getters:
                 values["macs"] = self.macs(enc, _idx=idx)
             scores = mes.arrays(values)
@@ -251,50 +240,3 @@ class FastEstimator:
 
     def score_archs(self, archs: Sequence[Arch], mes=None) -> FastScores:
         return self.score(self.encode(archs), mes)
-
-
-def _synthetic_ms(config: BlockConfig) -> float:
-    """A deterministic made-up cost: a fixed 5 us plus ~MACs at 0.01 ns per MAC (params x output pixels,
-    plus attention matmuls), so bigger blocks cost more, roughly like a real device."""
-    from latbench.models import efficientformerv2 as ef
-
-    if isinstance(config, EmptyConfig):
-        return 0.004 + 1e-8 * config.channels * config.height * config.width
-    _, _, h, w = config.input_shape
-    pixels = h * w
-    if config.kind in ("stem", "embed", "attndown"):
-        pixels //= 4  # stride 2
-    if config.kind == "head":
-        pixels = 1
-    macs = config.params() * pixels
-    if isinstance(config, AttnConfig):
-        n = pixels // 4 if config.strided else pixels
-        macs += n * n * ef.ATTN_HEADS * ef.ATTN_KEY_DIM * (1 + ef.ATTN_RATIO)
-    return 0.005 + 1e-8 * macs
-
-
-def synthetic_table(space: SearchSpace | None = None, resolution: int = 224, *,
-                    reference_ms: float | None = 3.0, scale: float = 1.0, intercept_ms: float = 0.0,
-                    cost: Callable[[BlockConfig], float] = _synthetic_ms) -> LatencyTable:
-    """A complete, deterministic, *synthetic* table for tests and demos (never a measurement): every
-    block of `space`, the empty models, and (unless reference_ms is None) MobileNetV2's whole-model row."""
-    from latbench.blocks import ModelConfig, overhead_blocks
-    from latbench.mes import REFERENCE_MODEL, REFERENCE_RESOLUTION
-
-    space = space or SearchSpace.default()
-    configs = space_blocks(space, resolution)
-    r = resolution
-    rows: list[dict[str, Any]] = []
-    for c in configs + overhead_blocks(configs) + [EmptyConfig(r, 3, r, r)]:
-        rows.append({"key": c.key, "kind": c.kind, **{k: v for k, v in c.fields().items() if k != "kind"},
-                     "params": c.params(), "latency_ms": cost(c), "consensus": True})
-    if reference_ms is not None:
-        ref = ModelConfig(REFERENCE_RESOLUTION, REFERENCE_MODEL)
-        rows.append({"key": ref.key, "kind": "model", "name": REFERENCE_MODEL, "resolution": REFERENCE_RESOLUTION,
-                     "latency_ms": reference_ms, "consensus": True})
-    rows = list({row["key"]: row for row in rows}.values())
-    meta = {"name": "synthetic", "device_id": "synthetic", "synthetic": True, "resolution": r,
-            "space": {"name": space.name, "digest": space.digest(), "definition": space.to_dict()},
-            "overhead": {"empty_models": True, "scale": scale, "intercept_ms": intercept_ms, "calibrated": True,
-                         "calibrated_on": ["synthetic"]}}
-    return LatencyTable(pd.DataFrame(rows, columns=BLOCK_COLUMNS), meta=meta)

@@ -39,12 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from latbench.errors import UsageError
-from latbench.space import check_keys
+from latbench.core.errors import UsageError
+from latbench.core.text import first_line
+from latbench.core.userfiles import check_keys
+from latbench.tables.table import REFERENCE_KEY, REFERENCE_MODEL, REFERENCE_RESOLUTION
 
-REFERENCE_MODEL = "mobilenetv2_100"
-REFERENCE_RESOLUTION = 224
-REFERENCE_KEY = f"model-{REFERENCE_MODEL}-r{REFERENCE_RESOLUTION}"
 REFERENCE = "reference"  # the latency unit spelled in configs/CLI
 BUILTIN_GETTERS = {"params": "parameters", "macs": "MACs", "latency": "ms", "weights_mb": "MB"}
 COLUMN_PREFIX = "column:"
@@ -151,7 +150,7 @@ class MESConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> MESConfig:
-        from latbench.space import read_yaml_or_json
+        from latbench.core.userfiles import read_yaml_or_json
 
         return cls.from_dict(read_yaml_or_json(path, "MES config"), source=str(path))
 
@@ -279,8 +278,8 @@ def reference_missing_message(table_label: str, device: str | None) -> str:
 def reference_latency_ms(table) -> float:
     """MobileNetV2-1.0's latency as the table's estimator reports it (the same path every candidate
     takes, so MobileNetV2 scored against this table has a latency term of exactly 1)."""
-    from latbench.blocks import ModelConfig
-    from latbench.estimator import LatencyEstimator
+    from latbench.blocks.configs import ModelConfig
+    from latbench.estimate.estimator import LatencyEstimator
 
     if not table.has(REFERENCE_KEY):
         raise UsageError(reference_missing_message(table.label(), table.meta.get("device_id")))
@@ -330,7 +329,7 @@ def read_metrics_csv(path: str | Path, columns: list[str]) -> dict[str, dict[str
     try:
         df = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise UsageError(f"metrics file {path} is not a valid CSV: {str(exc).splitlines()[0]}") from None
+        raise UsageError(f"metrics file {path} is not a valid CSV: {first_line(exc)}") from None
     if "name" not in df.columns:
         raise UsageError(f"metrics file {path} needs a 'name' column (the candidate names)")
     missing = [c for c in columns if c not in df.columns]

@@ -13,15 +13,11 @@ attention blocks and keeps the number of configurations to measure small.
 from __future__ import annotations
 
 import functools
-from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
-import torch
-import torch.nn as nn
-
-from latbench.models import efficientformerv2 as ef
 from latbench.space import Arch, SearchSpace
+from latbench.space import arch as ef  # architecture constants (paper, Sec. 3)
 
 
 def conv_params(c_in: int, c_out: int, k: int = 1, groups: int = 1) -> int:
@@ -30,18 +26,6 @@ def conv_params(c_in: int, c_out: int, k: int = 1, groups: int = 1) -> int:
 
 def bn_params(c: int) -> int:
     return 2 * c  # weight and bias; running statistics are buffers
-
-
-class AttnMixer(nn.Module):
-    """First half of an attention block: x + layer_scale_1 * token_mixer(x)."""
-
-    def __init__(self, dim: int, resolution: int, strided: bool):
-        super().__init__()
-        self.token_mixer = ef.Attention4D(dim, resolution, strided)
-        self.layer_scale_1 = nn.Parameter(ef.LAYER_SCALE_INIT * torch.ones(dim, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.layer_scale_1 * self.token_mixer(x)
 
 
 @dataclass(frozen=True, order=True)
@@ -59,7 +43,7 @@ class BlockConfig:
     def input_shape(self) -> tuple[int, ...]:
         raise NotImplementedError
 
-    def build(self) -> nn.Module:
+    def build(self) -> Any:
         raise NotImplementedError
 
     def params(self) -> int:
@@ -94,8 +78,10 @@ class StemConfig(BlockConfig):
     def input_shape(self) -> tuple[int, ...]:
         return (1, 3, self.resolution, self.resolution)
 
-    def build(self) -> nn.Module:
-        return ef.Stem(self.width)
+    def build(self) -> Any:
+        from latbench.models import efficientformerv2 as m
+
+        return m.Stem(self.width)
 
     def _macs(self) -> int:
         h, r = self.width // 2, self.resolution
@@ -122,8 +108,10 @@ class FFNConfig(BlockConfig):
         r = ef.stage_resolution(self.resolution, self.stage)
         return (1, self.width, r, r)
 
-    def build(self) -> nn.Module:
-        return ef.FFN(self.width, self.expansion)
+    def build(self) -> Any:
+        from latbench.models import efficientformerv2 as m
+
+        return m.FFN(self.width, self.expansion)
 
     def _macs(self) -> int:
         c, h = self.width, int(self.width * self.expansion)
@@ -158,8 +146,10 @@ class AttnConfig(BlockConfig):
         r = ef.stage_resolution(self.resolution, self.stage)
         return (1, self.width, r, r)
 
-    def build(self) -> nn.Module:
-        return AttnMixer(self.width, ef.stage_resolution(self.resolution, self.stage), self.strided)
+    def build(self) -> Any:
+        from latbench.models import efficientformerv2 as m
+
+        return m.AttnMixer(self.width, ef.stage_resolution(self.resolution, self.stage), self.strided)
 
     def _macs(self) -> int:
         c, heads, kd = self.width, ef.ATTN_HEADS, ef.ATTN_KEY_DIM
@@ -208,8 +198,10 @@ class EmbedConfig(BlockConfig):
         r = ef.stage_resolution(self.resolution, self.stage)
         return (1, self.width_in, r, r)
 
-    def build(self) -> nn.Module:
-        return ef.ConvEmbedding(self.width_in, self.width_out)
+    def build(self) -> Any:
+        from latbench.models import efficientformerv2 as m
+
+        return m.ConvEmbedding(self.width_in, self.width_out)
 
     def _macs(self) -> int:
         r2 = -(-self.input_shape[-1] // 2)
@@ -236,8 +228,10 @@ class AttnDownConfig(BlockConfig):
         r = ef.stage_resolution(self.resolution, 3)
         return (1, self.width_in, r, r)
 
-    def build(self) -> nn.Module:
-        return ef.AttnEmbedding(self.width_in, self.width_out, ef.stage_resolution(self.resolution, 3))
+    def build(self) -> Any:
+        from latbench.models import efficientformerv2 as m
+
+        return m.AttnEmbedding(self.width_in, self.width_out, ef.stage_resolution(self.resolution, 3))
 
     def _macs(self) -> int:
         ci, co, heads, kd = self.width_in, self.width_out, ef.DOWN_HEADS, ef.DOWN_KEY_DIM
@@ -277,8 +271,10 @@ class HeadConfig(BlockConfig):
         r = ef.stage_resolution(self.resolution, 4)
         return (1, self.width, r, r)
 
-    def build(self) -> nn.Module:
-        return ef.ClassifierHead(self.width, self.num_classes)
+    def build(self) -> Any:
+        from latbench.models import efficientformerv2 as m
+
+        return m.ClassifierHead(self.width, self.num_classes)
 
     def _macs(self) -> int:
         return 2 * self.width * self.num_classes
@@ -302,20 +298,13 @@ class ModelConfig(BlockConfig):
     def input_shape(self) -> tuple[int, ...]:
         return (1, 3, self.resolution, self.resolution)
 
-    def build(self) -> nn.Module:
+    def build(self) -> Any:
         from latbench.models import create_model
 
         return create_model(self.name, resolution=self.resolution)
 
     def params(self) -> int:
         return sum(p.numel() for p in self.build().parameters())
-
-
-class Passthrough(nn.Module):
-    """x * 1: one trivial op. Identity would be folded away by exporters/runtimes."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * 1.0
 
 
 @dataclass(frozen=True, order=True)
@@ -336,7 +325,9 @@ class EmptyConfig(BlockConfig):
     def input_shape(self) -> tuple[int, ...]:
         return (1, self.channels, self.height, self.width)
 
-    def build(self) -> nn.Module:
+    def build(self) -> Any:
+        from latbench.models.efficientformerv2 import Passthrough
+
         return Passthrough()
 
     def _macs(self) -> int:
@@ -372,6 +363,7 @@ def config_from_fields(fields: dict) -> BlockConfig:
 @functools.lru_cache(maxsize=4096)
 def block_macs(config: BlockConfig) -> int:
     """Multiply-accumulates of conv, linear and matmul ops at batch 1 (FLOP counter / 2)."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     module = config.build().eval()
@@ -412,11 +404,6 @@ def decompose(arch: Arch) -> list[BlockConfig]:
     return [s.config for s in arch_slots(arch)]
 
 
-def key_counts(arch: Arch) -> Counter[str]:
-    """Block keys with multiplicity: a per-key table dotted with this is a model estimate."""
-    return Counter(c.key for c in decompose(arch))
-
-
 def arch_params(arch: Arch) -> int:
     """Analytic parameter count, without building the model."""
     return sum(c.params() for c in decompose(arch))
@@ -447,10 +434,3 @@ def space_blocks(space: SearchSpace, resolution: int | None = None) -> list[Bloc
             out.add(HeadConfig(r, w))
     order = list(BLOCK_KINDS)
     return sorted(out, key=lambda c: (c.resolution, order.index(c.kind), c.key))
-
-
-def standalone_with_weights(slot: BlockSlot, model_state: dict[str, torch.Tensor]) -> nn.Module:
-    """Build the slot's standalone module and copy the full model's weights into it."""
-    module = slot.config.build()
-    module.load_state_dict({k: model_state[slot.prefix + k] for k in module.state_dict()}, strict=True)
-    return module

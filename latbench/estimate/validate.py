@@ -12,50 +12,18 @@ estimation error within it cannot be told from measurement noise.
 from __future__ import annotations
 
 import math
-import random
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from latbench.candidates import Candidate
-from latbench.errors import UsageError
-from latbench.estimator import LatencyEstimator
-from latbench.measurement import SamplingPolicy
-from latbench.measuring.consensus import ConsensusRule
-from latbench.measuring.session import (
-    DEFAULT_POLICIES,
-    LocalDispatcher,
-    MeasuringPlan,
-    MeasuringSession,
-    Target,
-)
-from latbench.measuring.timebase import anchor_levels, session_factor
-from latbench.space import NAMED_ARCHS, Arch, SearchSpace, named_arch
-from latbench.tables import LatencyTable
-
-
-def table_space(table: LatencyTable) -> SearchSpace:
-    space = (table.meta.get("space") or {}).get("definition")
-    if not space:
-        raise UsageError(f"table {table.label()} was not built for a search space; build it with --space")
-    return SearchSpace.from_dict(space, source=f"{table.label()}/meta.json")
-
-
-def validation_candidates(space: SearchSpace, resolution: int, n: int, seed: int,
-                          named: bool = True) -> list[Candidate]:
-    out = []
-    if named:
-        for name in NAMED_ARCHS:
-            arch = named_arch(name, resolution)
-            if space.contains(arch):
-                out.append(Candidate(name, resolution, arch=arch))
-    rng = random.Random(f"validate:{seed}")
-    for i in range(n):
-        a = space.sample(rng, resolution)
-        out.append(Candidate(f"subnet-{seed}-{i}", resolution, arch=Arch(a.stages, resolution, f"subnet-{seed}-{i}")))
-    return out
+from latbench.blocks.candidates import Candidate
+from latbench.core.errors import UsageError
+from latbench.core.progress import ProgressFn
+from latbench.estimate.estimator import LatencyEstimator
+from latbench.measuring.models import measure_models
+from latbench.tables.table import LatencyTable
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
@@ -106,7 +74,7 @@ def macs_rate(table: LatencyTable) -> float:
     models = table.models.dropna(subset=["macs", "latency_ms"]) if len(table.models) else table.models
     if len(models):
         return float(models["latency_ms"].sum() / models["macs"].sum())
-    from latbench.tables import row_config
+    from latbench.tables.table import row_config
 
     total_ms = total_macs = 0.0
     for row in table.blocks.to_dict("records"):
@@ -119,100 +87,15 @@ def macs_rate(table: LatencyTable) -> float:
 
 def table_anchors_and_levels(table: LatencyTable) -> tuple[list[Any], dict[str, float]]:
     """The table's anchor blocks and their levels on its time base (empty when it has none)."""
-    from latbench.blocks import config_from_fields
+    from latbench.blocks.configs import config_from_fields
 
     info = table.meta.get("anchors") or {}
     return [config_from_fields(f) for f in info.get("fields") or []], dict(info.get("levels_ms") or {})
 
 
-@dataclass
-class ModelTimings:
-    """End-to-end latency per candidate key from one or more passes, each a measuring session."""
-
-    passes: list[dict[str, float]]  # per pass: key -> consensus latency on the time base
-    device: dict[str, Any]
-    drift: float | None
-    factors: list[float | None]  # per pass: the time-base factor applied (None: none)
-    no_consensus: list[str] = field(default_factory=list)
-    sessions: list[Any] = field(default_factory=list)
-
-    def mean(self, key: str) -> float:
-        return statistics.fmean(p[key] for p in self.passes)
-
-    def noise(self, key: str) -> float | None:
-        """Pass-to-pass spread of one model: (max - min) / mean over passes (None with one pass)."""
-        values = [p[key] for p in self.passes]
-        return (max(values) - min(values)) / statistics.fmean(values) if len(values) > 1 else None
-
-
-def model_plan(rounds: int, runs: int | None, warmup: int, time_cap_s: float, seed: int,
-               profile: bool = False) -> MeasuringPlan:
-    """How whole models are sampled end to end (validation, reports, profiles)."""
-    policy = (SamplingPolicy.fixed(runs, warmup) if runs is not None else
-              SamplingPolicy(warmup_runs=warmup, warmup_time_s=0.1, time_cap_s=time_cap_s,
-                             min_time_s=min(0.3, time_cap_s)))
-    anchor = DEFAULT_POLICIES["anchor"] if runs is None else SamplingPolicy.fixed(runs, warmup)
-    return MeasuringPlan(rounds=rounds, consensus=ConsensusRule.for_rounds(rounds),
-                         policies={"model": policy, "block": policy, "anchor": anchor},
-                         anchor_every=4, seed=seed, profile=profile)
-
-
-def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, passes: int = 1, warmup: int = 10,
-                   runs: int | None = None, seed: int = 0, jobs: int = 1, precision: str | None = None,
-                   time_cap_s: float = 4.0, progress: Callable[[str, int, int], None] | None = None,
-                   show_export_progress: bool = False, anchors: Sequence[Any] = (),
-                   anchor_levels_ms: dict[str, float] | None = None) -> ModelTimings:
-    """Measure whole models end to end: `passes` measuring sessions one after the other, each
-    interleaved rounds until every model's rounds agree.
-
-    With `anchors` (BlockConfigs, e.g. a table's anchor blocks) and their `anchor_levels_ms` on a
-    table's time base, every pass also measures the anchors and its results are put on that
-    time base; without, results are taken as measured.
-    """
-    if rounds < 1 or passes < 1:
-        raise UsageError(f"measurement rounds and passes must be >= 1, got {rounds} and {passes}")
-    progress = progress or (lambda phase, done, total: None)
-    plan = model_plan(rounds, runs, warmup, time_cap_s, seed)
-    targets = [Target(c.key, c, "model") for c in candidates]
-    anchor_targets = [Target(a.key, a, "anchor") for a in anchors] if anchor_levels_ms else []
-    out: list[dict[str, float]] = []
-    factors: list[float | None] = []
-    drifts: list[float] = []
-    no_consensus: list[str] = []
-    sessions = []
-    dispatcher = runner if hasattr(runner, "execute") else LocalDispatcher(runner)
-    for p in range(passes):
-        applied: list[float | None] = [None]
-
-        def time_base(journal, session, applied=applied):
-            if not anchor_levels_ms or not session:
-                return {}
-            f = session_factor(anchor_levels(journal.anchors(session), plan.consensus), anchor_levels_ms)
-            applied[0] = f
-            return {session: f} if f else {}
-
-        def prog(phase, done, total, p=p):
-            progress(f"{phase} (pass {p + 1}/{passes})" if passes > 1 else phase, done, total)
-
-        plan.seed = seed * 1000 + p
-        session = MeasuringSession(dispatcher, plan, purpose=f"models-pass{p}", progress=prog, export_jobs=jobs,
-                                   precision=precision, show_export_progress=show_export_progress and p == 0,
-                                   time_base=time_base)
-        res = session.run(targets, anchor_targets)
-        sessions.append(res)
-        out.append({k: v.value for k, v in res.verdicts.items()})
-        factors.append(applied[0])
-        no_consensus += [k for k in res.report.get("no_consensus", []) if k not in no_consensus]
-        if res.report.get("max_drift") is not None:
-            drifts.append(res.report["max_drift"])
-    return ModelTimings(out, dispatcher.describe(), max(drifts, key=abs) if drifts else None, factors,
-                        no_consensus, sessions)
-
-
 def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate], *, rounds: int = 3,
                    passes: int = 2, jobs: int = 2, warmup: int = 10, seed: int = 0,
-                   progress: Callable[[str, int, int], None] | None = None,
-                   show_export_progress: bool = True, time_cap_s: float = 4.0) -> ValidationResult:
+                   progress: ProgressFn | None = None, time_cap_s: float = 4.0) -> ValidationResult:
     """Measure `candidates` end to end in `passes` separated passes and compare with the table's
     estimates (and the plain sum and a MACs-proportional estimate) against the pass mean."""
     if passes < 2:
@@ -227,7 +110,7 @@ def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate],
         warnings.append("the table records no anchor levels: measurements are not put on its time base")
     timings = measure_models(candidates, runner, rounds=rounds, passes=passes, warmup=warmup, seed=seed, jobs=jobs,
                              precision=(table.meta.get("settings") or {}).get("precision"), time_cap_s=time_cap_s,
-                             progress=progress, show_export_progress=show_export_progress, anchors=anchors,
+                             progress=progress, anchors=anchors,
                              anchor_levels_ms=levels)
     rate = macs_rate(table)
     rows = []

@@ -1,0 +1,7 @@
+"""`python -m latbench ...` runs the latbench command."""
+
+import sys
+
+from latbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,112 @@
+"""Latency estimates of whole models from a per-block LatencyTable.
+
+The estimate is the table's overhead model (latbench.tables.overhead): the sum of isolated block
+latencies minus the per-inference overhead each paid, plus the overhead the model pays once,
+times the scale fitted on whole models measured end to end. The method and the constants are
+in the table's meta.json and reported with every estimate, with warnings when the table is
+uncalibrated or an entry the estimate uses is flagged as doubtful.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from latbench.blocks.configs import BlockConfig
+from latbench.core.errors import UsageError
+from latbench.tables.overhead import BlockEstimate, OverheadModel
+from latbench.tables.table import LatencyTable
+
+
+@dataclass
+class Estimate:
+    name: str
+    latency_ms: float
+    plain_sum_ms: float
+    blocks: list[BlockEstimate] = field(default_factory=list)
+    input_overhead_ms: float = 0.0
+    scale: float = 1.0
+    method: str = ""
+    calibrated: bool = False
+    #: Why the estimate may be off: an uncalibrated table, table entries flagged as doubtful.
+    warnings: list[str] = field(default_factory=list)
+
+    def per_group(self) -> dict[str, float]:
+        """Estimated ms per stem/stage/head, scaled so the groups add up to latency_ms
+        (the once-per-inference overhead is spread in proportion)."""
+        raw = sum(b.total_ms for b in self.blocks)
+        out: dict[str, float] = {}
+        for b in self.blocks:
+            out[b.group] = out.get(b.group, 0.0) + b.total_ms
+        if raw > 0:
+            out = {k: v / raw * self.latency_ms for k, v in out.items()}
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["per_group_ms"] = self.per_group()
+        return d
+
+
+class LatencyEstimator:
+    """Estimate model latency from a table. Construct once, call `estimate` per candidate."""
+
+    def __init__(self, table: LatencyTable):
+        self.table = table
+        ov = table.overhead
+        self.model = OverheadModel(table.latency_ms(), bool(ov.get("empty_models", True)))
+        self.ms = self.model.ms
+        self.use_overhead = self.model.use_overhead
+        self.flagged = table.flagged()
+        self.scale = float(ov.get("scale", 1.0))
+        self.calibrated = bool(ov.get("calibrated", bool(ov.get("calibrated_on"))))
+
+    def required_keys(self, blocks: list[BlockConfig]) -> list[str]:
+        return self.model.required_keys(blocks)
+
+    def check_covered(self, name: str, blocks: list[BlockConfig]) -> None:
+        missing = [k for k in self.required_keys(blocks) if k not in self.ms]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" ... ({len(missing)} in all)" if len(missing) > 5 else "")
+            raise UsageError(
+                f"table {self.table.label()} lacks {len(missing)} block(s) needed by {name}: {shown}; "
+                f"fill them with `latbench lut build --device {self.table.meta.get('device_id', 'ID')} "
+                f"--model/--arch {name} --out {self.table.label()}`"
+            )
+
+    def estimate_blocks(self, name: str, blocks: list[BlockConfig]) -> Estimate:
+        if not blocks:
+            raise UsageError(f"{name}: nothing to estimate (no blocks)")
+        self.check_covered(name, blocks)
+        raw, plain, rows, e_in = self.model.raw(blocks)
+        warnings = self.doubtful(self.required_keys(blocks))
+        if all(b.kind == "model" for b in blocks):
+            # Measured whole: nothing was summed, so neither overhead nor calibration applies.
+            return Estimate(name, plain, plain, rows, 0.0, 1.0, "whole model measured end to end", True, warnings)
+        est = self.scale * raw
+        method = "sum(block - empty) + empty(input)" if self.use_overhead else "plain sum"
+        if self.calibrated:
+            method += f", calibrated x{self.scale:.4f}"
+        else:
+            method += ", UNCALIBRATED"
+            warnings.insert(0, f"table {self.table.label()} is uncalibrated: no whole model was measured end to end "
+                               "with it, so what isolated blocks miss (fusion, cache effects; typically -15..+15 %) "
+                               "is not corrected; rebuild it with --calibrate N (space builds) or --model/--arch")
+        if not math.isfinite(est) or est <= 0:
+            est = plain
+        return Estimate(name, est, plain, rows, e_in, self.scale, method, self.calibrated, warnings)
+
+    def doubtful(self, keys: list[str]) -> list[str]:
+        """A warning naming the table entries in `keys` whose latency is flagged as doubtful."""
+        bad = [f"{k} ({self.flagged[k]})" for k in keys if k in self.flagged]
+        if not bad:
+            return []
+        shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+        return [f"{len(bad)} table entr{'y' if len(bad) == 1 else 'ies'} used here "
+                f"{'is' if len(bad) == 1 else 'are'} doubtful: {shown}; re-measure with "
+                f"`latbench lut check {self.table.label()} --device {self.table.meta.get('device_id') or 'ID'} --fix`"]
+
+    def estimate(self, candidate) -> Estimate:
+        """Estimate a `latbench.candidates.Candidate`."""
+        return self.estimate_blocks(candidate.name, candidate.blocks())

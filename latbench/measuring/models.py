@@ -1,0 +1,121 @@
+"""Whole models measured end to end: validation, reports and profiles share this sampling.
+
+`measure_models` runs one measuring session per pass over the candidates (interleaved rounds
+until every model's rounds agree); with anchors and their levels on a table's time base, each
+pass measures the anchors too and its results are put on that time base.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from latbench.blocks.candidates import Candidate
+from latbench.core.errors import UsageError
+from latbench.core.progress import ProgressFn, no_progress
+from latbench.measuring.consensus import ConsensusRule
+from latbench.measuring.measurement import SamplingPolicy
+from latbench.measuring.session import (
+    DEFAULT_POLICIES,
+    LocalDispatcher,
+    MeasuringPlan,
+    MeasuringSession,
+    Target,
+)
+from latbench.measuring.timebase import anchor_levels, session_factor
+
+
+@dataclass
+class ModelTimings:
+    """End-to-end latency per candidate key from one or more passes, each a measuring session."""
+
+    passes: list[dict[str, float]]  # per pass: key -> consensus latency on the time base
+    device: dict[str, Any]
+    drift: float | None
+    factors: list[float | None]  # per pass: the time-base factor applied (None: none)
+    no_consensus: list[str] = field(default_factory=list)
+    sessions: list[Any] = field(default_factory=list)
+
+    def mean(self, key: str) -> float:
+        return statistics.fmean(p[key] for p in self.passes)
+
+    def noise(self, key: str) -> float | None:
+        """Pass-to-pass spread of one model: (max - min) / mean over passes (None with one pass)."""
+        values = [p[key] for p in self.passes]
+        return (max(values) - min(values)) / statistics.fmean(values) if len(values) > 1 else None
+
+
+def model_plan(rounds: int, runs: int | None, warmup: int, time_cap_s: float, seed: int,
+               profile: bool = False) -> MeasuringPlan:
+    """How whole models are sampled end to end (validation, reports, profiles)."""
+    policy = (SamplingPolicy.fixed(runs, warmup) if runs is not None else
+              SamplingPolicy(warmup_runs=warmup, warmup_time_s=0.1, time_cap_s=time_cap_s,
+                             min_time_s=min(0.3, time_cap_s)))
+    anchor = DEFAULT_POLICIES["anchor"] if runs is None else SamplingPolicy.fixed(runs, warmup)
+    return MeasuringPlan(rounds=rounds, consensus=ConsensusRule.for_rounds(rounds),
+                         policies={"model": policy, "block": policy, "anchor": anchor},
+                         anchor_every=4, seed=seed, profile=profile)
+
+
+def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, passes: int = 1, warmup: int = 10,
+                   runs: int | None = None, seed: int = 0, jobs: int = 1, precision: str | None = None,
+                   time_cap_s: float = 4.0, progress: ProgressFn | None = None, anchors: Sequence[Any] = (),
+                   anchor_levels_ms: dict[str, float] | None = None) -> ModelTimings:
+    """Measure whole models end to end: `passes` measuring sessions one after the other, each
+    interleaved rounds until every model's rounds agree.
+
+    With `anchors` (BlockConfigs, e.g. a table's anchor blocks) and their `anchor_levels_ms` on a
+    table's time base, every pass also measures the anchors and its results are put on that
+    time base; without, results are taken as measured.
+    """
+    if rounds < 1 or passes < 1:
+        raise UsageError(f"measurement rounds and passes must be >= 1, got {rounds} and {passes}")
+    progress = progress or no_progress
+    plan = model_plan(rounds, runs, warmup, time_cap_s, seed)
+    targets = [Target(c.key, c, "model") for c in candidates]
+    anchor_targets = [Target(a.key, a, "anchor") for a in anchors] if anchor_levels_ms else []
+    out: list[dict[str, float]] = []
+    factors: list[float | None] = []
+    drifts: list[float] = []
+    no_consensus: list[str] = []
+    sessions = []
+    dispatcher = runner if hasattr(runner, "execute") else LocalDispatcher(runner)
+    for p in range(passes):
+        applied: list[float | None] = [None]
+
+        def time_base(journal, session, applied=applied):
+            if not anchor_levels_ms or not session:
+                return {}
+            f = session_factor(anchor_levels(journal.anchors(session), plan.consensus), anchor_levels_ms)
+            applied[0] = f
+            return {session: f} if f else {}
+
+        def prog(phase, done, total, detail=None, p=p):
+            progress(f"{phase} (pass {p + 1}/{passes})" if passes > 1 and phase != "export" else phase, done,
+                     total, detail)
+
+        plan.seed = seed * 1000 + p
+        session = MeasuringSession(dispatcher, plan, purpose=f"models-pass{p}", progress=prog, export_jobs=jobs,
+                                   precision=precision,
+                                   time_base=time_base)
+        res = session.run(targets, anchor_targets)
+        sessions.append(res)
+        out.append({k: v.value for k, v in res.verdicts.items()})
+        factors.append(applied[0])
+        no_consensus += [k for k in res.report.get("no_consensus", []) if k not in no_consensus]
+        if res.report.get("max_drift") is not None:
+            drifts.append(res.report["max_drift"])
+    return ModelTimings(out, dispatcher.describe(), max(drifts, key=abs) if drifts else None, factors,
+                        no_consensus, sessions)
+
+
+def measure_candidates(candidates: Sequence[Candidate], runner: Any, *, rounds: int = 3, warmup: int = 10,
+                       runs: int | None = None, seed: int = 0,
+                       progress: ProgressFn | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+    """End-to-end latency (ms) of each candidate on an open device runner, keyed by candidate name,
+    and the device's provenance (one measuring session: interleaved rounds until they agree)."""
+    timings = measure_models(candidates, runner, rounds=rounds, warmup=warmup, runs=runs, seed=seed,
+                             progress=progress)
+    return {c.name: timings.passes[0][c.key] for c in candidates}, timings.device
