@@ -26,9 +26,9 @@ import numpy as np  # noqa: E402
 
 from latbench.blocks.candidates import Candidate  # noqa: E402
 from latbench.blocks.configs import EmptyConfig, arch_slots  # noqa: E402
-from latbench.estimate.estimator import LatencyEstimator  # noqa: E402
-from latbench.estimate.fast import FastEstimator
-from latbench.mes.score import MES, MESConfig, config_with_overrides, resolve  # noqa: E402
+from latbench.efficiency.score import MES, MESConfig, config_with_overrides, resolve  # noqa: E402
+from latbench.estimation.estimator import LatencyEstimator  # noqa: E402
+from latbench.estimation.fast import FastEstimator
 from latbench.space import NAMED_ARCHS, Arch, named_arch  # noqa: E402
 from latbench.tables.synthetic import synthetic_table  # noqa: E402
 from latbench.tables.table import LatencyTable  # noqa: E402

@@ -70,14 +70,17 @@ def report_build(label: str, res) -> None:
           f"{', '.join(res.table.overhead.get('calibrated_on') or [])}")
 
 
-def validate(table, samples: int, seed: int, opts: dict, label: str):
+def validate(table, samples: int, seed: int, opts: dict, label: str, keep: Path | None = None):
     from device_runners import open_runner
     from latbench.blocks.candidates import sample_candidates
-    from latbench.estimate.validate import validate_table
+    from latbench.core.fileio import atomic_write_json
+    from latbench.estimation.validate import validate_table
 
     cands = sample_candidates(table.space(), 224, samples, seed)
     with open_runner("cpu", **opts) as runner:
-        v = validate_table(table, runner, cands, seed=seed)
+        v = validate_table(table, runner, cands, seed=seed, journal_dir=keep)
+    if keep is not None:
+        atomic_write_json(keep / "validation.json", v.to_dict())
     print(f"{label}: {v.figures['n']} models ({samples} random subnets + S0-L), {v.seconds:.0f} s; noise floor "
           f"(pass to pass) median {v.noise['median_pct']:.2f} %, max {v.noise['max_pct']:.2f} %; "
           f"{v.noise['within_noise']:.0%} of errors within their own pass spread")
@@ -88,7 +91,7 @@ def validate(table, samples: int, seed: int, opts: dict, label: str):
     factors = v.noise.get("time_base_factors") or []
     if factors and all(factors):
         # The same run without the time base: each pass's values as measured (divided back).
-        from latbench.estimate.validate import accuracy_figures
+        from latbench.estimation.validate import accuracy_figures
 
         raw = [statistics.fmean(p / f for p, f in zip(r["pass_ms"], factors)) for r in v.rows]
         f = accuracy_figures([r["latency_ms"] for r in v.rows], raw)
@@ -178,7 +181,7 @@ def main() -> int:
             configs, space=space, resolution=224, calibration=calib)
     print(f"rebuild with nothing new: {time.perf_counter() - t0:.1f} s, {len(again.measured)} measured (goal <= 10 s)")
     if not args.skip_validate:
-        validate(again.table, args.samples, args.seed, opts, "validate (undisturbed)")
+        validate(again.table, args.samples, args.seed, opts, "validate (undisturbed)", root / "validation")
     if args.disturb:
         from disturb import Disturbance, bursts
 
@@ -193,7 +196,8 @@ def main() -> int:
             compare(ref, dist, old_rule_values(root / "disturbed" / "journal.sqlite"),
                     old_rule_values(root / "reference" / "journal.sqlite"))
             if not args.skip_validate:
-                validate(dist.table, args.samples, args.seed + 1, opts, "validate the disturbed table (hog on)")
+                validate(dist.table, args.samples, args.seed + 1, opts, "validate the disturbed table (hog on)",
+                         root / "validation-disturbed")
     print(json.dumps({"tables": str(root)}))
     return 0
 

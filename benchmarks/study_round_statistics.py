@@ -113,12 +113,12 @@ def min_of(values: list[float], _tol: float, _quorum: int) -> tuple[float, bool]
 
 
 def consensus(values: list[float], tol: float, quorum: int) -> tuple[float, bool]:
-    """The lowest group of `quorum` values that agree within `tol` (relative to its lowest member),
-    when that group holds the fastest value; else (fallback, False)."""
+    """latbench's rule: accepted when the fastest value and `quorum - 1` others agree within
+    `tol` (the median of the agreeing values); otherwise (the fastest value, False)."""
     s = sorted(values)
-    for i in range(len(s) - quorum + 1):
-        if s[i + quorum - 1] <= s[i] * (1 + tol):
-            return statistics.median(s[i:i + quorum]), i == 0
+    members = [v for v in s if v <= s[0] * (1 + tol)]
+    if len(members) >= quorum:
+        return statistics.median(members), True
     return s[0], False
 
 

@@ -10,8 +10,8 @@ import importlib
 import inspect
 from typing import Any
 
-from device_runners.base import DeviceInfo, DeviceLost, Prepared, Runner
-from latbench.core.errors import DeviceError, UsageError
+from device_runners.base import DeviceInfo, Prepared, Runner
+from latbench.core.errors import DeviceError, DeviceLost, UsageError
 from latbench.core.text import first_line
 
 RUNNER_MODULES = ("device_runners.cpu", "device_runners.android", "device_runners.iphone", "device_runners.mac")
@@ -72,14 +72,15 @@ def open_runner(device_id: str | None = None, **options: Any) -> Runner:
 
 
 def _open(cls: type[Runner], device_id: str, options: dict[str, Any]) -> Runner:
-    try:
-        inspect.signature(cls.open).bind(device_id, **options)
-    except TypeError as e:
-        raise UsageError(f"invalid option for {cls.kind} devices: {e}") from e
+    # Options are checked against what the kind's open() and constructor name, before anything
+    # runs: a TypeError from inside a constructor is a failure, not an "invalid option".
+    accepted = {n for fn in (cls.open, cls.__init__) for n, p in inspect.signature(fn).parameters.items()
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise UsageError(f"option {unknown[0]!r} does not apply to {cls.kind} devices")
     try:
         return cls.open(device_id, **options)
-    except TypeError as e:
-        raise UsageError(f"invalid option for {cls.kind} devices: {e}") from e
     except (DeviceError, UsageError):
         raise
     except Exception as e:  # an unexpected tool failure still reads as one line

@@ -39,11 +39,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from device_runners.base import DeviceInfo, DeviceLost, Prepared, Runner
-from device_runners.ort_common import artifact_info, onnx_inputs, parse_ort_profile
+from device_runners.base import DeviceInfo, Prepared, Runner
+from device_runners.ort_common import artifact_info, parse_ort_profile
 from device_runners.perf_test_output import PerfTestReport, parse_perf_test_output, parse_result_file
-from latbench.core.errors import DeviceError, UsageError
+from latbench.core.errors import DeviceError, DeviceLost, UsageError
 from latbench.core.text import first_line
+from latbench.export.inspect import onnx_inputs
 from latbench.measuring.measurement import THROTTLING_WARNING, Measurement, SamplingPolicy
 
 DEFAULT_PERF_TEST = "/data/local/tmp/onnxruntime_perf_test"
@@ -391,10 +392,7 @@ class AndroidRunner(Runner):
     def _prepare(self, artifact: Path, content_hash: str, label: str) -> Prepared:
         if not _HASH_RE.match(content_hash):
             raise UsageError(f"content hash must be letters/digits/_/-, got {content_hash!r}")
-        try:
-            info = artifact_info(onnx_inputs(artifact))
-        except Exception as e:
-            raise UsageError(f"{artifact.name} is not a readable ONNX model: {first_line(e)}") from e
+        info = artifact_info(onnx_inputs(artifact))
         remote = f"{self.remote_dir}/{content_hash}.onnx"
         size = artifact.stat().st_size
         st = self._stat(remote)

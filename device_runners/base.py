@@ -10,12 +10,12 @@ from __future__ import annotations
 import abc
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from latbench.core.errors import DeviceError, UsageError
+from latbench.core.errors import UsageError
 from latbench.core.formats import FORMAT_SUFFIXES
 from latbench.core.hashing import tree_sha256
 from latbench.measuring.measurement import Measurement, SamplingPolicy, latbench_version
@@ -54,14 +54,6 @@ class Prepared:
     info: dict[str, Any] = field(default_factory=dict, compare=False)
     session_ms: float | None = field(default=None, compare=False)
     first_inference_ms: float | None = field(default=None, compare=False)
-
-
-class DeviceLost(DeviceError):
-    """The device disappeared mid-run. `unmeasured` lists the configurations left unmeasured."""
-
-    def __init__(self, message: str, unmeasured: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.unmeasured: list[str] = list(unmeasured)
 
 
 class Runner(abc.ABC):

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import platform
 from collections.abc import Coroutine
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
-from device_runners.ort_common import TensorSpec
 from latbench.core.errors import UsageError
+from latbench.core.text import first_line
+from latbench.export.inspect import TensorSpec
 from latbench.measuring.measurement import OpTime
 
 COMPUTE_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
@@ -86,6 +88,18 @@ def spec_inputs(model: Any) -> list[TensorSpec]:
             raise UsageError(f"input {feature.name} has a flexible shape; export with a fixed input shape")
         specs.append(TensorSpec(feature.name, shape, _ARRAY_DTYPES.get(int(arr.dataType), "float32")))
     return specs
+
+
+def readable_model(api: Any, artifact: Path, compute_units: str) -> tuple[Any, list[TensorSpec]]:
+    """The artifact opened without compiling it, and its inputs. UsageError when the file is not
+    a readable Core ML model (the user's to fix); loading it on a device is the runner's step."""
+    try:
+        model = api.MLModel(str(artifact), compute_units=getattr(api.ComputeUnit, compute_units), skip_model_load=True)
+        return model, spec_inputs(model)
+    except UsageError:
+        raise
+    except Exception as e:
+        raise UsageError(f"{artifact.name} is not a readable Core ML model: {first_line(e)}") from e
 
 
 def ops_from_execution_info(infos: list[Any]) -> list[OpTime]:

@@ -30,6 +30,7 @@ from device_runners.base import DeviceInfo, Prepared, Runner, sample_latencies
 from device_runners.ort_common import artifact_info, parse_ort_profile, random_feeds, session_inputs
 from latbench.core.errors import DeviceError, UsageError
 from latbench.core.text import first_line
+from latbench.export.inspect import onnx_inputs
 from latbench.measuring.measurement import Measurement, SamplingPolicy
 
 
@@ -183,15 +184,13 @@ class CpuRunner(Runner):
             raise DeviceError(f"onnxruntime could not load {path.name}: {first_line(e)}") from e
 
     def _prepare(self, artifact: Path, content_hash: str, label: str) -> Prepared:
+        onnx_inputs(artifact)  # a file that is not a readable ONNX model is the user's to fix
         t0 = time.perf_counter_ns()
         with self._pinned():  # intra-op pool threads inherit the mask when they are created
             session = self._session(artifact)
         session_ms = (time.perf_counter_ns() - t0) / 1e6
         specs = session_inputs(session)
-        try:
-            feeds = random_feeds(specs, self.seed)
-        except ValueError as e:
-            raise UsageError(f"{artifact.name}: {e}") from e
+        feeds = random_feeds(specs, self.seed)
         t0 = time.perf_counter_ns()
         self._run(session, feeds)
         first_ms = (time.perf_counter_ns() - t0) / 1e6

@@ -27,18 +27,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from device_runners.base import DeviceInfo, DeviceLost, Prepared, Runner
+from device_runners.base import DeviceInfo, Prepared, Runner
 from device_runners.coreml_common import (
     ESTIMATED_OPS_WARNING,
     check_compute_units,
     get_api,
     host_os,
     ops_from_execution_info,
+    readable_model,
     run_async,
-    spec_inputs,
 )
 from device_runners.ort_common import artifact_info
-from latbench.core.errors import DeviceError, UsageError
+from latbench.core.errors import DeviceError, DeviceLost, UsageError
 from latbench.core.text import first_line
 from latbench.measuring.measurement import Measurement, SamplingPolicy
 
@@ -202,15 +202,8 @@ class IPhoneRunner(Runner):
 
     # -- artifacts ----------------------------------------------------------------------------
     def _prepare(self, artifact: Path, content_hash: str, label: str) -> Prepared:
-        try:
-            model = self.api.MLModel(
-                str(artifact), compute_units=getattr(self.api.ComputeUnit, self.compute_units), skip_model_load=True
-            )
-            info = artifact_info(spec_inputs(model))
-        except UsageError:
-            raise
-        except Exception as e:
-            raise UsageError(f"{artifact.name} is not a readable Core ML model: {first_line(e)}") from e
+        model, specs = readable_model(self.api, artifact, self.compute_units)
+        info = artifact_info(specs)
         bench = self.api.MLModelBenchmarker(model=model, device=self.device)
         loads = self._call("load", label, lambda: bench.benchmark_load(iterations=self.load_iterations))
         return Prepared(label, content_hash, artifact, bench, info, session_ms=statistics.median(loads.samples))

@@ -23,6 +23,7 @@ from device_runners.coreml_common import (
     get_api,
     host_os,
     ops_from_execution_info,
+    readable_model,
     spec_inputs,
 )
 from device_runners.ort_common import artifact_info, random_feeds
@@ -99,6 +100,7 @@ class MacRunner(Runner):
         }
 
     def _prepare(self, artifact: Path, content_hash: str, label: str) -> Prepared:
+        readable_model(self.api, artifact, self.compute_units)  # an unreadable file is the user's to fix
         t0 = time.perf_counter_ns()
         try:
             model = self.api.MLModel(str(artifact), compute_units=getattr(self.api.ComputeUnit, self.compute_units))

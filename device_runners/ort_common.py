@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from latbench.core.errors import UsageError
+from latbench.export.inspect import TensorSpec, concrete_shape
 from latbench.measuring.measurement import OpTime
 
 _KERNEL_SUFFIX = "_kernel_time"
 
 # ONNX TensorProto element types -> numpy dtype names (the ones vision models use).
-_ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 9: "bool", 2: "uint8", 3: "int8"}
 _ORT_TYPES = {
     "tensor(float)": "float32",
     "tensor(float16)": "float16",
@@ -78,36 +78,8 @@ def parse_ort_profile(source: str | bytes | Path | list | dict, *, skip_runs: in
     return [OpTime(op_types[n], n, statistics.median(d)) for n, d in durations.items()]
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-
-
-def _concrete(shape: Any) -> tuple[int, ...]:
-    # Free (symbolic or unknown) dimensions are taken as 1, as onnxruntime_perf_test -I does.
-    return tuple(d if isinstance(d, int) and d > 0 else 1 for d in shape)
-
-
-def onnx_inputs(path: Path) -> list[TensorSpec]:
-    """Graph inputs (excluding initializers) of an ONNX file, read without the weights' data."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    specs = []
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
-        specs.append(TensorSpec(vi.name, _concrete(dims), _ONNX_DTYPES.get(tt.elem_type, f"onnx:{tt.elem_type}")))
-    return specs
-
-
 def session_inputs(session: Any) -> list[TensorSpec]:
-    return [TensorSpec(i.name, _concrete(i.shape), _ORT_TYPES.get(i.type, i.type)) for i in session.get_inputs()]
+    return [TensorSpec(i.name, concrete_shape(i.shape), _ORT_TYPES.get(i.type, i.type)) for i in session.get_inputs()]
 
 
 def random_feeds(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
@@ -120,7 +92,7 @@ def random_feeds(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray
         elif s.dtype in ("int32", "int64", "uint8", "int8", "bool"):
             feeds[s.name] = np.zeros(s.shape, dtype=s.dtype)
         else:
-            raise ValueError(f"unsupported input type {s.dtype} for input {s.name}")
+            raise UsageError(f"input {s.name!r} has type {s.dtype}, which latbench cannot feed (floats, ints, bool)")
     return feeds
 
 

@@ -9,6 +9,7 @@ import sys
 
 from latbench import __version__
 from latbench.core.errors import LatbenchError
+from latbench.core.text import first_line
 
 # Command modules, in help order. A module that is not present yet is skipped.
 COMMAND_MODULES = ["model", "space", "export", "devices", "profile", "lut", "mes", "search", "demo"]
@@ -38,18 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        parser = build_parser()  # reads latbench.toml defaults, which can be wrong
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help, --version, or a one-line argparse error: already printed
+            return int(exc.code or 0)
         return int(args.func(args) or 0)
     except LatbenchError as exc:
         print(f"latbench: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # `latbench ... | head`
+        return 0
+    except OSError as exc:  # a path that cannot be read or written, a full disk: one line, exit 1
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"latbench: error: {exc.strerror or first_line(exc)}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("latbench: interrupted; finished work is kept, re-run to resume", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
 
 
 if __name__ == "__main__":

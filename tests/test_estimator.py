@@ -4,7 +4,7 @@ import pytest
 from latbench.blocks.candidates import resolve_candidate
 from latbench.blocks.configs import EmptyConfig, decompose, overhead_blocks
 from latbench.core.errors import UsageError
-from latbench.estimate.estimator import LatencyEstimator
+from latbench.estimation.estimator import LatencyEstimator
 from latbench.space import named_arch
 from latbench.tables.overhead import fit_scale
 from latbench.tables.table import BLOCK_COLUMNS, LatencyTable

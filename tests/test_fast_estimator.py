@@ -4,9 +4,9 @@ import pytest
 from latbench.blocks.candidates import Candidate
 from latbench.blocks.configs import arch_params
 from latbench.core.errors import UsageError
-from latbench.estimate.estimator import LatencyEstimator
-from latbench.estimate.fast import FastEstimator
-from latbench.mes.score import MESConfig, resolve
+from latbench.efficiency.score import MESConfig, resolve
+from latbench.estimation.estimator import LatencyEstimator
+from latbench.estimation.fast import FastEstimator
 from latbench.space import NAMED_ARCHS, Arch, SearchSpace, StageArch, named_arch
 from latbench.tables.synthetic import synthetic_table
 

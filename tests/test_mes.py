@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from latbench.core.errors import UsageError
-from latbench.mes.score import (
+from latbench.efficiency.score import (
     REFERENCE,
     MESConfig,
     config_with_overrides,

@@ -5,9 +5,9 @@ import pytest
 
 from latbench.blocks.candidates import Candidate
 from latbench.core.errors import UsageError
-from latbench.estimate.estimator import LatencyEstimator
-from latbench.mes.pareto import pareto_flags
-from latbench.mes.score import MESConfig, resolve
+from latbench.efficiency.pareto import pareto_flags
+from latbench.efficiency.score import MESConfig, resolve
+from latbench.estimation.estimator import LatencyEstimator
 from latbench.report.model import build_report, latency_report
 from latbench.report.writers import write_report
 from latbench.search.oracles import AccuracyEntry, published_accuracy

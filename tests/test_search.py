@@ -7,10 +7,11 @@ import pytest
 from latbench.blocks.candidates import Candidate
 from latbench.blocks.configs import arch_params, decompose
 from latbench.core.errors import UsageError
-from latbench.estimate.estimator import LatencyEstimator
-from latbench.estimate.fast import FastEstimator
-from latbench.mes.score import MESConfig, resolve
-from latbench.search.algorithm import Target, floor_arch, frontier, run_search, write_search
+from latbench.efficiency.score import MESConfig, resolve
+from latbench.estimation.estimator import LatencyEstimator
+from latbench.estimation.fast import FastEstimator
+from latbench.report.search_files import write_search
+from latbench.search.algorithm import Target, floor_arch, frontier, run_search
 from latbench.search.oracles import CallableOracle, ProxyOracle
 from latbench.space import Arch, SearchSpace, StageArch
 from latbench.tables.synthetic import synthetic_table

@@ -33,7 +33,7 @@ def test_load_errors(tmp_path):
         LatencyTable.load(tmp_path)
     (tmp_path / "meta.json").write_text("{not json")
     (tmp_path / "blocks.csv").write_text("key,kind,latency_ms\n")
-    with pytest.raises(UsageError, match="corrupt"):
+    with pytest.raises(UsageError, match="meta.json is not valid JSON.*no journal to rederive it from"):
         LatencyTable.load(tmp_path)
 
 

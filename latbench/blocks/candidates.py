@@ -12,13 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch.nn as nn
-
 from latbench.blocks.configs import BlockConfig, ModelConfig, arch_params, decompose
 from latbench.core.errors import UsageError
 from latbench.core.userfiles import read_yaml_or_json
 from latbench.models import check_resolution as check_model_resolution
-from latbench.models import create_model, default_resolution, list_models
+from latbench.models import create_model, default_resolution, list_models, model_info
 from latbench.space import NAMED_ARCHS, Arch, SearchSpace, check_resolution, named_arch
 
 ARCH_SUFFIXES = (".yaml", ".yml", ".json")
@@ -32,7 +30,7 @@ class Candidate:
     model_name: str | None = None  # registry name, when it is a registered model
     source: str = "registry"
 
-    def build(self) -> nn.Module:
+    def build(self) -> Any:
         if self.arch is not None:
             from latbench.models.efficientformerv2 import EfficientFormerV2
 
@@ -47,9 +45,16 @@ class Candidate:
     def params(self) -> int:
         if self.arch is not None:
             return arch_params(self.arch)
+        info = model_info(self.model_name)
+        if info.params is not None and self.resolution == info.default_resolution:
+            return info.params
         return sum(p.numel() for p in self.build().parameters())
 
     def macs(self) -> int:
+        if self.arch is None:
+            info = model_info(self.model_name)
+            if info.macs is not None and self.resolution == info.default_resolution:
+                return info.macs
         return sum(c.macs() for c in self.blocks())
 
     @property
@@ -98,6 +103,21 @@ def resolve_candidate(spec: str, resolution: int | None = None) -> Candidate:
     if path.suffix.lower() in ARCH_SUFFIXES:
         raise UsageError(f"arch file {spec} does not exist")
     raise UsageError(f"unknown model {spec!r}: known models are {', '.join(names)}; or pass an arch .yaml/.json file")
+
+
+def to_candidate(target: Any, resolution: int | None = None) -> Candidate:
+    """A Candidate from what a caller has: a Candidate, an Arch, an arch mapping (as in an arch
+    file), a registered model name, or the path of an arch file."""
+    if isinstance(target, Candidate):
+        return target
+    if isinstance(target, Arch):
+        return _from_arch(target if target.name else Arch(target.stages, target.resolution, target.label()), "arch")
+    if isinstance(target, dict):
+        return _from_arch(Arch.from_dict(target, source="<dict>"), "dict")
+    if isinstance(target, (str, Path)):
+        return resolve_candidate(str(target), resolution)
+    raise UsageError(f"cannot estimate a {type(target).__name__}: give a model name, an Arch, an arch mapping "
+                     "or an arch file path")
 
 
 def resolve_candidates(specs: list[str], resolution: int | None = None) -> list[Candidate]:

@@ -314,16 +314,16 @@ class EmptyConfig(BlockConfig):
 
     kind: ClassVar[str] = "empty"
     channels: int
-    height: int
-    width: int
+    map_height: int  # pixels of the input map (not a block width in channels)
+    map_width: int
 
     @property
     def key(self) -> str:
-        return f"empty-r{self.resolution}-c{self.channels}-h{self.height}-w{self.width}"
+        return f"empty-r{self.resolution}-c{self.channels}-h{self.map_height}-w{self.map_width}"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return (1, self.channels, self.height, self.width)
+        return (1, self.channels, self.map_height, self.map_width)
 
     def build(self) -> Any:
         from latbench.models.efficientformerv2 import Passthrough
@@ -357,6 +357,8 @@ def config_from_fields(fields: dict) -> BlockConfig:
     """Inverse of BlockConfig.fields() (used when reading tables and manifests back)."""
     f = dict(fields)
     cls = BLOCK_KINDS[f.pop("kind")]
+    if cls is EmptyConfig and "height" in f:  # journals from before the map_* names
+        f["map_height"], f["map_width"] = f.pop("height"), f.pop("width")
     return cls(**f)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -10,10 +9,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from latbench.core.fileio import dumps
+
 
 def print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
+    """Strict JSON on stdout: missing values are null, never NaN."""
+    sys.stdout.write(dumps(obj) + "\n")
 
 
 def console() -> Console:

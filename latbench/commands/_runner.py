@@ -1,34 +1,47 @@
-"""Device flags shared by every command that measures (lut, profile, mes --measure)."""
+"""Device flags shared by every command that measures (lut, profile, mes --measure), and opening the
+device they name. Defaults for --device and --threads may come from latbench.toml."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from latbench.commands import _config
 from latbench.core.errors import UsageError
 
-# flag -> (runner option name, type, help). Only flags the user gives are passed on, and the
-# device kind rejects options it does not take with a one-line error.
-RUNNER_FLAGS: dict[str, tuple[str, type, str]] = {
-    "--threads": ("threads", int, "runtime threads (cpu, android; default 1)"),
-    "--core-mask": ("core_mask", str, "pin to these cores, hex mask e.g. f0 (cpu, android; android default: big cores)"),
-    "--clock": ("clock", str, "cpu: auto (thread CPU time with 1 thread), wall or thread_cpu"),
-    "--compute-units": ("compute_units", str, "iphone/mac: CPU_ONLY, CPU_AND_GPU, CPU_AND_NE or ALL"),
-    "--perf-test": ("perf_test_path", str, "android: on-device path of onnxruntime_perf_test"),
-    "--perf-test-local": ("perf_test_local", str, "android: host binary of onnxruntime_perf_test to push"),
-    "--adb-port": ("adb_port", int, "android: adb server port (default 5037)"),
+#: flag -> (runner option name, type, choices or None, help). Only flags the user gives (or the
+#: config file sets) are passed on; a flag the device kind does not take is a one-line error.
+RUNNER_FLAGS: dict[str, tuple[str, type, tuple[str, ...] | None, str]] = {
+    "--threads": ("threads", int, None, "runtime threads (cpu, android; default 1)"),
+    "--core-mask": ("core_mask", str, None,
+                    "pin to these cores, hex mask e.g. f0 (cpu, android; android default: big cores)"),
+    "--clock": ("clock", str, ("auto", "wall", "thread_cpu"),
+                "cpu: auto (thread CPU time with 1 thread), wall or thread_cpu"),
+    "--compute-units": ("compute_units", str.upper, ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL"),
+                        "iphone/mac: Core ML compute units"),
+    "--perf-test": ("perf_test_path", str, None, "android: on-device path of onnxruntime_perf_test"),
+    "--perf-test-local": ("perf_test_local", str, None, "android: host binary of onnxruntime_perf_test to push"),
+    "--adb-port": ("adb_port", int, None, "android: adb server port (default $ANDROID_ADB_SERVER_PORT or 5037)"),
 }
+
+
+def add_device_flag(p: argparse.ArgumentParser, default: str | None = "cpu", what: str = "device id") -> None:
+    configured = _config.default("device")
+    p.add_argument("--device", default=configured or default, metavar="ID",
+                   help=f"{what} (see `latbench devices`; default {configured or default or 'the table’s'})")
 
 
 def add_runner_flags(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("device options")
-    for flag, (dest, typ, helptext) in RUNNER_FLAGS.items():
-        group.add_argument(flag, dest=f"runner_{dest}", type=typ, default=None, help=helptext)
+    for flag, (dest, typ, choices, helptext) in RUNNER_FLAGS.items():
+        group.add_argument(flag, dest=f"runner_{dest}", type=typ, choices=choices, default=None, help=helptext)
 
 
 def runner_options(args: argparse.Namespace) -> dict[str, Any]:
-    opts = {dest: getattr(args, f"runner_{dest}", None) for dest, _, _ in RUNNER_FLAGS.values()}
+    opts = {dest: getattr(args, f"runner_{dest}", None) for dest, _, _, _ in RUNNER_FLAGS.values()}
     opts = {k: v for k, v in opts.items() if v is not None}
+    if "threads" not in opts and _config.default("threads") is not None:
+        opts["threads"] = _config.default("threads")
     if opts.get("threads", 1) < 1:
         raise UsageError(f"--threads must be >= 1, got {opts['threads']}")
     return opts
@@ -44,8 +57,11 @@ def open_device(device_id: str, args: argparse.Namespace):
     if cls is None:  # a bare adb serial
         cls = next(c for c in runner_classes() if c.kind == "android")
     accepted = set(inspect.signature(cls.__init__).parameters)
-    flags = {dest: flag for flag, (dest, _, _) in RUNNER_FLAGS.items()}
-    for dest in opts:
+    flags = {dest: flag for flag, (dest, _, _, _) in RUNNER_FLAGS.items()}
+    for dest in list(opts):
         if dest not in accepted:
+            if dest == "threads" and getattr(args, "runner_threads", None) is None:
+                opts.pop(dest)  # a configured default that this device kind does not take
+                continue
             raise UsageError(f"{flags[dest]} does not apply to {cls.kind} devices")
     return open_runner(device_id, **opts)

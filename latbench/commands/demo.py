@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from latbench.blocks.candidates import sample_candidates
     from latbench.commands.lut import print_validation, report_builds
     from latbench.core.errors import UsageError
-    from latbench.estimate.validate import validate_table
+    from latbench.estimation.validate import validate_table
     from latbench.space import SearchSpace
     from latbench.tables.build import BuildSettings, TableBuilder, plan_tables
 

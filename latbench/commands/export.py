@@ -7,6 +7,7 @@ from pathlib import Path
 
 from latbench.commands._output import add_json_flag, print_json, print_table
 from latbench.core.errors import UsageError
+from latbench.core.fileio import writable_dir
 
 # `--space` without a value means the shipped space.
 _DEFAULT_SPACE = ""
@@ -91,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     items = resolve_items(args)
+    if args.out is not None:
+        writable_dir(args.out, create=False)
     report = export_items(
         items, formats, args.out, args.precision, target, jobs=args.jobs,
         progress=not (args.no_progress or args.json), force=args.force,

@@ -7,11 +7,13 @@ import math
 from typing import Any
 
 from latbench.blocks.candidates import resolve_candidates, sample_candidates
+from latbench.commands import _config
 from latbench.commands._output import add_json_flag, console, print_json, print_table
-from latbench.commands._runner import add_runner_flags, open_device
+from latbench.commands._runner import add_device_flag, add_runner_flags, open_device
 from latbench.core.errors import UsageError
+from latbench.core.fileio import writable_dir, writable_file
 from latbench.core.progress import phase_progress
-from latbench.tables.table import LatencyTable
+from latbench.tables.table import LatencyTable, find_table
 
 DEFAULT_SPACE = "__default__"
 
@@ -22,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lsub.required = True
 
     b = lsub.add_parser("build", help="measure every block a space (or model) needs on a device")
-    b.add_argument("--device", default="cpu", help="device id (see `latbench devices`; default cpu)")
+    add_device_flag(b)
     b.add_argument("--space", nargs="?", const=DEFAULT_SPACE, default=None, metavar="FILE",
                    help="all blocks of a search space (default space if FILE is omitted)")
     b.add_argument("--model", action="append", default=[], metavar="NAME", help="only the blocks NAME needs")
@@ -46,26 +48,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=run_build)
 
     s = lsub.add_parser("show", help="summarise a table")
-    s.add_argument("table")
+    s.add_argument("table", nargs="?", help="latency table: its directory, or a name under tables/ (e.g. cpu/efficientformerv2-r224); default: `table` in latbench.toml")
     add_json_flag(s)
     s.set_defaults(func=run_show)
 
     d = lsub.add_parser("diff", help="per-key latency ratios B/A (compare devices or runtime versions)")
-    d.add_argument("a")
-    d.add_argument("b")
+    d.add_argument("a", help="the first table (directory or name), e.g. tables/cpu/efficientformerv2-r224")
+    d.add_argument("b", help="the second table, e.g. tables/android_R5CT/efficientformerv2-r224")
     add_json_flag(d)
     d.set_defaults(func=run_diff)
 
     e = lsub.add_parser("estimate", help="estimated latency of models from a table")
-    e.add_argument("table")
-    e.add_argument("targets", nargs="+", metavar="MODEL|ARCH_FILE")
+    e.add_argument("table", help="latency table: its directory, or a name under tables/ (e.g. cpu/efficientformerv2-r224)")
+    e.add_argument("targets", nargs="+", metavar="MODEL|ARCH_FILE",
+                   help="registered model names (e.g. efficientformerv2_s1) or arch .yaml/.json files")
+    e.add_argument("--resolution", type=int, default=None,
+                   help="resolve named models at this input resolution (default: each model's own)")
     e.add_argument("--strict", action="store_true", help="error (not warn) when the table is stale for its device")
     add_json_flag(e)
     e.set_defaults(func=run_estimate)
 
     v = lsub.add_parser("validate", help="compare estimates with end-to-end measurements on the device")
-    v.add_argument("table")
-    v.add_argument("--device", default=None, help="device id (default: the table's)")
+    v.add_argument("table", nargs="?", help="latency table: its directory, or a name under tables/ (e.g. cpu/efficientformerv2-r224); default: `table` in latbench.toml")
+    v.add_argument("--device", default=None, metavar="ID", help="device id (default: the table's)")
     v.add_argument("--samples", type=int, default=12, help="random subnets (plus S0-L)")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--rounds", type=int, default=3, help="interleaved rounds per pass (more until they agree)")
@@ -74,14 +79,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--no-named", action="store_true", help="skip S0-L")
     v.add_argument("--jobs", type=int, default=2)
     v.add_argument("--out", default=None, help="also write the JSON result to this file")
+    v.add_argument("--keep-journal", default=None, metavar="DIR",
+                   help="keep every raw measurement of the validation (one journal per pass) in DIR")
     v.add_argument("--strict", action="store_true")
     add_runner_flags(v)
     add_json_flag(v)
     v.set_defaults(func=run_validate)
 
+    r = lsub.add_parser("repair", help="rederive a damaged table's CSVs and meta.json from its journal")
+    r.add_argument("table", help="table directory holding journal.sqlite, e.g. tables/cpu/efficientformerv2-r224")
+    add_json_flag(r)
+    r.set_defaults(func=run_repair)
+
     c = lsub.add_parser("check", help="re-measure entries and report (or --fix) those that moved beyond the noise")
-    c.add_argument("table")
-    c.add_argument("--device", default=None, help="device id (default: the table's)")
+    c.add_argument("table", nargs="?", help="latency table: its directory, or a name under tables/ (e.g. cpu/efficientformerv2-r224); default: `table` in latbench.toml")
+    c.add_argument("--device", default=None, metavar="ID", help="device id (default: the table's)")
     c.add_argument("--sample", type=int, default=None, metavar="N",
                    help="check N entries drawn at random, flagged entries first (default: all)")
     c.add_argument("--key", action="append", default=[], metavar="KEY", help="check this entry (repeatable)")
@@ -112,6 +124,8 @@ def run_build(args: argparse.Namespace) -> int:
     settings = BuildSettings(rounds=args.rounds, jobs=args.jobs, runs=args.runs, block_time_cap_s=args.time_cap,
                              model_time_cap_s=max(args.time_cap, 4.0), calibration_models=args.calibrate,
                              consensus=ConsensusRule.for_rounds(args.rounds, args.max_rounds))
+    for plan in plans:
+        writable_dir(plan.out, "table directory", create=False)
     results = []
     runner = open_device(args.device, args)
     with runner, phase_progress(not args.json) as progress:
@@ -163,7 +177,7 @@ def build_summary(res) -> dict[str, Any]:
 
 # -- show / diff ------------------------------------------------------------------------------------
 def run_show(args: argparse.Namespace) -> int:
-    table = LatencyTable.load(args.table)
+    table = LatencyTable.load(find_table(_config.table_arg(args.table)))
     blocks = table.blocks.sort_values("latency_ms", ascending=False)
     flagged = table.flagged()
     if args.json:
@@ -209,7 +223,7 @@ def _records(df) -> list[dict[str, Any]]:
 
 
 def run_diff(args: argparse.Namespace) -> int:
-    a, b = LatencyTable.load(args.a), LatencyTable.load(args.b)
+    a, b = LatencyTable.load(find_table(args.a)), LatencyTable.load(find_table(args.b))
     ma, mb = a.latency_ms(), b.latency_ms()
     common = sorted(set(ma) & set(mb))
     if not common:
@@ -235,10 +249,12 @@ def run_diff(args: argparse.Namespace) -> int:
 # -- estimate ---------------------------------------------------------------------------------------
 def staleness(table: LatencyTable, strict: bool) -> list[str]:
     """Compare the table with the device it names as that device looks now (if it is reachable)."""
-    from device_runners import discover_devices
+    from device_runners import runner_classes
 
     dev_id = table.meta.get("device_id")
-    current = next((d for d in discover_devices() if d.id == dev_id and d.available), None)
+    kind = next((c for c in runner_classes() if dev_id and c.claims(dev_id)), None)
+    found = kind.discover() if kind is not None else []
+    current = next((d for d in found if d.id == dev_id and d.available), None)
     if current is None:
         return [f"device {dev_id} is not reachable now; the table's provenance could not be re-checked"]
     diffs = table.check_provenance(current.provenance, strict=strict)
@@ -246,13 +262,12 @@ def staleness(table: LatencyTable, strict: bool) -> list[str]:
 
 
 def run_estimate(args: argparse.Namespace) -> int:
-    from latbench.estimate.estimator import LatencyEstimator
+    from latbench.estimation.estimator import LatencyEstimator
 
-    table = LatencyTable.load(args.table)
+    table = LatencyTable.load(find_table(_config.table_arg(args.table)))
     warnings = staleness(table, args.strict)
     est = LatencyEstimator(table)
-    res = table.meta.get("resolution")
-    cands = resolve_candidates(args.targets, res)
+    cands = resolve_candidates(args.targets, args.resolution)
     estimates = [est.estimate(c) for c in cands]
     if args.json:
         out = []
@@ -277,23 +292,27 @@ def run_estimate(args: argparse.Namespace) -> int:
 # -- validate ---------------------------------------------------------------------------------------
 def run_validate(args: argparse.Namespace) -> int:
     from latbench.core.fileio import atomic_write_json
-    from latbench.estimate.validate import validate_table
+    from latbench.estimation.validate import validate_table
 
-    table = LatencyTable.load(args.table)
+    table = LatencyTable.load(find_table(_config.table_arg(args.table)))
     if args.samples < 0:
         raise UsageError(f"--samples must be >= 0, got {args.samples}")
     space = table.space()
-    device = args.device or table.meta.get("device_id") or "cpu"
+    device = args.device or table.meta.get("device_id") or _config.default("device", "cpu")
     cands = sample_candidates(space, int(table.meta.get("resolution") or 224), args.samples, args.seed,
                                   named=not args.no_named)
     if not cands:
         raise UsageError("nothing to validate: give --samples > 0 or keep S0-L")
+    if args.out:
+        writable_file(args.out, "--out file")
+    if args.keep_journal:
+        writable_dir(args.keep_journal, "--keep-journal directory", create=False)
     runner = open_device(device, args)
     with runner, phase_progress(not args.json) as progress:
         if args.strict:
             table.check_provenance(runner.describe(), strict=True)
         result = validate_table(table, runner, cands, rounds=args.rounds, passes=args.passes, jobs=args.jobs,
-                                seed=args.seed, progress=progress)
+                                seed=args.seed, progress=progress, journal_dir=args.keep_journal)
     out = result.to_dict()
     if args.out:
         atomic_write_json(args.out, out)
@@ -323,14 +342,30 @@ def print_validation(result) -> None:
         console().print(f"[yellow]warning:[/] {w}", highlight=False)
 
 
+# -- repair ---------------------------------------------------------------------------------------
+def run_repair(args: argparse.Namespace) -> int:
+    from latbench.tables.build import repair_table
+
+    table = repair_table(args.table)
+    summary = {"table": str(table.path), "blocks": int(len(table.blocks)), "models": int(len(table.models)),
+               "flagged": table.flagged(), "files": table.meta.get("files")}
+    if args.json:
+        print_json(summary)
+    else:
+        console().print(f"rederived {table.path} from its journal: {summary['blocks']} entries, "
+                        f"{summary['models']} calibration models, {len(summary['flagged'])} flagged", highlight=False)
+    return 0
+
+
 # -- check ------------------------------------------------------------------------------------------
 def run_check(args: argparse.Namespace) -> int:
-    from latbench.tables.check import check_table
+    from latbench.tables.check import check_table, pick_entries
 
-    table = LatencyTable.load(args.table)
+    table = LatencyTable.load(find_table(_config.table_arg(args.table)))
     if args.rounds < 1:
         raise UsageError(f"--rounds must be >= 1, got {args.rounds}")
-    device = args.device or table.meta.get("device_id") or "cpu"
+    pick_entries(table, args.sample, args.seed, args.key)  # bad --key/--sample: say so before opening a device
+    device = args.device or table.meta.get("device_id") or _config.default("device", "cpu")
     runner = open_device(device, args)
     with runner, phase_progress(not args.json) as progress:
         result = check_table(table, runner, sample=args.sample, keys=args.key, seed=args.seed, rounds=args.rounds,

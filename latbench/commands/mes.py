@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from latbench.commands import _config
 from latbench.commands._output import add_json_flag, console, print_json, print_table
 from latbench.commands._runner import add_runner_flags, open_device
 from latbench.core.errors import UsageError
@@ -17,8 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     msub.required = True
     r = msub.add_parser("report", help="rank candidates by MES with params, MACs, latency, accuracy and Pareto flags")
     r.add_argument("candidates", nargs="+", metavar="CANDIDATE",
-                   help="model names, arch files, or a YAML list of them")
-    r.add_argument("--lut", required=True, metavar="TABLE", help="latency table directory")
+                   help="model names (e.g. efficientformerv2_s0), arch files, or a YAML list of them")
+    r.add_argument("--lut", default=None, metavar="TABLE",
+                   help="latency table: directory or name under tables/ (default: `table` in latbench.toml)")
     r.add_argument("--accuracy", default=None, metavar="FILE",
                    help="top-1 accuracies (CSV/YAML keyed by name or arch digest); published figures of "
                         "S0-L, MobileNetV2 and MobileViT are used (and labelled) otherwise")
@@ -34,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_mes_flags(p: argparse.ArgumentParser, columns: bool = False) -> None:
     g = p.add_argument_group("MES constants (printed with every output)")
-    g.add_argument("--mes-config", default=None, metavar="FILE", help="YAML with score and metrics (see latbench.mes)")
+    g.add_argument("--mes-config", default=None, metavar="FILE", help="YAML with score and metrics (see latbench.efficiency.score)")
     g.add_argument("--latency-unit", default=None, metavar="reference|MS",
                    help="latency unit: 'reference' (MobileNetV2-1.0 on the same table; default) or a fixed "
                         "value such as 1ms (the paper's)")
@@ -47,7 +49,7 @@ def add_mes_flags(p: argparse.ArgumentParser, columns: bool = False) -> None:
 
 
 def mes_config_from_args(args: argparse.Namespace):
-    from latbench.mes.score import MESConfig, config_with_overrides
+    from latbench.efficiency.score import MESConfig, config_with_overrides
 
     config = MESConfig.load(args.mes_config) if args.mes_config else MESConfig()
     return config_with_overrides(config, latency_unit=args.latency_unit, size_unit=args.size_unit,
@@ -55,22 +57,23 @@ def mes_config_from_args(args: argparse.Namespace):
 
 
 def resolve_mes(args: argparse.Namespace, table):
-    from latbench.mes.score import resolve
+    from latbench.efficiency.score import resolve
 
     return resolve(mes_config_from_args(args), table)
 
 
 def run_report(args: argparse.Namespace) -> int:
     from latbench.blocks.candidates import Candidate, resolve_candidate, resolve_candidates
+    from latbench.core.fileio import writable_dir
+    from latbench.efficiency.score import REFERENCE, read_metrics_csv
     from latbench.measuring.models import measure_candidates
-    from latbench.mes.score import REFERENCE, read_metrics_csv
     from latbench.report.model import build_report
-    from latbench.report.writers import check_out_dir, write_report
+    from latbench.report.writers import write_report
     from latbench.search.oracles import published_accuracy, read_accuracy_file
-    from latbench.tables.table import REFERENCE_MODEL, REFERENCE_RESOLUTION, LatencyTable
+    from latbench.tables.table import REFERENCE_MODEL, REFERENCE_RESOLUTION, LatencyTable, find_table
 
-    check_out_dir(args.out)
-    table = LatencyTable.load(args.lut)
+    writable_dir(args.out, create=False)
+    table = LatencyTable.load(find_table(_config.table_arg(args.lut)))
     config = mes_config_from_args(args)
     mes = resolve_mes(args, table)
     cands = resolve_candidates(args.candidates, table.meta.get("resolution"))

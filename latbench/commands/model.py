@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     msub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND", parser_class=type(model))
     msub.required = True
     info = msub.add_parser("info", help="parameters, MACs, input shape and blocks of a model or arch file")
-    info.add_argument("target", metavar="NAME|ARCH_FILE")
+    info.add_argument("target", metavar="NAME|ARCH_FILE",
+                      help="a registered model (e.g. efficientformerv2_s0, mobilevit_xs) or an arch .yaml/.json file")
     info.add_argument("--resolution", type=int, default=None, help="input resolution (default: the model's own)")
     info.add_argument("--checkpoint", default=None, help="official checkpoint (.pth) to load with strict key checks")
     add_json_flag(info)

@@ -27,26 +27,36 @@ def register_build(msub: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from latbench.commands.search import print_result, search_from_args
     from latbench.core.errors import UsageError
+    from latbench.core.fileio import writable_file
     from latbench.report.model import latency_report
     from latbench.space import Arch
 
     out = Path(args.out)
     if out.suffix.lower() not in (".yaml", ".yml", ".json"):
         raise UsageError(f"--out {out}: an arch file must end in .yaml, .yml or .json")
+    writable_file(out, "arch file")
     result, table = search_from_args(args)
     final = result.final.arch
     arch = Arch(final.stages, final.resolution, args.name or out.stem)
     arch.save(out)
     report = latency_report(arch, table, result.mes)
     if args.json:
-        print_json({"out": str(out), "arch": arch.to_dict(), "latency_report": report.to_dict(),
+        print_json({"out": str(out), "next": next_steps(out, table), "arch": arch.to_dict(), "latency_report": report.to_dict(),
                     "accuracy": result.final.accuracy, "oracle": result.oracle,
                     "search": {k: v for k, v in result.to_dict().items() if k != "trajectory"}})
         return 0
     print_result(result)
     print_latency_report(report)
-    console().print(f"wrote {out}; next: `latbench model info {out}`, `latbench export {out}`", highlight=False)
+    console().print(f"wrote {out}; next: {' or '.join(f'`{c}`' for c in next_steps(out, table))}", highlight=False)
     return 0
+
+
+def next_steps(arch_file: Path, table) -> list[str]:
+    """Commands worth running on the arch file just written (each tested by running it)."""
+    stem = arch_file.with_suffix("")
+    return [f"latbench model info {arch_file}",
+            f"latbench lut estimate {table.label()} {arch_file}",
+            f"latbench export --arch {arch_file} --format onnx --out {stem}-export"]
 
 
 def print_latency_report(report) -> None:

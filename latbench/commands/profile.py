@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 
 from latbench.commands._output import add_json_flag, console, print_json, print_table
-from latbench.commands._runner import add_runner_flags, open_device
+from latbench.commands._runner import add_device_flag, add_runner_flags, open_device
 from latbench.core.errors import UsageError
+from latbench.core.fileio import writable_dir
 from latbench.core.progress import phase_progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="measure a model on a device with a per-op and per-block breakdown")
-    p.add_argument("target", metavar="MODEL|ARCH_FILE|FILE.onnx|FILE.mlpackage")
-    p.add_argument("--device", default="cpu", help="device id (see `latbench devices`; default cpu)")
+    p.add_argument("target", metavar="MODEL|ARCH_FILE|FILE.onnx|FILE.mlpackage",
+                   help="a registered model (e.g. efficientformerv2_s0), an arch file, or an exported artifact")
+    add_device_flag(p)
     p.add_argument("--runs", type=int, default=None, help="timed runs (default: adaptive, until the median is within ~1%%)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3, help="measurement rounds (more until they agree; default 3)")
@@ -32,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--runs must be >= 1, got {args.runs}")
     if args.rounds < 1 or args.warmup < 0:
         raise UsageError("--rounds must be >= 1 and --warmup >= 0")
+    if args.out:
+        writable_dir(args.out, create=False)
     runner = open_device(args.device, args)
     with runner, phase_progress(not args.json) as progress:
         result = profile(args.target, runner, runs=args.runs, warmup=args.warmup, resolution=args.resolution,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from latbench.commands import _config
 from latbench.commands._output import add_json_flag, console, print_json, print_table
 from latbench.commands.mes import add_mes_flags, resolve_mes
 from latbench.core.progress import phase_progress
@@ -19,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_search_args(p: argparse.ArgumentParser, targets: tuple[str, ...]) -> None:
-    p.add_argument("--lut", required=True, metavar="TABLE", help="latency table directory")
+    p.add_argument("--lut", default=None, metavar="TABLE",
+                   help="latency table: directory or name under tables/ (default: `table` in latbench.toml)")
     p.add_argument("--space", default=None, metavar="FILE",
                    help="search space (default: the table's own space, else the shipped one)")
     p.add_argument("--accuracy", required=True, metavar="ORACLE",
@@ -40,15 +42,15 @@ def add_search_args(p: argparse.ArgumentParser, targets: tuple[str, ...]) -> Non
 def search_from_args(args: argparse.Namespace):
     """Load everything the search needs from parsed args and run it. Returns (result, table)."""
     from latbench.core.errors import UsageError
-    from latbench.estimate.fast import FastEstimator
+    from latbench.estimation.fast import FastEstimator
     from latbench.search.algorithm import Target, run_search
     from latbench.search.oracles import load_oracle
     from latbench.space import SearchSpace
-    from latbench.tables.table import LatencyTable
+    from latbench.tables.table import LatencyTable, find_table
 
     if args.max_steps is not None and args.max_steps < 1:
         raise UsageError(f"--max-steps must be >= 1, got {args.max_steps}")
-    table = LatencyTable.load(args.lut)
+    table = LatencyTable.load(find_table(_config.table_arg(args.lut)))
     target = Target.parse(getattr(args, "target_latency", None), getattr(args, "target_params", None),
                           getattr(args, "target_mes", None))
     oracle = load_oracle(args.accuracy)
@@ -83,10 +85,10 @@ def print_result(result) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latbench.report.writers import check_out_dir
-    from latbench.search.algorithm import write_search
+    from latbench.core.fileio import writable_dir
+    from latbench.report.search_files import write_search
 
-    check_out_dir(args.out)
+    writable_dir(args.out, create=False)
     result, table = search_from_args(args)
     files = write_search(result, args.out, table)
     if args.json:

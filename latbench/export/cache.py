@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import latbench
-from latbench.core.errors import UsageError
 from latbench.core.fileio import atomic_write_json
 from latbench.core.formats import FORMAT_SUFFIXES
 from latbench.core.hashing import tree_sha256
@@ -134,20 +133,6 @@ def content_hash(descriptor: dict[str, Any]) -> str:
 def artifact_relpath(key: str, fmt: str, precision: str, chash: str) -> str:
     """Readable and content-addressed: onnx/ffn-r224-s1-c32-e4-fp32-<hash>.onnx."""
     return f"{fmt}/{safe_name(key)}-{precision}-{chash[:16]}{FORMAT_SUFFIXES[fmt][0]}"
-
-
-def check_writable(out_dir: str | Path) -> Path:
-    """Create the output directory and prove it is writable, or raise a one-line UsageError."""
-    out = Path(out_dir).expanduser()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f"{TMP_PREFIX}probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise UsageError(f"output directory {out} is not writable: {reason}") from None
-    return out.resolve()
 
 
 def remove_stale_temps(out_dir: Path) -> None:

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from latbench.core.errors import UsageError
+from latbench.core.fileio import writable_dir
 from latbench.core.hashing import tree_sha256, tree_size
 from latbench.core.progress import ProgressFn, phase_progress
 from latbench.core.text import first_line
 from latbench.export.cache import (
     Manifest,
     artifact_relpath,
-    check_writable,
     content_descriptor,
     content_hash,
     default_cache_dir,
@@ -267,7 +267,7 @@ def export_items(
     jobs = default_jobs() if jobs is None else jobs
     if jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {jobs}")
-    out = check_writable(out_dir if out_dir is not None else default_cache_dir())
+    out = writable_dir(out_dir if out_dir is not None else default_cache_dir()).resolve()
     remove_stale_temps(out)
 
     tasks = plan_tasks(items, fmts, out, precision, target, onnx_exporter, opset, seed)

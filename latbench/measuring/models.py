@@ -10,12 +10,14 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from latbench.blocks.candidates import Candidate
 from latbench.core.errors import UsageError
 from latbench.core.progress import ProgressFn, no_progress
 from latbench.measuring.consensus import ConsensusRule
+from latbench.measuring.journal import Journal
 from latbench.measuring.measurement import SamplingPolicy
 from latbench.measuring.session import (
     DEFAULT_POLICIES,
@@ -62,13 +64,15 @@ def model_plan(rounds: int, runs: int | None, warmup: int, time_cap_s: float, se
 def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, passes: int = 1, warmup: int = 10,
                    runs: int | None = None, seed: int = 0, jobs: int = 1, precision: str | None = None,
                    time_cap_s: float = 4.0, progress: ProgressFn | None = None, anchors: Sequence[Any] = (),
-                   anchor_levels_ms: dict[str, float] | None = None) -> ModelTimings:
+                   anchor_levels_ms: dict[str, float] | None = None,
+                   journal_dir: str | Path | None = None) -> ModelTimings:
     """Measure whole models end to end: `passes` measuring sessions one after the other, each
     interleaved rounds until every model's rounds agree.
 
     With `anchors` (BlockConfigs, e.g. a table's anchor blocks) and their `anchor_levels_ms` on a
     table's time base, every pass also measures the anchors and its results are put on that
-    time base; without, results are taken as measured.
+    time base; without, results are taken as measured. With `journal_dir`, pass p keeps its raw
+    measurements in journal_dir/pass{p}.sqlite (else in memory).
     """
     if rounds < 1 or passes < 1:
         raise UsageError(f"measurement rounds and passes must be >= 1, got {rounds} and {passes}")
@@ -97,9 +101,9 @@ def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, 
                      total, detail)
 
         plan.seed = seed * 1000 + p
-        session = MeasuringSession(dispatcher, plan, purpose=f"models-pass{p}", progress=prog, export_jobs=jobs,
-                                   precision=precision,
-                                   time_base=time_base)
+        journal = Journal(Path(journal_dir) / f"pass{p}.sqlite") if journal_dir else None
+        session = MeasuringSession(dispatcher, plan, journal=journal, purpose=f"models-pass{p}", progress=prog,
+                                   export_jobs=jobs, precision=precision, time_base=time_base)
         res = session.run(targets, anchor_targets)
         sessions.append(res)
         out.append({k: v.value for k, v in res.verdicts.items()})

@@ -60,6 +60,10 @@ def resolve_target(spec: str, resolution: int | None) -> tuple[Candidate | None,
             raise UsageError(f"artifact {spec} does not exist")
         if suffix == ".onnx" and not path.is_file():
             raise UsageError(f"{spec} is not a file")
+        if suffix == ".onnx":
+            from latbench.export.inspect import onnx_inputs
+
+            onnx_inputs(path)  # not a readable model: the user's to fix, before any device is opened
         if suffix == ".mlpackage" and not (path.is_dir() and (path / "Manifest.json").is_file()):
             raise UsageError(f"{spec} is not a Core ML package (no Manifest.json inside)")
         return None, path.resolve()
@@ -122,14 +126,17 @@ def breakdowns(m: Measurement, candidate: Candidate | None) -> tuple[list[dict],
     return by_type, per_block
 
 
-def profile(spec: str, runner, *, runs: int | None = None, warmup: int = 10, resolution: int | None = None,
+def profile(spec: str | Candidate, runner, *, runs: int | None = None, warmup: int = 10, resolution: int | None = None,
             rounds: int = 3, jobs: int = 1,
             progress: ProgressFn | None = None) -> ProfileResult:
     """Measure one model (or artifact) on an open runner: a measuring session of `rounds`
     rounds (more until they agree), per-op times from the first round's profiling run."""
     from latbench.measuring.models import model_plan
 
-    candidate, artifact = resolve_target(spec, resolution)
+    if isinstance(spec, Candidate):
+        candidate, artifact = spec, None
+    else:
+        candidate, artifact = resolve_target(spec, resolution)
     if artifact is not None:
         fmt = format_of(artifact)
         if fmt != runner.artifact_format:

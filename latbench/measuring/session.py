@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from latbench.core.errors import DeviceError, UsageError
+from latbench.core.errors import DeviceLost, ExportError, UsageError
 from latbench.core.progress import ProgressFn, no_progress
 from latbench.measuring.consensus import ConsensusRule, Verdict
 from latbench.measuring.journal import AnchorRow, Journal, JournalRow
@@ -163,8 +163,6 @@ class LocalDispatcher:
 
     def execute(self, jobs: Sequence[Job], anchors: Sequence[Job], anchor_every: int,
                 on_result: Callable[[JobResult, bool], None]) -> None:
-        from device_runners.base import DeviceLost
-
         order: list[tuple[Job, bool]] = []
         turn = 0
 
@@ -359,7 +357,7 @@ def drift_report(anchors: Sequence[AnchorRow], rule: ConsensusRule, tolerance: f
 
 def export_artifacts(items: Sequence[Any], fmt: str, jobs: int, precision: str | None,
                      progress: ProgressFn | bool = False) -> dict[str, Artifact]:
-    """Export through the content-addressed cache; DeviceError (exit 1) if any item failed."""
+    """Export through the content-addressed cache; ExportError (exit 1) if any item failed."""
     from latbench.export import export_items
 
     items = list({i.key: i for i in items}.values())
@@ -373,5 +371,5 @@ def export_artifacts(items: Sequence[Any], fmt: str, jobs: int, precision: str |
     report = export_items(items, **kwargs)
     if report.failures:
         first = report.failures[0]
-        raise DeviceError(f"export failed for {len(report.failures)} item(s), first {first.key}: {first.error}")
+        raise ExportError(f"export failed for {len(report.failures)} item(s), first {first.key}: {first.error}")
     return {**given, **{r.key: Artifact(r.key, Path(r.path), r.content_hash) for r in report if r.format == fmt}}

@@ -32,6 +32,10 @@ class ModelInfo:
     family: str  # module under latbench.models
     default_resolution: int
     check_resolution: Callable[[int], None]
+    #: Parameters (1000 classes) and MACs at the default resolution, for models measured whole; tests
+    #: check them against the built networks, so size and cost are known without importing torch.
+    params: int | None = None
+    macs: int | None = None
 
 
 _FAMILIES: dict[str, tuple[tuple[str, ...], int, Callable[[int], None]]] = {
@@ -42,8 +46,16 @@ _FAMILIES: dict[str, tuple[tuple[str, ...], int, Callable[[int], None]]] = {
     # 2x2 patches at 1/8, 1/16 and 1/32 of the input need even maps there (MobileViT paper: 256).
     "mobilevit": (("mobilevit_xxs", "mobilevit_xs", "mobilevit_s"), 256, multiple_of_32("MobileViT")),
 }
+_COUNTS = {  # name: (parameters, MACs at the default resolution); MobileNetV2 3,504,872 and MobileViT
+    # 1,272,024 / 2,317,848 / 5,578,632 parameters are the published counts.
+    "mobilenetv2_100": (3_504_872, 300_774_272),
+    "mobilevit_xxs": (1_272_024, 407_364_096),
+    "mobilevit_xs": (2_317_848, 1_025_911_808),
+    "mobilevit_s": (5_578_632, 2_000_831_488),
+}
 CATALOGUE: dict[str, ModelInfo] = {
-    name: ModelInfo(name, family, res, rule) for family, (names, res, rule) in _FAMILIES.items() for name in names
+    name: ModelInfo(name, family, res, rule, *_COUNTS.get(name, (None, None)))
+    for family, (names, res, rule) in _FAMILIES.items() for name in names
 }
 
 ModelBuilder = Callable[..., Any]

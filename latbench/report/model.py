@@ -27,9 +27,9 @@ import pandas as pd
 from latbench.blocks.candidates import Candidate
 from latbench.core.errors import UsageError
 from latbench.core.text import weights_mb
-from latbench.estimate.estimator import Estimate, LatencyEstimator
-from latbench.mes.pareto import pareto_flags
-from latbench.mes.score import MES
+from latbench.efficiency.pareto import pareto_flags
+from latbench.efficiency.score import MES
+from latbench.estimation.estimator import Estimate, LatencyEstimator
 from latbench.search.oracles import AccuracyEntry
 from latbench.space import Arch
 from latbench.tables.table import LatencyTable
@@ -216,7 +216,7 @@ def latency_report(candidate: Candidate | Arch, table: LatencyTable, mes: MES | 
 
     Per-block `est_ms` spreads the whole estimate (overhead model and calibration included) over the
     blocks in proportion to their net cost, so the blocks add up to `latency_ms`."""
-    from latbench.mes.score import MESConfig, resolve
+    from latbench.efficiency.score import MESConfig, resolve
 
     if isinstance(candidate, Arch):
         candidate = Candidate(candidate.label(), candidate.resolution, arch=candidate)

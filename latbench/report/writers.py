@@ -11,8 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from latbench.core.errors import UsageError
-from latbench.core.fileio import atomic_write_json, atomic_write_text
+from latbench.core.fileio import atomic_write_json, atomic_write_text, writable_dir
 from latbench.report.model import PLOTS, MESReport, display_frame, header_lines
 from latbench.report.plots import plot_accuracy_latency, plot_breakdown
 
@@ -37,18 +36,9 @@ def _cell(v: Any) -> str:
     return str(v).replace("|", "\\|")
 
 
-def check_out_dir(out_dir: str | Path) -> Path:
-    """Fail early (before any work) when the output directory cannot be one."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"output directory {out_dir} is a file; give a directory with --out")
-    return out_dir
-
-
 def write_report(report: MESReport, out_dir: str | Path) -> dict[str, Path]:
     """report.md, report.html (self-contained), report.csv, report.json and the plots (PNG + SVG)."""
-    out_dir = check_out_dir(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = writable_dir(out_dir)
     files: dict[str, Path] = {}
     for name, fn in (("accuracy_latency", plot_accuracy_latency), ("latency_breakdown", plot_breakdown)):
         for fmt, path in fn(report, out_dir / name).items():

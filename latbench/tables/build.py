@@ -42,7 +42,15 @@ from latbench.measuring.session import MeasuringPlan, MeasuringSession, SessionR
 from latbench.measuring.timebase import base_levels, session_factors
 from latbench.tables.overhead import OverheadModel, fit_scale
 from latbench.tables.plausibility import PlausibilityRule, check_trends, entry_of
-from latbench.tables.table import BLOCK_COLUMNS, MODEL_COLUMNS, OP_COLUMNS, LatencyTable, device_diff, op_rows
+from latbench.tables.table import (
+    BLOCK_COLUMNS,
+    FIELD_COLUMNS,
+    MODEL_COLUMNS,
+    OP_COLUMNS,
+    LatencyTable,
+    device_diff,
+    op_rows,
+)
 
 #: Rounds an implausible entry gets beyond the consensus minimum before it is flagged.
 PLAUSIBILITY_EXTRA_ROUNDS = 2
@@ -222,12 +230,12 @@ def entry_stats(rows: Sequence[JournalRow], rule: ConsensusRule, factors: dict[s
     }
 
 
-def derive_table(journal: Journal, out_dir: Path) -> LatencyTable:
+def derive_table(journal: Journal, out_dir: Path, consensus: ConsensusRule | None = None) -> LatencyTable:
     """The table as the journal says it is (no measuring): what a build, `lut check --fix` and
-    `lut repair` write."""
+    `lut repair` write. `consensus` replays the journal under another rule (studies)."""
     settings = journal.get_meta("settings") or {}
     built = BuildSettings.from_dict(settings)
-    rule, prule = built.consensus, built.plausibility
+    rule, prule = consensus or built.consensus, built.plausibility
     factors = session_factors(journal, rule)
     resolution = journal.get_meta("resolution")
     block_rows: list[dict[str, Any]] = []
@@ -238,8 +246,7 @@ def derive_table(journal: Journal, out_dir: Path) -> LatencyTable:
         config = config_from_fields(fields)
         configs[key] = config
         row = {"key": key, "kind": fields.get("kind"),
-               **{c: fields.get(c) for c in ("resolution", "stage", "width", "expansion", "width_in", "width_out",
-                                            "channels", "height", "num_classes", "name")},
+               **{c: config.fields().get(c) for c in FIELD_COLUMNS},
                "input_shape": "x".join(map(str, config.input_shape)) if config.input_shape else None,
                "params": None if config.kind == "model" else config.params(),
                "macs": None if config.kind == "model" else config.macs(),
@@ -318,6 +325,22 @@ def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, facto
             "calibrated_on": names,
             "fit_errors_pct": [100 * (f / m - 1) for f, m in zip(fitted, measured)],
         }
+
+
+def repair_table(path: str | Path) -> LatencyTable:
+    """Rederive a table's CSVs and meta.json from its journal (after damage, or to move a table
+    to this latbench's schema); measures nothing."""
+    path = Path(path)
+    journal_path = path / "journal.sqlite"
+    if not journal_path.is_file():
+        raise UsageError(f"{path} has no journal.sqlite to rederive the table from; rebuild it with "
+                         f"`latbench lut build ... --force --out {path}`")
+    with Journal(journal_path) as journal:
+        if not journal.rows("block"):
+            raise UsageError(f"the journal of {path} holds no measurements; build the table with `latbench lut build`")
+        table = derive_table(journal, path)
+    table.save()
+    return table
 
 
 def candidate_from_fields(fields: dict[str, Any], resolution: int) -> Candidate | None:

@@ -68,7 +68,7 @@ def pick_entries(table: LatencyTable, sample: int | None, seed: int, keys: Seque
 
 
 def check_table(table: LatencyTable, runner: Any, *, sample: int | None = None, keys: Sequence[str] = (),
-                seed: int = 0, rounds: int = 3, fix: bool = False,
+                seed: int = 0, rounds: int = 3, fix: bool = False, jobs: int = 2,
                 progress: ProgressFn | None = None) -> CheckResult:
     from latbench.tables.build import BuildSettings, derive_table, table_anchors
 
@@ -83,7 +83,7 @@ def check_table(table: LatencyTable, runner: Any, *, sample: int | None = None, 
     rule = ConsensusRule.for_rounds(rounds, table_rule.max_rounds, statistic=table_rule.statistic,
                                     tolerance=table_rule.tolerance)
     settings = BuildSettings.from_dict(table.meta.get("settings") or {}, rounds=rounds, consensus=rule, seed=seed,
-                                       profile=False)
+                                       profile=False, jobs=jobs)
     levels = dict((table.meta.get("anchors") or {}).get("levels_ms") or {})
     with Journal(Path(table.path) / "journal.sqlite") as table_journal:
         anchors = table_anchors(table_journal, int(table.meta.get("resolution") or 224))

@@ -27,7 +27,7 @@ def _synthetic_ms(config: BlockConfig) -> float:
     """A deterministic made-up cost: a fixed 5 us plus ~MACs at 0.01 ns per MAC (params x output pixels,
     plus attention matmuls), so bigger blocks cost more, roughly like a real device."""
     if isinstance(config, EmptyConfig):
-        return 0.004 + 1e-8 * config.channels * config.height * config.width
+        return 0.004 + 1e-8 * config.channels * config.map_height * config.map_width
     _, _, h, w = config.input_shape
     pixels = h * w
     if config.kind in ("stem", "embed", "attndown"):
@@ -60,6 +60,7 @@ def synthetic_table(space: SearchSpace | None = None, resolution: int = 224, *,
                      "latency_ms": reference_ms, "consensus": True})
     rows = list({row["key"]: row for row in rows}.values())
     meta = {"name": "synthetic", "device_id": "synthetic", "synthetic": True, "resolution": r,
+            "device": {"device_kind": "synthetic", "runtime": "none (made-up costs)"},
             "space": {"name": space.name, "digest": space.digest(), "definition": space.to_dict()},
             "overhead": {"empty_models": True, "scale": scale, "calibrated": True,
                          "calibrated_on": ["synthetic"]}}

@@ -14,8 +14,10 @@ A table lives in a directory (default ``tables/<device>/<space>-r<resolution>/``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,8 +39,8 @@ SCHEMA_VERSION = 2
 CONSENSUS_COLUMNS = ["latency_ms", "raw_latency_ms", "consensus", "agreement", "round_spread", "rounds"]
 #: Spread statistics of the pooled samples of every round.
 STAT_COLUMNS = ["median_ms", "mean_ms", "std_ms", "p5_ms", "p95_ms", "iqr_ms", "n", "ci_rel"]
-FIELD_COLUMNS = ["resolution", "stage", "width", "expansion", "width_in", "width_out", "channels", "height",
-                 "num_classes", "name"]
+FIELD_COLUMNS = ["resolution", "stage", "width", "expansion", "width_in", "width_out", "channels", "map_height",
+                 "map_width", "num_classes", "name"]
 BLOCK_COLUMNS = (["key", "kind", *FIELD_COLUMNS, "input_shape", "params", "macs", *CONSENSUS_COLUMNS,
                   "trend_ratio", "flags", *STAT_COLUMNS, "session_ms", "first_inference_ms", "content_hash",
                   "measured_at", "warnings"])
@@ -55,6 +57,32 @@ REFERENCE_KEY = f"model-{REFERENCE_MODEL}-r{REFERENCE_RESOLUTION}"
 # Provenance fields that must match for a table to describe the device it is used with.
 PROVENANCE_KEYS = ["device_kind", "device_model", "soc", "os", "os_build", "runtime", "runtime_version",
                    "threads", "core_mask", "precision"]
+
+
+def tables_root() -> Path:
+    """Where tables live by default: $LATBENCH_TABLES, else ./tables."""
+    return Path(os.environ.get("LATBENCH_TABLES", "tables"))
+
+
+def find_table(path_or_name: str | Path) -> Path:
+    """A table's directory from a path, or from a name under the tables root: "cpu" (the device's
+    only table), "cpu/efficientformerv2-r224". One-line UsageError listing the known tables."""
+    path = Path(path_or_name)
+    if path.exists():
+        return path
+    root = tables_root()
+    candidate = root / path
+    if (candidate / "meta.json").is_file():
+        return candidate
+    if candidate.is_dir():
+        inside = sorted(p for p in candidate.iterdir() if (p / "meta.json").is_file())
+        if len(inside) == 1:
+            return inside[0]
+        if inside:
+            raise UsageError(f"{candidate} holds several tables ({', '.join(p.name for p in inside)}); name one")
+    known = sorted(str(p.parent.relative_to(root)) for p in root.glob("*/*/meta.json")) if root.is_dir() else []
+    raise UsageError(f"no latency table {str(path_or_name)!r}: give its directory or a name under {root}/ "
+                     f"({', '.join(known) or 'none built yet'}); build one with `latbench lut build`")
 
 
 def default_table_dir(device_id: str, space_name: str, resolution: int, root: str | Path = "tables") -> Path:
@@ -122,41 +150,48 @@ class LatencyTable:
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | Path | None = None) -> Path:
-        """Write every file atomically; meta.json last, so a complete meta means complete CSVs."""
+        """Write every file atomically, meta.json last with the digests of the CSVs: a complete
+        meta means complete CSVs, and a CSV truncated or edited afterwards is detected on load."""
         path = Path(path or self.path)
         path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path / "blocks.csv", self.blocks.reindex(columns=BLOCK_COLUMNS).to_csv(index=False))
-        atomic_write_text(path / "ops.csv", self.ops.reindex(columns=OP_COLUMNS).to_csv(index=False))
-        atomic_write_text(path / "models.csv", self.models.reindex(columns=MODEL_COLUMNS).to_csv(index=False))
+        files = {}
+        for name, frame, columns in (("blocks.csv", self.blocks, BLOCK_COLUMNS), ("ops.csv", self.ops, OP_COLUMNS),
+                                     ("models.csv", self.models, MODEL_COLUMNS)):
+            text = frame.reindex(columns=columns).to_csv(index=False)
+            atomic_write_text(path / name, text)
+            files[name] = {"sha256": hashlib.sha256(text.encode()).hexdigest(), "rows": int(len(frame))}
         meta = dict(self.meta)
         meta["schema_version"] = SCHEMA_VERSION
         meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        meta["files"] = files
         atomic_write_json(path / "meta.json", meta)
         self.meta, self.path = meta, path
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:
+        """Read a table, refusing damage: every problem is one UsageError naming the file and
+        the fix (`latbench lut repair` rederives the CSVs and meta.json from the journal)."""
         path = Path(path)
         if path.is_file() and path.name in ("blocks.csv", "meta.json"):
             path = path.parent
-        if not (path / "meta.json").is_file() or not (path / "blocks.csv").is_file():
+        if not path.is_dir() or not ((path / "meta.json").is_file() or (path / "journal.sqlite").is_file()):
             raise UsageError(f"{path} is not a latency table (no meta.json/blocks.csv); build one with `latbench lut build`")
-        try:
-            meta = json.loads((path / "meta.json").read_text())
-            blocks = pd.read_csv(path / "blocks.csv")
-            ops = pd.read_csv(path / "ops.csv") if (path / "ops.csv").is_file() else pd.DataFrame(columns=OP_COLUMNS)
-            models = (pd.read_csv(path / "models.csv") if (path / "models.csv").is_file()
-                      else pd.DataFrame(columns=MODEL_COLUMNS))
-        except (json.JSONDecodeError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-            raise UsageError(f"latency table {path} is corrupt: {first_line(exc)}") from None
-        if meta.get("schema_version") != SCHEMA_VERSION:
-            raise UsageError(f"latency table {path} has schema {meta.get('schema_version')}, "
-                             f"this latbench reads {SCHEMA_VERSION}; rebuild it with `latbench lut build --force`")
-        missing = [c for c in ("key", "kind", "latency_ms") if c not in blocks.columns]
-        if missing:
-            raise UsageError(f"latency table {path}: blocks.csv lacks column {missing[0]!r}")
-        return cls(blocks, ops, models, meta, path)
+        meta = _read_meta(path)
+        frames = {}
+        for name, columns in (("blocks.csv", BLOCK_COLUMNS), ("ops.csv", OP_COLUMNS), ("models.csv", MODEL_COLUMNS)):
+            frames[name] = _read_csv(path, name, columns, (meta.get("files") or {}).get(name))
+        blocks = frames["blocks.csv"]
+        for col in ("key", "kind", "latency_ms"):
+            if col not in blocks.columns:
+                raise damaged(path, "blocks.csv", f"lacks column {col!r}")
+        if blocks.empty:
+            raise damaged(path, "blocks.csv", "has no entries")
+        _check_keys(path, "blocks.csv", blocks, "key")
+        _check_latencies(path, "blocks.csv", blocks, "key")
+        if not frames["models.csv"].empty:
+            _check_latencies(path, "models.csv", frames["models.csv"], "name")
+        return cls(blocks, frames["ops.csv"], frames["models.csv"], meta, path)
 
     # -- provenance ----------------------------------------------------------------------------
     def provenance_diff(self, current: dict[str, Any]) -> list[str]:
@@ -196,3 +231,68 @@ def row_config(row: dict[str, Any]) -> BlockConfig:
             continue
         fields[k] = int(v) if isinstance(v, float) else v
     return config_from_fields(fields)
+
+
+# -- reading a table defensively ------------------------------------------------------------------
+def damaged(path: Path, file: str, what: str) -> UsageError:
+    """The one-line error for a damaged table file, with the fix that applies."""
+    if (path / "journal.sqlite").is_file():
+        fix = f"rederive it from the journal with `latbench lut repair {path}`"
+    else:
+        fix = f"it has no journal to rederive it from: rebuild it with `latbench lut build ... --force --out {path}`"
+    return UsageError(f"latency table {path}: {file} {what}; {fix}")
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    if not (path / "meta.json").is_file():
+        raise damaged(path, "meta.json", "is missing")
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise damaged(path, "meta.json", f"is not valid JSON ({first_line(exc)})") from None
+    if not isinstance(meta, dict):
+        raise damaged(path, "meta.json", f"holds a {type(meta).__name__}, not a mapping")
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise damaged(path, "meta.json", f"has schema {version!r}, this latbench reads {SCHEMA_VERSION}")
+    for key, kind in (("device", dict), ("files", dict)):
+        if not isinstance(meta.get(key), kind):
+            raise damaged(path, "meta.json", f"lacks {key!r} (or it is not a {kind.__name__})")
+    return meta
+
+
+def _read_csv(path: Path, name: str, columns: list[str], recorded: dict[str, Any] | None) -> pd.DataFrame:
+    file = path / name
+    if not file.is_file():
+        raise damaged(path, name, "is missing")
+    data = file.read_bytes()
+    if recorded and recorded.get("sha256") != hashlib.sha256(data).hexdigest():
+        raise damaged(path, name, "was truncated or edited since it was written (its digest in meta.json differs)")
+    try:
+        frame = pd.read_csv(file)
+    except pd.errors.EmptyDataError:
+        raise damaged(path, name, "is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise damaged(path, name, f"is not a readable CSV ({first_line(exc)})") from None
+    return frame
+
+
+def _check_keys(path: Path, name: str, frame: pd.DataFrame, col: str) -> None:
+    keys = frame[col]
+    if keys.isna().any():
+        raise damaged(path, name, f"has a row without a {col} (row {int(keys.isna().to_numpy().nonzero()[0][0]) + 2})")
+    dup = keys[keys.duplicated()]
+    if len(dup):
+        raise damaged(path, name, f"lists {dup.iloc[0]!r} twice")
+
+
+def _check_latencies(path: Path, name: str, frame: pd.DataFrame, label: str) -> None:
+    values = pd.to_numeric(frame["latency_ms"], errors="coerce")
+    bad = ~(values.notna() & values.map(lambda v: math.isfinite(v) and v > 0 if v == v else False))
+    if bad.any():
+        i = int(bad.to_numpy().nonzero()[0][0])
+        raw = frame["latency_ms"].iloc[i]
+        what = "blank" if pd.isna(raw) else f"{raw!r}"
+        raise damaged(path, name, f"has a latency_ms that is not a positive number ({what}, row {i + 2}, "
+                                  f"{frame[label].iloc[i]!r})")
+    frame["latency_ms"] = values.astype(float)

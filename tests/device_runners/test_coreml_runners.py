@@ -8,11 +8,10 @@ import fake_coreml_device as fake
 import pytest
 
 from device_runners import discover_devices, open_runner
-from device_runners.base import DeviceLost
 from device_runners.coreml_common import ESTIMATED_OPS_WARNING
 from device_runners.iphone import IPhoneRunner
 from device_runners.mac import MacRunner
-from latbench.core.errors import DeviceError, UsageError
+from latbench.core.errors import DeviceError, DeviceLost, UsageError
 from latbench.measuring.measurement import SamplingPolicy
 
 UDID = "00008101-000A1B2C3D4E001E"

@@ -46,7 +46,7 @@ def test_unknown_device_lists_the_known_ones(no_adb_server):
 
 
 def test_bad_option_is_a_usage_error():
-    with pytest.raises(UsageError, match="invalid option for cpu"):
+    with pytest.raises(UsageError, match="option 'warp_speed' does not apply to cpu devices"):
         open_runner("cpu", warp_speed=9)
 
 

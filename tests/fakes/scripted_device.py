@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from device_runners.base import DeviceInfo, DeviceLost, Prepared, Runner
-from latbench.core.errors import DeviceError
+from device_runners.base import DeviceInfo, Prepared, Runner
+from latbench.core.errors import DeviceError, DeviceLost
 from latbench.measuring.measurement import Measurement, SamplingPolicy
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 from scripted_device import ScriptedRunner
 
-from device_runners.base import DeviceLost
 from latbench.blocks.configs import AttnConfig, FFNConfig
-from latbench.core.errors import DeviceError
+from latbench.core.errors import DeviceError, DeviceLost
 from latbench.measuring.journal import Journal
 from latbench.measuring.measurement import SamplingPolicy
 from latbench.measuring.session import MeasuringPlan, MeasuringSession, Target

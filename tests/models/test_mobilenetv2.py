@@ -64,3 +64,18 @@ def test_onnx_export_matches_torch(tmp_path) -> None:
     assert out.shape == (1, 1000)
     tol = 1e-4 * max(1.0, float(np.abs(ref).max()))
     assert float(np.abs(out - ref).max()) <= tol
+
+
+def test_the_catalogue_knows_size_and_cost_without_building():
+    from latbench.blocks.candidates import Candidate
+    from latbench.blocks.configs import ModelConfig
+    from latbench.models import CATALOGUE, create_model, list_models
+
+    for name, info in CATALOGUE.items():
+        model = create_model(name, resolution=info.default_resolution)  # every catalogue name builds
+        if info.params is None:
+            continue
+        assert sum(p.numel() for p in model.parameters()) == info.params
+        assert ModelConfig(info.default_resolution, name).macs() == info.macs  # counted by torch
+        assert Candidate(name, info.default_resolution, model_name=name).macs() == info.macs
+    assert list_models() == sorted(CATALOGUE)

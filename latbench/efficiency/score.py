@@ -279,7 +279,7 @@ def reference_latency_ms(table) -> float:
     """MobileNetV2-1.0's latency as the table's estimator reports it (the same path every candidate
     takes, so MobileNetV2 scored against this table has a latency term of exactly 1)."""
     from latbench.blocks.configs import ModelConfig
-    from latbench.estimate.estimator import LatencyEstimator
+    from latbench.estimation.estimator import LatencyEstimator
 
     if not table.has(REFERENCE_KEY):
         raise UsageError(reference_missing_message(table.label(), table.meta.get("device_id")))

@@ -16,12 +16,13 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from latbench.blocks.candidates import Candidate
 from latbench.core.errors import UsageError
 from latbench.core.progress import ProgressFn
-from latbench.estimate.estimator import LatencyEstimator
+from latbench.estimation.estimator import LatencyEstimator
 from latbench.measuring.models import measure_models
 from latbench.tables.table import LatencyTable
 
@@ -95,7 +96,8 @@ def table_anchors_and_levels(table: LatencyTable) -> tuple[list[Any], dict[str, 
 
 def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate], *, rounds: int = 3,
                    passes: int = 2, jobs: int = 2, warmup: int = 10, seed: int = 0,
-                   progress: ProgressFn | None = None, time_cap_s: float = 4.0) -> ValidationResult:
+                   progress: ProgressFn | None = None, time_cap_s: float = 4.0,
+                   journal_dir: str | Path | None = None) -> ValidationResult:
     """Measure `candidates` end to end in `passes` separated passes and compare with the table's
     estimates (and the plain sum and a MACs-proportional estimate) against the pass mean."""
     if passes < 2:
@@ -111,7 +113,7 @@ def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate],
     timings = measure_models(candidates, runner, rounds=rounds, passes=passes, warmup=warmup, seed=seed, jobs=jobs,
                              precision=(table.meta.get("settings") or {}).get("precision"), time_cap_s=time_cap_s,
                              progress=progress, anchors=anchors,
-                             anchor_levels_ms=levels)
+                             anchor_levels_ms=levels, journal_dir=journal_dir)
     rate = macs_rate(table)
     rows = []
     for c in candidates:

@@ -105,7 +105,7 @@ class FastEstimator:
     """Batch estimates over one space and resolution from a LatencyTable (construct once)."""
 
     def __init__(self, table: LatencyTable, space: SearchSpace | None = None, resolution: int | None = None):
-        from latbench.estimate.estimator import LatencyEstimator
+        from latbench.estimation.estimator import LatencyEstimator
 
         self.table = table
         self.space = space or table.space(fallback=True)
@@ -223,7 +223,7 @@ class FastEstimator:
         return self._macs.total(enc, self._ffn_index(enc) if _idx is None else _idx)
 
     def score(self, enc: EncodedArchs, mes=None, check: bool = True) -> FastScores:
-        """Latency (ms), parameters and, given a resolved `latbench.mes.MES`, the MES of every subnet."""
+        """Latency (ms), parameters and, given a resolved `latbench.efficiency.score.MES`, the MES of every subnet."""
         idx = self._ffn_index(enc)
         lat = self.latency(enc, check=check, _idx=idx)
         par = self.params(enc, _idx=idx)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+from latbench.blocks.candidates import to_candidate
 from latbench.blocks.configs import BlockConfig
 from latbench.core.errors import UsageError
 from latbench.tables.overhead import BlockEstimate, OverheadModel
@@ -49,6 +51,16 @@ class Estimate:
         return d
 
 
+def build_argument(candidate: Any) -> str:
+    """The `lut build` argument that measures a candidate's blocks."""
+    if candidate.model_name or candidate.source == "registry":
+        return f"--model {candidate.model_name or candidate.name}"
+    path = Path(candidate.source.split("[")[0])
+    if path.suffix.lower() in (".yaml", ".yml", ".json") and path.is_file():
+        return f"--arch {path}"
+    return f"--arch {candidate.name}.yaml (save the arch to a file first)"
+
+
 class LatencyEstimator:
     """Estimate model latency from a table. Construct once, call `estimate` per candidate."""
 
@@ -65,14 +77,17 @@ class LatencyEstimator:
     def required_keys(self, blocks: list[BlockConfig]) -> list[str]:
         return self.model.required_keys(blocks)
 
-    def check_covered(self, name: str, blocks: list[BlockConfig]) -> None:
+    def check_covered(self, name: str, blocks: list[BlockConfig], what: str | None = None) -> None:
+        """UsageError listing the entries the table lacks for these blocks, and the build that
+        fills them (`what`: the --model/--arch argument naming the model, when known)."""
         missing = [k for k in self.required_keys(blocks) if k not in self.ms]
         if missing:
             shown = ", ".join(missing[:5]) + (f" ... ({len(missing)} in all)" if len(missing) > 5 else "")
+            what = what or f"--arch {name}.yaml (save the arch to a file first)"
             raise UsageError(
                 f"table {self.table.label()} lacks {len(missing)} block(s) needed by {name}: {shown}; "
-                f"fill them with `latbench lut build --device {self.table.meta.get('device_id', 'ID')} "
-                f"--model/--arch {name} --out {self.table.label()}`"
+                f"fill them with `latbench lut build --device {self.table.meta.get('device_id') or 'ID'} "
+                f"{what} --out {self.table.label()}`"
             )
 
     def estimate_blocks(self, name: str, blocks: list[BlockConfig]) -> Estimate:
@@ -107,6 +122,16 @@ class LatencyEstimator:
                 f"{'is' if len(bad) == 1 else 'are'} doubtful: {shown}; re-measure with "
                 f"`latbench lut check {self.table.label()} --device {self.table.meta.get('device_id') or 'ID'} --fix`"]
 
-    def estimate(self, candidate) -> Estimate:
-        """Estimate a `latbench.candidates.Candidate`."""
-        return self.estimate_blocks(candidate.name, candidate.blocks())
+    def estimate(self, target: Any) -> Estimate:
+        """Estimate a Candidate, an Arch, an arch mapping, a model name or an arch file path
+        (see latbench.blocks.candidates.to_candidate)."""
+        candidate = to_candidate(target)
+        table_res = self.table.meta.get("resolution")
+        if table_res and candidate.resolution != table_res:
+            raise UsageError(f"table {self.table.label()} holds {table_res}x{table_res} entries but {candidate.name} "
+                             f"is {candidate.resolution}x{candidate.resolution}: estimate it at {table_res} "
+                             f"(--resolution {table_res}) or build a table at {candidate.resolution}")
+        blocks = candidate.blocks()
+        if blocks:
+            self.check_covered(candidate.name, blocks, what=build_argument(candidate))
+        return self.estimate_blocks(candidate.name, blocks)

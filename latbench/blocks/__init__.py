@@ -1,0 +1,1 @@
+"""Block configurations (the unit of export, measurement and tables) and candidates (whole models)."""

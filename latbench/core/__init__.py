@@ -1,0 +1,1 @@
+"""Foundations every layer uses: errors, file IO, hashing, artifact formats, progress, text."""

@@ -1,0 +1,1 @@
+"""The Mobile Efficiency Score and Pareto optimality."""

@@ -1,0 +1,1 @@
+"""Estimates from tables: the estimator, the vectorised estimator, validation against measurements."""

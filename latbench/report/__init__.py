@@ -1,0 +1,1 @@
+"""Reports: the ranked candidate model, plots, and the files of reports, profiles and searches."""

@@ -1,0 +1,1 @@
+"""The fine-grained joint search (Algorithm 1) and its accuracy oracles."""

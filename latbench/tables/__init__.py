@@ -1,0 +1,1 @@
+"""Latency lookup tables: storage, building and deriving from the journal, checking, the overhead model."""

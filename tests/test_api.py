@@ -1,0 +1,62 @@
+"""The public API: what `import latbench` offers, and the README's example run as written."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from _support import REPO
+
+
+def readme_example() -> str:
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Python API", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match, "the README's Python API section has no python example"
+    return match.group(1)
+
+
+def test_import_latbench_is_light_and_lists_the_api():
+    code = ("import sys, latbench; api = set(latbench.__all__); "
+            "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'coremltools', 'pandas') if m in sys.modules)); "
+            "print(sorted(api))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    heavy, names = out.splitlines()
+    assert heavy == "[]"
+    for name in ("load_table", "estimate", "estimate_many", "FastEstimator", "mes", "profile", "build_table",
+                 "validate_table", "check_table", "Arch", "LatencyTable", "UsageError"):
+        assert name in names
+
+
+@pytest.mark.slow
+def test_the_readme_example_runs(tmp_path):
+    script = tmp_path / "example.py"
+    script.write_text(readme_example())
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "efficientformerv2_s0" in done.stdout and "ms" in done.stdout
+
+
+def test_estimators_accept_an_arch_a_mapping_and_a_name():
+    import latbench
+    from latbench.space import named_arch
+    from latbench.tables.synthetic import synthetic_table
+
+    table = synthetic_table()
+    arch = named_arch("efficientformerv2_s0")
+    by_name = latbench.estimate(table, "efficientformerv2_s0").latency_ms
+    assert latbench.estimate(table, arch).latency_ms == pytest.approx(by_name)
+    assert latbench.estimate(table, arch.to_dict()).latency_ms == pytest.approx(by_name)
+    from latbench.estimation.estimator import LatencyEstimator
+
+    assert LatencyEstimator(table).estimate(arch).latency_ms == pytest.approx(by_name)
+    frame = latbench.estimate_many(table, ["efficientformerv2_s0", arch, "efficientformerv2_l"])
+    assert list(frame.columns[:3]) == ["name", "latency_ms", "plain_sum_ms"] and len(frame) == 3
+    assert frame["latency_ms"].iloc[2] > frame["latency_ms"].iloc[0]
+    assert latbench.mes(table, "efficientformerv2_s0") > latbench.mes(table, "efficientformerv2_l")
+    fast = latbench.FastEstimator(table)
+    assert fast.score_archs([arch]).latency_ms[0] == pytest.approx(by_name)
+    with pytest.raises(latbench.UsageError, match="cannot estimate a int"):
+        latbench.estimate(table, 3)
