@@ -111,6 +111,14 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def _prepare(self, artifact: Path, content_hash: str, label: str) -> Prepared: ...
 
+    def renew(self, prepared: Prepared) -> Prepared:
+        """A fresh instance of a prepared artifact for another round: a new runtime session with
+        its own memory layout. On a shared host an unlucky layout keeps one session slow for as
+        long as it lives (measured: one attention block 32 % slow in all five rounds of a build),
+        so every round starts from a new one. The device-side copy (a pushed file) is kept.
+        Runners whose every measurement already starts a fresh process return `prepared`."""
+        return prepared
+
     @abc.abstractmethod
     def measure(self, prepared: Prepared, policy: SamplingPolicy | None = None, *, profile: bool = False) -> Measurement:
         """Time `prepared` as `policy` says (default: SamplingPolicy()); with `profile`, also take

@@ -196,6 +196,11 @@ class CpuRunner(Runner):
         first_ms = (time.perf_counter_ns() - t0) / 1e6
         return Prepared(label, content_hash, artifact, (session, feeds), artifact_info(specs), session_ms, first_ms)
 
+    def renew(self, prepared: Prepared) -> Prepared:
+        fresh = self._prepare(prepared.artifact, prepared.content_hash, prepared.label)
+        self._prepared[prepared.content_hash] = fresh  # the old session is released
+        return fresh
+
     @staticmethod
     def _run(session, feeds) -> None:
         try:

@@ -114,6 +114,11 @@ class MacRunner(Runner):
         first_ms = (time.perf_counter_ns() - t0) / 1e6
         return Prepared(label, content_hash, artifact, (model, feeds), artifact_info(specs), session_ms, first_ms)
 
+    def renew(self, prepared: Prepared) -> Prepared:
+        fresh = self._prepare(prepared.artifact, prepared.content_hash, prepared.label)
+        self._prepared[prepared.content_hash] = fresh
+        return fresh
+
     @staticmethod
     def _predict(model: Any, feeds: dict) -> None:
         try:

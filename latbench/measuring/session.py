@@ -32,7 +32,7 @@ from latbench.core.progress import ProgressFn, no_progress
 from latbench.measuring.consensus import ConsensusRule, Verdict
 from latbench.measuring.journal import AnchorRow, Journal, JournalRow
 from latbench.measuring.measurement import Measurement, SamplingPolicy
-from latbench.measuring.timebase import anchor_levels
+from latbench.measuring.timebase import anchor_levels, timebase_key
 
 #: Default sampling per role: many short measurements beat one long one on a drifting device.
 DEFAULT_POLICIES: dict[str, SamplingPolicy] = {
@@ -136,20 +136,28 @@ class Dispatcher(Protocol):
     def prepare(self, artifacts: Mapping[str, Artifact], progress: ProgressFn) -> None: ...
 
     def execute(self, jobs: Sequence[Job], anchors: Sequence[Job], anchor_every: int,
-                on_result: Callable[[JobResult, bool], None]) -> None:
-        """Run `jobs` in order, an anchor job (rotating through `anchors`) first, after every
-        `anchor_every` jobs and last; call on_result(result, is_anchor) as each finishes."""
+                on_result: Callable[[JobResult, bool], None]) -> Sequence[Job] | None:
+        """Run `jobs` (interleaving anchor jobs, rotating through `anchors`: first, after every
+        `anchor_every` jobs and last, on every device measured); call on_result(result, is_anchor)
+        as each finishes. Return the jobs left pending on purpose (a detached remote service),
+        which ends the session without deciding them; None or [] when all were measured.
+
+        Optional: `attach(journal, session)`, called once the session has started, for
+        dispatchers that keep their own records in the journal (remote job ids, devices)."""
         ...
 
 
 class LocalDispatcher:
-    """Jobs run one after the other on one open runner."""
+    """Jobs run one after the other on one open runner. Every measurement after an artifact's
+    first gets a renewed instance of it (Runner.renew: a fresh session), so rounds sample the
+    device's memory layouts as well as its moments."""
 
     def __init__(self, runner: Any) -> None:
         self.runner = runner
         self.artifact_format = runner.artifact_format
         self.device_id = runner.device_id
         self.prepared: dict[str, Any] = {}
+        self._used: set[str] = set()
 
     def describe(self) -> dict[str, Any]:
         return self.runner.describe()
@@ -181,6 +189,9 @@ class LocalDispatcher:
             anchor()
         for pos, (job, is_anchor) in enumerate(order):
             try:
+                if job.key in self._used:
+                    self.prepared[job.key] = self.runner.renew(self.prepared[job.key])
+                self._used.add(job.key)
                 m = self.runner.measure(self.prepared[job.key], job.policy, profile=job.profile)
             except DeviceLost as e:
                 left = list(dict.fromkeys(j.key for j, a in order[pos:] if not a))
@@ -241,6 +252,7 @@ class MeasuringSession:
         self._anchor_seq = 0
         self._last_end: dict[str, float] = {}
         self._throttled: list[str] = []
+        self._pending: list[Job] = []
 
     # -- the session --------------------------------------------------------------------------
     def run(self, targets: Sequence[Target], anchors: Sequence[Target] = ()) -> SessionResult:
@@ -252,6 +264,8 @@ class MeasuringSession:
         if todo:
             self.session = self.journal.start_session(self.purpose, self.dispatcher.device_id,
                                                       self.dispatcher.describe())
+            if hasattr(self.dispatcher, "attach"):
+                self.dispatcher.attach(self.journal, self.session)
             self.artifacts = self._export([self._targets[k].item for k in dict.fromkeys(j.key for j in todo)]
                                       + [a.item for a in anchors])
             t0 = time.perf_counter()
@@ -262,14 +276,18 @@ class MeasuringSession:
             self._total = len(todo)
             while todo:
                 self._separate(todo, anchor_jobs)
-                self.dispatcher.execute(todo, anchor_jobs, self.plan.anchor_every, self._commit)
-                waves.append({"wave": len(waves), "jobs": len(todo)})
+                pending = self.dispatcher.execute(todo, anchor_jobs, self.plan.anchor_every, self._commit)
+                waves.append({"wave": len(waves), "jobs": len(todo), "pending": len(pending or ())})
                 rows, verdicts = self._state()
+                if pending:  # left with a remote service on purpose: a later run collects them
+                    self._pending = list(pending)
+                    break
                 todo = self._wave(rows, verdicts, wave=len(waves))
                 self._total += len(todo)
             self.timings["measure_wall_s"] += time.perf_counter() - t0
         session_anchors = self.journal.anchors(self.session) if self.session else []
         report: dict[str, Any] = {"waves": waves, "throttled": self._throttled,
+                                  "pending": [f"{j.key}#{j.round}" for j in self._pending],
                                   "no_consensus": sorted(k for k, v in verdicts.items() if not v.agreed),
                                   **drift_report(session_anchors, self.plan.consensus, self.plan.drift_tolerance)}
         return SessionResult(self.session, self.dispatcher.describe(), rows, verdicts, session_anchors,
@@ -342,8 +360,10 @@ class MeasuringSession:
 
 
 def round_values(rows: Sequence[JournalRow], rule: ConsensusRule, factors: Mapping[str, float]) -> list[float]:
-    """Each round's statistic, put on the common time base by its session's factor."""
-    return [rule.round_value(r.measurement) * factors.get(r.session or "", 1.0) for r in rows]
+    """Each round's statistic, put on the common time base by the factor of the session and
+    device that measured it (latbench.measuring.timebase)."""
+    return [rule.round_value(r.measurement) * factors.get(timebase_key(r.session, r.device),
+                                                            factors.get(r.session or "", 1.0)) for r in rows]
 
 
 def drift_report(anchors: Sequence[AnchorRow], rule: ConsensusRule, tolerance: float) -> dict[str, Any]:

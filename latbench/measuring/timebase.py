@@ -39,46 +39,54 @@ def session_factor(levels: Mapping[str, float], reference: Mapping[str, float]) 
     return statistics.median(ratios) if ratios else None
 
 
+def timebase_key(session: str | None, device: str | None) -> str:
+    """What a time-base factor belongs to: one device in one session (several devices can measure
+    in one session, each at its own speed)."""
+    return f"{session or ''}@{device or ''}"
+
+
 def by_session(journal: Journal) -> dict[str, list[AnchorRow]]:
+    """Anchor readings per (session, device), keyed by timebase_key."""
     out: dict[str, list[AnchorRow]] = {}
     for a in journal.anchors():
-        out.setdefault(a.session, []).append(a)
+        out.setdefault(timebase_key(a.session, a.device), []).append(a)
     return out
 
 
 def base_levels(journal: Journal, rule: ConsensusRule, *, exclude: str | None = None) -> dict[str, Any] | None:
-    """The journal's reference: the first session (other than `exclude`, one still running)
-    whose anchors were read at least `rule.min_rounds` times. Once found it is kept in the
-    journal, so later sessions never move the table's time base."""
+    """The journal's reference: the first session and device (not in session `exclude`, one still
+    running) whose anchors were read at least `rule.min_rounds` times. Once found it is kept in
+    the journal, so later sessions never move the table's time base."""
     saved = journal.get_meta("time_base")
     if saved and saved.get("levels"):
         return saved
-    for session, rows in by_session(journal).items():
-        if session == exclude:
+    for group, rows in by_session(journal).items():
+        session = rows[0].session
+        if exclude is not None and session == exclude:
             continue
         counts: dict[str, int] = {}
         for a in rows:
             counts[a.key] = counts.get(a.key, 0) + 1
         if counts and max(counts.values()) >= rule.min_rounds:
-            base = {"session": session, "levels": anchor_levels(rows, rule), "readings": len(rows)}
+            base = {"session": group, "levels": anchor_levels(rows, rule), "readings": len(rows)}
             journal.set_meta("time_base", base)
             return base
     return None
 
 
 def session_factors(journal: Journal, rule: ConsensusRule, *, current: str | None = None) -> dict[str, float]:
-    """session id -> factor onto the journal's time base (1.0 for the base session; sessions
-    without anchor readings are left as they are). `current`, a session still running, never
-    becomes the base."""
+    """timebase_key(session, device) -> factor onto the journal's time base (1.0 for the base;
+    groups without anchor readings are left as they are). `current`, a session still running,
+    never becomes the base."""
     base = base_levels(journal, rule, exclude=current)
     if base is None:
         return {}
     out = {}
-    for session, rows in by_session(journal).items():
-        if session == base["session"]:
-            out[session] = 1.0
+    for group, rows in by_session(journal).items():
+        if group == base["session"] or rows[0].session == base["session"]:  # (older journals: a session id)
+            out[group] = 1.0
             continue
         f = session_factor(anchor_levels(rows, rule), base["levels"])
         if f is not None:
-            out[session] = f
+            out[group] = f
     return out

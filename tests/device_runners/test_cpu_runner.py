@@ -74,6 +74,14 @@ def test_prepare_is_cached_by_content_hash(runner, models, tmp_path):
     assert runner.prepare(models["medium"]) is not a
 
 
+def test_renew_gives_a_fresh_session_for_the_same_artifact(runner, models):
+    a = runner.prepare(models["small"])
+    b = runner.renew(a)
+    assert b.handle[0] is not a.handle[0] and b.content_hash == a.content_hash and b.label == a.label
+    assert runner.prepare(models["small"]) is b  # the renewed session is the one kept
+    assert runner.measure(b, SamplingPolicy.fixed(5, 1)).n == 5
+
+
 def test_provenance_records_settings_and_inputs(runner, models):
     m = runner.measure(runner.prepare(models["small"], label="tiny"), SamplingPolicy.fixed(5, 1))
     p = m.provenance

@@ -34,6 +34,7 @@ class ScriptedRunner(Runner):
         self.fail = fail or set()
         self.sleep_s = sleep_s
         self.calls: list[tuple[str, SamplingPolicy, bool]] = []
+        self.renewed: list[str] = []
 
     @classmethod
     def discover(cls, **_: Any) -> list[DeviceInfo]:
@@ -49,6 +50,10 @@ class ScriptedRunner(Runner):
 
     def _prepare(self, artifact: Path, content_hash: str, label: str) -> Prepared:
         return Prepared(label, content_hash, artifact, handle=label)
+
+    def renew(self, prepared: Prepared) -> Prepared:
+        self.renewed.append(prepared.handle)
+        return Prepared(prepared.label, prepared.content_hash, prepared.artifact, handle=prepared.handle)
 
     def slow(self, label: str, *factors: float) -> None:
         """Slow the next measurements of `label` by these factors, one per measurement."""

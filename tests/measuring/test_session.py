@@ -116,3 +116,11 @@ def test_recheck_asks_for_more_rounds_and_extra_rounds_are_separated_in_time(tmp
     assert rows[3].measured_at - rows[2].measured_at >= 0.3
     assert rows[4].measured_at - rows[3].measured_at >= 0.3
     assert len(res.anchors) > 6
+
+
+def test_every_round_after_the_first_gets_a_renewed_instance():
+    runner = ScriptedRunner(BASE.__getitem__)
+    session(runner).run(targets(), [Target.of(ANCHOR, "anchor")])
+    for c in BLOCKS:
+        assert runner.renewed.count(c.key) == runner.measurements_of(c.key) - 1
+    assert runner.renewed.count(ANCHOR.key) == runner.measurements_of(ANCHOR.key) - 1

@@ -5,7 +5,13 @@ import pytest
 from latbench.measuring.consensus import ConsensusRule
 from latbench.measuring.journal import Journal
 from latbench.measuring.measurement import Measurement
-from latbench.measuring.timebase import anchor_levels, base_levels, session_factor, session_factors
+from latbench.measuring.timebase import (
+    anchor_levels,
+    base_levels,
+    session_factor,
+    session_factors,
+    timebase_key,
+)
 
 
 def reading(ms):
@@ -34,19 +40,32 @@ def test_sessions_are_put_on_the_base_sessions_time_base():
         for i in range(3):
             j.record_anchor(later, "cpu", i, "ffn", reading(1.1))
             j.record_anchor(later, "cpu", 10 + i, "mhsa", reading(2.2))
+        b, lt = timebase_key(base, "cpu"), timebase_key(later, "cpu")
         # A session still running never becomes the base: here the later one does.
-        assert session_factors(j, rule, current=base) == {later: 1.0, base: pytest.approx(1.1)}
+        assert session_factors(j, rule, current=base) == {lt: 1.0, b: pytest.approx(1.1)}
         j.set_meta("time_base", None)
         factors = session_factors(j, rule)
-        assert factors[base] == 1.0 and factors[later] == pytest.approx(1 / 1.1)
+        assert factors[b] == 1.0 and factors[lt] == pytest.approx(1 / 1.1)
         fixed = base_levels(j, rule)
-        assert fixed["session"] == base and fixed["levels"] == {"ffn": 1.0, "mhsa": 2.0}
+        assert fixed["session"] == b and fixed["levels"] == {"ffn": 1.0, "mhsa": 2.0}
         # Fixed once: a faster session later does not move the base.
         fast = j.start_session("check", "cpu")
         for i in range(3):
             j.record_anchor(fast, "cpu", i, "ffn", reading(0.5))
-        assert base_levels(j, rule)["session"] == base
-        assert session_factors(j, rule)[fast] == pytest.approx(2.0)
+        assert base_levels(j, rule)["session"] == b
+        assert session_factors(j, rule)[timebase_key(fast, "cpu")] == pytest.approx(2.0)
+
+
+def test_two_devices_in_one_session_get_their_own_factors():
+    rule = ConsensusRule()
+    with Journal(":memory:") as j:
+        s = j.start_session("build", "farm")
+        for i in range(3):
+            j.record_anchor(s, "android:A", i, "ffn", reading(1.0))
+            j.record_anchor(s, "android:B", i, "ffn", reading(1.2))  # a slower unit of the same model
+        factors = session_factors(j, rule)
+    assert factors[timebase_key(s, "android:A")] == 1.0
+    assert factors[timebase_key(s, "android:B")] == pytest.approx(1 / 1.2)
 
 
 def test_session_factor_is_the_median_over_anchors():
