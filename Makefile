@@ -11,8 +11,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstall when the dependency declarations change. constraints.txt pins torch==2.13.0 (CPU build).
+# Every optional extra is installed, so the tests of LiteRT, AI Hub and the device farm run too.
 $(STAMP): $(PY) setup.cfg pyproject.toml constraints.txt
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,litert,aihub,cluster]'
 	@touch $(STAMP)
 
 install: $(STAMP)
