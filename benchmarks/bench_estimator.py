@@ -59,11 +59,10 @@ class DictSum:
         for c in configs + [s.config for a in space_archs for s in arch_slots(a)]:
             e = ms.get(EmptyConfig.for_shape(c.resolution, c.input_shape).key, 0.0) if est.use_overhead else 0.0
             if c.key in ms:
-                self.net[c.key] = ms[c.key] - e
+                self.net[c.key] = est.model.scale_of(c) * (ms[c.key] - e)  # the group's scale folded in
                 self.params[c.key] = c.params()
         r = int(table.meta.get("resolution") or 224)
-        self.e_in = ms.get(EmptyConfig(r, 3, r, r).key, 0.0) if est.use_overhead else 0.0
-        self.scale = est.scale
+        self.e_in = est.model.scales["rest"] * (ms.get(EmptyConfig(r, 3, r, r).key, 0.0) if est.use_overhead else 0.0)
         self.mes = mes
 
     def score(self, arch: Arch) -> tuple[float, int, float]:
@@ -87,7 +86,6 @@ class DictSum:
         for k in keys:
             lat += self.net[k]
             params += self.params[k]
-        lat = self.scale * lat
         return lat, params, self.mes({"latency": lat, "params": params})
 
 

@@ -118,7 +118,7 @@ def profile(target: Target, device: str = "cpu", *, runs: int | None = None, rou
 def build_table(device: str = "cpu", *, space: str | Path | SearchSpace | bool | None = None,
                 models: Sequence[str] = (), archs: Sequence[str | Path] = (), out: str | Path | None = None,
                 resolution: int | None = None, rounds: int = 3, max_rounds: int = 8, runs: int | None = None,
-                calibrate: int = 4, force: bool = False, jobs: int = 1, progress: bool | ProgressFn = False,
+                calibrate: int = 8, force: bool = False, jobs: int = 1, progress: bool | ProgressFn = False,
                 **device_options: Any) -> LatencyTable:
     """Build (or resume, or extend) the latency table of a device: for a search space (`space`:
     True for the default one, a YAML path or a SearchSpace) and/or named models and arch files.

@@ -6,7 +6,7 @@ from latbench.blocks.configs import EmptyConfig, decompose, overhead_blocks
 from latbench.core.errors import UsageError
 from latbench.estimation.estimator import LatencyEstimator
 from latbench.space import named_arch
-from latbench.tables.overhead import fit_scale
+from latbench.tables.overhead import OverheadModel, fit_scale, fit_scales
 from latbench.tables.table import BLOCK_COLUMNS, LatencyTable
 
 
@@ -109,3 +109,29 @@ def test_fit_scale_recovers_the_scale_with_relative_weights():
     assert s == pytest.approx(sum(r) / sum(x * x for x in r))
     assert fit_scale([2.0], [3.0]) == 1.5
     assert fit_scale([], []) == 1.0
+
+
+def test_attention_mixers_and_the_rest_each_have_a_scale():
+    table, blocks, ms = s0_table(scale=1.0)
+    plain = LatencyEstimator(table).estimate(resolve_candidate("efficientformerv2_s0"))
+    table.meta["overhead"] = {"scales": {"attention": 1.25, "rest": 1.07}, "scale": 1.07, "calibrated": True}
+    est = LatencyEstimator(table).estimate(resolve_candidate("efficientformerv2_s0"))
+    parts = OverheadModel(table.latency_ms()).parts(blocks)
+    assert parts["attention"] > 0 and sum(parts.values()) == pytest.approx(plain.latency_ms)
+    assert est.latency_ms == pytest.approx(1.25 * parts["attention"] + 1.07 * parts["rest"])
+    assert "attention mixers x1.2500" in est.method and est.scales == {"attention": 1.25, "rest": 1.07}
+
+
+def test_fit_scales_recovers_per_group_scales_and_falls_back_to_one():
+    truth = {"attention": 1.3, "rest": 1.05}
+    parts = [{"attention": a, "rest": r} for a, r in ((1.0, 9.0), (3.0, 7.0), (5.0, 5.0), (2.0, 12.0), (6.0, 4.0))]
+    measured = [truth["attention"] * p["attention"] + truth["rest"] * p["rest"] for p in parts]
+    fit = fit_scales(parts, measured)
+    assert fit["attention"] == pytest.approx(1.3) and fit["rest"] == pytest.approx(1.05)
+    # Three models are too few for two scales; one common scale then.
+    few = fit_scales(parts[:3], measured[:3])
+    assert few["attention"] == few["rest"]
+    # Models whose attention share is the same cannot tell the groups apart either.
+    same = [{"attention": 1.0 * k, "rest": 4.0 * k} for k in (1, 2, 3, 4, 5)]
+    one = fit_scales(same, [1.1 * 5.0 * k for k in (1, 2, 3, 4, 5)])
+    assert one["attention"] == one["rest"] == pytest.approx(1.1)

@@ -43,6 +43,7 @@ def test_equals_latency_estimator_on_random_subnets_and_s0_to_l(archs):
 
 def test_equals_latency_estimator_with_calibration(archs):
     check_equal(synthetic_table(scale=1.07), archs)
+    check_equal(synthetic_table(scale=1.07, attention_scale=1.25), archs)  # a scale per calibration group
 
 
 def test_equals_latency_estimator_without_empty_models(archs):

@@ -243,27 +243,28 @@ def test_check_fix_repairs_a_planted_bad_entry(run_cli_json, tiny_space, tmp_pat
                  "--no-reference", "--runs", "30", "--rounds", "2", "--jobs", "1")
     before = pd.read_csv(out / "blocks.csv").set_index("key")["latency_ms"]
     bad = "mhsa-r224-s3-c96"
-    # Plant a value 60 % too slow whose rounds agree (a burst over all of them): consensus cannot see it.
+    # Plant a value 2.5x too slow whose rounds agree (a burst over all of them): consensus cannot see
+    # it. (Large, so a re-measurement on a loaded test machine still tells it apart.)
     with Journal(out / "journal.sqlite") as j:
         for row in j.rows(keys=[bad])[bad]:
             m = row.measurement
-            m.samples_ms = [x * 1.6 for x in m.samples_ms]
+            m.samples_ms = [x * 2.5 for x in m.samples_ms]
             j.record(bad, row.round, row.role, row.fields, m, row.content_hash, device=row.device,
                      session=row.session)
         derive_table(j, out).save()
     planted = pd.read_csv(out / "blocks.csv").set_index("key")["latency_ms"][bad]
-    assert planted == pytest.approx(1.6 * before[bad], rel=0.02)
+    assert planted == pytest.approx(2.5 * before[bad], rel=0.02)
 
     others = ["ffn-r224-s3-c96-e4", "stem-r224-c32"]
     res = run_cli_json("lut", "check", str(out), "--key", bad, "--key", others[0], "--key", others[1])
     by = {r["key"]: r for r in res["entries"]}
-    assert bad in res["moved"] and by[bad]["ratio"] < 0.8 and res["fixed"] == []
+    assert bad in res["moved"] and by[bad]["ratio"] < 0.7 and res["fixed"] == []
     assert set(by) == {bad, *others} and all(by[k]["noise"] > 0 for k in by)
     assert pd.read_csv(out / "blocks.csv").set_index("key")["latency_ms"][bad] == planted  # untouched
 
     res = run_cli_json("lut", "check", str(out), "--key", bad, "--fix")
     assert res["fixed"] == [bad]
     after = pd.read_csv(out / "blocks.csv").set_index("key")
-    assert after["latency_ms"][bad] < 0.8 * planted and after["rounds"][bad] > 2
+    assert after["latency_ms"][bad] < 0.7 * planted and after["rounds"][bad] > 2
     with Journal(out / "journal.sqlite") as j:
         assert [s["purpose"] for s in j.sessions()][-1] == "check"

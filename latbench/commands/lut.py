@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="adaptive sampling: at most S seconds per block measurement (default 1.5)")
     b.add_argument("--no-reference", action="store_true",
                    help="with --space: skip measuring MobileNetV2-1.0 whole (the MES latency unit)")
-    b.add_argument("--calibrate", type=int, default=4, metavar="N",
+    b.add_argument("--calibrate", type=int, default=8, metavar="N",
                    help="whole models measured end to end to fit the overhead model (space builds; 0: none)")
     add_runner_flags(b)
     add_json_flag(b)
@@ -151,7 +151,8 @@ def report_builds(results: list, as_json: bool) -> None:
             )
             ov = s["overhead"]
             if ov.get("calibrated"):
-                console().print(f"overhead model: x{ov['scale']:.4f}, fitted on {', '.join(ov['calibrated_on'])}")
+                console().print(f"overhead model: {describe_scales(ov)}, fitted on {', '.join(ov['calibrated_on'])}",
+                                highlight=False)
             else:
                 console().print("[yellow]warning:[/] the table is uncalibrated (no whole model measured end to end)",
                                 highlight=False)
@@ -207,12 +208,17 @@ def run_show(args: argparse.Namespace) -> int:
                      for r in rows])
     ov = table.overhead
     if ov.get("calibrated"):
-        console().print(f"overhead model: {ov.get('method', 'empty models')}; scale {ov.get('scale', 1):.4f}, "
+        console().print(f"overhead model: {ov.get('method', 'empty models')}; {describe_scales(ov)}, "
                         f"fitted on {', '.join(ov.get('calibrated_on') or [])}", highlight=False)
     else:
         console().print("[yellow]warning:[/] the table is uncalibrated: no whole model was measured end to end",
                         highlight=False)
     return 0
+
+
+def describe_scales(overhead: dict[str, Any]) -> str:
+    scales = overhead.get("scales") or {"rest": overhead.get("scale", 1.0)}
+    return ", ".join(f"{g} x{v:.4f}" for g, v in scales.items())
 
 
 def _records(df) -> list[dict[str, Any]]:

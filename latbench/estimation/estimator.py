@@ -17,7 +17,7 @@ from typing import Any
 from latbench.blocks.candidates import to_candidate
 from latbench.blocks.configs import BlockConfig
 from latbench.core.errors import UsageError
-from latbench.tables.overhead import BlockEstimate, OverheadModel
+from latbench.tables.overhead import SCALE_GROUPS, BlockEstimate, OverheadModel
 from latbench.tables.table import LatencyTable
 
 
@@ -28,11 +28,12 @@ class Estimate:
     plain_sum_ms: float
     blocks: list[BlockEstimate] = field(default_factory=list)
     input_overhead_ms: float = 0.0
-    scale: float = 1.0
+    scale: float = 1.0  # the scale of everything but attention mixers
     method: str = ""
     calibrated: bool = False
     #: Why the estimate may be off: an uncalibrated table, table entries flagged as doubtful.
     warnings: list[str] = field(default_factory=list)
+    scales: dict[str, float] = field(default_factory=dict)  # per calibration group
 
     def per_group(self) -> dict[str, float]:
         """Estimated ms per stem/stage/head, scaled so the groups add up to latency_ms
@@ -67,11 +68,13 @@ class LatencyEstimator:
     def __init__(self, table: LatencyTable):
         self.table = table
         ov = table.overhead
-        self.model = OverheadModel(table.latency_ms(), bool(ov.get("empty_models", True)))
+        scale = float(ov.get("scale", 1.0))
+        scales = ov.get("scales") or {g: scale for g in SCALE_GROUPS}
+        self.model = OverheadModel(table.latency_ms(), bool(ov.get("empty_models", True)), scales)
         self.ms = self.model.ms
         self.use_overhead = self.model.use_overhead
         self.flagged = table.flagged()
-        self.scale = float(ov.get("scale", 1.0))
+        self.scale = self.model.scales["rest"]
         self.calibrated = bool(ov.get("calibrated", bool(ov.get("calibrated_on"))))
 
     def required_keys(self, blocks: list[BlockConfig]) -> list[str]:
@@ -99,9 +102,12 @@ class LatencyEstimator:
         if all(b.kind == "model" for b in blocks):
             # Measured whole: nothing was summed, so neither overhead nor calibration applies.
             return Estimate(name, plain, plain, rows, 0.0, 1.0, "whole model measured end to end", True, warnings)
-        est = self.scale * raw
+        est = self.model.estimate(blocks)
         method = "sum(block - empty) + empty(input)" if self.use_overhead else "plain sum"
-        if self.calibrated:
+        scales = self.model.scales
+        if self.calibrated and len(set(scales.values())) > 1:
+            method += f", calibrated x{scales['rest']:.4f} (attention mixers x{scales['attention']:.4f})"
+        elif self.calibrated:
             method += f", calibrated x{self.scale:.4f}"
         else:
             method += ", UNCALIBRATED"
@@ -110,7 +116,7 @@ class LatencyEstimator:
                                "is not corrected; rebuild it with --calibrate N (space builds) or --model/--arch")
         if not math.isfinite(est) or est <= 0:
             est = plain
-        return Estimate(name, est, plain, rows, e_in, self.scale, method, self.calibrated, warnings)
+        return Estimate(name, est, plain, rows, e_in, self.scale, method, self.calibrated, warnings, dict(scales))
 
     def doubtful(self, keys: list[str]) -> list[str]:
         """A warning naming the table entries in `keys` whose latency is flagged as doubtful."""

@@ -12,7 +12,7 @@ so here a subnet is a row of small integer arrays (`EncodedArchs`):
 and the table is turned once into per-stage/width/expansion arrays of net block latency
 (t - empty(shape), the estimator's overhead model), plain latency and parameters. A batch estimate
 is then a handful of numpy gathers and sums. The result is the same formula as LatencyEstimator
-(`raw = sum count * (t - e) + e(input)`, `est = scale * raw`, plain sum when that is not
+(`est = sum_groups scale_g * sum count * (t - e)`, the input overhead in the "rest" group; plain sum when that is not
 positive), equal to it up to float summation order (tested to 1e-9 relative).
 """
 
@@ -112,7 +112,7 @@ class FastEstimator:
         self.resolution = int(resolution or table.meta.get("resolution") or self.space.resolutions[0])
         self.space.check_resolution(self.resolution)
         self.estimator = LatencyEstimator(table)  # reused for its overhead rules and its error messages
-        self.scale = self.estimator.scale
+        model = self.estimator.model
         self.use_overhead = self.estimator.use_overhead
         sp = self.space.stages
         self.n_widths = [len(s.widths) for s in sp]
@@ -127,11 +127,14 @@ class FastEstimator:
         def empty(c: BlockConfig) -> float:
             return ms.get(EmptyConfig.for_shape(c.resolution, c.input_shape).key, np.nan) if self.use_overhead else 0.0
 
-        self._net = _Gather(self, lambda c: ms.get(c.key, np.nan) - empty(c), float)
+        # Each block's net latency with its calibration group's scale folded in: a batch estimate is
+        # then one gather and a sum, as LatencyEstimator's scales * parts.
+        self._net = _Gather(self, lambda c: model.scale_of(c) * (ms.get(c.key, np.nan) - empty(c)), float)
         self._plain = _Gather(self, lambda c: ms.get(c.key, np.nan), float)
         self._params = _Gather(self, lambda c: c.params(), np.int64)
         self._macs: _Gather | None = None
-        self.input_overhead = ms.get(EmptyConfig(r, 3, r, r).key, np.nan) if self.use_overhead else 0.0
+        self.input_overhead = model.scales["rest"] * (ms.get(EmptyConfig(r, 3, r, r).key, np.nan)
+                                                      if self.use_overhead else 0.0)
 
     # -- encoding ---------------------------------------------------------------------------------
     def encode(self, archs: Sequence[Arch]) -> EncodedArchs:
@@ -197,8 +200,7 @@ class FastEstimator:
 
     def latency(self, enc: EncodedArchs, check: bool = True, _idx: np.ndarray | None = None) -> np.ndarray:
         idx = self._ffn_index(enc) if _idx is None else _idx
-        raw = self._net.total(enc, idx) + self.input_overhead
-        out = self.scale * raw
+        out = self._net.total(enc, idx) + self.input_overhead
         with np.errstate(invalid="ignore"):
             bad = ~(np.isfinite(out) & (out > 0))
         if bad.any():  # like LatencyEstimator: fall back to the plain sum (rare, so computed only here)

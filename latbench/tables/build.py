@@ -40,7 +40,7 @@ from latbench.measuring.journal import Journal, JournalRow
 from latbench.measuring.measurement import SamplingPolicy, merge_measurements
 from latbench.measuring.session import MeasuringPlan, MeasuringSession, SessionResult, Target, round_values
 from latbench.measuring.timebase import base_levels, session_factors
-from latbench.tables.overhead import OverheadModel, fit_scale
+from latbench.tables.overhead import SCALE_GROUPS, OverheadModel, fit_scales
 from latbench.tables.plausibility import PlausibilityRule, check_trends, entry_of
 from latbench.tables.table import (
     BLOCK_COLUMNS,
@@ -65,7 +65,7 @@ class BuildSettings:
     anchor_every: int = 12
     seed: int = 0
     jobs: int = 2
-    calibration_models: int = 4  # whole models measured end to end to fit the overhead model
+    calibration_models: int = 8  # whole models measured end to end to fit the overhead model's scales
     precision: str | None = None
     # Per-measurement time caps: many short interleaved measurements beat one long one.
     block_time_cap_s: float = 1.5
@@ -295,9 +295,10 @@ def derive_table(journal: Journal, out_dir: Path, consensus: ConsensusRule | Non
 def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, factors: dict[str, float],
                resolution: int | None) -> None:
     """Fit the overhead model's scale on the whole models measured end to end (models.csv)."""
-    table.meta["overhead"] = {"empty_models": True, "scale": 1.0, "calibrated": False, "calibrated_on": []}
+    table.meta["overhead"] = {"empty_models": True, "scale": 1.0, "scales": {g: 1.0 for g in SCALE_GROUPS},
+                              "calibrated": False, "calibrated_on": []}
     model = OverheadModel(table.latency_ms())
-    model_rows, raw, measured = [], [], []
+    model_rows, parts, measured = [], [], []
     for key, rows in sorted(journal.rows("model").items()):
         fields = rows[0].fields
         stats = entry_stats(rows, rule, factors)
@@ -309,19 +310,19 @@ def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, facto
             row["macs"] = cand.macs()
             blocks = cand.blocks()
             if model.covers(blocks) and math.isfinite(stats["latency_ms"]):
-                raw.append(model.raw(blocks)[0])
+                parts.append(model.parts(blocks))
                 measured.append(stats["latency_ms"])
         row["flags"] = None if stats["consensus"] else "no-consensus"
         model_rows.append(row)
     table.models = pd.DataFrame(model_rows, columns=MODEL_COLUMNS)
-    if raw:
-        scale = fit_scale(raw, measured)
+    if parts:
+        scales = fit_scales(parts, measured)
         names = [r["name"] for r in model_rows if r.get("params") is not None]
-        fitted = [scale * x for x in raw]
+        fitted = [sum(scales[g] * p[g] for g in p) for p in parts]
         table.meta["overhead"] = {
-            "empty_models": True, "scale": scale, "calibrated": True,
-            "method": "sum(block - empty(shape)) + empty(input), times a scale fitted by relative least squares "
-                      "on whole models measured end to end",
+            "empty_models": True, "scale": scales["rest"], "scales": scales, "calibrated": True,
+            "method": "sum(block - empty(shape)) + empty(input), attention mixers and the rest each times a scale "
+                      "fitted (non-negative relative least squares) on whole models measured end to end",
             "calibrated_on": names,
             "fit_errors_pct": [100 * (f / m - 1) for f, m in zip(fitted, measured)],
         }
@@ -368,7 +369,7 @@ class TablePlan:
 
 def plan_tables(*, space: Any = None, models: Sequence[str] = (), archs: Sequence[str] = (),
                 resolutions: Sequence[int] | None = None, out: str | Path | None = None, device_id: str = "cpu",
-                calibrate: int = 4, seed: int = 0, reference: bool = True) -> list[TablePlan]:
+                calibrate: int = 8, seed: int = 0, reference: bool = True) -> list[TablePlan]:
     """The tables a build makes: one per resolution, for a search space (every block it can
     produce, S0 plus random subnets as calibration, MobileNetV2-1.0 whole as the MES unit unless
     `reference` is off) and/or named models and arch files (their blocks; measured whole as

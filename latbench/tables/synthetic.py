@@ -43,6 +43,7 @@ def _synthetic_ms(config: BlockConfig) -> float:
 
 def synthetic_table(space: SearchSpace | None = None, resolution: int = 224, *,
                     reference_ms: float | None = 3.0, scale: float = 1.0,
+                    attention_scale: float | None = None,
                     cost: Callable[[BlockConfig], float] = _synthetic_ms) -> LatencyTable:
     """A complete, deterministic, *synthetic* table for tests and demos (never a measurement): every
     block of `space`, the empty models, and (unless reference_ms is None) MobileNetV2's whole-model row."""
@@ -63,5 +64,6 @@ def synthetic_table(space: SearchSpace | None = None, resolution: int = 224, *,
             "device": {"device_kind": "synthetic", "runtime": "none (made-up costs)"},
             "space": {"name": space.name, "digest": space.digest(), "definition": space.to_dict()},
             "overhead": {"empty_models": True, "scale": scale, "calibrated": True,
+                         "scales": {"attention": scale if attention_scale is None else attention_scale, "rest": scale},
                          "calibrated_on": ["synthetic"]}}
     return LatencyTable(pd.DataFrame(rows, columns=BLOCK_COLUMNS), meta=meta)
