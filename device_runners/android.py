@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from device_runners.base import DeviceInfo, Prepared, Runner
+from device_runners.base import DeviceInfo, Prepared, Runner, mask_hex, parse_core_mask
 from device_runners.ort_common import artifact_info, parse_ort_profile
 from device_runners.perf_test_output import PerfTestReport, parse_perf_test_output, parse_result_file
 from latbench.core.errors import DeviceError, DeviceLost, UsageError
@@ -53,7 +53,6 @@ DEFAULT_REMOTE_DIR = "/data/local/tmp/latbench"
 _SERIAL_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _REMOTE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/\-]{1,255}$")
 _HASH_RE = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
-_MASK_RE = re.compile(r"^[0-9a-fA-F]{1,16}$")
 # Android PowerManager thermal status values (dumpsys thermalservice "Thermal Status: N").
 THERMAL_STATUS = {0: "none", 1: "light", 2: "moderate", 3: "severe", 4: "critical", 5: "emergency", 6: "shutdown"}
 
@@ -350,13 +349,9 @@ class AndroidRunner(Runner):
                 return None, None
             top = max(freqs.values())
             cores = sorted(c for c, f in freqs.items() if f == top)
-            return cores, format(sum(1 << c for c in cores), "x")
-        if not _MASK_RE.match(core_mask):
-            raise UsageError(f"core mask must be hexadecimal like f0, got {core_mask!r}")
-        value = int(core_mask, 16)
-        if value == 0:
-            raise UsageError("core mask 0 selects no cores")
-        return [i for i in range(value.bit_length()) if value >> i & 1], format(value, "x")
+            return cores, mask_hex(cores)
+        cores = parse_core_mask(core_mask)
+        return cores, mask_hex(cores)
 
     def thermal_status(self) -> int | None:
         rc, out = self._shell(["dumpsys", "thermalservice"])

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -161,6 +162,30 @@ class Runner(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- core masks ---------------------------------------------------------------------------------
+def parse_core_mask(mask: str | int | Iterable[int] | None) -> list[int] | None:
+    """Core list from a hex mask ("f0", 0xf0) or an explicit list of core indices."""
+    if mask is None:
+        return None
+    if isinstance(mask, str):
+        text = mask.lower().removeprefix("0x")
+        if not re.fullmatch(r"[0-9a-f]{1,16}", text):
+            raise UsageError(f"core mask must be hexadecimal like f0, got {mask!r}")
+        mask = int(text, 16)
+    if isinstance(mask, int):
+        cores = [i for i in range(mask.bit_length()) if mask >> i & 1]
+    else:
+        cores = sorted({int(c) for c in mask})
+    if not cores or min(cores) < 0:
+        raise UsageError(f"core mask selects no cores: {mask!r}")
+    return cores
+
+
+def mask_hex(cores: Iterable[int]) -> str:
+    """The hex affinity mask (as taskset takes it) of a core list: [4, 5, 6, 7] -> "f0"."""
+    return format(sum(1 << c for c in cores), "x")
 
 
 # -- sampling loop shared by in-process runners (cpu, mac) --------------------------------------

@@ -26,30 +26,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from device_runners.base import DeviceInfo, Prepared, Runner, sample_latencies
+from device_runners.base import DeviceInfo, Prepared, Runner, mask_hex, parse_core_mask, sample_latencies
 from device_runners.ort_common import artifact_info, parse_ort_profile, random_feeds, session_inputs
 from latbench.core.errors import DeviceError, UsageError
 from latbench.core.text import first_line
 from latbench.export.inspect import onnx_inputs
 from latbench.measuring.measurement import Measurement, SamplingPolicy
-
-
-def parse_core_mask(mask: str | int | Iterable[int] | None) -> list[int] | None:
-    """Core list from a hex mask ("f0", 0xf0) or an explicit list of core indices."""
-    if mask is None:
-        return None
-    if isinstance(mask, str):
-        text = mask.lower().removeprefix("0x")
-        if not re.fullmatch(r"[0-9a-f]+", text):
-            raise UsageError(f"core mask must be hexadecimal like f0, got {mask!r}")
-        mask = int(text, 16)
-    if isinstance(mask, int):
-        cores = [i for i in range(mask.bit_length()) if mask >> i & 1]
-    else:
-        cores = sorted({int(c) for c in mask})
-    if not cores or min(cores) < 0:
-        raise UsageError(f"core mask selects no cores: {mask!r}")
-    return cores
 
 
 def _read(path: str) -> str | None:
@@ -159,7 +141,7 @@ class CpuRunner(Runner):
             "inter_op_threads": 1,
             "execution_mode": "sequential",
             "clock": self.clock,
-            "core_mask": None if self.cores is None else hex(sum(1 << c for c in self.cores)),
+            "core_mask": None if self.cores is None else mask_hex(self.cores),
             "cores": cores,
             "governor": host_governors(cores),
             "thermal_state": None,  # Linux hosts expose temperatures, not a throttling status

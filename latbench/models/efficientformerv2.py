@@ -1,6 +1,7 @@
 """EfficientFormerV2 (Li et al., ICCV 2023) built from an `Arch`, with the official state-dict layout.
 
-Module and attribute names follow the official checkpoints (REFERENCE.md section 3) so that
+Module and attribute names follow the official checkpoints (the `model` state dicts of
+eformer_{s0,s1,s2,l}_450.pth released with github.com/snap-research/EfficientFormer) so that
 `eformer_*_450.pth` files load with strict=True. Every searchable dimension is a constructor
 argument: per-stage depth and width, per-block FFN expansion, trailing attention blocks per stage,
 and the input resolution (attention bias tables depend on it).

@@ -203,6 +203,20 @@ def test_model_build_writes_a_usable_arch_file(tables, tmp_path, capsys, run_cli
     assert Arch.load(tmp_path / "b2.json").name == "b2"
 
 
+@pytest.mark.slow
+def test_model_build_next_steps_are_commands_that_work(tables, tmp_path, run_cli, run_cli_json, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = run_cli_json("model", "build", "--lut", tables["full"], "--target-mes", "60", "--accuracy", "proxy",
+                        "--out", "built.yaml")
+    assert len(data["next"]) == 3
+    for step in data["next"]:  # run each as printed
+        argv = step.split()
+        assert argv[0] == "latbench"
+        code, _, err = run_cli(*argv[1:])
+        assert code == 0, f"{step}: {err}"
+    assert list((tmp_path / "built-export").rglob("*.onnx"))
+
+
 def test_no_traceback_in_a_real_process(tables, tmp_path):
     proc = latbench_subprocess("search", "--lut", tables["full"], "--accuracy", "nope:", "--target-latency", "4",
                                "--out", str(tmp_path / "o"))

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from device_runners.cpu import CpuRunner, parse_core_mask
+from device_runners.base import parse_core_mask
+from device_runners.cpu import CpuRunner
 from device_runners.ort_common import parse_ort_profile
 from latbench.core.errors import UsageError
 from latbench.core.hashing import tree_sha256
@@ -128,7 +129,7 @@ def test_core_pinning_applies_during_measurement_and_is_restored(models):
                 return real_run(*a, **k)
 
         r.measure(dataclasses.replace(prepared, handle=(Spy(), feeds)), SamplingPolicy.fixed(3, 1))
-        assert r.describe()["core_mask"] == hex(1 << core)
+        assert r.describe()["core_mask"] == format(1 << core, "x")
     assert seen and all(s == {core} for s in seen)
     assert os.sched_getaffinity(0) == before
 

@@ -1,0 +1,61 @@
+"""latbench.toml / [tool.latbench]: defaults a lab fixes once; flags win; bad files are one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from latbench.commands import _config
+from latbench.tables.synthetic import synthetic_table
+
+
+@pytest.fixture
+def lab(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LATBENCH_CONFIG", raising=False)
+    _config.defaults.cache_clear()
+    yield tmp_path
+    _config.defaults.cache_clear()
+
+
+def test_the_configured_table_is_the_default(lab, run_cli_json):
+    synthetic_table().save(lab / "tables" / "lab" / "t")
+    (lab / "latbench.toml").write_text('table = "tables/lab/t"\ndevice = "cpu"\nthreads = 1\n')
+    shown = run_cli_json("lut", "show")
+    assert shown["table"].endswith("tables/lab/t")
+    [est] = run_cli_json("lut", "estimate", "tables/lab/t", "efficientformerv2_s0")
+    assert est["latency_ms"] > 0
+
+
+def test_pyproject_tool_table_and_precedence(lab, run_cli_json):
+    synthetic_table().save(lab / "a")
+    synthetic_table(scale=2.0).save(lab / "b")
+    (lab / "pyproject.toml").write_text('[project]\nname = "x"\n\n[tool.latbench]\ntable = "a"\n')
+    assert run_cli_json("lut", "show")["table"].endswith("a")
+    assert run_cli_json("lut", "show", "b")["table"].endswith("b")  # the command line wins
+    assert _config.default("device") is None
+
+
+def test_the_configured_device_and_threads_reach_the_runner(lab):
+    import argparse
+
+    from latbench.commands._runner import add_device_flag, add_runner_flags, runner_options
+
+    (lab / "latbench.toml").write_text('device = "cpu"\nthreads = 2\n')
+    p = argparse.ArgumentParser()
+    add_device_flag(p)
+    add_runner_flags(p)
+    args = p.parse_args([])
+    assert args.device == "cpu" and runner_options(args) == {"threads": 2}
+    assert runner_options(p.parse_args(["--threads", "1"])) == {"threads": 1}
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("colour = 'blue'\n", "unknown setting 'colour'"),
+    ("threads = 'four'\n", "threads must be a int"),
+    ("threads = 0\n", "threads must be >= 1"),
+    ("table = [\n", "not valid TOML"),
+])
+def test_a_bad_config_file_is_a_one_line_error(lab, run_cli, text, needle):
+    (lab / "latbench.toml").write_text(text)
+    code, _, err = run_cli("models")
+    assert code == 2 and needle in err and err.count("\n") == 1 and "latbench.toml" in err
