@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from latbench.core.errors import UsageError
@@ -66,8 +66,6 @@ class ConsensusRule:
     #: Rounds this close in absolute terms agree whatever their ratio: entries of a few tens of
     #: microseconds (the empty models) would otherwise never agree within a relative tolerance.
     floor_ms: float = 0.002
-    #: Rounds measured on another day/host speed are put on one time base before they are compared.
-    notes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.statistic not in ROUND_STATISTICS:
@@ -115,7 +113,6 @@ class ConsensusRule:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("notes")
         return {**d, "rule": (f"per-round {self.statistic}; accepted when the fastest round and at least "
                               f"{self.quorum - 1} other(s) agree within {self.tolerance:.0%} (or {self.floor_ms * 1e3:g} us); otherwise more "
                               f"rounds, later, up to {self.max_rounds}; then flagged")}
