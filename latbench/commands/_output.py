@@ -32,6 +32,8 @@ def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequen
 
 def fmt(v: Any) -> str:
     if isinstance(v, float):
+        if v != v:  # NaN: a missing value, shown blank (never "nan")
+            return ""
         return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
     if isinstance(v, int) and not isinstance(v, bool):
         return f"{v:,}"

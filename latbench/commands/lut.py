@@ -194,7 +194,7 @@ def run_show(args: argparse.Namespace) -> int:
     print_table("blocks per kind (ms)", ["kind", "count", "median", "min", "max"],
                 [(k, int(r["count"]), r["median"], r["min"], r["max"]) for k, r in by_kind.iterrows()])
     print_table("slowest blocks", ["key", "latency ms", "agreement", "p5", "p95", "n"],
-                [(r["key"], r["latency_ms"], r["agreement"], r["p5_ms"], r["p95_ms"], int(r["n"])) for r in
+                [(r["key"], r["latency_ms"], r["agreement"], r["p5_ms"], r["p95_ms"], r["n"]) for r in
                  blocks.head(10).to_dict("records")])
     rule = table.meta.get("consensus") or {}
     agreed = int(table.blocks["consensus"].astype(bool).sum())

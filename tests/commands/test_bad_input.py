@@ -152,3 +152,15 @@ def test_outputs_never_contain_nan(run_cli, world):
     json.loads(out, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     meta = (world / "good" / "meta.json").read_text()
     assert "NaN" not in meta
+
+
+def test_show_prints_missing_values_blank_not_nan(run_cli, tmp_path):
+    # A synthetic table has no sample counts (n is null): the human view must still render.
+    from latbench.tables.synthetic import synthetic_table
+
+    table = synthetic_table()
+    table.meta["device"] = {"device_kind": "synthetic"}
+    path = table.save(tmp_path / "synthetic")
+    code, out, err = run_cli("lut", "show", str(path))
+    assert code == 0, err
+    assert "slowest blocks" in out and "nan" not in out.lower()
