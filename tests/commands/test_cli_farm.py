@@ -1,0 +1,100 @@
+"""`latbench lut build` with several --device: fake phones behind the real adb server (each running
+the real model with onnxruntime), one Ray actor per phone on a private local Ray instance."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+import yaml
+from _support import REPO
+from phone_fixtures import adb_server, make_phone  # noqa: F401 - fixtures
+
+from latbench.measuring.farm.names import apply_ray_environment
+
+apply_ray_environment(loopback=True)  # before anything imports ray
+
+TINY = {
+    "name": "tiny",
+    "resolutions": [224],
+    "stages": [
+        {"widths": [32], "depth": [1, 1], "expansions": [4], "attention": False},
+        {"widths": [48], "depth": [1, 1], "expansions": [4], "attention": False},
+        {"widths": [96], "depth": [1, 1], "expansions": [4], "attention": False},
+        {"widths": [176], "depth": [1, 1], "expansions": [4], "attention": False},
+    ],
+}
+FAST = ["--runs", "4", "--rounds", "2", "--jobs", "1", "--calibrate", "0", "--no-reference"]
+#: Both fake phones run their models on this host's two shared cores, so their speeds differ far more
+#: than two real phones' do (9 % seen): the refusal itself is tested on scripted devices (measuring/test_farm.py).
+SHARED_HOST_TOLERANCE = ["--pool-tolerance", "0.5"]
+
+
+@pytest.fixture
+def tiny_space(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def rows(table):
+    db = sqlite3.connect(table / "journal.sqlite")
+    try:
+        return db.execute("SELECT key, round, device FROM measurements ORDER BY key, round").fetchall()
+    finally:
+        db.close()
+
+
+def test_two_phones_build_one_pooled_table(run_cli_json, adb_server, make_phone, tiny_space, tmp_path):  # noqa: F811
+    pytest.importorskip("ray")
+    phones = [f"android:{make_phone(serial=f'FARM{i}').serial}" for i in range(2)]
+    out = tmp_path / "pooled"
+    [s] = run_cli_json("lut", "build", "--space", str(tiny_space), "--out", str(out), "--adb-port",
+                       str(adb_server.port), *[a for p in phones for a in ("--device", p)], *FAST, *SHARED_HOST_TOLERANCE)
+    journal = rows(out)
+    rounds: dict[str, list[int]] = {}
+    for k, r, _ in journal:
+        rounds.setdefault(k, []).append(r)
+    assert len(rounds) == s["blocks"] and len(journal) == s["measured_now"]
+    assert all(r == list(range(len(r))) and len(r) >= 2 for r in rounds.values())  # each round once, none lost
+    assert {d for *_, d in journal} == set(phones)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["device_id"] == "android:Pixel_7" and meta["device"]["device_model"] == "Pixel 7"
+    assert set(meta["devices"]) == set(phones)
+    for d in phones:
+        assert meta["devices"][d]["rounds"] > 0 and 0.5 < meta["devices"][d]["relative_speed"] <= 1.0
+    assert max(meta["devices"][d]["relative_speed"] for d in phones) == 1.0
+    assert meta["pool"]["tolerance"] == 0.5
+
+
+def test_separate_tables_build_one_table_per_phone(run_cli_json, adb_server, make_phone, tiny_space,  # noqa: F811
+                                                   tmp_path):
+    pytest.importorskip("ray")
+    phones = [f"android:{make_phone(serial=f'SEP{i}').serial}" for i in range(2)]
+    out = tmp_path / "sep"
+    summaries = run_cli_json("lut", "build", "--space", str(tiny_space), "--out", str(out), "--separate-tables",
+                             "--adb-port", str(adb_server.port), *[a for p in phones for a in ("--device", p)], *FAST)
+    assert sorted(s["device"] for s in summaries) == sorted(phones)
+    for s in summaries:
+        journal = rows(tmp_path / s["table"])
+        assert {d for *_, d in journal} == {s["device"]} and len(journal) == s["measured_now"] >= 2 * s["blocks"]
+
+
+@pytest.mark.parametrize("args", [["--device", "cpu", "--device", "android:X"], ["--cluster", "127.0.0.1:1"]])
+def test_without_ray_the_farm_is_a_one_line_error_naming_the_extra(args, tmp_path):
+    code = ("import sys; sys.modules['ray'] = None\n"  # as if the cluster extra were not installed
+            "from latbench.cli import main; sys.exit(main(sys.argv[1:]))")
+    p = subprocess.run([sys.executable, "-c", code, "lut", "build", "--model", "mobilenetv2_100", "--out",
+                        str(tmp_path / "t"), *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert "pip install 'latbench[cluster]'" in p.stderr and p.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "t").exists()
+
+
+def test_separate_tables_needs_several_devices(run_cli, tmp_path):
+    code, _, err = run_cli("lut", "build", "--model", "mobilenetv2_100", "--out", str(tmp_path / "t"),
+                           "--separate-tables")
+    assert code == 2 and "--separate-tables needs several --device" in err
