@@ -26,8 +26,9 @@ from latbench.measuring.measurement import Measurement
 from latbench.measuring.session import Artifact, Job, LocalDispatcher
 
 #: An artifact as the driver describes it to a device: (key, content hash, the driver's path, suffix,
-#: is a directory). The driver's path is used as it is on the driver's own node.
-ArtifactSpec = tuple[str, str, str, str, bool]
+#: is a directory, sha256 of its bytes). The driver's path is used as it is on the driver's own node;
+#: other hosts keep it in their cache under the sha256 of its bytes, checked on arrival.
+ArtifactSpec = tuple[str, str, str, str, bool, str]
 
 
 @ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0)
@@ -65,7 +66,7 @@ class DeviceActor:
         if self.node_id == driver_node:
             return []
         shipped = []
-        for (_, digest, _, suffix, is_dir), ref in zip(specs, refs[0], strict=True):
+        for (_, _, _, suffix, is_dir, digest), ref in zip(specs, refs[0], strict=True):
             _, moved = self.cache.materialize(digest, suffix, is_dir, lambda ref=ref: ray.get(ref))
             if moved:
                 shipped.append(digest)
@@ -75,8 +76,8 @@ class DeviceActor:
         """Prepare every artifact on the device (after `stage`); returns how many."""
         self.state = "preparing"
         arts = {}
-        for key, digest, path, suffix, _ in specs:
-            where = Path(path) if self.node_id == driver_node else self.cache.path_for(digest, suffix)
+        for key, digest, path, suffix, _, sha in specs:
+            where = Path(path) if self.node_id == driver_node else self.cache.path_for(sha, suffix)
             arts[key] = Artifact(key, where, digest)
         self.local.prepare(arts, no_progress)
         self.state = "idle"

@@ -56,7 +56,8 @@ def pack(path: str | Path) -> bytes:
 
 
 class HostCache:
-    """This host's artifacts: `<root>/<content hash><suffix>` (a file, or an unpacked directory)."""
+    """This host's artifacts: `<root>/<sha256 of the bytes><suffix>` (a file, or an unpacked directory;
+    the hash is latbench.core.hashing.tree_sha256's)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)

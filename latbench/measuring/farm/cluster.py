@@ -161,16 +161,31 @@ def open_cluster_farm(selectors: Sequence[str], **farm_options: Any):
     return FarmDispatcher(actors, infos, driver_node=ray.get_runtime_context().get_node_id(), **farm_options)
 
 
+def node_with(resource: str, timeout_s: float = 60.0) -> str:
+    """The id of the live node advertising `resource` (the agent's own raylet, once it has joined)."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for n in ray.nodes():
+            if n.get("Alive") and resource in (n.get("Resources") or {}):
+                return n["NodeID"]
+        if time.monotonic() > deadline:
+            raise DeviceError(f"no node of the cluster advertises {resource} after {timeout_s:g} s")
+        time.sleep(0.2)
+
+
 def serve_devices(device_ids: Sequence[str], openers: Mapping[str, Callable[[], Any]], host: str,
-                  provenances: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The agent's side: one named, detached device actor per device on this host's node, asking for
-    the resources this host advertises. Returns farm id -> handle once every one answers."""
+                  provenances: Mapping[str, Mapping[str, Any]], node_id: str | None = None) -> dict[str, Any]:
+    """The agent's side: one named, detached device actor per device, on the node of this host
+    (`node_id`, default the node this process is attached to) and asking for the resources the host
+    advertises for it. Returns farm id -> handle once every one answers."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from latbench.measuring.farm.actor import DeviceActor
 
-    node = ray.get_runtime_context().get_node_id()
+    node = node_id or ray.get_runtime_context().get_node_id()
     here = NodeAffinitySchedulingStrategy(node, soft=False)
     actors = {}
     for did in device_ids:

@@ -30,6 +30,7 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from latbench.core.errors import DeviceError, DeviceLost, LatbenchError, UsageError
+from latbench.core.hashing import tree_sha256
 from latbench.core.progress import ProgressFn, no_progress
 from latbench.core.text import first_line
 from latbench.measuring.consensus import ConsensusRule
@@ -139,7 +140,8 @@ class FarmDispatcher:
 
     def prepare(self, artifacts: Mapping[str, Artifact], progress: ProgressFn) -> None:
         self.progress = progress
-        specs = [(a.key, a.content_hash, str(a.path), artifact_suffix(a), a.path.is_dir()) for a in artifacts.values()]
+        specs = [(a.key, a.content_hash, str(a.path), artifact_suffix(a), a.path.is_dir(), tree_sha256(a.path))
+                 for a in artifacts.values()]
         live = self._live()
         by_node: dict[str, str] = {}
         for fid in live:
