@@ -72,24 +72,30 @@ def run(args: argparse.Namespace) -> int:
                              json.dumps(resources), "--block", "--disable-usage-stats"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     stop = None
+    actors: dict = {}
+    previous = signal.getsignal(signal.SIGTERM)
     try:
         from latbench.measuring.farm.cluster import connect, node_with, serve_devices
 
         stop = connect(address)
-        first = serial_resource(farm_id(next(iter(devices)), host))
-        node_id = node_with(first)
+        signal.signal(signal.SIGTERM, _interrupt)  # after ray.init, which installs its own handler
+        node_id = node_with(serial_resource(farm_id(next(iter(devices)), host)))
         actors = serve_devices(list(devices), openers, host, devices, node_id=node_id)
         for fid in actors:
             model = devices[fid.rsplit("@", 1)[0]].get("device_model") or ""
             console().print(f"serving {fid} {model}".rstrip(), highlight=False)
         console().print(f"agent of {host} joined {address}; Ctrl-C stops it and its devices", highlight=False)
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         code = node.wait()
         if code:
-            raise DeviceError(f"the Ray node of this agent stopped (exit {code}): "
-                              f"{(node.stderr.read() if node.stderr else '').strip().splitlines()[-1:]}")
+            last = (node.stderr.read() if node.stderr else "").strip().splitlines()[-1:]
+            raise DeviceError(f"the Ray node of this agent stopped (exit {code}){': ' + last[0] if last else ''}")
+        return 0
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the agent's way to stop
+        console().print(f"agent of {host} stopped", highlight=False)
         return 0
     finally:
+        signal.signal(signal.SIGTERM, previous)
+        _release(actors)  # its devices leave the farm now, not when the node is gone
         if stop is not None:
             stop()
         if node.poll() is None:
@@ -98,3 +104,17 @@ def run(args: argparse.Namespace) -> int:
                 node.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 node.kill()
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _release(actors: dict) -> None:
+    import ray
+
+    for handle in actors.values():
+        try:
+            ray.kill(handle, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass

@@ -4,9 +4,16 @@ the real model with onnxruntime), one Ray actor per phone on a private local Ray
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -99,3 +106,63 @@ def test_separate_tables_needs_several_devices(run_cli, tmp_path):
     code, _, err = run_cli("lut", "build", "--model", "mobilenetv2_100", "--out", str(tmp_path / "t"),
                            "--separate-tables")
     assert code == 2 and "--separate-tables needs several --device" in err
+
+
+def test_agent_joins_a_cluster_serves_its_device_and_leaves_on_sigterm(tmp_path):
+    """The real `latbench agent` (its own `ray start` node) joining a real head, as on a farm: every
+    process is a child here, so none of this test process's loopback-only Ray settings apply."""
+    pytest.importorskip("ray")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", PYTHONPATH=str(REPO))
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    short_dir = tempfile.mkdtemp(prefix="lbray-")  # Ray's sockets live under it: AF_UNIX paths are short
+    head = subprocess.Popen([ray_cli, "start", "--head", "--port", "0", "--num-cpus", "0", "--include-dashboard",
+                             "false", "--disable-usage-stats", "--block", "--temp-dir", short_dir],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    agent = None
+    try:
+        address = wait_for_line(head, r"--address='([^']+)'")
+        agent = subprocess.Popen([sys.executable, "-m", "latbench", "agent", "--cluster", address, "--device", "cpu",
+                                  "--host", "lab-1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+        wait_for_line(agent, r"agent of lab-1 joined")
+
+        def listed():
+            p = subprocess.run([sys.executable, "-m", "latbench", "devices", "--cluster", address, "--json"],
+                               env=env, capture_output=True, text=True, timeout=120)
+            assert p.returncode == 0, p.stderr
+            return {d["id"]: d for d in json.loads(p.stdout)}
+
+        [(fid, dev)] = listed().items()
+        assert fid == "cpu@lab-1" and dev["state"] == "idle" and dev["provenance"]["device_kind"] == "cpu"
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=120) == 0 and "agent of lab-1 stopped" in agent.stdout.read()
+        assert listed() == {}  # its device left the farm with it
+    finally:
+        for p in (agent, head):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=120)
+        shutil.rmtree(short_dir, ignore_errors=True)
+
+
+def wait_for_line(proc: subprocess.Popen, pattern: str, timeout_s: float = 120) -> str:
+    """The first match of `pattern` in a child's output (its group 1, or the line)."""
+    deadline = time.monotonic() + timeout_s
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        seen.append(line)
+        if not line:
+            raise AssertionError(f"process ended before printing {pattern!r}: {''.join(seen)[-600:]}")
+        m = re.search(pattern, line)
+        if m:
+            return m.group(1) if m.groups() else line
+    raise AssertionError(f"no {pattern!r} within {timeout_s} s")
+
+
+def test_agent_needs_an_address(run_cli, monkeypatch):
+    pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    code, _, err = run_cli("agent", "--device", "cpu")
+    assert code == 2 and "--cluster HOST:PORT" in err and err.count("\n") == 1
