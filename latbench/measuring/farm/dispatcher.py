@@ -401,7 +401,10 @@ class FarmDispatcher:
 
     # -- reports ----------------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
-        return {"devices": {fid: d.stats.to_dict() for fid, d in self.devices.items()},
+        """Per device: its work, throughput and whether it is gone (or unreachable: a call failed and it
+        has not answered since; a build that finished first leaves it so)."""
+        return {"devices": {fid: {**d.stats.to_dict(), "unreachable": d.suspect_until is not None}
+                            for fid, d in self.devices.items()},
                 "shipped": {h: len(v) for h, v in self.shipped.items()},
                 "pool": self.verdict.to_dict() if self.verdict is not None else None}
 
