@@ -188,12 +188,16 @@ def test_a_lost_device_and_a_killed_agent_cost_only_their_in_flight_work(farm, t
                             ("scripted:C2", scripted("scripted:C2", sleep_s=0.1), SCRIPTED)])
     farm.add_host("hostD", [("scripted:L", scripted("scripted:L", sleep_s=0.1, lost_after=7), SCRIPTED)])
     seen = []
+    node_id = farm.nodes["hostC"].node_id
 
     def progress(phase, done, total, detail=None):
         if phase.startswith("device ") and "gone" not in (detail or ""):
             seen.append(phase)
-            if len(seen) == 6:
+            if len(seen) == 3:
                 farm.kill_host("hostC")  # its agent dies mid-build, with a measurement in flight
+                # A killed raylet's worker processes answer direct calls for a moment; this short build
+                # could end before that shows. Wait (in the driver loop) until the cluster knows it.
+                wait_dead(node_id)
 
     path = tmp_path / "journal.sqlite"
     with open_cluster_farm(["scripted:S1@hostA", "scripted:S3@hostB", "scripted:*@hostC", "scripted:L@hostD"],
@@ -204,11 +208,20 @@ def test_a_lost_device_and_a_killed_agent_cost_only_their_in_flight_work(farm, t
     assert_each_round_once(rows, 3)
     assert report["scripted:L@hostD"]["gone"].startswith("device lost")
     for d in ("scripted:C1@hostC", "scripted:C2@hostC"):  # dropped, or unanswered when the build ended
-        assert report[d]["gone"] or report[d]["unreachable"]
+        assert report[d]["gone"] or report[d]["unreachable"], report
     assert not any(report[d]["gone"] or report[d]["unreachable"] for d in ("scripted:S1@hostA", "scripted:S3@hostB"))
     by = {d: sum(1 for *_, dev, _ in rows if dev == d) for d in report}
     assert all(by[d] == report[d]["jobs"] for d in report)  # every result a device returned was journalled
     assert by["scripted:S1@hostA"] + by["scripted:S3@hostB"] > 0 and sum(by.values()) == 18
+
+
+def wait_dead(node_id: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"node {node_id} still alive {timeout_s} s after it was killed")
 
 
 def test_a_killed_driver_resumes_from_the_journal_without_remeasuring(farm, tiny_space, tmp_path):
