@@ -105,8 +105,12 @@ def test_a_slightly_slower_device_is_pooled_on_the_time_base_and_meta_lists_rela
         journal = Journal(":memory:")
         res = build(f, journal)
         meta = measured_by(journal)
-    for c in BLOCKS:  # B's rounds are 3 % slow; on the time base they agree with A's
-        assert res.value(c.key) == pytest.approx(equal.value(c.key), rel=0.002)
+    # B's rounds are 3 % slow; on the time base (its first device's: A or B, whichever read its anchors
+    # first) every entry is the equal-devices value times one common factor, whatever mix of A's and
+    # B's rounds it has.
+    ratios = [res.value(c.key) / equal.value(c.key) for c in BLOCKS]
+    assert max(ratios) / min(ratios) == pytest.approx(1.0, abs=0.002)
+    assert ratios[0] == pytest.approx(1.0, abs=0.002) or ratios[0] == pytest.approx(1.03, abs=0.002)
     assert set(meta["devices"]) == {"scripted:A", "scripted:B"}
     assert meta["devices"]["scripted:A"]["relative_speed"] == pytest.approx(1.0)
     assert meta["devices"]["scripted:B"]["relative_speed"] == pytest.approx(1 / 1.03, rel=1e-3)
