@@ -12,7 +12,7 @@ from latbench.core.errors import LatbenchError
 from latbench.core.text import first_line
 
 # Command modules, in help order. A module that is not present yet is skipped.
-COMMAND_MODULES = ["model", "space", "export", "devices", "profile", "lut", "mes", "search", "demo"]
+COMMAND_MODULES = ["model", "space", "export", "devices", "profile", "lut", "mes", "search", "demo", "agent"]
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -25,10 +25,19 @@ RUNNER_FLAGS: dict[str, tuple[str, type, tuple[str, ...] | None, str]] = {
 }
 
 
-def add_device_flag(p: argparse.ArgumentParser, default: str | None = "cpu", what: str = "device id") -> None:
+def add_device_flag(p: argparse.ArgumentParser, default: str | None = "cpu", what: str = "device id", *,
+                    multiple: bool = False) -> None:
+    """--device; with `multiple`, repeatable (a list; the default applies when none is given)."""
     configured = _config.default("device")
-    p.add_argument("--device", default=configured or default, metavar="ID",
-                   help=f"{what} (see `latbench devices`; default {configured or default or 'the table’s'})")
+    more = " (repeat it to measure on several devices of one model: the device farm)" if multiple else ""
+    p.add_argument("--device", default=None if multiple else configured or default, metavar="ID",
+                   action="append" if multiple else "store",
+                   help=f"{what}{more} (see `latbench devices`; default {configured or default or 'the table’s'})")
+
+
+def device_list(args: argparse.Namespace, default: str = "cpu") -> list[str]:
+    """The devices a repeatable --device names (the configured or given default when none)."""
+    return list(args.device or [_config.default("device") or default])
 
 
 def add_runner_flags(p: argparse.ArgumentParser) -> None:
@@ -48,9 +57,16 @@ def runner_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def open_device(device_id: str, args: argparse.Namespace):
+    from device_runners import open_runner
+
+    return open_runner(device_id, **device_options(device_id, args))
+
+
+def device_options(device_id: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The runner options of the device flags given, checked against what `device_id`'s kind takes."""
     import inspect
 
-    from device_runners import open_runner, runner_classes
+    from device_runners import runner_classes
 
     opts = runner_options(args)
     cls = next((c for c in runner_classes() if c.claims(device_id)), None)
@@ -64,4 +80,4 @@ def open_device(device_id: str, args: argparse.Namespace):
                 opts.pop(dest)  # a configured default that this device kind does not take
                 continue
             raise UsageError(f"{flags[dest]} does not apply to {cls.kind} devices")
-    return open_runner(device_id, **opts)
+    return opts

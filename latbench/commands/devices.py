@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from latbench.commands._farm import add_cluster_flag
 from latbench.commands._output import add_json_flag, print_json, print_table
 
 # Provenance keys worth a glance in the table, in order.
@@ -13,6 +14,7 @@ _SUMMARY_KEYS = ("device_model", "device_name", "soc", "os")
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("devices", help="list devices (cpu, Android, iPhone, Mac) and whether they are usable")
+    add_cluster_flag(p, "list the devices")
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -24,6 +26,8 @@ def _details(provenance: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.cluster is not None:
+        return run_cluster(args)
     from device_runners import discover_devices
 
     infos = discover_devices()
@@ -35,4 +39,24 @@ def run(args: argparse.Namespace) -> int:
         for i in infos
     ]
     print_table("devices", ["id", "kind", "available", "details / reason"], rows)
+    return 0
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    """Every device the agents of a cluster serve: farm id, host, state, provenance."""
+    from latbench.commands._farm import require_farm
+    from latbench.measuring.farm.cluster import cluster_devices, connect
+
+    require_farm(args)
+    stop = connect(args.cluster or None)
+    try:
+        devices = cluster_devices()
+    finally:
+        stop()
+    if args.json:
+        print_json(devices)
+        return 0
+    rows = [(d["id"], d.get("host") or "", d["state"] + (f" ({d['reason']})" if d.get("reason") else ""),
+             str(d.get("measured", "")), _details(d.get("provenance") or {})) for d in devices]
+    print_table("devices of the farm", ["id", "host", "state", "measured", "details"], rows)
     return 0

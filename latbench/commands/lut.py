@@ -8,8 +8,22 @@ from typing import Any
 
 from latbench.blocks.candidates import resolve_candidates, sample_candidates
 from latbench.commands import _config
+from latbench.commands._farm import (
+    add_cluster_flag,
+    build_separately,
+    open_farm,
+    per_device_out,
+    require_farm,
+    wants_farm,
+)
 from latbench.commands._output import add_json_flag, console, print_json, print_table
-from latbench.commands._runner import add_device_flag, add_runner_flags, open_device
+from latbench.commands._runner import (
+    add_device_flag,
+    add_runner_flags,
+    device_list,
+    device_options,
+    open_device,
+)
 from latbench.core.errors import UsageError
 from latbench.core.fileio import writable_dir, writable_file
 from latbench.core.progress import phase_progress
@@ -24,7 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     lsub.required = True
 
     b = lsub.add_parser("build", help="measure every block a space (or model) needs on a device")
-    add_device_flag(b)
+    add_device_flag(b, multiple=True)
+    add_cluster_flag(b, "measure")
+    b.add_argument("--separate-tables", action="store_true",
+                   help="several devices: build one table per device instead of pooling them into one")
+    b.add_argument("--pool-tolerance", type=float, default=None, metavar="FRACTION",
+                   help="several devices: how much slower than the fastest a device may be and still share "
+                        "the table (default 0.05)")
     b.add_argument("--space", nargs="?", const=DEFAULT_SPACE, default=None, metavar="FILE",
                    help="all blocks of a search space (default space if FILE is omitted)")
     b.add_argument("--model", action="append", default=[], metavar="NAME", help="only the blocks NAME needs")
@@ -119,20 +139,42 @@ def run_build(args: argparse.Namespace) -> int:
     if args.runs is not None and args.runs < 1:
         raise UsageError(f"--runs must be >= 1, got {args.runs}")
     space = None if args.space is None else SearchSpace.load(None if args.space == DEFAULT_SPACE else args.space)
-    plans = plan_tables(space=space, models=args.model, archs=args.arch, resolutions=args.resolution, out=args.out,
-                        device_id=args.device, calibrate=args.calibrate, reference=not args.no_reference)
+    devices = device_list(args)
     settings = BuildSettings(rounds=args.rounds, jobs=args.jobs, runs=args.runs, block_time_cap_s=args.time_cap,
                              model_time_cap_s=max(args.time_cap, 4.0), calibration_models=args.calibrate,
                              consensus=ConsensusRule.for_rounds(args.rounds, args.max_rounds))
-    for plan in plans:
-        writable_dir(plan.out, "table directory", create=False)
-    results = []
-    runner = open_device(args.device, args)
-    with runner, phase_progress(not args.json) as progress:
+
+    def plans_for(device_id: str, out: str | None) -> list:
+        plans = plan_tables(space=space, models=args.model, archs=args.arch, resolutions=args.resolution, out=out,
+                            device_id=device_id, calibrate=args.calibrate, reference=not args.no_reference)
         for plan in plans:
-            builder = TableBuilder(runner, plan.out, settings, force=args.force, progress=progress)
-            results.append(builder.build(plan.configs, space=plan.space, resolution=plan.resolution,
-                                         calibration=plan.calibration))
+            writable_dir(plan.out, "table directory", create=False)
+        return plans
+
+    def build_all(runner, plans: list, progress) -> list:
+        return [TableBuilder(runner, plan.out, settings, force=args.force, progress=progress).build(
+            plan.configs, space=plan.space, resolution=plan.resolution, calibration=plan.calibration)
+            for plan in plans]
+
+    if args.separate_tables and not wants_farm(args, devices):
+        raise UsageError("--separate-tables needs several --device (or --cluster)")
+    if not wants_farm(args, devices):
+        plans = plans_for(devices[0], args.out)
+        runner = open_device(devices[0], args)
+        with runner, phase_progress(not args.json) as progress:
+            results = build_all(runner, plans, progress)
+    else:
+        require_farm(args)
+        plans_for(devices[0], args.out)  # bad arguments: say so before any device is opened
+        farm = open_farm(args, devices, rule=settings.consensus, separate=args.separate_tables,
+                         tolerance=args.pool_tolerance,
+                         options_for=lambda d: device_options(d, args))
+        with farm, phase_progress(not args.json) as progress:
+            if args.separate_tables:
+                results = build_separately(farm, lambda part, fid, prog: build_all(
+                    part, plans_for(fid, per_device_out(args.out, fid)), prog), progress)
+            else:
+                results = build_all(farm, plans_for(farm.device_id, args.out), progress)
     report_builds(results, args.json)
     return 0
 

@@ -134,6 +134,13 @@ class Journal:
             out.setdefault(key, set()).add(rnd)
         return out
 
+    def device_counts(self) -> dict[str, dict[str | None, int]]:
+        """key -> device -> how many of its rounds that device measured."""
+        out: dict[str, dict[str | None, int]] = {}
+        for key, dev, n in self.db.execute("SELECT key, device, COUNT(*) FROM measurements GROUP BY key, device"):
+            out.setdefault(key, {})[dev] = n
+        return out
+
     def rows(self, role: str | None = None, keys: Iterable[str] | None = None) -> dict[str, list[JournalRow]]:
         """key -> its rounds in round order."""
         q = ("SELECT key, round, role, fields, measurement, content_hash, measured_at, device, session "

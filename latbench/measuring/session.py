@@ -189,14 +189,18 @@ class LocalDispatcher:
             anchor()
         for pos, (job, is_anchor) in enumerate(order):
             try:
-                if job.key in self._used:
-                    self.prepared[job.key] = self.runner.renew(self.prepared[job.key])
-                self._used.add(job.key)
-                m = self.runner.measure(self.prepared[job.key], job.policy, profile=job.profile)
+                m = self.measure(job)
             except DeviceLost as e:
                 left = list(dict.fromkeys(j.key for j, a in order[pos:] if not a))
                 raise DeviceLost(str(e), unmeasured=left) from e
             on_result(JobResult(job, self.device_id, m), is_anchor)
+
+    def measure(self, job: Job) -> Measurement:
+        """One job on the prepared artifact of its key (a renewed instance after its first use)."""
+        if job.key in self._used:
+            self.prepared[job.key] = self.runner.renew(self.prepared[job.key])
+        self._used.add(job.key)
+        return self.runner.measure(self.prepared[job.key], job.policy, profile=job.profile)
 
 
 @dataclass

@@ -26,10 +26,13 @@ def anchor_levels(anchors: Sequence[AnchorRow], rule: ConsensusRule) -> dict[str
     by: dict[str, list[float]] = {}
     for a in anchors:
         by.setdefault(a.key, []).append(rule.round_value(a.measurement))
-    out = {}
-    for key, values in by.items():
-        out[key] = rule.decide(values).value if len(values) >= rule.quorum else min(values)
-    return out
+    return {key: level_of(values, rule) for key, values in by.items()}
+
+
+def level_of(values: Sequence[float], rule: ConsensusRule) -> float:
+    """One anchor's level from its readings' round values: their consensus, or the fastest
+    reading when there are fewer than a quorum."""
+    return rule.decide(values).value if len(values) >= rule.quorum else min(values)
 
 
 def session_factor(levels: Mapping[str, float], reference: Mapping[str, float]) -> float | None:
@@ -60,29 +63,38 @@ def base_levels(journal: Journal, rule: ConsensusRule, *, exclude: str | None = 
     saved = journal.get_meta("time_base")
     if saved and saved.get("levels"):
         return saved
-    for group, rows in by_session(journal).items():
-        session = rows[0].session
-        if exclude is not None and session == exclude:
+    base = _first_base(by_session(journal), rule, lambda session: session != exclude)
+    if base is not None:
+        journal.set_meta("time_base", base)
+    return base
+
+
+def _first_base(groups: dict[str, list[AnchorRow]], rule: ConsensusRule, eligible) -> dict[str, Any] | None:
+    for group, rows in groups.items():
+        if not eligible(rows[0].session):
             continue
         counts: dict[str, int] = {}
         for a in rows:
             counts[a.key] = counts.get(a.key, 0) + 1
         if counts and max(counts.values()) >= rule.min_rounds:
-            base = {"session": group, "levels": anchor_levels(rows, rule), "readings": len(rows)}
-            journal.set_meta("time_base", base)
-            return base
+            return {"session": group, "levels": anchor_levels(rows, rule), "readings": len(rows)}
     return None
 
 
 def session_factors(journal: Journal, rule: ConsensusRule, *, current: str | None = None) -> dict[str, float]:
     """timebase_key(session, device) -> factor onto the journal's time base (1.0 for the base;
     groups without anchor readings are left as they are). `current`, a session still running,
-    never becomes the base."""
+    never becomes the base; while a journal has no base yet, the devices of `current` are put on
+    the time base of its first device (provisionally, nothing is kept), so the rounds of one entry
+    measured on several devices compare like with like from the first wave on."""
+    groups = by_session(journal)
     base = base_levels(journal, rule, exclude=current)
+    if base is None and current is not None:
+        base = _first_base(groups, rule, lambda session: session == current)
     if base is None:
         return {}
     out = {}
-    for group, rows in by_session(journal).items():
+    for group, rows in groups.items():
         if group == base["session"] or rows[0].session == base["session"]:  # (older journals: a session id)
             out[group] = 1.0
             continue

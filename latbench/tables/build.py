@@ -283,6 +283,7 @@ def derive_table(journal: Journal, out_dir: Path, consensus: ConsensusRule | Non
         "flagged": {r["key"]: r["flags"] for r in block_rows if r["flags"]},
         "created": journal.get_meta("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "sessions": journal.get_meta("sessions_report") or [],
+        **measured_by(journal),
     }
     if journal.get_meta("created") is None:
         journal.set_meta("created", meta["created"])
@@ -290,6 +291,29 @@ def derive_table(journal: Journal, out_dir: Path, consensus: ConsensusRule | Non
                          pd.DataFrame(columns=MODEL_COLUMNS), meta, out_dir)
     _calibrate(table, journal, rule, factors, resolution)
     return table
+
+
+def measured_by(journal: Journal) -> dict[str, Any]:
+    """meta.json's `devices`: every device that measured rounds of the table, with how many, and for a
+    pooled build (several devices, latbench.measuring.farm) its relative speed against the fastest of
+    the pool, its host and throughput; and `pool`: the rule the pool was admitted by."""
+    counts: dict[str, int] = {}
+    for per in journal.device_counts().values():
+        for dev, n in per.items():
+            counts[dev or "?"] = counts.get(dev or "?", 0) + n
+    pool = journal.get_meta("pool") or {}
+    farm = (journal.get_meta("farm") or {}).get("devices") or {}
+    devices = {}
+    for dev, n in sorted(counts.items()):
+        judged = (pool.get("devices") or {}).get(dev) or {}
+        devices[dev] = {"rounds": n, "relative_speed": judged.get("relative_speed"),
+                        "relative_latency": judged.get("relative_latency"),
+                        "host": (pool.get("hosts") or {}).get(dev) or (farm.get(dev) or {}).get("host"),
+                        "per_min": (farm.get(dev) or {}).get("per_min")}
+    out: dict[str, Any] = {"devices": devices}
+    if pool:
+        out["pool"] = {k: pool.get(k) for k in ("tolerance", "fastest", "rule", "session")}
+    return out
 
 
 def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, factors: dict[str, float],

@@ -13,7 +13,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 if str(FAKES) not in sys.path:
     sys.path.insert(0, str(FAKES))
 
-from fake_adbd import AdbServer, FakeAdbd, FakeDevice, Misbehaviour  # noqa: E402
+from phone_fixtures import adb_server, make_phone  # noqa: E402,F401 - fixtures shared with the farm tests
 
 
 def make_conv_model(path: Path, *, channels: int = 8, size: int = 32, depth: int = 1, fp16: bool = False) -> Path:
@@ -52,33 +52,3 @@ def models(tmp_path_factory) -> dict[str, Path]:
         "medium": make_conv_model(d / "medium.onnx", channels=16, depth=3),
         "fp16": make_conv_model(d / "half.onnx", fp16=True),
     }
-
-
-@pytest.fixture(scope="module")
-def adb_server(tmp_path_factory):
-    """The real adb server on a private free port; killed (adb -P PORT kill-server) afterwards."""
-    server = AdbServer(tmp_path_factory.mktemp("adb")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def make_phone(adb_server, tmp_path):
-    """Factory: a fake phone behind a fake adbd, connected to the adb server as 127.0.0.1:PORT."""
-    started: list[FakeAdbd] = []
-
-    def make(misbehaviour: Misbehaviour | None = None, *, install_perf_test: bool = True, **device_kw) -> FakeAdbd:
-        device = FakeDevice(tmp_path / f"device{len(started)}", misbehaviour=misbehaviour, **device_kw)
-        if install_perf_test:
-            device.install_perf_test()
-        adbd = FakeAdbd(device).start()
-        started.append(adbd)
-        adb_server.connect(adbd.serial)
-        return adbd
-
-    yield make
-    for adbd in started:
-        adbd.stop()
-        adb_server.disconnect(adbd.serial)
