@@ -14,7 +14,8 @@ from device_runners.base import DeviceInfo, Prepared, Runner
 from latbench.core.errors import DeviceError, DeviceLost, UsageError
 from latbench.core.text import first_line
 
-RUNNER_MODULES = ("device_runners.cpu", "device_runners.android", "device_runners.iphone", "device_runners.mac")
+RUNNER_MODULES = ("device_runners.cpu", "device_runners.android", "device_runners.iphone", "device_runners.mac",
+                  "device_runners.aihub")
 
 __all__ = [
     "DeviceInfo",

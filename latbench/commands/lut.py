@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --space: skip measuring MobileNetV2-1.0 whole (the MES latency unit)")
     b.add_argument("--calibrate", type=int, default=8, metavar="N",
                    help="whole models measured end to end to fit the overhead model (space builds; 0: none)")
+    b.add_argument("--detach", action="store_true",
+                   help="remote devices (aihub): submit the jobs and return; run the build again to collect them")
     add_runner_flags(b)
     add_json_flag(b)
     b.set_defaults(func=run_build)
@@ -127,7 +129,7 @@ def run_build(args: argparse.Namespace) -> int:
     for plan in plans:
         writable_dir(plan.out, "table directory", create=False)
     results = []
-    runner = open_device(args.device, args)
+    runner = open_device(args.device, args, **({"detach": True} if args.detach else {}))
     with runner, phase_progress(not args.json) as progress:
         for plan in plans:
             builder = TableBuilder(runner, plan.out, settings, force=args.force, progress=progress)
@@ -159,6 +161,9 @@ def report_builds(results: list, as_json: bool) -> None:
             c = s["consensus"]
             console().print(f"consensus: {c['agreed']} of {s['blocks']} entries agreed within "
                             f"{c['tolerance']:.0%}; {c['extra_rounds']} extra round(s) measured", highlight=False)
+            if s["pending"]:
+                console().print(f"[yellow]pending:[/] {len(s['pending'])} measurement(s) left running on "
+                                f"{s['device']}; run the same build again to collect them", highlight=False)
             for key, flags in s["flagged"].items():
                 console().print(f"[yellow]flagged:[/] {key} ({flags})", highlight=False)
 
@@ -173,7 +178,8 @@ def build_summary(res) -> dict[str, Any]:
             "consensus": {"agreed": int(t.blocks["consensus"].astype(bool).sum()) if len(t.blocks) else 0,
                           "tolerance": rule.get("tolerance"), "rule": rule.get("rule"),
                           "extra_rounds": int(sum(max(0, n - rule.get("min_rounds", 3)) for n in rounds))},
-            "flagged": t.flagged()}
+            "flagged": t.flagged(),
+            "pending": list(res.session.report.get("pending", [])) if res.session is not None else []}
 
 
 # -- show / diff ------------------------------------------------------------------------------------

@@ -20,8 +20,9 @@ What it serves:
   MEASURING_PERFORMANCE -> DONE / FAILED, advancing on the (injectable) clock by a background
   ticker, or only on demand (`auto_advance=False` with `step()` / `complete()`);
 * profile results whose per-iteration inference times come from REALLY running the uploaded ONNX
-  model with onnxruntime on this machine, per-layer detail from onnxruntime's profiler (its
-  Chrome-trace JSON: events with cat "Node" and a name ending "_kernel_time"), and raw-only
+  model with onnxruntime on this machine, per-layer detail from onnxruntime's profiler (each
+  node's minimum over a few profiled runs, as the protobuf documents LayerDetail.execution_time;
+  read from its Chrome-trace JSON: events with cat "Node", names ending "_kernel_time"), and raw-only
   provenance: `ProfileDetail.tool_versions` / `runtime_config` and `Device.soc_description`;
 * job listing (`GET /api/v1/jobs/`, `GET /api/v1/job_summaries/`) to re-attach to jobs by id;
 * failure injection (`Faults`, `fail()`, `expire()`): a job failing with a reason, rate limiting
@@ -67,6 +68,7 @@ USER_EMAIL = "latbench-tests@example.invalid"
 ST = pb.JobState
 IN_PROGRESS = (ST.JOB_STATE_CREATED, ST.JOB_STATE_PROVISIONING_DEVICE, ST.JOB_STATE_MEASURING_PERFORMANCE)
 FINISHED = (ST.JOB_STATE_DONE, ST.JOB_STATE_FAILED)
+PROFILED_RUNS = 3  # runs of the profiling session whose per-node minimum is the per-layer time
 
 
 # --- devices -------------------------------------------------------------------------------------
@@ -211,22 +213,33 @@ def _rss_bytes() -> tuple[int, int]:
     return cur, peak
 
 
-def read_ort_layer_times(trace_path: str | Path) -> list[LayerTime]:
-    """Per-node kernel times of the LAST run recorded in an onnxruntime profile (Chrome trace JSON).
+def read_ort_layer_times(trace_path: str | Path, skip_runs: int = 1) -> list[LayerTime]:
+    """Per-node kernel times from an onnxruntime profile (Chrome trace JSON): each node's MINIMUM
+    over the runs recorded after the first `skip_runs` (AI Hub's LayerDetail.execution_time is,
+    by its protobuf's own documentation, "the minimum execution time for this layer").
 
     Node events have cat "Node", a name "<node>_kernel_time", dur in microseconds and
-    args.op_name / args.provider. Nodes keep the order of their first appearance."""
+    args.op_name / args.provider; each run is a cat "Session" event named "model_run". Nodes
+    keep the order of their first appearance."""
     events = json.loads(Path(trace_path).read_text())
     if isinstance(events, dict):
         events = events.get("traceEvents", [])
+    runs = sorted(ev.get("ts", 0) for ev in events if ev.get("cat") == "Session" and ev.get("name") == "model_run")
+    cutoff = runs[skip_runs] if 0 < skip_runs < len(runs) else None
     layers: dict[str, LayerTime] = {}
     for ev in events:
         name = ev.get("name", "")
         if ev.get("cat") != "Node" or not name.endswith("_kernel_time"):
             continue
+        if cutoff is not None and ev.get("ts", 0) < cutoff:
+            continue
         node = name[: -len("_kernel_time")]
         args = ev.get("args", {})
-        layers[node] = LayerTime(node, args.get("op_name", ""), args.get("provider", ""), int(ev.get("dur", 0)))
+        dur = int(ev.get("dur", 0))
+        if node in layers:
+            layers[node].time_us = min(layers[node].time_us, dur)
+        else:
+            layers[node] = LayerTime(node, args.get("op_name", ""), args.get("provider", ""), dur)
     return list(layers.values())
 
 
@@ -238,7 +251,8 @@ def measure_onnx(
 
     Times `iterations` runs one by one (stopping early once `max_seconds` are spent, like
     --max_profiler_time), after one untimed warm-up run; then, when `layer_detail`, one more
-    session with onnxruntime's profiler runs twice and the second run's node times are kept."""
+    session with onnxruntime's profiler runs 1 + PROFILED_RUNS times and each node's minimum over
+    the runs after the first is kept."""
     import onnxruntime as ort
 
     def options(profile_prefix: str | None = None) -> ort.SessionOptions:
@@ -286,9 +300,9 @@ def measure_onnx(
             psess = ort.InferenceSession(
                 str(model_path), options(str(tmp / "profile")), providers=["CPUExecutionProvider"]
             )
-            psess.run(None, feeds)
-            psess.run(None, feeds)
-            layers = read_ort_layer_times(psess.end_profiling())
+            for _ in range(1 + PROFILED_RUNS):  # a warm-up run, then the runs the minimum is taken over
+                psess.run(None, feeds)
+            layers = read_ort_layer_times(psess.end_profiling(), skip_runs=1)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return Measurement(
@@ -395,6 +409,8 @@ class Faults:
     min_client_version: str | None = None  # clients whose Client-Version header is older get 426
     fail_jobs_with: str | None = None  # every job reaching the device fails with this reason
     fail_names: dict[str, str] = field(default_factory=dict)  # job name -> failure reason
+    fail_matching: dict[str, str] = field(default_factory=dict)  # regex searched in job names -> failure reason
+    expire_next: int = 0  # the next N jobs leaving the queue expire there instead (their lifetime ran out)
     hold_in_queue: bool = False  # jobs stay CREATED (until their lifetime ends)
     drop_layer_detail: bool = False  # profile results without per-layer detail
     drop_profile: bool = False  # results without any ProfileDetail (download_profile() gives {})
@@ -677,6 +693,10 @@ class FakeAIHub:
                 if not self.auto_advance or self.faults.hold_in_queue:
                     continue
                 if job.state == ST.JOB_STATE_CREATED and now - job.created >= self.queue_seconds:
+                    if self.faults.expire_next > 0:
+                        self.faults.expire_next -= 1
+                        self._expire(job)
+                        continue
                     job.state, job.started = ST.JOB_STATE_PROVISIONING_DEVICE, now
                 if job.state == ST.JOB_STATE_PROVISIONING_DEVICE and now - job.started >= self.provision_seconds:
                     job.state = ST.JOB_STATE_MEASURING_PERFORMANCE
@@ -689,7 +709,9 @@ class FakeAIHub:
     def _run_job(self, job: _Job) -> None:
         """Measure (outside the service lock, one job at a time) and finish the job."""
         faults = self.faults
-        reason = faults.fail_names.get(job.name) or faults.fail_jobs_with
+        reason = (faults.fail_names.get(job.name)
+                  or next((r for pattern, r in faults.fail_matching.items() if re.search(pattern, job.name)), None)
+                  or faults.fail_jobs_with)
         try:
             if reason:
                 with self._lock:
