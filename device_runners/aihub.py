@@ -17,9 +17,11 @@ How it measures (one job = one (key, round); see the README's AI Hub section):
   profile job named `latbench/SESSION/KEY/rROUND/aATTEMPT`. The name is journalled before the
   request and the job id right after it (table `aihub_jobs`), so a killed run re-attaches to
   its jobs instead of submitting them again. Finished jobs are found in bulk (job summaries,
-  newest first) and each result is handed to the session, which commits it at once.
-  With `detach`, a run submits, collects what has already finished and returns; a later run
-  collects the rest.
+  newest first) and each result is handed to the session, which commits it at once. A round is
+  held back while another round of its entry is queued or running, so the rounds of an entry
+  run one after the other, at different times (other entries keep the queue full meanwhile).
+  With `detach`, a run submits everything at once, collects what has already finished and
+  returns; a later run collects the rest.
 * **Samples** are the per-iteration inference times of the job's profile
   (`ProfileDetail.all_execution_times`); the caller's SamplingPolicy maps to
   `--max_profiler_iterations` (its fixed runs, else 100) and `--max_profiler_time` (its time
@@ -674,6 +676,11 @@ class AIHubDispatcher:
             # Submit, in order, as far as the service lets us.
             while (pos < len(queue) and stopped is None and len(outstanding) < runner.max_outstanding
                    and not submit_patience.waiting()):
+                if pending_ticket is None and not self.detach:
+                    ready = next((i for i in range(pos, len(queue)) if not _busy(queue[i], outstanding)), None)
+                    if ready is None:
+                        break  # every job left waits for an earlier round of its entry
+                    queue.insert(pos, queue.pop(ready))
                 job, is_anchor = queue[pos]
                 t = pending_ticket or self._new_ticket(job, is_anchor)
                 pending_ticket = t
@@ -824,6 +831,14 @@ class AIHubDispatcher:
         on_result(JobResult(t.job, self.device_id, m), t.anchor)
         self._set(t, "collected")
         return None
+
+
+def _busy(item: tuple[Job, bool], outstanding: dict[str, _Ticket]) -> bool:
+    """A round whose entry has another round queued or running: held back until that one has
+    finished, so that the rounds of an entry run at different times (and likely on different
+    units) rather than side by side in one burst of the farm. Anchors are never held back."""
+    job, is_anchor = item
+    return not is_anchor and any(not t.anchor and t.job.key == job.key for t in outstanding.values())
 
 
 def _expired(failure_type: int) -> bool:

@@ -220,53 +220,61 @@ def wait_for(cond, what: str, timeout: float = 60.0) -> None:
 def test_a_wave_is_submitted_without_waiting_and_collected_as_jobs_finish(held_hub, models, tmp_path):
     journal = Journal(tmp_path / "journal.sqlite")
     policy = SamplingPolicy(runs=3)
-    jobs = [Job(k, rnd, "block", policy) for k in ("a", "b") for rnd in (0, 1)]
+    jobs = [Job(k, rnd, "block", policy) for rnd in (0, 1) for k in ("a", "b", "c")]  # round by round
     got: list[tuple[str, int, bool, int]] = []
     seen: dict = {}
 
     def on_result(res, is_anchor):
-        # committed as each finishes: the journal still says "submitted" for the others
+        # handed over as each finishes, before the dispatcher marks it collected
         rows = journal.execute("SELECT COUNT(*) FROM aihub_jobs WHERE state = 'submitted'")[0][0]
         got.append((res.job.key, res.job.round, is_anchor, rows))
 
     def service_side():
+        db = sqlite3.connect(tmp_path / "journal.sqlite")
         try:
-            # anchor, 2 jobs, anchor, 2 jobs, anchor: all seven submitted while none has finished
-            db = sqlite3.connect(tmp_path / "journal.sqlite")
-
-            def journalled():
+            def journalled(n):
                 seen["rows"] = db.execute("SELECT name, job_id, state FROM aihub_jobs ORDER BY created").fetchall()
-                return sum(1 for row in seen["rows"] if row[2] == "submitted") == 7
+                return sum(1 for row in seen["rows"] if row[2] == "submitted") == n
 
-            wait_for(journalled, "every job submitted and journalled")
-            db.close()
-            assert len(held_hub.job_ids()) == 7
+            # anchor, a0 b0 c0, anchor, anchor: submitted while nothing has finished; the second
+            # rounds wait for their first (an entry's rounds run at different times)
+            wait_for(lambda: journalled(6), "the first wave submitted and journalled")
+            time.sleep(0.3)
+            seen["first"] = list(seen["rows"])
             seen["results_before"] = len(got)
-            ids = held_hub.job_ids()
-            for n, job_id in enumerate(reversed(ids)):  # finish in reverse order of submission
+            while len(got) < 9:  # finish the newest unfinished job, one at a time
+                job_id = next(j for j in reversed(held_hub.job_ids()) if held_hub.job_state(j) not in (10, 30))
+                n = len(got)
                 held_hub.complete(job_id)
                 wait_for(lambda n=n: len(got) == n + 1, f"result of {job_id}")
+                wait_for(lambda: len(got) == 9 or any(held_hub.job_state(j) not in (10, 30)
+                                                      for j in held_hub.job_ids()), "the next submission")
         except BaseException as e:  # noqa: BLE001  (the test reports it)
             seen["error"] = e
             for job_id in held_hub.job_ids():
                 held_hub.fail(job_id, "test gave up")
+        db.close()
 
     with open_runner(DEVICE) as r:
         d = r.dispatcher()
         d.attach(journal, "s1")
-        d.prepare({"a": Artifact("a", models["small"], "ha"), "b": Artifact("b", models["medium"], "hb"),
-                   "anc": Artifact("anc", models["small"], "ha")}, lambda *a: None)
+        d.prepare({k: Artifact(k, models["small" if k != "b" else "medium"], f"h{k}") for k in ("a", "b", "c")}
+                  | {"anc": Artifact("anc", models["small"], "ha")}, lambda *a: None)
         helper = threading.Thread(target=service_side, daemon=True)
         helper.start()
-        pending = d.execute(jobs, [Job("anc", 0, "anchor", policy)], 2, on_result)
+        pending = d.execute(jobs, [Job("anc", 0, "anchor", policy)], 3, on_result)
         helper.join(30)
     assert "error" not in seen, seen
     assert pending is None and seen["results_before"] == 0
-    rows = seen["rows"]
-    assert len(rows) == 7 and all(job_id and state == "submitted" for _, job_id, state in rows)
-    assert [n.split("/")[2] for n, _, _ in rows] == ["anchor", "a", "a", "anchor", "b", "b", "anchor"]
-    assert got[-1][:3] == ("anc", 0, True) and [g[3] for g in got] == [7, 6, 5, 4, 3, 2, 1]  # itself included
-    assert journal.execute("SELECT COUNT(*) FROM aihub_jobs WHERE state = 'collected'") == [(7,)]
+    first = seen["first"]
+    assert all(job_id and state == "submitted" for _, job_id, state in first)
+    assert [n.split("/", 3)[2:] for n, _, _ in first][1:4] == [["a", "r0/a1"], ["b", "r0/a1"], ["c", "r0/a1"]]
+    assert [n.split("/")[2] for n, _, _ in first] == ["anchor", "a", "b", "c", "anchor", "anchor"]
+    assert len(got) == 9 and journal.execute("SELECT COUNT(*) FROM aihub_jobs WHERE state = 'collected'") == [(9,)]
+    # each second round was created only after its entry's first round had finished on the service
+    by_name = {held_hub._jobs[j].name.split("/", 2)[2]: held_hub._jobs[j] for j in held_hub.job_ids()}
+    for k in ("a", "b", "c"):
+        assert by_name[f"{k}/r1/a1"].created >= by_name[f"{k}/r0/a1"].completed
     journal.close()
 
 
@@ -308,7 +316,9 @@ def test_lut_build_end_to_end_then_validate(hub, run_cli, run_cli_json, tiny_spa
 
 def test_profile_and_mes_report_measure_on_aihub(hub, run_cli, run_cli_json, models, tmp_path):
     res = run_cli_json("profile", str(models["medium"]), "--device", DEVICE, "--runs", "4", "--rounds", "2",
-                       "--out", str(tmp_path / "prof"))
+                       "--compute-units", "gpu", "--out", str(tmp_path / "prof"))
+    assert {hub._jobs[j].options.split()[1] for j in hub.job_ids()} == {"gpu"}  # --compute_unit gpu
+    assert res["provenance"]["compute_units"] == "gpu"
     assert res["n"] >= 8 and res["n"] % 4 == 0 and res["provenance"]["device_kind"] == "aihub"
     assert res["per_op_type"] and res["per_op_type"][0]["op_type"] in ("Conv", "Relu", "GlobalAveragePool")
     assert len(hub.job_ids()) == res["n"] // 4  # one job per round
