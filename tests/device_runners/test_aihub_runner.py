@@ -496,3 +496,10 @@ def test_a_failed_round_loses_nothing_else(hub, run_cli, tiny_space, tmp_path):
     done = {k for (k,) in db.execute("SELECT key || '#' || round FROM measurements")}
     db.close()
     assert "ffn-r224-s2-c48-e4#0" in done and "ffn-r224-s2-c48-e4#1" not in done and len(done) > 10
+
+
+def test_rate_limited_polls_are_waited_out(hub, run_cli_json, models):
+    hub.faults.rate_limit, hub.faults.rate_limit_method, hub.faults.rate_limit_path = 6, "GET", "/api/v1/job_summaries/"
+    res = run_cli_json("profile", str(models["small"]), "--device", DEVICE, "--runs", "3", "--rounds", "1")
+    assert res["n"] == 3 and hub.faults.rate_limit == 0  # every refused poll was answered, then waited out
+    assert len(hub.job_ids()) == 1
