@@ -73,6 +73,8 @@ DEFAULT_ITERATIONS = 100
 #: Job summaries fetched per request when looking for finished jobs.
 PAGE = 100
 MODELS_META = "aihub_models"
+#: How long a call with no jobs (anchors only) waits instead of submitting anchor jobs.
+IDLE_S = 0.1
 
 INSTALL_HINT = "install the client with `pip install 'latbench[aihub]'`"
 CONFIGURE_HINT = ("run `qai-hub configure --api_token TOKEN` (it writes ~/.qai_hub/client.ini) or point "
@@ -611,6 +613,12 @@ class AIHubDispatcher:
     # -- waves ------------------------------------------------------------------------------------
     def execute(self, jobs: Sequence[Job], anchors: Sequence[Job], anchor_every: int,
                 on_result: Callable[[JobResult, bool], None]) -> list[Job] | None:
+        if not jobs:
+            # Anchors alone: the session letting time pass before a re-measurement wave. On the
+            # service an anchor job would cost a job and a whole queue wait (and, detached, one
+            # job per call in a tight loop); the queue spaces an entry's rounds already.
+            time.sleep(IDLE_S)
+            return None
         self._journal()
         wanted = {(j.key, j.round): j for j in jobs}
         outstanding: dict[str, _Ticket] = {}

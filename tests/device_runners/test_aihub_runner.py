@@ -503,3 +503,15 @@ def test_rate_limited_polls_are_waited_out(hub, run_cli_json, models):
     res = run_cli_json("profile", str(models["small"]), "--device", DEVICE, "--runs", "3", "--rounds", "1")
     assert res["n"] == 3 and hub.faults.rate_limit == 0  # every refused poll was answered, then waited out
     assert len(hub.job_ids()) == 1
+
+
+def test_a_pause_between_waves_costs_no_jobs(hub, models, tmp_path):
+    policy = SamplingPolicy(runs=3)
+    with open_runner(DEVICE, detach=True) as r:
+        d = r.dispatcher()
+        d.attach(Journal(tmp_path / "journal.sqlite"), "s1")
+        d.prepare({"a": Artifact("a", models["small"], "ha")}, lambda *a: None)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.5:  # what MeasuringSession._separate does between waves
+            assert d.execute([], [Job("a", 0, "anchor", policy)], 12, lambda res, a: None) is None
+    assert hub.job_ids() == []
