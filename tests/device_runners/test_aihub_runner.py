@@ -120,7 +120,7 @@ def test_device_ids_are_parsed_and_checked():
     assert aihub.sampling_options(SamplingPolicy(runs=None, max_runs=400, time_cap_s=1.5)) == (aihub.DEFAULT_ITERATIONS, 2)
 
 
-def test_devices_lists_the_catalogue(hub, run_cli_json):
+def test_devices_lists_the_catalogue(hub, run_cli, run_cli_json):
     rows = {d["id"]: d for d in run_cli_json("devices") if d["kind"] == "aihub"}
     s24 = rows[f"{DEVICE}@14"]
     assert s24["available"] and s24["provenance"]["soc"] == "Qualcomm Snapdragon 8 Gen 3 (SM8650)"
@@ -128,6 +128,9 @@ def test_devices_lists_the_catalogue(hub, run_cli_json):
     assert {"aihub:Samsung Galaxy S23 (Family)@13", "aihub:Samsung Galaxy S23 (Family)@14"} <= set(rows)
     pixel = rows["aihub:Google Pixel 3@12"]  # no ONNX runtime on it: listed, not usable
     assert not pixel["available"] and "framework:onnx" in pixel["reason"]
+    code, out, err = run_cli("devices")
+    assert code == 0 and "aihub:Samsung Galaxy S24" in out and "(SM8650)" in out  # (wrapped at 80 columns)
+    assert_no_token(hub, out, err)
 
 
 @pytest.mark.parametrize("setup, needle", [
