@@ -518,3 +518,11 @@ def test_a_pause_between_waves_costs_no_jobs(hub, models, tmp_path):
         while time.monotonic() - t0 < 0.5:  # what MeasuringSession._separate does between waves
             assert d.execute([], [Job("a", 0, "anchor", policy)], 12, lambda res, a: None) is None
     assert hub.job_ids() == []
+
+
+def test_detach_and_aihub_compute_units_are_refused_where_they_do_not_apply(run_cli, tiny_space, tmp_path):
+    code, _, err = run_cli("lut", "build", "--device", "cpu", "--space", str(tiny_space), "--out", str(tmp_path / "t"),
+                           "--detach")
+    assert code == 2 and "--detach does not apply to cpu devices" in err
+    code, _, err = run_cli("profile", "efficientformerv2_s0", "--device", "cpu", "--compute-units", "npu")
+    assert code == 2 and "--compute-units does not apply to cpu devices" in err
