@@ -431,8 +431,6 @@ class AIHubRunner(Runner):
                    "peak_memory_bytes": ([detail.execution_memory.peak.lower, detail.execution_memory.peak.upper]
                                          if detail.HasField("execution_memory") else None)})
 
-    def close(self) -> None:
-        super().close()
 
 
 def _unit_name(value: int) -> str:
@@ -705,6 +703,10 @@ class AIHubDispatcher:
                             stopped = (f"AI Hub kept refusing submissions for {patience_s:.0f} s ({e}); "
                                        f"submitted {pos} of {len(queue)} jobs")
                         break
+                except _NotFound:  # the model went away since prepare(): the next run uploads it again
+                    stopped = f"AI Hub no longer has model {t.model_id} ({job.key}); run the command again"
+                    self._set(t, "failed", stopped)
+                    break
                 except DeviceError as e:
                     stopped = str(e)
                     self._set(t, "failed", str(e))

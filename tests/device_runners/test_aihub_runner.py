@@ -25,7 +25,7 @@ from fake_aihub import FakeAIHub, fast_client_settings  # noqa: E402
 
 import device_runners.aihub as aihub  # noqa: E402
 from device_runners import open_runner  # noqa: E402
-from latbench.core.errors import UsageError  # noqa: E402
+from latbench.core.errors import DeviceError, UsageError  # noqa: E402
 from latbench.measuring.journal import Journal  # noqa: E402
 from latbench.measuring.measurement import SamplingPolicy  # noqa: E402
 from latbench.measuring.session import Artifact, Job  # noqa: E402
@@ -526,3 +526,25 @@ def test_detach_and_aihub_compute_units_are_refused_where_they_do_not_apply(run_
     assert code == 2 and "--detach does not apply to cpu devices" in err
     code, _, err = run_cli("profile", "efficientformerv2_s0", "--device", "cpu", "--compute-units", "npu")
     assert code == 2 and "--compute-units does not apply to cpu devices" in err
+
+
+def test_a_model_gone_from_the_service_is_one_line_then_uploaded_again(hub, models, tmp_path):
+    journal = Journal(tmp_path / "journal.sqlite")
+    art = {"a": Artifact("a", models["small"], "ha")}
+    job = Job("a", 0, "block", SamplingPolicy(runs=3))
+    got = []
+    with open_runner(DEVICE) as r:
+        d = r.dispatcher()
+        d.attach(journal, "s1")
+        d.prepare(art, lambda *a: None)
+        hub._models.clear()  # deleted on the service after the upload
+        with pytest.raises(DeviceError) as err:
+            d.execute([job], [], 12, lambda res, a: got.append(res))
+    assert "\n" not in str(err.value) and hub.token not in str(err.value) and not got
+    with open_runner(DEVICE) as r:  # the next run finds the remembered id gone and uploads again
+        d = r.dispatcher()
+        d.attach(journal, "s2")
+        d.prepare(art, lambda *a: None)
+        d.execute([job], [], 12, lambda res, a: got.append(res))
+    assert len(got) == 1 and requests_to(hub, "POST", "/api/v1/models/") == 2
+    journal.close()
