@@ -250,7 +250,12 @@ def measure_onnx(
     """Really run an ONNX model with onnxruntime's CPU provider, as a profile job would on a phone.
 
     Times `iterations` runs one by one (stopping early once `max_seconds` are spent, like
-    --max_profiler_time), after one untimed warm-up run; then, when `layer_detail`, one more
+    --max_profiler_time), after one untimed warm-up run. With one thread each run is timed by
+    this thread's CPU clock (onnxruntime runs a single-threaded session on the calling thread),
+    the clock latbench's own cpu runner picks for one thread: a phone lent by the service is
+    nobody else's while it measures, and this host is shared (other processes, and this fake's
+    own server threads holding the GIL when a run returns) -- waits that a wall clock would add
+    to every sample. Several threads: the wall clock. Then, when `layer_detail`, one more
     session with onnxruntime's profiler runs 1 + PROFILED_RUNS times and each node's minimum over
     the runs after the first is kept."""
     import onnxruntime as ort
@@ -284,11 +289,12 @@ def measure_onnx(
 
     sess.run(None, feeds)  # warm-up, untimed
     times: list[int] = []
+    clock = time.thread_time_ns if threads == 1 else time.perf_counter_ns
     deadline = time.perf_counter() + max_seconds
     for _ in range(max(1, iterations)):
-        t0 = time.perf_counter_ns()
+        t0 = clock()
         sess.run(None, feeds)
-        times.append((time.perf_counter_ns() - t0) // 1000)
+        times.append(max(1, (clock() - t0) // 1000))
         if time.perf_counter() > deadline:
             break
     rss_after, peak = _rss_bytes()
