@@ -414,13 +414,18 @@ def test_a_job_id_lost_between_request_and_journal_is_adopted_by_name(hub, model
     journal.close()
 
 
-def test_detach_submits_and_returns_then_a_later_run_collects(held_hub, run_cli_json, tiny_space, tmp_path):
+def test_detach_submits_and_returns_then_a_later_run_collects(held_hub, run_cli, run_cli_json, tiny_space,
+                                                               tmp_path):
     out = tmp_path / "t"
     [s] = run_cli_json("lut", "build", "--device", DEVICE, "--space", str(tiny_space), "--out", str(out),
                        *SMALL_BUILD, "--detach")
     n = len(held_hub.job_ids())
     assert s["measured_now"] == 0 and {p.rsplit("#", 1)[1] for p in s["pending"]} == {"0", "1"}
     assert n > len(s["pending"])  # every round of every entry, plus anchors
+    code, text, err = run_cli("lut", "build", "--device", DEVICE, "--space", str(tiny_space), "--out", str(out),
+                              *SMALL_BUILD, "--detach")  # nothing finished yet: still pending, nothing resubmitted
+    assert code == 0 and f"pending: {len(s['pending'])} measurement(s) left running" in " ".join(text.split()), err
+    assert len(held_hub.job_ids()) == n
     for job_id in held_hub.job_ids():
         held_hub.complete(job_id)
     [s2] = run_cli_json("lut", "build", "--device", DEVICE, "--space", str(tiny_space), "--out", str(out),
