@@ -69,6 +69,7 @@ ST = pb.JobState
 IN_PROGRESS = (ST.JOB_STATE_CREATED, ST.JOB_STATE_PROVISIONING_DEVICE, ST.JOB_STATE_MEASURING_PERFORMANCE)
 FINISHED = (ST.JOB_STATE_DONE, ST.JOB_STATE_FAILED)
 PROFILED_RUNS = 3  # runs of the profiling session whose per-node minimum is the per-layer time
+WARMUP_SECONDS = 0.05  # untimed runs before a job's timed iterations (at least one)
 
 
 # --- devices -------------------------------------------------------------------------------------
@@ -250,7 +251,9 @@ def measure_onnx(
     """Really run an ONNX model with onnxruntime's CPU provider, as a profile job would on a phone.
 
     Times `iterations` runs one by one (stopping early once `max_seconds` are spent, like
-    --max_profiler_time), after one untimed warm-up run. With one thread each run is timed by
+    --max_profiler_time), after untimed warm-up runs (at least one, and for at least
+    WARMUP_SECONDS: how a profiler settles caches and clocks first; the service's own warm-up is
+    not documented). With one thread each run is timed by
     this thread's CPU clock (onnxruntime runs a single-threaded session on the calling thread),
     the clock latbench's own cpu runner picks for one thread: a phone lent by the service is
     nobody else's while it measures, and this host is shared (other processes, and this fake's
@@ -287,7 +290,10 @@ def measure_onnx(
         feeds[i.name] = np.asarray(arr).astype(dtype)
         inputs.append((i.name, shape, np.dtype(dtype).name))
 
+    warm_until = time.perf_counter() + WARMUP_SECONDS
     sess.run(None, feeds)  # warm-up, untimed
+    while time.perf_counter() < warm_until:
+        sess.run(None, feeds)
     times: list[int] = []
     clock = time.thread_time_ns if threads == 1 else time.perf_counter_ns
     deadline = time.perf_counter() + max_seconds
