@@ -122,7 +122,8 @@ def main() -> int:
         # 3. validate
         n0 = len(hub.job_ids())
         code, stdout, stderr, wall = cli("lut", "validate", str(out), "--samples", str(args.samples), "--no-named",
-                                         "--rounds", "2", "--passes", "2", "--jobs", "1", "--json")
+                                         "--rounds", "2", "--passes", "2", "--jobs", "1", "--json",
+                                         "--out", str(tmp / "validate.json"))
         captured += [stdout, stderr]
         if code:
             print("3. validate failed:", stderr.strip().splitlines()[-1])
@@ -130,6 +131,7 @@ def main() -> int:
             v = json.loads(stdout)
             print(f"3. validate: {v['n']} subnets, {len(hub.job_ids()) - n0} jobs, {wall:.1f} s; "
                   f"mean |error| {v['mean_abs_pct_error']:.1f} %, max {v['max_abs_pct_error']:.1f} %, "
+                  f"bias {v['bias_pct']:+.1f} %, "
                   f"within 5 % {v['within_5pct']:.0%}, within 10 % {v['within_10pct']:.0%}, "
                   f"Kendall tau {v['kendall_tau']:.2f}; pass-to-pass noise median {v['noise']['median_pct']:.1f} %; "
                   + ", ".join(f"{k}: mean {b['mean_abs_pct_error']:.1f} %" for k, b in v["baselines"].items()))
