@@ -11,6 +11,8 @@ if str(FAKES) not in sys.path:
     sys.path.insert(0, str(FAKES))
 
 # Tests must not write exports into the user's cache.
+# Nor reach a real AI Hub with the user's token: the aihub tests point the client at a fake service.
+os.environ["QAIHUB_CLIENT_INI"] = str(Path(os.environ.get("TMPDIR", "/tmp")) / "latbench-tests-no-aihub-token.ini")
 os.environ.setdefault("LATBENCH_CACHE", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"latbench-test-cache-{os.getuid()}"))
 
 

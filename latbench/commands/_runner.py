@@ -17,8 +17,8 @@ RUNNER_FLAGS: dict[str, tuple[str, type, tuple[str, ...] | None, str]] = {
                     "pin to these cores, hex mask e.g. f0 (cpu, android; android default: big cores)"),
     "--clock": ("clock", str, ("auto", "wall", "thread_cpu"),
                 "cpu: auto (thread CPU time with 1 thread), wall or thread_cpu"),
-    "--compute-units": ("compute_units", str.upper, ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL"),
-                        "iphone/mac: Core ML compute units"),
+    "--compute-units": ("compute_units", str.upper, ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL", "CPU", "GPU", "NPU"),
+                        "iphone/mac: Core ML compute units; aihub: cpu (default), gpu or npu"),
     "--perf-test": ("perf_test_path", str, None, "android: on-device path of onnxruntime_perf_test"),
     "--perf-test-local": ("perf_test_local", str, None, "android: host binary of onnxruntime_perf_test to push"),
     "--adb-port": ("adb_port", int, None, "android: adb server port (default $ANDROID_ADB_SERVER_PORT or 5037)"),
@@ -56,24 +56,28 @@ def runner_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
-def open_device(device_id: str, args: argparse.Namespace):
+def open_device(device_id: str, args: argparse.Namespace, **extra: Any):
+    """Open the device a command names, with the device flags given (and `extra` options a
+    command adds, e.g. lut build's --detach); a flag the device kind does not take is an error."""
     from device_runners import open_runner
 
-    return open_runner(device_id, **device_options(device_id, args))
+    return open_runner(device_id, **device_options(device_id, args, **extra))
 
 
-def device_options(device_id: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The runner options of the device flags given, checked against what `device_id`'s kind takes."""
+def device_options(device_id: str, args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """The runner options of the device flags given (plus `extra`), checked against what
+    `device_id`'s kind takes."""
     import inspect
 
     from device_runners import runner_classes
 
-    opts = runner_options(args)
+    opts = {**runner_options(args), **extra}
     cls = next((c for c in runner_classes() if c.claims(device_id)), None)
     if cls is None:  # a bare adb serial
         cls = next(c for c in runner_classes() if c.kind == "android")
     accepted = set(inspect.signature(cls.__init__).parameters)
     flags = {dest: flag for flag, (dest, _, _, _) in RUNNER_FLAGS.items()}
+    flags.update({dest: "--" + dest.replace("_", "-") for dest in extra})
     for dest in list(opts):
         if dest not in accepted:
             if dest == "threads" and getattr(args, "runner_threads", None) is None:

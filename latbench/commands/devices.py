@@ -13,7 +13,8 @@ _SUMMARY_KEYS = ("device_model", "device_name", "soc", "os")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("devices", help="list devices (cpu, Android, iPhone, Mac) and whether they are usable")
+    p = sub.add_parser("devices", help="list devices (cpu, Android, iPhone, Mac, Qualcomm AI Hub) and whether "
+                       "they are usable")
     add_cluster_flag(p, "list the devices")
     add_json_flag(p)
     p.set_defaults(func=run)

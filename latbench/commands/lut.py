@@ -63,6 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --space: skip measuring MobileNetV2-1.0 whole (the MES latency unit)")
     b.add_argument("--calibrate", type=int, default=8, metavar="N",
                    help="whole models measured end to end to fit the overhead model (space builds; 0: none)")
+    b.add_argument("--detach", action="store_true",
+                   help="remote devices (aihub): submit the jobs and return; run the build again to collect them")
     add_runner_flags(b)
     add_json_flag(b)
     b.set_defaults(func=run_build)
@@ -160,7 +162,7 @@ def run_build(args: argparse.Namespace) -> int:
         raise UsageError("--separate-tables needs several --device (or --cluster)")
     if not wants_farm(args, devices):
         plans = plans_for(devices[0], args.out)
-        runner = open_device(devices[0], args)
+        runner = open_device(devices[0], args, **({"detach": True} if args.detach else {}))
         with runner, phase_progress(not args.json) as progress:
             results = build_all(runner, plans, progress)
     else:
@@ -201,6 +203,9 @@ def report_builds(results: list, as_json: bool) -> None:
             c = s["consensus"]
             console().print(f"consensus: {c['agreed']} of {s['blocks']} entries agreed within "
                             f"{c['tolerance']:.0%}; {c['extra_rounds']} extra round(s) measured", highlight=False)
+            if s["pending"]:
+                console().print(f"[yellow]pending:[/] {len(s['pending'])} measurement(s) left running on "
+                                f"{s['device']}; run the same build again to collect them", highlight=False)
             for key, flags in s["flagged"].items():
                 console().print(f"[yellow]flagged:[/] {key} ({flags})", highlight=False)
 
@@ -215,7 +220,8 @@ def build_summary(res) -> dict[str, Any]:
             "consensus": {"agreed": int(t.blocks["consensus"].astype(bool).sum()) if len(t.blocks) else 0,
                           "tolerance": rule.get("tolerance"), "rule": rule.get("rule"),
                           "extra_rounds": int(sum(max(0, n - rule.get("min_rounds", 3)) for n in rounds))},
-            "flagged": t.flagged()}
+            "flagged": t.flagged(),
+            "pending": list(res.session.report.get("pending", [])) if res.session is not None else []}
 
 
 # -- show / diff ------------------------------------------------------------------------------------

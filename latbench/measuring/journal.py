@@ -9,7 +9,8 @@ Tables:
 - `anchors`      every anchor measurement, per (session, device, sequence number): the time base
   of each session, so rounds measured in different sessions can be put on one time base;
 - `sessions`     one row per measuring session (purpose, device, provenance, start time);
-- `meta`         named JSON values (the anchor keys, the space, calibration settings, ...).
+- `meta`         named JSON values (the anchor keys, the space, calibration settings, ...);
+- tables a dispatcher adds through `execute` (e.g. the job ids of a remote service).
 
 SQLite's journaling makes each commit atomic, so a SIGKILL at any point leaves either the whole
 row or none of it.
@@ -21,7 +22,7 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,3 +178,12 @@ class Journal:
     def set_meta(self, name: str, value: Any) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, json.dumps(value, default=str)))
         self.db.commit()
+
+    # -- dispatchers' own records --------------------------------------------------------------
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Run one SQL statement and commit it: a dispatcher keeps its own records here in its own
+        table (`CREATE TABLE IF NOT EXISTS ...`), e.g. the job ids of a remote service, so a
+        killed run re-attaches to them. Returns the rows a query gives."""
+        rows = self.db.execute(sql, tuple(params)).fetchall()
+        self.db.commit()
+        return rows

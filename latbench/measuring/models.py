@@ -21,10 +21,10 @@ from latbench.measuring.journal import Journal
 from latbench.measuring.measurement import SamplingPolicy
 from latbench.measuring.session import (
     DEFAULT_POLICIES,
-    LocalDispatcher,
     MeasuringPlan,
     MeasuringSession,
     Target,
+    as_dispatcher,
 )
 from latbench.measuring.timebase import anchor_levels, session_factor
 
@@ -85,7 +85,7 @@ def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, 
     drifts: list[float] = []
     no_consensus: list[str] = []
     sessions = []
-    dispatcher = runner if hasattr(runner, "execute") else LocalDispatcher(runner)
+    dispatcher = as_dispatcher(runner)
     for p in range(passes):
         applied: list[float | None] = [None]
 

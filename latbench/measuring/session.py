@@ -147,6 +147,38 @@ class Dispatcher(Protocol):
         ...
 
 
+def interleave(jobs: Sequence[Job], anchors: Sequence[Job], anchor_every: int) -> list[tuple[Job, bool]]:
+    """The order a dispatcher runs a wave in, as (job, is_anchor): an anchor first, one after
+    every `anchor_every` jobs and one last, rotating through `anchors`."""
+    order: list[tuple[Job, bool]] = []
+    turn = 0
+
+    def anchor() -> None:
+        nonlocal turn
+        if anchors:
+            order.append((anchors[turn % len(anchors)], True))
+            turn += 1
+
+    anchor()
+    for i, job in enumerate(jobs):
+        order.append((job, False))
+        if (i + 1) % anchor_every == 0 and i + 1 < len(jobs):
+            anchor()
+    if jobs:
+        anchor()
+    return order
+
+
+def as_dispatcher(device: Any) -> Any:
+    """A dispatcher for `device`: itself if it is one, the runner's own if it offers one (a
+    remote service that submits and collects asynchronously), else a LocalDispatcher."""
+    if hasattr(device, "execute"):
+        return device
+    if hasattr(device, "dispatcher"):
+        return device.dispatcher()
+    return LocalDispatcher(device)
+
+
 class LocalDispatcher:
     """Jobs run one after the other on one open runner. Every measurement after an artifact's
     first gets a renewed instance of it (Runner.renew: a fresh session), so rounds sample the
@@ -171,22 +203,7 @@ class LocalDispatcher:
 
     def execute(self, jobs: Sequence[Job], anchors: Sequence[Job], anchor_every: int,
                 on_result: Callable[[JobResult, bool], None]) -> None:
-        order: list[tuple[Job, bool]] = []
-        turn = 0
-
-        def anchor() -> None:
-            nonlocal turn
-            if anchors:
-                order.append((anchors[turn % len(anchors)], True))
-                turn += 1
-
-        anchor()
-        for i, job in enumerate(jobs):
-            order.append((job, False))
-            if (i + 1) % anchor_every == 0 and i + 1 < len(jobs):
-                anchor()
-        if jobs:
-            anchor()
+        order = interleave(jobs, anchors, anchor_every)
         for pos, (job, is_anchor) in enumerate(order):
             try:
                 m = self.measure(job)
@@ -234,7 +251,7 @@ class MeasuringSession:
                  precision: str | None = None,
                  time_base: Callable[[Journal, str], Mapping[str, float]] | None = None,
                  recheck: Callable[[dict[str, Verdict]], Iterable[str]] | None = None) -> None:
-        self.dispatcher = dispatcher if hasattr(dispatcher, "execute") else LocalDispatcher(dispatcher)
+        self.dispatcher = as_dispatcher(dispatcher)
         self.plan = plan or MeasuringPlan()
         if self.plan.rounds < 1 or self.plan.anchor_every < 1:
             raise UsageError("measurement rounds and anchor_every must be >= 1")
