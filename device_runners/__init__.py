@@ -1,6 +1,6 @@
 """Device runners: measure exported artifacts on the host CPU, Android phones, iPhones and Macs.
 
-Device ids: `cpu` (default), `android:SERIAL` (or a bare adb serial), `iphone:UDID`, `mac`.
+Device ids: `cpu` (default), `litert`, `android:SERIAL` (or a bare adb serial), `iphone:UDID`, `mac`.
 Adding a device kind = adding its module (defining `RUNNER`) to RUNNER_MODULES.
 """
 
@@ -14,7 +14,8 @@ from device_runners.base import DeviceInfo, Prepared, Runner
 from latbench.core.errors import DeviceError, DeviceLost, UsageError
 from latbench.core.text import first_line
 
-RUNNER_MODULES = ("device_runners.cpu", "device_runners.android", "device_runners.iphone", "device_runners.mac")
+RUNNER_MODULES = ("device_runners.cpu", "device_runners.litert", "device_runners.android", "device_runners.iphone",
+                  "device_runners.mac")
 
 __all__ = [
     "DeviceInfo",
