@@ -68,7 +68,7 @@ def test_a_broken_kind_does_not_hide_the_others(monkeypatch):
 
 def test_every_kind_is_registered_once():
     kinds = [cls.kind for cls in device_runners.runner_classes()]
-    assert sorted(kinds) == ["android", "cpu", "iphone", "mac"]
+    assert sorted(kinds) == ["android", "cpu", "iphone", "litert", "mac"]
 
 
 def test_devices_json_lists_every_kind_with_availability(capsys, no_adb_server):
@@ -78,7 +78,7 @@ def test_devices_json_lists_every_kind_with_availability(capsys, no_adb_server):
     assert set(rows[0]) == {"id", "kind", "available", "reason", "provenance"}
     assert by_id["cpu"]["available"] and by_id["cpu"]["provenance"]["runtime"] == "onnxruntime"
     assert not by_id["android"]["available"] and str(no_adb_server) in by_id["android"]["reason"]
-    assert {r["kind"] for r in rows} == {"cpu", "android", "iphone", "mac"}
+    assert {r["kind"] for r in rows} == {"cpu", "litert", "android", "iphone", "mac"}
 
 
 def test_devices_table_shows_phone_from_the_adb_server(capsys, monkeypatch, adb_server, make_phone):

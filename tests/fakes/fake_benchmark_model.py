@@ -134,6 +134,8 @@ def run(
         return 1, output(), ""
     if behaviour.hang_s:
         stop.wait(behaviour.hang_s)
+    if stop.is_set():  # the connection went away: the process is killed
+        return 137, output(), ""
     if behaviour.garbage:
         return 0, "\x00\x17 garbage 12.5 bananas\ncount=abc\n", ""
     try:
@@ -203,6 +205,8 @@ def run(
     log(f"Running benchmark for at least {num_runs} iterations and at least {min_secs:g} seconds but "
         f"terminate if exceeding {max_secs:g} seconds.")
     timed = _phase(interp.invoke, num_runs, min_secs, max_secs, stop)
+    if stop.is_set() or not timed or not warm:
+        return 137, output(), ""
     log(stat_line(timed, newer))
     log("")
     avg = sum(timed) / len(timed)
