@@ -163,3 +163,10 @@ def test_profile_command_with_runtime_litert(adb_server, make_phone, tflite_mode
     code, _, err = run_cli("profile", str(tflite_models["ffn"]), "--device", f"android:{adbd.serial}",
                            "--adb-port", str(adb_server.port), "--runs", "4", "--rounds", "1")
     assert code != 0 and err.count("\n") == 1 and "onnx" in err
+
+
+def test_no_warm_up_runs(adb_server, make_phone, tflite_models):
+    adbd = litert_phone(make_phone)
+    with open_phone(adb_server, adbd) as runner:
+        m = runner.measure(runner.prepare(tflite_models["ffn"]), SamplingPolicy.fixed(2, 0))
+    assert m.n == 2 and "--warmup_runs=0" in bm_commands(adbd)[0] and m.first_inference_ms > 0

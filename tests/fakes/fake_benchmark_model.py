@@ -205,13 +205,14 @@ def run(
     log(f"Running benchmark for at least {num_runs} iterations and at least {min_secs:g} seconds but "
         f"terminate if exceeding {max_secs:g} seconds.")
     timed = _phase(interp.invoke, num_runs, min_secs, max_secs, stop)
-    if stop.is_set() or not timed or not warm:
+    if stop.is_set() or not timed:
         return 137, output(), ""
     log(stat_line(timed, newer))
     log("")
     avg = sum(timed) / len(timed)
-    log(f"Inference timings in us: Init: {init_us}, First inference: {warm[0]}, "
-        f"Warmup (avg): {sum(warm) / len(warm):g}, Inference (avg): {avg:g}")
+    first, warm_avg = (warm[0], sum(warm) / len(warm)) if warm else (timed[0], -1)
+    log(f"Inference timings in us: Init: {init_us}, First inference: {first}, "
+        f"Warmup (avg): {warm_avg:g}, Inference (avg): {avg:g}")
     log(NOTE)
     log("Memory footprint delta from the start of the tool (MB): init=8.45312 overall=10.5898")
     if profiling:
