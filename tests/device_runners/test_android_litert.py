@@ -4,14 +4,18 @@ really runs the pushed .tflite with ai-edge-litert and prints benchmark_model's 
 from __future__ import annotations
 
 import json
+import threading
 import time
+from pathlib import Path
 
+import fake_benchmark_model
 import pytest
 from fake_adbd import Misbehaviour
 from fake_benchmark_model import MAGIC, BenchmarkModelBehaviour
 
 from device_runners import DeviceLost, open_runner
 from device_runners.android import AndroidRunner
+from device_runners.benchmark_model_output import parse_benchmark_model_output
 from latbench.core.errors import DeviceError, UsageError
 from latbench.measuring.measurement import SamplingPolicy
 
@@ -170,3 +174,20 @@ def test_no_warm_up_runs(adb_server, make_phone, tflite_models):
     with open_phone(adb_server, adbd) as runner:
         m = runner.measure(runner.prepare(tflite_models["ffn"]), SamplingPolicy.fixed(2, 0))
     assert m.n == 2 and "--warmup_runs=0" in bm_commands(adbd)[0] and m.first_inference_ms > 0
+
+
+@pytest.mark.parametrize(("variant", "fmt"), [("classic", "classic"), ("info", "info-prefixed"),
+                                               ("newer", "info-prefixed")])
+def test_the_fake_prints_what_the_real_tool_prints(tflite_models, variant, fmt):
+    """The fake's output reads like the fixtures of the real tool (same format detection, fields)."""
+    argv = ["benchmark_model", f"--graph={tflite_models['ffn']}", "--num_threads=1", "--num_runs=3", "--min_secs=0",
+            "--warmup_runs=2", "--warmup_min_secs=0"]
+    rc, out, _ = fake_benchmark_model.run(argv, resolve=Path, behaviour=BenchmarkModelBehaviour(variant=variant),
+                                          stop=threading.Event())
+    rep = parse_benchmark_model_output(out)
+    assert rc == 0 and rep.format == fmt and rep.count == 3 and rep.warmup_count == 2
+    assert rep.init_ms > 0 and (rep.all_same or rep.min_ms <= rep.avg_ms <= rep.max_ms)
+    assert (rep.median_ms is not None) == (variant == "newer")
+    rc, out, _ = fake_benchmark_model.run([*argv, "--use_nnapi=true"], resolve=Path,
+                                          behaviour=BenchmarkModelBehaviour(), stop=threading.Event())
+    assert rc == 1 and "Unconsumed cmdline flags: --use_nnapi=true" in out
