@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def build(out: Path, core: int | None, seed: int = 0):
+def build(out: Path, core: int | None, seed: int = 0, device: str = "cpu"):
     from device_runners import open_runner
     from latbench.blocks.candidates import sample_candidates
     from latbench.blocks.configs import space_blocks
@@ -48,7 +48,7 @@ def build(out: Path, core: int | None, seed: int = 0):
     configs.append(resolve_candidate("mobilenetv2_100").blocks()[0])
     calib = sample_candidates(space, 224, settings.calibration_models, settings.seed, purpose="calibration")
     opts = {} if core is None else {"core_mask": format(1 << core, "x")}
-    with open_runner("cpu", **opts) as runner:
+    with open_runner(device, **opts) as runner:
         res = TableBuilder(runner, out, settings).build(
             configs, space=space, resolution=224, calibration=calib)
     return res, space, configs, calib, settings, opts
@@ -70,14 +70,14 @@ def report_build(label: str, res) -> None:
           f"{', '.join(res.table.overhead.get('calibrated_on') or [])}")
 
 
-def validate(table, samples: int, seed: int, opts: dict, label: str, keep: Path | None = None):
+def validate(table, samples: int, seed: int, opts: dict, label: str, keep: Path | None = None, device: str = "cpu"):
     from device_runners import open_runner
     from latbench.blocks.candidates import sample_candidates
     from latbench.core.fileio import atomic_write_json
     from latbench.estimation.validate import validate_table
 
     cands = sample_candidates(table.space(), 224, samples, seed)
-    with open_runner("cpu", **opts) as runner:
+    with open_runner(device, **opts) as runner:
         v = validate_table(table, runner, cands, seed=seed, journal_dir=keep)
     if keep is not None:
         atomic_write_json(keep / "validation.json", v.to_dict())

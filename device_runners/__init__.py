@@ -1,6 +1,6 @@
 """Device runners: measure exported artifacts on the host CPU, Android phones, iPhones, Macs and AI Hub.
 
-Device ids: `cpu` (default), `android:SERIAL` (or a bare adb serial), `iphone:UDID`, `mac`,
+Device ids: `cpu` (default), `litert`, `android:SERIAL` (or a bare adb serial), `iphone:UDID`, `mac`,
 `aihub:DEVICE` (a Qualcomm AI Hub device: see device_runners/aihub.py).
 Adding a device kind = adding its module (defining `RUNNER`) to RUNNER_MODULES.
 """
@@ -15,8 +15,8 @@ from device_runners.base import DeviceInfo, Prepared, Runner
 from latbench.core.errors import DeviceError, DeviceLost, UsageError
 from latbench.core.text import first_line
 
-RUNNER_MODULES = ("device_runners.cpu", "device_runners.android", "device_runners.iphone", "device_runners.mac",
-                  "device_runners.aihub")
+RUNNER_MODULES = ("device_runners.cpu", "device_runners.litert", "device_runners.android", "device_runners.iphone",
+                  "device_runners.mac", "device_runners.aihub")
 
 __all__ = [
     "DeviceInfo",

@@ -1,6 +1,9 @@
-"""Android phones over adb (adbutils), timed by onnxruntime_perf_test running on the phone.
+"""Android phones over adb (adbutils), timed by onnxruntime_perf_test or LiteRT's benchmark_model on the phone.
 
-How a Measurement is built (perf_test prints summaries, so this is spelled out):
+`runtime="onnxruntime"` (default) measures .onnx files with onnxruntime_perf_test;
+`runtime="litert"` measures .tflite files with benchmark_model (see "LiteRT" below).
+
+How a Measurement is built with onnxruntime_perf_test (it prints summaries, so this is spelled out):
 
 * One measure() runs the benchmark binary K times (K >= `min_invocations`, default 3) as
   `taskset MASK onnxruntime_perf_test -m times -r WARMUP+R -x THREADS -e cpu -I -s MODEL RESULT`.
@@ -19,6 +22,23 @@ How a Measurement is built (perf_test prints summaries, so this is spelled out):
   are their medians.
 * profile=True runs one more, separate invocation with `-p PREFIX`, pulls the Chrome-trace JSON
   perf_test writes as PREFIX_<timestamp>.json and parses it like the CPU runner does.
+
+LiteRT (`runtime="litert"`): benchmark_model prints no per-run times. Its BenchmarkModel::Run
+keeps the runs in a Stat and logs `count= first= curr= min= max= avg= std=` (newer builds add
+`p5= median= p95=`) once for the warm-up and once for the timed runs. So one invocation is
+`taskset MASK benchmark_model --graph=MODEL --num_threads=T --use_xnnpack=true|false
+--num_runs=2 --min_secs=0 --max_secs=... --warmup_runs=W --warmup_min_secs=S`: a fresh process,
+W warm-up runs (and S seconds), then exactly two timed runs, which that line gives exactly (its
+min and max, or `curr=X(all same)`) -- two real single-run samples per invocation, where a longer
+invocation would give only its average. Invocations repeat until the caller's SamplingPolicy
+stop rule fires on the pooled samples (fixed runs: ceil(N / 2) invocations), so the statistics
+are those of every other runner, and process-to-process variance is in the samples. Each
+invocation's init / first-inference / warm-up figures are kept in `extra["invocations"]`.
+profile=True runs one more invocation with op profiling written as CSV to a device file
+(`--op_profiling_output_mode=csv`), pulls it and keeps the regular runs' Run Order rows (each
+op's mean; falling back to tables printed on stdout). The binary is pushed once from
+`benchmark_model_local` if the device does not have it (its size identifies it in provenance;
+it prints no version, so `runtime_version` is what the caller says).
 
 Every device command is an argument list joined with shlex.quote; serials, device paths, masks
 and hashes are validated first. Transient adb failures are retried with exponential backoff;
@@ -40,14 +60,27 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from device_runners.base import DeviceInfo, Prepared, Runner, mask_hex, parse_core_mask
+from device_runners.benchmark_model_output import (
+    BenchmarkModelReport,
+    benchmark_args,
+    op_times,
+    parse_benchmark_model_output,
+    parse_op_profiling,
+    run_samples,
+)
+from device_runners.litert import xnnpack_flag
 from device_runners.ort_common import artifact_info, parse_ort_profile
 from device_runners.perf_test_output import PerfTestReport, parse_perf_test_output, parse_result_file
 from latbench.core.errors import DeviceError, DeviceLost, UsageError
 from latbench.core.text import first_line
-from latbench.export.inspect import onnx_inputs
+from latbench.export.inspect import onnx_inputs, tflite_inputs
 from latbench.measuring.measurement import THROTTLING_WARNING, Measurement, SamplingPolicy
 
 DEFAULT_PERF_TEST = "/data/local/tmp/onnxruntime_perf_test"
+DEFAULT_BENCHMARK_MODEL = "/data/local/tmp/benchmark_model"
+RUNTIMES = ("onnxruntime", "litert")
+#: Timed runs per benchmark_model invocation: the most whose single times its output gives exactly.
+LITERT_RUNS_PER_INVOCATION = 2
 DEFAULT_REMOTE_DIR = "/data/local/tmp/latbench"
 
 _SERIAL_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -174,13 +207,26 @@ class AndroidRunner(Runner):
         retries: int = 3,
         backoff_s: float = 0.5,
         runtime_version: str | None = None,
+        runtime: str = "onnxruntime",
+        benchmark_model_path: str = DEFAULT_BENCHMARK_MODEL,
+        benchmark_model_local: str | Path | None = None,
+        xnnpack: bool | str | None = None,
     ) -> None:
         super().__init__()
         import adbutils
 
         self.serial = check_serial(serial)
         self.device_id = f"android:{serial}"
+        if runtime not in RUNTIMES:
+            raise UsageError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        if runtime != "litert" and (xnnpack is not None or benchmark_model_local is not None
+                                    or benchmark_model_path != DEFAULT_BENCHMARK_MODEL):
+            raise UsageError("XNNPACK and benchmark_model settings apply to android devices with --runtime litert")
+        self.runtime = runtime
+        self.artifact_format = "tflite" if runtime == "litert" else "onnx"
+        self.xnnpack = xnnpack_flag(True if xnnpack is None else xnnpack)
         self.perf_test_path = check_remote_path(perf_test_path)
+        self.benchmark_model_path = check_remote_path(benchmark_model_path)
         self.remote_dir = check_remote_path(remote_dir.rstrip("/"))
         if threads < 0:
             raise UsageError(f"threads must be >= 0, got {threads}")
@@ -208,7 +254,12 @@ class AndroidRunner(Runner):
         if state != "device":
             raise DeviceError(f"android:{serial} unavailable: {_state_reason(state)}")
         self._props = self._read_props()
-        self._ensure_perf_test(perf_test_local)
+        if runtime == "litert":
+            self.benchmark_model_size = self._ensure_binary(self.benchmark_model_path, benchmark_model_local,
+                                                            "benchmark_model", "benchmark_model_local")
+        else:
+            self.perf_test_size = self._ensure_binary(self.perf_test_path, perf_test_local,
+                                                      "onnxruntime_perf_test", "perf_test_local")
         self._shell(["mkdir", "-p", self.remote_dir], check=True)
         self.cores, self.core_mask = self._resolve_cores(core_mask)
 
@@ -317,22 +368,22 @@ class AndroidRunner(Runner):
         _, out = self._shell(["getprop"])
         return parse_getprop(out)
 
-    def _ensure_perf_test(self, local: str | Path | None) -> None:
-        st = self._stat(self.perf_test_path)
-        self.perf_test_size = st.size  # identifies the binary in provenance (it prints no version)
+    def _ensure_binary(self, remote: str, local: str | Path | None, name: str, option: str) -> int:
+        """The benchmark binary at `remote`, pushed from `local` if the device lacks it; returns its
+        size, which identifies it in provenance (neither tool prints a version)."""
+        st = self._stat(remote)
         if st.mode != 0 and st.size > 0:
-            return
+            return st.size
         if local is None:
-            raise DeviceError(
-                f"onnxruntime_perf_test not found at {self.perf_test_path} on android:{self.serial}; "
-                f"adb push it there or pass perf_test_local"
-            )
+            raise DeviceError(f"{name} not found at {remote} on android:{self.serial}; adb push it there or pass {option}")
+        if not Path(local).is_file():
+            raise UsageError(f"{option}: no such file {local}")
         self._call(
-            "push perf_test",
-            lambda: self._device.sync.push(Path(local), self.perf_test_path, mode=0o755, check=True),
+            f"push {name}",
+            lambda: self._device.sync.push(Path(local), remote, mode=0o755, check=True),
             timeout=self.quick_timeout,
         )
-        self.perf_test_size = Path(local).stat().st_size
+        return Path(local).stat().st_size
 
     def _resolve_cores(self, core_mask: str | None) -> tuple[list[int] | None, str | None]:
         if core_mask in (None, "", "none"):
@@ -367,14 +418,19 @@ class AndroidRunner(Runner):
 
     def describe(self) -> dict[str, Any]:
         status = self.thermal_status()
+        if self.runtime == "litert":
+            tool = {"runtime": "litert benchmark_model", "runtime_version": self.runtime_version,
+                    "benchmark_model_path": self.benchmark_model_path,
+                    "benchmark_model_size": self.benchmark_model_size,
+                    "execution_provider": "XNNPACK" if self.xnnpack else "builtin", "xnnpack": self.xnnpack}
+        else:
+            tool = {"runtime": "onnxruntime_perf_test", "runtime_version": self.runtime_version,
+                    "perf_test_path": self.perf_test_path, "perf_test_size": self.perf_test_size,
+                    "execution_provider": "cpu"}
         return {
             **props_provenance(self._props),
             "serial": self.serial,
-            "runtime": "onnxruntime_perf_test",
-            "runtime_version": self.runtime_version,
-            "perf_test_path": self.perf_test_path,
-            "perf_test_size": self.perf_test_size,
-            "execution_provider": "cpu",
+            **tool,
             "threads": self.threads,
             "core_mask": self.core_mask,
             "cores": self.cores,
@@ -387,8 +443,8 @@ class AndroidRunner(Runner):
     def _prepare(self, artifact: Path, content_hash: str, label: str) -> Prepared:
         if not _HASH_RE.match(content_hash):
             raise UsageError(f"content hash must be letters/digits/_/-, got {content_hash!r}")
-        info = artifact_info(onnx_inputs(artifact))
-        remote = f"{self.remote_dir}/{content_hash}.onnx"
+        info = artifact_info((tflite_inputs if self.runtime == "litert" else onnx_inputs)(artifact))
+        remote = f"{self.remote_dir}/{content_hash}{artifact.suffix.lower()}"
         size = artifact.stat().st_size
         st = self._stat(remote)
         if not (st.mode != 0 and st.size == size):  # absent, or a partial push from a lost connection
@@ -414,8 +470,9 @@ class AndroidRunner(Runner):
             raise DeviceError(f"unrecognised onnxruntime_perf_test output on android:{self.serial}: {e}") from e
 
     def measure(self, prepared: Prepared, policy: SamplingPolicy | None = None, *, profile: bool = False) -> Measurement:
+        measure = self._measure_litert if self.runtime == "litert" else self._measure
         try:
-            return self._measure(prepared, policy or SamplingPolicy(), profile=profile)
+            return measure(prepared, policy or SamplingPolicy(), profile=profile)
         except DeviceLost as e:
             raise DeviceLost(str(e), unmeasured=[prepared.label]) from e
 
@@ -467,29 +524,33 @@ class AndroidRunner(Runner):
         if ci_warning:
             warnings.append(ci_warning)
         per_op = self._profile(remote_model) if profile else []
-        after_status = self.thermal_status()
-        statuses = [s for s in (before["thermal_status"], after_status) if s is not None]
-        if statuses and max(statuses) >= 1:
-            worst = max(statuses)
-            warnings.append(f"{THROTTLING_WARNING}: thermal status {THERMAL_STATUS.get(worst, worst)} during the run")
         sampling = {"warmup_runs": warmup, "runs_per_invocation": per_inv, "invocations": len(reports),
                     "sample_source": source, "stopped_by": stopped_by,
                     "timed_wall_s": round(time.perf_counter() - start, 6)}
-        provenance = self.provenance_for(prepared, sampling, device=before, thermal_status_after=after_status,
-                                         remote_model=remote_model)
-        return Measurement(
-            label=prepared.label,
-            samples_ms=samples,
-            provenance=provenance,
-            per_op=per_op,
+        return self._measurement(
+            prepared, before, samples, sampling, warnings, per_op,
             session_ms=_median([r.session_creation_ms for r in reports]),
-            first_inference_ms=_median([r.first_inference_ms for r in reports]),
-            warnings=warnings,
+            first_ms=_median([r.first_inference_ms for r in reports]),
             extra={
                 "invocations": [r.to_dict() for r in reports],
                 "command": shell_join(self._perf_args(remote_model, warmup + per_inv, ["-s"]) + ["RESULT_FILE"]),
             },
         )
+
+    def _measurement(self, prepared: Prepared, before: dict[str, Any], samples: list[float],
+                     sampling: dict[str, Any], warnings: list[str], per_op: list, *, session_ms: float | None,
+                     first_ms: float | None, extra: dict[str, Any]) -> Measurement:
+        """The Measurement of an on-device run: the thermal status after it (a warning if the phone
+        throttled at either end) and the provenance as it was when the run started."""
+        after_status = self.thermal_status()
+        statuses = [s for s in (before["thermal_status"], after_status) if s is not None]
+        if statuses and max(statuses) >= 1:
+            worst = max(statuses)
+            warnings.append(f"{THROTTLING_WARNING}: thermal status {THERMAL_STATUS.get(worst, worst)} during the run")
+        provenance = self.provenance_for(prepared, sampling, device=before, thermal_status_after=after_status,
+                                         remote_model=prepared.handle)
+        return Measurement(label=prepared.label, samples_ms=samples, provenance=provenance, per_op=per_op,
+                           session_ms=session_ms, first_inference_ms=first_ms, warnings=warnings, extra=extra)
 
     def _read_result(self, path: str) -> list[float]:
         if self._stat(path).mode == 0:  # not written (older perf_test, or it failed to open it)
@@ -515,6 +576,79 @@ class AndroidRunner(Runner):
         except ValueError as e:
             raise DeviceError(f"could not parse the profile pulled from android:{self.serial}: {e}") from e
 
+    # -- LiteRT benchmark_model -----------------------------------------------------------------
+    def _bm_args(self, model: str, *, runs: int, warmup_runs: int, warmup_s: float,
+                 profile_file: str | None = None) -> list[str]:
+        args = ["taskset", self.core_mask] if self.core_mask else []
+        return args + benchmark_args(
+            self.benchmark_model_path, model, threads=self.threads or -1, xnnpack=self.xnnpack, runs=runs,
+            warmup_runs=warmup_runs, warmup_s=warmup_s, max_s=self.command_timeout, profile_file=profile_file)
+
+    def _run_bm(self, args: list[str]) -> BenchmarkModelReport:
+        rc, out = self._shell(args, timeout=self.command_timeout, retry=False)
+        if rc != 0:
+            raise DeviceError(f"benchmark_model exited with status {rc} on android:{self.serial}: {_failure_line(out)}")
+        try:
+            return parse_benchmark_model_output(out)
+        except ValueError as e:
+            raise DeviceError(f"unrecognised benchmark_model output on android:{self.serial}: {e}") from e
+
+    def _measure_litert(self, prepared: Prepared, policy: SamplingPolicy, *, profile: bool) -> Measurement:
+        """Two-run benchmark_model invocations until the policy's stop rule fires (module docstring)."""
+        per_inv = LITERT_RUNS_PER_INVOCATION
+        limit = math.ceil((policy.runs or policy.max_runs) / per_inv)
+        args = self._bm_args(prepared.handle, runs=per_inv, warmup_runs=policy.warmup_runs,
+                             warmup_s=policy.warmup_time_s)
+        before = self.describe()
+        reports: list[BenchmarkModelReport] = []
+        samples: list[float] = []
+        start = time.perf_counter()
+        stopped_by = "max_runs"
+        for _ in range(limit):
+            report = self._run_bm(args)
+            try:
+                samples.extend(run_samples(report, per_inv))
+            except ValueError as e:
+                raise DeviceError(f"unrecognised benchmark_model output on android:{self.serial}: {e}") from e
+            reports.append(report)
+            reason = policy.stop_reason(samples, time.perf_counter() - start)
+            if reason:
+                stopped_by = reason
+                break
+        samples = samples[: policy.runs] if policy.runs is not None else samples
+        warnings: list[str] = []
+        ci_warning = policy.ci_warning(samples, stopped_by, unit=f"samples in {len(reports)} invocations")
+        if ci_warning:
+            warnings.append(ci_warning)
+        per_op = self._profile_litert(prepared.handle, policy) if profile else []
+        sampling = {"warmup_runs": policy.warmup_runs, "runs_per_invocation": per_inv, "invocations": len(reports),
+                    "sample_source": "benchmark_model_single_runs", "stopped_by": stopped_by,
+                    "timed_wall_s": round(time.perf_counter() - start, 6)}
+        return self._measurement(
+            prepared, before, samples, sampling, warnings, per_op,
+            session_ms=_median([r.init_ms for r in reports]), first_ms=_median([r.first_ms for r in reports]),
+            extra={"invocations": [r.to_dict() for r in reports], "command": shell_join(args)},
+        )
+
+    def _profile_litert(self, remote_model: str, policy: SamplingPolicy) -> list:
+        csv_remote = f"{self.remote_dir}/ops_{secrets.token_hex(6)}.csv"
+        args = self._bm_args(remote_model, runs=self.profile_runs, warmup_runs=max(1, min(policy.warmup_runs, 5)),
+                             warmup_s=0.0, profile_file=csv_remote)
+        report = self._run_bm(args)
+        rows = report.op_rows
+        if self._stat(csv_remote).mode != 0:
+            text = self._call("pull op profile", lambda: self._device.sync.read_text(csv_remote),
+                              timeout=self.quick_timeout)
+            self._shell(["rm", "-f", csv_remote])
+            try:
+                rows = parse_op_profiling(text)
+            except ValueError as e:
+                raise DeviceError(f"could not parse the op profile pulled from android:{self.serial}: {e}") from e
+        try:
+            return op_times(rows)
+        except ValueError as e:
+            raise DeviceError(f"benchmark_model wrote no op profile on android:{self.serial}: {e}") from e
+
 
 def _consistent(runs: list[float], report: PerfTestReport) -> bool:
     """Do the result file's runs agree with the printed average (guards against format drift)?"""
@@ -522,6 +656,13 @@ def _consistent(runs: list[float], report: PerfTestReport) -> bool:
         return bool(runs)
     mean = sum(runs) / len(runs)
     return abs(mean - report.average_ms) <= 0.25 * report.average_ms
+
+
+def _failure_line(out: str) -> str:
+    """What a failed benchmark_model said: its last line other than the closing "Benchmarking failed."."""
+    lines = [ln.strip().removeprefix("INFO: ").removeprefix("ERROR: ") for ln in (out or "").splitlines()]
+    lines = [ln for ln in lines if ln and ln != "Benchmarking failed."]
+    return lines[-1][:200] if lines else "no output"
 
 
 def _median(values: list[float | None]) -> float | None:

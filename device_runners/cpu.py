@@ -76,6 +76,72 @@ def _available_cores() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
+def resolve_clock(threads: int, clock: str) -> str:
+    """The sample clock of an in-process runner: "auto" is the thread's CPU time with one thread
+    (all work runs on the calling thread, so its CPU time is the uncontended latency and ignores
+    time the shared host gives other processes) and wall time with more (only wall time sees the
+    work of the other threads). UsageError for a bad thread count or clock."""
+    if threads < 1:
+        raise UsageError(f"threads must be >= 1, got {threads}")
+    if clock not in ("auto", "wall", "thread_cpu"):
+        raise UsageError(f"clock must be 'auto', 'wall' or 'thread_cpu', got {clock!r}")
+    if clock == "auto":
+        return "thread_cpu" if threads == 1 else "wall"
+    if clock == "thread_cpu" and threads != 1:
+        raise UsageError("clock 'thread_cpu' times the calling thread only; it needs threads=1")
+    return clock
+
+
+def check_cores(core_mask: str | int | Iterable[int] | None) -> list[int] | None:
+    """The cores of `core_mask` if this host has them all and can pin (UsageError otherwise)."""
+    cores = parse_core_mask(core_mask)
+    if cores is not None:
+        missing = sorted(set(cores) - set(_available_cores()))
+        if missing:
+            raise UsageError(f"cores {missing} are not available on this host (available: {_available_cores()})")
+        if not hasattr(os, "sched_setaffinity"):
+            raise UsageError("core pinning needs os.sched_setaffinity (Linux)")
+    return cores
+
+
+@contextlib.contextmanager
+def pinned(cores: list[int] | None) -> Iterator[None]:
+    """Run the calling thread (and threads or processes it starts meanwhile) on `cores`."""
+    if cores is None:
+        yield
+        return
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
+def host_state(cores: list[int] | None) -> dict[str, Any]:
+    """Pinning, governors and temperature of this host now (what describe() adds to the static part)."""
+    used = cores if cores is not None else _available_cores()
+    return {
+        "core_mask": None if cores is None else mask_hex(cores),
+        "cores": used,
+        "governor": host_governors(used),
+        "thermal_state": None,  # Linux hosts expose temperatures, not a throttling status
+        "max_temp_c": host_max_temp_c(),
+    }
+
+
+def host_provenance() -> dict[str, Any]:
+    """The host's fixed facts: model, CPU, OS, Python, cores."""
+    return {
+        "device_model": _read("/sys/devices/virtual/dmi/id/product_name"),
+        "soc": host_cpu_model(),
+        "os": platform.platform(),
+        "os_build": platform.release(),
+        "python": sys.version.split()[0],
+        "logical_cores": len(_available_cores()),
+    }
+
+
 class CpuRunner(Runner):
     kind = "cpu"
     artifact_format = "onnx"
@@ -92,27 +158,10 @@ class CpuRunner(Runner):
         super().__init__()
         import onnxruntime  # noqa: F401  (fail early, as a DeviceError, if it is missing)
 
-        if threads < 1:
-            raise UsageError(f"threads must be >= 1, got {threads}")
-        if clock not in ("auto", "wall", "thread_cpu"):
-            raise UsageError(f"clock must be 'auto', 'wall' or 'thread_cpu', got {clock!r}")
-        if clock == "auto":
-            # One intra-op thread runs the whole graph on the calling thread, so its CPU time is the
-            # uncontended latency: it ignores time the shared host gives other processes. With
-            # more threads only wall time sees all the work.
-            clock = "thread_cpu" if threads == 1 else "wall"
-        if clock == "thread_cpu" and threads != 1:
-            raise UsageError("clock 'thread_cpu' times the calling thread only; it needs threads=1")
-        self.clock = clock
+        self.clock = resolve_clock(threads, clock)
         self.device_id = "cpu"
         self.threads = threads
-        self.cores = parse_core_mask(core_mask)
-        if self.cores is not None:
-            missing = sorted(set(self.cores) - set(_available_cores()))
-            if missing:
-                raise UsageError(f"cores {missing} are not available on this host (available: {_available_cores()})")
-            if not hasattr(os, "sched_setaffinity"):
-                raise UsageError("core pinning needs os.sched_setaffinity (Linux)")
+        self.cores = check_cores(core_mask)
         self.seed = seed
         self.profile_runs = profile_runs
 
@@ -134,18 +183,13 @@ class CpuRunner(Runner):
     def describe(self) -> dict[str, Any]:
         import onnxruntime
 
-        cores = self.cores if self.cores is not None else _available_cores()
         return {
             **_static_provenance(onnxruntime.__version__),
             "threads": self.threads,
             "inter_op_threads": 1,
             "execution_mode": "sequential",
             "clock": self.clock,
-            "core_mask": None if self.cores is None else mask_hex(self.cores),
-            "cores": cores,
-            "governor": host_governors(cores),
-            "thermal_state": None,  # Linux hosts expose temperatures, not a throttling status
-            "max_temp_c": host_max_temp_c(),
+            **host_state(self.cores),
         }
 
     def _session(self, path: Path, profile_prefix: str | None = None):
@@ -168,7 +212,7 @@ class CpuRunner(Runner):
     def _prepare(self, artifact: Path, content_hash: str, label: str) -> Prepared:
         onnx_inputs(artifact)  # a file that is not a readable ONNX model is the user's to fix
         t0 = time.perf_counter_ns()
-        with self._pinned():  # intra-op pool threads inherit the mask when they are created
+        with pinned(self.cores):  # intra-op pool threads inherit the mask when they are created
             session = self._session(artifact)
         session_ms = (time.perf_counter_ns() - t0) / 1e6
         specs = session_inputs(session)
@@ -190,22 +234,10 @@ class CpuRunner(Runner):
         except Exception as e:
             raise DeviceError(f"onnxruntime inference failed: {first_line(e)}") from e
 
-    @contextlib.contextmanager
-    def _pinned(self) -> Iterator[None]:
-        if self.cores is None:
-            yield
-            return
-        saved = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, self.cores)
-        try:
-            yield
-        finally:
-            os.sched_setaffinity(0, saved)
-
     def measure(self, prepared: Prepared, policy: SamplingPolicy | None = None, *, profile: bool = False) -> Measurement:
         policy = policy or SamplingPolicy()
         session, feeds = prepared.handle
-        with self._pinned():
+        with pinned(self.cores):
             samples, info, warnings = sample_latencies(
                 lambda: self._run(session, feeds),
                 policy,
@@ -236,15 +268,10 @@ class CpuRunner(Runner):
 def _static_provenance(ort_version: str) -> dict[str, Any]:
     return {
         "device_kind": "cpu",
-        "device_model": _read("/sys/devices/virtual/dmi/id/product_name"),
-        "soc": host_cpu_model(),
-        "os": platform.platform(),
-        "os_build": platform.release(),
-        "python": sys.version.split()[0],
+        **host_provenance(),
         "runtime": "onnxruntime",
         "runtime_version": ort_version,
         "execution_provider": "CPUExecutionProvider",
-        "logical_cores": len(_available_cores()),
     }
 
 

@@ -105,7 +105,7 @@ def _progress(progress: bool | ProgressFn):
 
 def profile(target: Target, device: str = "cpu", *, runs: int | None = None, rounds: int = 3, warmup: int = 10,
             resolution: int | None = None, progress: bool | ProgressFn = False, **device_options: Any) -> ProfileResult:
-    """Measure one model (or an .onnx / .mlpackage file) on a device: latency by consensus of
+    """Measure one model (or an .onnx / .mlpackage / .tflite file) on a device: latency by consensus of
     rounds, pooled sample statistics, per-op and per-block breakdowns, provenance."""
     from latbench.measuring.profile import profile as run_profile
 

@@ -12,11 +12,18 @@ from latbench.core.errors import UsageError
 #: flag -> (runner option name, type, choices or None, help). Only flags the user gives (or the
 #: config file sets) are passed on; a flag the device kind does not take is a one-line error.
 RUNNER_FLAGS: dict[str, tuple[str, type, tuple[str, ...] | None, str]] = {
-    "--threads": ("threads", int, None, "runtime threads (cpu, android; default 1)"),
+    "--threads": ("threads", int, None, "runtime threads (cpu, litert, android; default 1)"),
     "--core-mask": ("core_mask", str, None,
-                    "pin to these cores, hex mask e.g. f0 (cpu, android; android default: big cores)"),
+                    "pin to these cores, hex mask e.g. f0 (cpu, litert, android; android default: big cores)"),
     "--clock": ("clock", str, ("auto", "wall", "thread_cpu"),
-                "cpu: auto (thread CPU time with 1 thread), wall or thread_cpu"),
+                "cpu, litert: auto (thread CPU time with 1 thread), wall or thread_cpu"),
+    "--runtime": ("runtime", str, ("onnxruntime", "litert"),
+                  "android: onnxruntime (onnxruntime_perf_test, default) or litert (benchmark_model)"),
+    "--xnnpack": ("xnnpack", str, ("on", "off"), "litert, android --runtime litert: XNNPACK delegate (default on)"),
+    "--benchmark-model": ("benchmark_model_path", str, None,
+                          "litert: host benchmark_model for per-op times; android --runtime litert: its device path"),
+    "--benchmark-model-local": ("benchmark_model_local", str, None,
+                                "android --runtime litert: host benchmark_model binary to push"),
     "--compute-units": ("compute_units", str.upper, ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL", "CPU", "GPU", "NPU"),
                         "iphone/mac: Core ML compute units; aihub: cpu (default), gpu or npu"),
     "--perf-test": ("perf_test_path", str, None, "android: on-device path of onnxruntime_perf_test"),

@@ -1,4 +1,4 @@
-"""`latbench export`: every unique block of a space, or one whole model, to ONNX and/or Core ML."""
+"""`latbench export`: every unique block of a space, or one whole model, to ONNX, Core ML and/or TFLite."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "export",
-        help="export blocks of a space or a whole model to ONNX / Core ML (cached, validated)",
+        help="export blocks of a space or a whole model to ONNX / Core ML / TFLite (cached, validated)",
         description=(
             "With --space, every unique block configuration of the space; with --model or --arch, the "
             "whole model (checked against the space when --space is also given). Artifacts are "
@@ -33,13 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--model", default=None, metavar="NAME", help="a registered model (see `latbench models`)")
     target.add_argument("--arch", default=None, metavar="FILE", help="an EfficientFormerV2 arch YAML/JSON file")
     p.add_argument("--format", default="onnx,coreml", metavar="FMT[,FMT]",
-                   help="comma-separated formats: onnx, coreml (default: both)")
+                   help="comma-separated formats: onnx, coreml, tflite (default: onnx,coreml)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output directory (default: $LATBENCH_CACHE or ~/.cache/latbench/exports)")
     p.add_argument("--resolution", type=int, default=None, metavar="R",
                    help="input resolution (space: one it lists, default all; model: default its own)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="for every format (default: fp32 for ONNX, fp16 for Core ML)")
+                   help="for every format (default: fp32 for ONNX and TFLite, fp16 for Core ML; TFLite is fp32 only)")
     p.add_argument("--deployment-target", default=DEFAULT_DEPLOYMENT_TARGET, metavar="TARGET",
                    help=f"Core ML minimum deployment target (default {DEFAULT_DEPLOYMENT_TARGET})")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
@@ -148,6 +148,9 @@ def _grouped(records: list) -> list[tuple]:
                  if "max_abs_diff" in (r.validation.get("parity") or {})]
         if diffs:
             check = f"max diff {max(diffs):.0e}"
+            if fmt == "tflite":
+                full = sum(bool((r.validation.get("xnnpack") or {}).get("fully_delegated")) for r in rs)
+                check += f", {full}/{len(rs)} fully on XNNPACK"
         elif fmt == "coreml" and status != "failed":
             check = "reloaded"
         else:
@@ -161,7 +164,18 @@ def _grouped(records: list) -> list[tuple]:
 def _check(r) -> str:
     parity = r.validation.get("parity") or {}
     if parity.get("status") in ("passed", "failed") and "max_abs_diff" in parity:
-        return f"parity {parity['status']} ({parity['max_abs_diff']:.0e})"
+        return f"parity {parity['status']} ({parity['max_abs_diff']:.0e}){_delegation(r)}"
     if r.format == "coreml" and r.validation.get("reload") == "passed":
         return f"reloaded, {sum(r.validation.get('mil_ops', {}).values())} ops"
     return "failed" if r.error else ""
+
+
+def _delegation(r) -> str:
+    """How a TFLite graph went to XNNPACK (empty for other formats)."""
+    x = r.validation.get("xnnpack") if r.format == "tflite" else None
+    if not x or "partitions" not in x:
+        return ""
+    if x.get("fully_delegated"):
+        return ", fully on XNNPACK"
+    left = ", ".join(f"{op} x{n}" for op, n in (x.get("undelegated_ops") or {}).items())
+    return f", XNNPACK {x['partitions']} partition(s)" + (f", not delegated: {left}" if left else "")

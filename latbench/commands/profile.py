@@ -1,4 +1,4 @@
-"""`latbench profile MODEL|ARCH_FILE|FILE.onnx|FILE.mlpackage --device ID`."""
+"""`latbench profile MODEL|ARCH_FILE|FILE.onnx|FILE.mlpackage|FILE.tflite --device ID`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from latbench.core.progress import phase_progress
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="measure a model on a device with a per-op and per-block breakdown")
-    p.add_argument("target", metavar="MODEL|ARCH_FILE|FILE.onnx|FILE.mlpackage",
+    p.add_argument("target", metavar="MODEL|ARCH_FILE|FILE.onnx|FILE.mlpackage|FILE.tflite",
                    help="a registered model (e.g. efficientformerv2_s0), an arch file, or an exported artifact")
     add_device_flag(p)
     p.add_argument("--runs", type=int, default=None, help="timed runs (default: adaptive, until the median is within ~1%%)")

@@ -8,6 +8,7 @@ from pathlib import Path
 FORMAT_SUFFIXES: dict[str, tuple[str, ...]] = {
     "onnx": (".onnx",),
     "coreml": (".mlpackage", ".mlmodel", ".mlmodelc"),
+    "tflite": (".tflite",),
 }
 FORMATS = tuple(FORMAT_SUFFIXES)
 

@@ -1,11 +1,12 @@
-"""Export blocks and models to ONNX and Core ML, content-addressed and validated.
+"""Export blocks and models to ONNX, Core ML and TFLite, content-addressed and validated.
 
     from latbench.export import export_items, export_one
     report = export_items(space_blocks(space, 224), formats=("onnx", "coreml"), out_dir="exports", jobs=2)
     for rec in report: print(rec.key, rec.format, rec.status, rec.path)
 
 Modules: `common` (records, deterministic weights, tolerances), `cache` (content hashes, the
-manifest), `onnx` and `coreml` (one exporter each), `runner` (many items on worker processes).
+manifest), `onnx`, `coreml` and `tflite` (one exporter each), `inspect` (what an artifact file takes
+as input), `runner` (many items on worker processes).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 An artifact's path embeds a hash of everything that determines it: the item (key, kind, fields,
 input shape), format, precision, Core ML deployment target, exporter and opset, weight seed, the
-library versions (torch, onnx, onnxruntime / coremltools, latbench), a digest of the model code
+library versions (torch, onnx, onnxruntime / coremltools / litert-torch, latbench), a digest of the model code
 and the export pipeline version. `manifest.json` in the output directory lists every artifact
 with its sha256; an artifact is reused only when its manifest entry says it validated, its file
 exists and its sha256 still matches. Writers merge into the manifest under a lock, so
@@ -57,7 +57,7 @@ def code_digest() -> str:
     hashed as its syntax tree without docstrings, so comment and documentation edits keep the cache.
     """
     root = Path(latbench.__file__).parent
-    exporters = [root / "export" / n for n in ("common.py", "onnx.py", "coreml.py")]
+    exporters = [root / "export" / n for n in ("common.py", "onnx.py", "coreml.py", "tflite.py")]
     files = sorted((root / "models").glob("*.py")) + [root / "blocks.py", *exporters]
     h = hashlib.sha256()
     for f in files:

@@ -25,8 +25,11 @@ from latbench.core.formats import FORMATS
 
 PRECISIONS = ("fp32", "fp16")
 #: Precision used when the caller does not choose one: ONNX artifacts feed CPU runtimes (fp32),
-#: Core ML ones the Neural Engine/GPU, which compute in fp16 anyway.
-DEFAULT_PRECISION = {"onnx": "fp32", "coreml": "fp16"}
+#: Core ML ones the Neural Engine/GPU, which compute in fp16 anyway. TFLite graphs stay fp32:
+#: XNNPACK picks fp16 arithmetic itself where the CPU has it (latbench.export.tflite).
+DEFAULT_PRECISION = {"onnx": "fp32", "coreml": "fp16", "tflite": "fp32"}
+#: Precisions a format can be exported in (the others take every one of PRECISIONS).
+FORMAT_PRECISIONS = {"tflite": ("fp32",)}
 DEFAULT_DEPLOYMENT_TARGET = "iOS16"
 ONNX_OPSET = 17
 DEFAULT_SEED = 0
@@ -154,9 +157,14 @@ def parse_formats(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def check_precision(precision: str | None) -> str | None:
+def check_precision(precision: str | None, formats: tuple[str, ...] = ()) -> str | None:
     if precision is not None and precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    for fmt in formats:
+        allowed = FORMAT_PRECISIONS.get(fmt, PRECISIONS)
+        if precision is not None and precision not in allowed:
+            raise UsageError(f"the {fmt} format is {' or '.join(allowed)} only, not {precision}: "
+                             f"drop --precision or export {fmt} on its own")
     return precision
 
 
@@ -191,10 +199,11 @@ def _library_versions(fmt: str | None) -> dict[str, str]:
 
     Read from package metadata, so checking the cache does not import torch or coremltools.
     onnxruntime is part of the ONNX set: its float16 converter writes the fp16 graphs and it runs
-    the parity check.
+    the parity check; likewise ai-edge-litert for TFLite (delegation and parity).
     """
-    names = {"onnx": ("torch", "onnx", "onnxruntime"), "coreml": ("torch", "coremltools")}
-    wanted = names[fmt] if fmt else ("torch", "onnx", "onnxruntime", "coremltools")
+    names = {"onnx": ("torch", "onnx", "onnxruntime"), "coreml": ("torch", "coremltools"),
+             "tflite": ("torch", "litert-torch", "litert-converter", "ai-edge-litert")}
+    wanted = names[fmt] if fmt else tuple(dict.fromkeys(n for group in names.values() for n in group))
     out = {n: _dist_version(n) for n in wanted}
     out["latbench"] = latbench.__version__
     return out
@@ -375,6 +384,16 @@ def parity_result(refs: list[Any], got: list[Any], tol_scale: float) -> dict[str
         "max_abs_reference": max_ref,
         "tolerance": tol,
     }
+
+
+def fill_record(rec: ArtifactRecord, info: dict[str, Any]) -> None:
+    """Move a validation dict's "inputs"/"outputs" (names, shapes) into `rec` and keep the rest as
+    rec.validation; a failed parity check makes the record's error (a skipped one does not)."""
+    rec.input_names, rec.input_shapes = info.pop("inputs")
+    rec.output_names, rec.output_shapes = info.pop("outputs")
+    rec.validation = info
+    if info["parity"]["status"] == "failed":
+        rec.error = parity_error(info["parity"])
 
 
 def parity_error(parity: dict[str, Any]) -> str:

@@ -30,8 +30,8 @@ from latbench.export.common import (
     Exportable,
     captured_output,
     export_inputs,
+    fill_record,
     is_macos,
-    parity_error,
     parity_result,
     quiet_libraries,
 )
@@ -96,14 +96,9 @@ def export_coreml(
         t0 = time.perf_counter()
         info = validate_coreml(ct, tmp, x_val, refs, precision)
         timings["validate"] += time.perf_counter() - t0
-        rec.input_names, rec.input_shapes = info.pop("inputs")
-        rec.output_names, rec.output_shapes = info.pop("outputs")
         info["deployment_target"] = deployment_target
         info["compute_precision"] = precision
-        rec.validation = info
-        parity = info["parity"]
-        if parity["status"] == "failed":
-            rec.error = parity_error(parity)
+        fill_record(rec, info)
         place_artifact(tmp, final)
     finally:
         if tmp.exists():

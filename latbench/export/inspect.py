@@ -44,3 +44,36 @@ def onnx_inputs(path: Path) -> list[TensorSpec]:
         dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
         specs.append(TensorSpec(vi.name, concrete_shape(dims), _ONNX_DTYPES.get(tt.elem_type, f"onnx:{tt.elem_type}")))
     return specs
+
+
+#: TFLite schema TensorType codes -> numpy dtype names (the ones vision models use).
+_TFLITE_DTYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 6: "bool", 7: "int16", 9: "int8",
+                  10: "float64"}
+
+
+def tflite_inputs(path: Path) -> list[TensorSpec]:
+    """Inputs of subgraph 0 of a .tflite flatbuffer, read without a runtime. UsageError when the
+    file is not a readable TFLite model (or the LiteRT extra that reads it is missing)."""
+    name = Path(path).name
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:
+        raise UsageError(f"reading {name} needs ai-edge-litert, which is not installed: "
+                         "pip install 'latbench[litert]'") from None
+    try:
+        buf = Path(path).read_bytes()
+        if len(buf) < 8 or buf[4:8] != b"TFL3":
+            raise ValueError("no TFL3 file identifier")
+        model = schema.Model.GetRootAs(buf, 0)
+        if not model.SubgraphsLength():
+            raise ValueError("it holds no subgraph")
+        sg = model.Subgraphs(0)
+        specs = []
+        for i in range(sg.InputsLength()):
+            t = sg.Tensors(sg.Inputs(i))
+            dims = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
+            dtype = _TFLITE_DTYPES.get(int(t.Type()), f"tflite:{t.Type()}")
+            specs.append(TensorSpec((t.Name() or b"").decode(errors="replace"), concrete_shape(dims), dtype))
+    except Exception as e:
+        raise UsageError(f"{name} is not a readable TFLite model: {first_line(e)}") from e
+    return specs

@@ -43,7 +43,7 @@ from latbench.export.common import (
     Exportable,
     captured_output,
     export_inputs,
-    parity_error,
+    fill_record,
     parity_result,
     quiet_libraries,
 )
@@ -99,11 +99,7 @@ def export_onnx(
         t0 = time.perf_counter()
         info = validate_onnx(tmp, x_val, refs, precision)
         timings["validate"] += time.perf_counter() - t0
-        rec.input_names, rec.input_shapes = info.pop("inputs")
-        rec.output_names, rec.output_shapes = info.pop("outputs")
-        rec.validation = info
-        if info["parity"]["status"] != "passed":
-            rec.error = parity_error(info["parity"])
+        fill_record(rec, info)
         # A parity failure is still placed (to inspect it); the manifest marks it failed, so it is
         # never reused from the cache.
         place_artifact(tmp, final)

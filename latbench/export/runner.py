@@ -41,6 +41,10 @@ from latbench.export.common import (
     quiet_libraries,
 )
 from latbench.export.onnx import DEFAULT_EXPORTER, EXPORTERS, MIN_OPSET
+from latbench.export.tflite import EXPORTER as TFLITE_EXPORTER
+
+#: Exporter recorded (and hashed) for the formats without a choice of exporter; ONNX takes `exporter`.
+FORMAT_EXPORTERS = {"coreml": "torch.export+coremltools", "tflite": TFLITE_EXPORTER}
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,7 @@ def plan_tasks(
         for fmt in formats:
             prec = precision or DEFAULT_PRECISION[fmt]
             target = deployment_target if fmt == "coreml" else None
-            fmt_exporter = exporter if fmt == "onnx" else "torch.export+coremltools"
+            fmt_exporter = FORMAT_EXPORTERS.get(fmt, exporter)
             fmt_opset = opset if fmt == "onnx" else None
             desc = content_descriptor(item, fmt, prec, target, fmt_exporter, fmt_opset, seed)
             chash = content_hash(desc)
@@ -165,6 +169,10 @@ def run_task(task: ExportTask) -> ArtifactRecord:
 
             export_onnx(task.item, final, rec, precision=task.precision, exporter=task.exporter,
                         opset=task.opset or ONNX_OPSET, seed=task.seed)
+        elif task.fmt == "tflite":
+            from latbench.export.tflite import export_tflite
+
+            export_tflite(task.item, final, rec, precision=task.precision, seed=task.seed)
         else:
             from latbench.export.coreml import export_coreml
 
@@ -213,6 +221,10 @@ def _prepare_worker(formats: tuple[str, ...]) -> None:
         from latbench.export.coreml import import_coremltools
 
         import_coremltools()  # pay the ~4 s import once per worker, not per artifact
+    if "tflite" in formats:
+        from latbench.export.tflite import import_litert
+
+        import_litert()  # jax and transformers come with it: a few seconds, once per worker
 
 
 def _failed(task: ExportTask, error: str) -> ArtifactRecord:
@@ -240,9 +252,9 @@ def export_items(
 ) -> ExportReport:
     """Export BlockConfigs / Candidates (anything with key, kind, input_shape, build()).
 
-    - `formats`: "onnx", "coreml" or both ("onnx,coreml" or a sequence).
+    - `formats`: "onnx", "coreml", "tflite" or several ("onnx,coreml" or a sequence).
     - `precision`: "fp32" or "fp16" for every format; None uses each format's default
-      (fp32 for ONNX, fp16 for Core ML).
+      (fp32 for ONNX and TFLite, fp16 for Core ML). TFLite is fp32 only.
     - `out_dir`: None means default_cache_dir() ($LATBENCH_CACHE or ~/.cache/latbench/exports).
     - `jobs`: worker processes (None: min(2, CPUs)); 1 exports in this process.
     - `progress`: a ProgressFn (phase "export"), True for bars on stderr, False for none.
@@ -258,7 +270,11 @@ def export_items(
                                 force=force, onnx_exporter=onnx_exporter, opset=opset, on_result=on_result)
     t_start = time.perf_counter()
     fmts = parse_formats(formats)
-    check_precision(precision)
+    check_precision(precision, fmts)
+    if "tflite" in fmts:
+        from latbench.export.tflite import check_available
+
+        check_available()  # one line naming the extra to install, before any work starts
     target = check_deployment_target(deployment_target)
     if onnx_exporter not in EXPORTERS:
         raise UsageError(f"unknown ONNX exporter {onnx_exporter!r}: choose from {', '.join(EXPORTERS)}")

@@ -52,18 +52,19 @@ class ProfileResult:
 
 
 def resolve_target(spec: str, resolution: int | None) -> tuple[Candidate | None, Path | None]:
-    """A model name / arch file (exported on demand) or an existing .onnx / .mlpackage artifact."""
+    """A model name / arch file (exported on demand) or an existing .onnx / .mlpackage / .tflite artifact."""
     path = Path(spec)
     suffix = path.suffix.lower()
     if format_of(path) is not None:
         if not path.exists():
             raise UsageError(f"artifact {spec} does not exist")
-        if suffix == ".onnx" and not path.is_file():
+        if suffix in (".onnx", ".tflite") and not path.is_file():
             raise UsageError(f"{spec} is not a file")
-        if suffix == ".onnx":
-            from latbench.export.inspect import onnx_inputs
+        if suffix in (".onnx", ".tflite"):
+            from latbench.export.inspect import onnx_inputs, tflite_inputs
 
-            onnx_inputs(path)  # not a readable model: the user's to fix, before any device is opened
+            # not a readable model: the user's to fix, before any device is opened
+            (onnx_inputs if suffix == ".onnx" else tflite_inputs)(path)
         if suffix == ".mlpackage" and not (path.is_dir() and (path / "Manifest.json").is_file()):
             raise UsageError(f"{spec} is not a Core ML package (no Manifest.json inside)")
         return None, path.resolve()

@@ -64,7 +64,7 @@ class Artifact:
 
 @dataclass(frozen=True)
 class ArtifactItem:
-    """An artifact given as a file (.onnx, .mlpackage): measured as it is, never exported."""
+    """An artifact given as a file (.onnx, .mlpackage, .tflite): measured as it is, never exported."""
 
     path: Path
     content_hash: str

@@ -1,7 +1,10 @@
-"""Fixtures for the device runner tests: tiny ONNX models, the real adb server, fake phones."""
+"""Fixtures for the device runner tests: tiny ONNX models, TFLite conversions, the real adb server,
+fake phones, a fake benchmark_model."""
 
 from __future__ import annotations
 
+import importlib.util
+import shlex
 import sys
 from pathlib import Path
 
@@ -52,3 +55,35 @@ def models(tmp_path_factory) -> dict[str, Path]:
         "medium": make_conv_model(d / "medium.onnx", channels=16, depth=3),
         "fp16": make_conv_model(d / "half.onnx", fp16=True),
     }
+
+
+LITERT_MISSING = [m for m in ("litert_torch", "ai_edge_litert") if importlib.util.find_spec(m) is None]
+needs_litert = pytest.mark.skipif(bool(LITERT_MISSING), reason=f"{', '.join(LITERT_MISSING)} not importable "
+                                  "(pip install 'latbench[litert]')")
+
+
+@pytest.fixture(scope="session")
+def tflite_models() -> dict[str, Path]:
+    """Two real conversions (a small FFN, the smallest attention downsampling), from the test export
+    cache when an earlier run made them: {"ffn": path, "attndown": path}."""
+    if LITERT_MISSING:
+        pytest.skip(f"{', '.join(LITERT_MISSING)} not importable (pip install 'latbench[litert]')")
+    from latbench.blocks.configs import AttnDownConfig, FFNConfig
+    from latbench.export import export_items
+
+    items = {"ffn": FFNConfig(224, 1, 32, 2), "attndown": AttnDownConfig(224, 120, 176)}
+    records = {r.key: r for r in export_items(list(items.values()), "tflite", None, jobs=1, progress=False)}
+    for r in records.values():
+        assert r.ok, r.error
+    return {name: Path(records[cfg.key].path) for name, cfg in items.items()}
+
+
+@pytest.fixture
+def benchmark_model_bin(tmp_path) -> Path:
+    """A host executable that behaves as benchmark_model (tests/fakes/fake_benchmark_model.py);
+    $FAKE_BENCHMARK_MODEL_BEHAVIOUR (JSON) makes it misbehave."""
+    path = tmp_path / "benchmark_model"
+    path.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(FAKES / 'fake_benchmark_model.py'))} "
+                    '"$@"\n')
+    path.chmod(0o755)
+    return path

@@ -68,7 +68,7 @@ def test_a_broken_kind_does_not_hide_the_others(monkeypatch):
 
 def test_every_kind_is_registered_once():
     kinds = [cls.kind for cls in device_runners.runner_classes()]
-    assert sorted(kinds) == ["aihub", "android", "cpu", "iphone", "mac"]
+    assert sorted(kinds) == ["aihub", "android", "cpu", "iphone", "litert", "mac"]
 
 
 def test_devices_json_lists_every_kind_with_availability(capsys, no_adb_server):
@@ -78,7 +78,7 @@ def test_devices_json_lists_every_kind_with_availability(capsys, no_adb_server):
     assert set(rows[0]) == {"id", "kind", "available", "reason", "provenance"}
     assert by_id["cpu"]["available"] and by_id["cpu"]["provenance"]["runtime"] == "onnxruntime"
     assert not by_id["android"]["available"] and str(no_adb_server) in by_id["android"]["reason"]
-    assert {r["kind"] for r in rows} == {"cpu", "android", "iphone", "mac", "aihub"}
+    assert {r["kind"] for r in rows} == {"cpu", "litert", "android", "iphone", "mac", "aihub"}
     # tests/conftest.py points the AI Hub client at a config that does not exist
     reason = by_id["aihub"]["reason"]
     assert not by_id["aihub"]["available"] and ("no AI Hub API token configured" in reason or "not installed" in reason)

@@ -81,7 +81,7 @@ def test_arch_file_checked_against_space_exports_the_whole_model(run_cli, tmp_pa
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--space", "--format", "onnx,tflite"], "unknown export format 'tflite'"),
+        (["--space", "--format", "onnx,tensorrt"], "unknown export format 'tensorrt'"),
         (["--space", "--format", ","], "no export format given"),
         (["--space", "--resolution", "256"], "resolution 256 is not in space"),
         (["--space", "--deployment-target", "iOS14"], "unknown Core ML deployment target 'iOS14'"),
@@ -133,8 +133,8 @@ def test_real_entry_point_prints_no_traceback(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
         [sys.executable, "-m", "latbench",
-         "export", "--space", "--format", "onnx,tflite", "--out", str(tmp_path)],
+         "export", "--space", "--format", "onnx,tensorrt", "--out", str(tmp_path)],
         cwd=repo, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr == "latbench: error: unknown export format 'tflite': choose from onnx, coreml\n"
+    assert proc.stderr == "latbench: error: unknown export format 'tensorrt': choose from onnx, coreml, tflite\n"

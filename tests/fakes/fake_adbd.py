@@ -13,11 +13,13 @@ Services:
 Commands run in a sandboxed emulation (`FakeDevice.run_shell`): a tiny interpreter for what the
 runner sends -- getprop, cat (of sysfs files served from a table, or sandbox files), ls, mkdir,
 rm, echo, dumpsys thermalservice, `taskset MASK CMD...`, `;` sequences with `$?` -- and the
-benchmark binary, which is any sandbox file starting with fake_perf_test.MAGIC and really runs
-the pushed .onnx with onnxruntime. /data/local/tmp is a temp directory on this host.
+benchmark binaries: a sandbox file starting with fake_perf_test.MAGIC really runs the pushed
+.onnx with onnxruntime, one starting with fake_benchmark_model.MAGIC the pushed .tflite with
+ai-edge-litert. /data/local/tmp is a temp directory on this host.
 
 It can misbehave on demand (see `Misbehaviour`): unplug after N shell commands, hang, and the
-benchmark failures of `fake_perf_test.PerfTestBehaviour`.
+benchmark failures of `fake_perf_test.PerfTestBehaviour` and
+`fake_benchmark_model.BenchmarkModelBehaviour`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fake_benchmark_model
 import fake_perf_test
 
 A_SYNC = 0x434E5953
@@ -60,6 +63,8 @@ class Misbehaviour:
     unplug_after_commands: int | None = None  # the (N+1)-th shell command drops the connection
     hang: bool = False  # shell services accept but never answer
     perf: fake_perf_test.PerfTestBehaviour = field(default_factory=fake_perf_test.PerfTestBehaviour)
+    bench: fake_benchmark_model.BenchmarkModelBehaviour = field(
+        default_factory=fake_benchmark_model.BenchmarkModelBehaviour)
     thermal_status: int | None = 0  # None: dumpsys thermalservice prints no status line
     refuse_next: int = 0  # the next N service OPENs are refused (a transient failure)
     shell_v2: bool = True  # advertise shell_v2 in the CNXN banner
@@ -272,15 +277,23 @@ class FakeDevice:
         if not os.access(hp, os.X_OK):
             return 126, "", f"/system/bin/sh: {argv[0]}: can't execute: Permission denied\n"
         with open(hp, "rb") as f:
-            head = f.read(len(fake_perf_test.MAGIC))
-        if head != fake_perf_test.MAGIC:
-            return 126, "", f"/system/bin/sh: {argv[0]}: not executable: 64-bit ELF file\n"
-        return fake_perf_test.run(argv, resolve=self.host_path, behaviour=self.misbehaviour.perf, stop=stop)
+            head = f.read(max(len(fake_perf_test.MAGIC), len(fake_benchmark_model.MAGIC)))
+        if head.startswith(fake_perf_test.MAGIC):
+            return fake_perf_test.run(argv, resolve=self.host_path, behaviour=self.misbehaviour.perf, stop=stop)
+        if head.startswith(fake_benchmark_model.MAGIC):
+            return fake_benchmark_model.run(argv, resolve=self.host_path, behaviour=self.misbehaviour.bench, stop=stop)
+        return 126, "", f"/system/bin/sh: {argv[0]}: not executable: 64-bit ELF file\n"
 
     def install_perf_test(self, path: str = TMP + "/onnxruntime_perf_test") -> None:
+        self._install(path, fake_perf_test.MAGIC + b"# emulated by tests/fakes/fake_perf_test.py\n")
+
+    def install_benchmark_model(self, path: str = TMP + "/benchmark_model") -> None:
+        self._install(path, fake_benchmark_model.MAGIC + b"# emulated by tests/fakes/fake_benchmark_model.py\n")
+
+    def _install(self, path: str, content: bytes) -> None:
         hp = self.host_path(path)
         assert hp is not None
-        hp.write_bytes(fake_perf_test.MAGIC + b"# emulated by tests/fakes/fake_perf_test.py\n")
+        hp.write_bytes(content)
         hp.chmod(0o755)
 
 

@@ -22,10 +22,13 @@ def make_phone(adb_server, tmp_path):
     """Factory: a fake phone behind a fake adbd, connected to the adb server as 127.0.0.1:PORT."""
     started: list[FakeAdbd] = []
 
-    def make(misbehaviour: Misbehaviour | None = None, *, install_perf_test: bool = True, **device_kw) -> FakeAdbd:
+    def make(misbehaviour: Misbehaviour | None = None, *, install_perf_test: bool = True,
+             install_benchmark_model: bool = False, **device_kw) -> FakeAdbd:
         device = FakeDevice(tmp_path / f"device{len(started)}", misbehaviour=misbehaviour, **device_kw)
         if install_perf_test:
             device.install_perf_test()
+        if install_benchmark_model:
+            device.install_benchmark_model()
         adbd = FakeAdbd(device).start()
         started.append(adbd)
         adb_server.connect(adbd.serial)
