@@ -128,6 +128,7 @@ def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate],
                      "macs_ms": macs * rate, "error_pct": 100 * (e.latency_ms - measured_ms) / measured_ms,
                      "plain_sum_error_pct": 100 * (e.plain_sum_ms - measured_ms) / measured_ms,
                      "consensus": c.key not in timings.no_consensus,
+                     "slow_period": c.key in timings.slow_period,
                      "arch": None if c.arch is None else c.arch.compact()})
     measured = [r["measured_ms"] for r in rows]
     figures = accuracy_figures([r["latency_ms"] for r in rows], measured)
@@ -140,6 +141,9 @@ def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate],
     if timings.no_consensus:
         warnings.append(f"{len(timings.no_consensus)} model(s) never reached consensus between rounds "
                         f"(their figures are less reliable): {', '.join(timings.no_consensus[:4])}")
+    if timings.slow_period:
+        warnings.append(f"{len(timings.slow_period)} model(s) were measured only in slow periods of the device "
+                        f"(their figures may read high): {', '.join(timings.slow_period[:4])}")
     drift = timings.drift
     if drift is not None and abs(drift) > 0.05:
         warnings.append(f"an anchor reading strayed {drift * 100:+.1f}% from its level during validation")

@@ -39,6 +39,7 @@ class ModelTimings:
     factors: list[float | None]  # per pass: the time-base factor applied (None: none)
     no_consensus: list[str] = field(default_factory=list)
     sessions: list[Any] = field(default_factory=list)
+    slow_period: list[str] = field(default_factory=list)  # keys measured only in slow periods (in some pass)
 
     def mean(self, key: str) -> float:
         return statistics.fmean(p[key] for p in self.passes)
@@ -84,6 +85,7 @@ def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, 
     factors: list[float | None] = []
     drifts: list[float] = []
     no_consensus: list[str] = []
+    slow_period: list[str] = []
     sessions = []
     dispatcher = as_dispatcher(runner)
     for p in range(passes):
@@ -109,10 +111,11 @@ def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, 
         out.append({k: v.value for k, v in res.verdicts.items()})
         factors.append(applied[0])
         no_consensus += [k for k in res.report.get("no_consensus", []) if k not in no_consensus]
+        slow_period += [k for k in res.report.get("slow_period", []) if k not in slow_period]
         if res.report.get("max_drift") is not None:
             drifts.append(res.report["max_drift"])
     return ModelTimings(out, dispatcher.describe(), max(drifts, key=abs) if drifts else None, factors,
-                        no_consensus, sessions)
+                        no_consensus, sessions, slow_period)
 
 
 def measure_candidates(candidates: Sequence[Candidate], runner: Any, *, rounds: int = 3, warmup: int = 10,

@@ -32,6 +32,7 @@ from latbench.core.progress import ProgressFn, no_progress
 from latbench.measuring.consensus import ConsensusRule, Verdict
 from latbench.measuring.journal import AnchorRow, Journal, JournalRow
 from latbench.measuring.measurement import Measurement, SamplingPolicy
+from latbench.measuring.periods import PeriodRule, journal_slow_periods
 from latbench.measuring.timebase import anchor_levels, timebase_key
 
 #: Default sampling per role: many short measurements beat one long one on a drifting device.
@@ -115,6 +116,8 @@ class MeasuringPlan:
     #: fill the gap), so a burst that spoiled one round is less likely to spoil the next.
     min_separation_s: float = 2.0
     drift_tolerance: float = 0.05
+    #: Entries whose value was taken only in slow periods get more rounds (None: no such check).
+    periods: PeriodRule | None = field(default_factory=PeriodRule)
 
     def policy(self, role: str) -> SamplingPolicy:
         return self.policies.get(role) or self.policies.get("block") or SamplingPolicy()
@@ -122,6 +125,7 @@ class MeasuringPlan:
     def to_dict(self) -> dict[str, Any]:
         return {"rounds": self.rounds, "consensus": self.consensus.to_dict(), "anchor_every": self.anchor_every,
                 "seed": self.seed, "profile": self.profile, "min_separation_s": self.min_separation_s,
+                "periods": None if self.periods is None else self.periods.to_dict(),
                 "policies": {k: p.to_dict() for k, p in self.policies.items()}}
 
 
@@ -274,6 +278,7 @@ class MeasuringSession:
         self._last_end: dict[str, float] = {}
         self._throttled: list[str] = []
         self._pending: list[Job] = []
+        self._factors: Mapping[str, float] = {}
 
     # -- the session --------------------------------------------------------------------------
     def run(self, targets: Sequence[Target], anchors: Sequence[Target] = ()) -> SessionResult:
@@ -310,6 +315,7 @@ class MeasuringSession:
         report: dict[str, Any] = {"waves": waves, "throttled": self._throttled,
                                   "pending": [f"{j.key}#{j.round}" for j in self._pending],
                                   "no_consensus": sorted(k for k, v in verdicts.items() if not v.agreed),
+                                  "slow_period": sorted(self.slow_periods(rows, verdicts)),
                                   **drift_report(session_anchors, self.plan.consensus, self.plan.drift_tolerance)}
         return SessionResult(self.session, self.dispatcher.describe(), rows, verdicts, session_anchors,
                              list(self._measured), report, dict(self.timings))
@@ -325,14 +331,24 @@ class MeasuringSession:
     def _state(self) -> tuple[dict[str, list[JournalRow]], dict[str, Verdict]]:
         rows = self.journal.rows(keys=self._targets)
         factors = self.time_base(self.journal, self.session)
+        self._factors = factors
         rule = self.plan.consensus
         return rows, {k: rule.decide(round_values(rows.get(k, []), rule, factors)) for k in self._targets}
+
+    def slow_periods(self, rows: dict[str, list[JournalRow]], verdicts: dict[str, Verdict]) -> dict[str, float]:
+        """Targets whose value was taken only in slow periods (latbench.measuring.periods)."""
+        if self.plan.periods is None:
+            return {}
+        rule = self.plan.consensus
+        values = {k: round_values(rs, rule, self._factors) for k, rs in rows.items()}
+        return journal_slow_periods(rows, values, verdicts, self.journal.anchors(), rule, self.plan.periods)
 
     def _wave(self, rows: dict[str, list[JournalRow]], verdicts: dict[str, Verdict], wave: int) -> list[Job]:
         """The jobs of the next wave: missing initial rounds, then one more round for entries
         without consensus (or rechecked) that the rule still allows."""
         rule = self.plan.consensus
         recheck = set(self.recheck(verdicts)) if self.recheck else set()
+        recheck |= set(self.slow_periods(rows, verdicts))
         jobs: list[Job] = []
         for key, target in self._targets.items():
             done = {r.round for r in rows.get(key, [])}
@@ -355,7 +371,9 @@ class MeasuringSession:
         round is not taken in the same burst as its previous one."""
         if not self._last_end or not anchor_jobs:
             return
-        wait_until = max(self._last_end.get(j.key, 0.0) for j in todo) + self.plan.min_separation_s
+        # Each further extra round waits twice as long: slow periods can last several rounds.
+        wait_until = max(self._last_end.get(j.key, 0.0)
+                         + self.plan.min_separation_s * 2 ** min(max(j.round - self.plan.rounds, 0), 4) for j in todo)
         turn = 0
         while time.monotonic() < wait_until:
             self.dispatcher.execute([], [anchor_jobs[turn % len(anchor_jobs)]], self.plan.anchor_every, self._commit)

@@ -38,6 +38,7 @@ from latbench.core.progress import ProgressFn, no_progress
 from latbench.measuring.consensus import ConsensusRule, Verdict
 from latbench.measuring.journal import Journal, JournalRow
 from latbench.measuring.measurement import SamplingPolicy, merge_measurements
+from latbench.measuring.periods import PeriodRule, journal_slow_periods
 from latbench.measuring.session import MeasuringPlan, MeasuringSession, SessionResult, Target, round_values
 from latbench.measuring.timebase import base_levels, session_factors
 from latbench.tables.overhead import SCALE_GROUPS, OverheadModel, fit_scales
@@ -52,6 +53,8 @@ from latbench.tables.table import (
     op_rows,
 )
 
+#: Calibration models a fit keeps at least, even when some were measured only in slow periods.
+MIN_CALIBRATION_MODELS = 4
 #: Rounds an implausible entry gets beyond the consensus minimum before it is flagged.
 PLAUSIBILITY_EXTRA_ROUNDS = 2
 
@@ -75,6 +78,7 @@ class BuildSettings:
     min_separation_s: float = 2.0  # an entry's extra round waits this long after its previous one
     consensus: ConsensusRule = field(default_factory=ConsensusRule)
     plausibility: PlausibilityRule = field(default_factory=PlausibilityRule)
+    periods: PeriodRule = field(default_factory=PeriodRule)
 
     def policies(self) -> dict[str, SamplingPolicy]:
         def policy(cap: float) -> SamplingPolicy:
@@ -89,22 +93,26 @@ class BuildSettings:
     def plan(self) -> MeasuringPlan:
         return MeasuringPlan(rounds=self.rounds, consensus=self.consensus, policies=self.policies(),
                              anchor_every=self.anchor_every, seed=self.seed, profile=self.profile,
-                             min_separation_s=self.min_separation_s)
+                             min_separation_s=self.min_separation_s, periods=self.periods)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k not in ("consensus", "plausibility")}
-        return {**d, "consensus": self.consensus.to_dict(), "plausibility": self.plausibility.to_dict()}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("consensus", "plausibility", "periods")}
+        return {**d, "consensus": self.consensus.to_dict(), "plausibility": self.plausibility.to_dict(),
+                "periods": self.periods.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], **changes: Any) -> BuildSettings:
         """The settings a table was built with (its meta.json / journal), with `changes`."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k not in ("consensus",
-                                                                                              "plausibility")}
+                                                                                              "plausibility", "periods")}
         if data.get("consensus"):
             known["consensus"] = ConsensusRule.from_dict(data["consensus"])
         if data.get("plausibility"):
             known["plausibility"] = PlausibilityRule(**{k: v for k, v in data["plausibility"].items()
                                                         if k in PlausibilityRule.__dataclass_fields__})
+        if data.get("periods"):
+            known["periods"] = PeriodRule(**{k: v for k, v in data["periods"].items()
+                                             if k in PeriodRule.__dataclass_fields__})
         return cls(**{**known, **changes})
 
 
@@ -255,13 +263,15 @@ def derive_table(journal: Journal, out_dir: Path, consensus: ConsensusRule | Non
         profiled = next((r.measurement for r in rows if r.measurement.per_op), None)
         if profiled is not None:
             ops.extend(op_rows(key, profiled))
+    slow = table_slow_periods(journal, rule, built.periods, factors)
     # Plausibility across entries of a kind: flag what stays far above its trend.
     checks = check_trends([entry_of(r["key"], configs[r["key"]], r["latency_ms"]) for r in block_rows
                            if math.isfinite(r["latency_ms"])], prule)
     for row in block_rows:
         c = checks.get(row["key"])
         row["trend_ratio"] = None if c is None else c.ratio
-        flags = ([] if row["consensus"] else ["no-consensus"]) + (["implausible"] if c and c.implausible else [])
+        flags = (([] if row["consensus"] else ["no-consensus"]) + (["implausible"] if c and c.implausible else [])
+                 + (["slow-period"] if row["key"] in slow else []))
         row["flags"] = ",".join(flags) or None
     space_info = journal.get_meta("space")
     base = journal.get_meta("time_base")
@@ -276,6 +286,7 @@ def derive_table(journal: Journal, out_dir: Path, consensus: ConsensusRule | Non
         "settings": settings,
         "consensus": rule.to_dict(),
         "plausibility": prule.to_dict(),
+        "periods": built.periods.to_dict(),
         "anchors": {"keys": [config_from_fields(f).key for f in anchors], "fields": anchors,
                     "levels_ms": (base or {}).get("levels"), "base_session": (base or {}).get("session")},
         "time_base": {"method": "per-session factor: median over anchors of base level / session level",
@@ -289,8 +300,17 @@ def derive_table(journal: Journal, out_dir: Path, consensus: ConsensusRule | Non
         journal.set_meta("created", meta["created"])
     table = LatencyTable(pd.DataFrame(block_rows, columns=BLOCK_COLUMNS), pd.DataFrame(ops, columns=OP_COLUMNS),
                          pd.DataFrame(columns=MODEL_COLUMNS), meta, out_dir)
-    _calibrate(table, journal, rule, factors, resolution)
+    _calibrate(table, journal, rule, factors, resolution, slow)
     return table
+
+
+def table_slow_periods(journal: Journal, rule: ConsensusRule, prule: PeriodRule,
+                       factors: dict[str, float]) -> dict[str, float]:
+    """Entries and calibration models whose value was taken only in slow periods."""
+    rows = {**journal.rows("block"), **journal.rows("model")}
+    values = {k: round_values(rs, rule, factors) for k, rs in rows.items()}
+    verdicts = {k: rule.decide(v) for k, v in values.items()}
+    return journal_slow_periods(rows, values, verdicts, journal.anchors(), rule, prule)
 
 
 def measured_by(journal: Journal) -> dict[str, Any]:
@@ -317,12 +337,14 @@ def measured_by(journal: Journal) -> dict[str, Any]:
 
 
 def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, factors: dict[str, float],
-               resolution: int | None) -> None:
-    """Fit the overhead model's scale on the whole models measured end to end (models.csv)."""
+               resolution: int | None, slow: dict[str, float] | None = None) -> None:
+    """Fit the overhead model's scale on the whole models measured end to end (models.csv); models
+    measured only in slow periods are left out of the fit while at least MIN_CALIBRATION_MODELS remain."""
+    slow = slow or {}
     table.meta["overhead"] = {"empty_models": True, "scale": 1.0, "scales": {g: 1.0 for g in SCALE_GROUPS},
                               "calibrated": False, "calibrated_on": []}
     model = OverheadModel(table.latency_ms())
-    model_rows, parts, measured = [], [], []
+    model_rows, parts, measured, fit_keys = [], [], [], []
     for key, rows in sorted(journal.rows("model").items()):
         fields = rows[0].fields
         stats = entry_stats(rows, rule, factors)
@@ -334,14 +356,22 @@ def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, facto
             row["macs"] = cand.macs()
             blocks = cand.blocks()
             if model.covers(blocks) and math.isfinite(stats["latency_ms"]):
+                fit_keys.append(key)
                 parts.append(model.parts(blocks))
                 measured.append(stats["latency_ms"])
-        row["flags"] = None if stats["consensus"] else "no-consensus"
+        flags = ([] if stats["consensus"] else ["no-consensus"]) + (["slow-period"] if key in slow else [])
+        row["flags"] = ",".join(flags) or None
         model_rows.append(row)
+    left_out = [k for k in fit_keys if k in slow]
+    if left_out and len(fit_keys) - len(left_out) >= MIN_CALIBRATION_MODELS:
+        keep = [i for i, k in enumerate(fit_keys) if k not in slow]
+        fit_keys, parts, measured = [fit_keys[i] for i in keep], [parts[i] for i in keep], [measured[i] for i in keep]
+    else:
+        left_out = []
     table.models = pd.DataFrame(model_rows, columns=MODEL_COLUMNS)
     if parts:
         scales = fit_scales(parts, measured)
-        names = [r["name"] for r in model_rows if r.get("params") is not None]
+        names = [r["name"] for r in model_rows if r["key"] in fit_keys]
         fitted = [sum(scales[g] * p[g] for g in p) for p in parts]
         table.meta["overhead"] = {
             "empty_models": True, "scale": scales["rest"], "scales": scales, "calibrated": True,
@@ -349,6 +379,7 @@ def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, facto
                       "fitted (non-negative relative least squares) on whole models measured end to end",
             "calibrated_on": names,
             "fit_errors_pct": [100 * (f / m - 1) for f, m in zip(fitted, measured)],
+            "left_out": [r["name"] for r in model_rows if r["key"] in left_out],
         }
 
 

@@ -3,13 +3,16 @@ really runs the pushed .tflite with ai-edge-litert and prints benchmark_model's 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import threading
 import time
 from pathlib import Path
 
 import fake_benchmark_model
+import pandas as pd
 import pytest
+import yaml
 from fake_adbd import Misbehaviour
 from fake_benchmark_model import MAGIC, BenchmarkModelBehaviour
 
@@ -191,3 +194,37 @@ def test_the_fake_prints_what_the_real_tool_prints(tflite_models, variant, fmt):
     rc, out, _ = fake_benchmark_model.run([*argv, "--use_nnapi=true"], resolve=Path,
                                           behaviour=BenchmarkModelBehaviour(), stop=threading.Event())
     assert rc == 1 and "Unconsumed cmdline flags: --use_nnapi=true" in out
+
+
+ONE_SPACE = {  # a one-architecture space without attention: the same blocks as tests/tables/test_lut_litert.py
+    "name": "one",
+    "resolutions": [224],
+    "stages": [{"widths": [w], "depth": [1, 1], "expansions": [4], "attention": False} for w in (32, 48, 96, 176)],
+}
+
+
+@pytest.mark.slow
+def test_lut_build_on_android_with_litert_end_to_end(adb_server, make_phone, run_cli_json, tmp_path):
+    """`lut build` through the real adb server: every entry converted to .tflite, pushed once, timed by
+    benchmark_model; a second build measures nothing."""
+    if importlib.util.find_spec("litert_torch") is None:
+        pytest.skip("litert_torch not importable (pip install 'latbench[litert]')")
+    adbd = litert_phone(make_phone)
+    space = tmp_path / "one.yaml"
+    space.write_text(yaml.safe_dump(ONE_SPACE))
+    out = tmp_path / "table"
+    args = ["lut", "build", "--device", f"android:{adbd.serial}", "--adb-port", str(adb_server.port),
+            "--runtime", "litert", "--space", str(space), "--out", str(out), "--runs", "4", "--rounds", "1",
+            "--jobs", "2", "--no-reference", "--calibrate", "0"]
+    [summary] = run_cli_json(*args)
+    blocks = pd.read_csv(out / "blocks.csv")
+    assert {"stem", "ffn", "embed", "head", "empty"} <= set(blocks["kind"])
+    assert summary["measured_now"] == len(blocks) and (blocks["latency_ms"] > 0).all() and (blocks["n"] == 4).all()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["device"]["runtime"] == "litert benchmark_model" and meta["device"]["execution_provider"] == "XNNPACK"
+    graphs = {next(a for a in c if a.startswith("--graph=")) for c in bm_commands(adbd)}
+    assert len(graphs) == len(blocks) and all(g.endswith(".tflite") for g in graphs)
+    assert sorted(adbd.device.pushes) == sorted(g.removeprefix("--graph=") for g in graphs)  # each model pushed once
+    calls = len(bm_commands(adbd))
+    [again] = run_cli_json(*args)
+    assert again["measured_now"] == 0 and len(bm_commands(adbd)) == calls

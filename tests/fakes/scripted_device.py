@@ -35,6 +35,9 @@ class ScriptedRunner(Runner):
         self.sleep_s = sleep_s
         self.calls: list[tuple[str, SamplingPolicy, bool]] = []
         self.renewed: list[str] = []
+        #: A slow period of the whole device: indices of calls (in order) slowed by period_factor.
+        self.period_calls: set[int] = set()
+        self.period_factor = 1.3
 
     @classmethod
     def discover(cls, **_: Any) -> list[DeviceInfo]:
@@ -74,6 +77,8 @@ class ScriptedRunner(Runner):
             time.sleep(self.sleep_s)
         queue = self.slowdowns.get(label) or []
         factor = queue.pop(0) if queue else 1.0
+        if len(self.calls) - 1 in self.period_calls:
+            factor *= self.period_factor
         base = self.latency(label) * self.speed * factor
         n = policy.runs or 20
         samples = [base * (1 + 0.002 * (i % 10)) for i in range(n)]  # a narrow, repeatable spread

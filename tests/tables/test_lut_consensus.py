@@ -74,3 +74,20 @@ def test_entries_that_never_agree_are_flagged_and_shown(tmp_path, run_cli_json):
     assert row["flags"] == "no-consensus" and row["rounds"] == 8 and not bool(row["consensus"])
     shown = run_cli_json("lut", "show", str(tmp_path / "t"))
     assert shown["flagged"] == {key: "no-consensus"}
+
+
+def test_an_entry_measured_only_in_a_slow_period_is_flagged_in_the_table(tmp_path):
+    from latbench.measuring.consensus import ConsensusRule
+
+    key = FFNS[5].key
+    recorder = ScriptedRunner(cost)
+    build(recorder, tmp_path / "order", consensus=ConsensusRule(max_rounds=3))
+    first_wave = [c[0] for c in recorder.calls]
+    positions = [i for i, label in enumerate(first_wave) if label == key][:3]
+    runner = ScriptedRunner(cost)  # the same order (same seed); the device slow around each round of `key`
+    runner.period_calls = {i for p in positions for i in range(p - 2, p + 3)}
+    build(runner, tmp_path, consensus=ConsensusRule(max_rounds=3))  # no round to spare
+    blocks = pd.read_csv(tmp_path / "t" / "blocks.csv").set_index("key")
+    assert "slow-period" in blocks.loc[key, "flags"] and blocks.loc[key, "latency_ms"] > 1.25 * cost(key)
+    meta = pd.read_json(tmp_path / "t" / "meta.json", typ="series")
+    assert meta["periods"]["threshold"] == 0.1 and key in meta["flagged"]

@@ -1,0 +1,140 @@
+"""Slow periods: spans in which the whole device ran slower, for longer than a round.
+
+Measured on a quiet 2-core VM (benchmarks/bench_lut.py, README measuring notes): the host
+switches between a fast state and a slow one about 30-35 % slower (the same factor for blocks
+and whole models), and the slow state held 60-76 % of a build's rounds, in spans of several
+rounds. Two rounds of an entry taken in one slow span agree with each other, so a consensus of
+rounds cannot see it when none of the entry's rounds fell in a fast span: 24 of 96 entries of an
+"undisturbed" build were 8-35 % too slow that way, and so were calibration models.
+
+The other entries measured around a round share its period. So for each round an entry's value
+rests on, the *period ratio* is the median, over the measurements nearest in time (other entries'
+rounds and anchor readings on the same device), of each one's round value over its own accepted
+value. When every round behind an entry's value has a period ratio above 1 + `threshold`, the
+value was taken only in slow spans: the entry gets more rounds, later, and is flagged
+`slow-period` if it still has no round from an ordinary span when its rounds run out. Replayed on
+that build's journal, the rule (4 nearest within 10 s, 10 %) named 23 of the 24 wrong entries and
+2 of the 72 right ones.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from latbench.core.errors import UsageError
+from latbench.measuring.consensus import ConsensusRule, Verdict
+from latbench.measuring.journal import AnchorRow, JournalRow
+from latbench.measuring.timebase import anchor_levels
+
+
+@dataclass(frozen=True)
+class PeriodRule:
+    neighbours: int = 4  # measurements nearest in time that say what period a round was in
+    max_gap_s: float = 10.0  # ... at most this far away
+    threshold: float = 0.10  # a period this much slower than usual is a slow period
+    min_neighbours: int = 2  # fewer neighbours than this: the period is unknown (not slow)
+
+    def __post_init__(self) -> None:
+        if self.neighbours < 1 or self.min_neighbours < 1 or self.max_gap_s <= 0 or not 0 < self.threshold < 1:
+            raise UsageError("slow-period rule needs neighbours >= 1, min_neighbours >= 1, max_gap_s > 0 and "
+                             f"0 < threshold < 1 (got {self})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "rule": (
+            f"a value resting only on rounds whose {self.neighbours} nearest measurements (within "
+            f"{self.max_gap_s:g} s, other entries and anchors) read over {self.threshold:.0%} above their own "
+            "accepted values was taken in a slow period: more rounds, later; then flagged slow-period")}
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One measurement as the period check sees it: when, on which device, of what, and how it
+    compares with what that key's rounds settled on (round value / accepted value)."""
+
+    at: float
+    device: str | None
+    key: str
+    ratio: float
+
+
+def period_ratios(readings: Sequence[Reading], rule: PeriodRule) -> list[float | None]:
+    """Per reading, the median ratio of its nearest other-key readings on the same device (None
+    when fewer than rule.min_neighbours are within rule.max_gap_s)."""
+    by_device: dict[str | None, list[Reading]] = {}
+    for r in readings:
+        by_device.setdefault(r.device, []).append(r)
+    for rs in by_device.values():
+        rs.sort(key=lambda r: r.at)
+    times = {d: [r.at for r in rs] for d, rs in by_device.items()}
+    out: list[float | None] = []
+    for r in readings:
+        rs, ts = by_device[r.device], times[r.device]
+        i = bisect.bisect_left(ts, r.at)
+        lo, hi = i - 1, i
+        near: list[float] = []
+        while len(near) < rule.neighbours and (lo >= 0 or hi < len(rs)):
+            # Step to whichever side is nearer in time; skip the key's own rounds.
+            take_lo = hi >= len(rs) or (lo >= 0 and r.at - ts[lo] <= ts[hi] - r.at)
+            j = lo if take_lo else hi
+            if take_lo:
+                lo -= 1
+            else:
+                hi += 1
+            if abs(ts[j] - r.at) > rule.max_gap_s:
+                if take_lo:
+                    lo = -1
+                else:
+                    hi = len(rs)
+                continue
+            if rs[j].key != r.key:
+                near.append(rs[j].ratio)
+        out.append(statistics.median(near) if len(near) >= rule.min_neighbours else None)
+    return out
+
+
+def slow_period_keys(rounds: Mapping[str, Sequence[Reading]], members: Mapping[str, Sequence[int]],
+                     rule: PeriodRule, extra: Sequence[Reading] = ()) -> dict[str, float]:
+    """Keys whose accepted value rests only on rounds taken in slow periods, with the lowest
+    period ratio among those rounds. `rounds`: key -> its readings, in round order; `members`:
+    key -> indices of the rounds its value comes from; `extra`: other readings (anchors)."""
+    flat = [r for rs in rounds.values() for r in rs] + list(extra)
+    ratios = dict(zip(map(id, flat), period_ratios(flat, rule)))
+    out: dict[str, float] = {}
+    for key, idx in members.items():
+        rs = rounds.get(key) or []
+        known = [ratios[id(rs[i])] for i in idx if i < len(rs)]
+        if not known or any(p is None for p in known):
+            continue  # a round of unknown period may be an ordinary one
+        lowest = min(p for p in known if p is not None)
+        if lowest > 1 + rule.threshold:
+            out[key] = lowest
+    return out
+
+
+def journal_slow_periods(rows: Mapping[str, Sequence[JournalRow]], values: Mapping[str, Sequence[float]],
+                         verdicts: Mapping[str, Verdict], anchors: Sequence[AnchorRow], consensus: ConsensusRule,
+                         rule: PeriodRule) -> dict[str, float]:
+    """slow_period_keys for journal rows (key -> rounds), their round values on the time base and
+    verdicts, with the anchor readings as further neighbours, each against its level in its session."""
+    readings: dict[str, list[Reading]] = {}
+    members: dict[str, tuple[int, ...]] = {}
+    for key, rs in rows.items():
+        v = verdicts.get(key)
+        if v is None or not rs or not math.isfinite(v.value) or v.value <= 0:
+            continue
+        readings[key] = [Reading(r.measured_at, r.device, key, x / v.value) for r, x in zip(rs, values[key])]
+        members[key] = v.members
+    by_session: dict[tuple[str, str | None], list[Any]] = {}
+    for a in anchors:
+        by_session.setdefault((a.session, a.device), []).append(a)
+    extra = []
+    for group in by_session.values():
+        levels = anchor_levels(group, consensus)
+        extra += [Reading(a.measured_at, a.device, "anchor:" + a.key, consensus.round_value(a.measurement) / levels[a.key])
+                  for a in group if levels.get(a.key)]
+    return slow_period_keys(readings, members, rule, extra)

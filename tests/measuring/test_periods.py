@@ -1,0 +1,101 @@
+"""Slow periods: a value taken only while the whole device was slow is re-measured (and flagged if it stays)."""
+
+from __future__ import annotations
+
+import pytest
+from scripted_device import ScriptedRunner
+
+from latbench.blocks.configs import AttnConfig, FFNConfig
+from latbench.core.errors import UsageError
+from latbench.measuring.consensus import ConsensusRule
+from latbench.measuring.journal import Journal
+from latbench.measuring.periods import PeriodRule, Reading, period_ratios, slow_period_keys
+from latbench.measuring.session import MeasuringPlan, MeasuringSession, Target
+
+RULE = PeriodRule()
+
+
+def readings(key: str, ratios: list[float], start: float = 0.0, step: float = 1.0, device: str = "d") -> list[Reading]:
+    return [Reading(start + i * step, device, key, r) for i, r in enumerate(ratios)]
+
+
+def test_period_ratio_is_the_median_of_the_nearest_other_keys_on_the_same_device():
+    own = Reading(10.0, "d", "a", 1.0)
+    others = [Reading(9.0, "d", "b", 1.3), Reading(11.0, "d", "c", 1.35), Reading(8.5, "d", "a", 1.0),
+              Reading(12.0, "d", "e", 1.28), Reading(7.0, "d", "f", 1.0), Reading(30.0, "d", "g", 5.0),
+              Reading(10.1, "other-device", "h", 9.0)]
+    ratios = period_ratios([own, *others], RULE)
+    # nearest four of other keys on device d: b (1 s), c (1 s), e (2 s), f (3 s); a's own round is skipped
+    assert ratios[0] == pytest.approx((1.3 + 1.28) / 2)
+    # g has no neighbour within 10 s; h none on its device
+    assert ratios[6] is None and ratios[7] is None
+
+
+def test_a_value_resting_only_on_slow_period_rounds_is_named():
+    # Around t=0..2 the other keys read 30 % above their own values: a slow period.
+    slow_env = readings("x", [1.3, 1.0, 1.31], start=-0.5) + readings("y", [1.32, 1.0, 1.3], start=0.5)
+    rounds = {"k": readings("k", [1.0, 1.01, 1.0]), "x": slow_env[:3], "y": slow_env[3:]}
+    named = slow_period_keys(rounds, {"k": (0, 2), "x": (1,), "y": (1,)}, RULE)
+    assert set(named) == {"k"} and named["k"] > 1.1
+    # The same value with one member round in an ordinary period is trusted.
+    calm = {"k": rounds["k"], "x": readings("x", [1.0, 1.0, 1.0], start=-0.5), "y": rounds["y"]}
+    assert slow_period_keys(calm, {"k": (0, 2)}, RULE) == {}
+    # Without neighbours the period is unknown: not named.
+    assert slow_period_keys({"k": rounds["k"]}, {"k": (0, 1, 2)}, RULE) == {}
+
+
+def test_rule_is_checked_and_recorded():
+    with pytest.raises(UsageError, match="slow-period rule"):
+        PeriodRule(threshold=0)
+    assert "slow period" in RULE.to_dict()["rule"] and RULE.to_dict()["neighbours"] == 4
+
+
+BLOCKS = [FFNConfig(224, 3, 96, 2), FFNConfig(224, 3, 96, 3), FFNConfig(224, 4, 176, 4), AttnConfig(224, 4, 176),
+          FFNConfig(224, 4, 176, 2), FFNConfig(224, 4, 176, 3)]
+ANCHOR = FFNConfig(224, 3, 96, 4)
+BASE = {c.key: 0.2 + 0.1 * i for i, c in enumerate(BLOCKS)} | {ANCHOR.key: 0.4}
+KEY = BLOCKS[1].key
+
+
+def run(periods: PeriodRule | None, slow_calls: set[int], tmp_path, name: str):
+    runner = ScriptedRunner(BASE.__getitem__)
+    runner.period_calls = slow_calls
+    plan = MeasuringPlan(min_separation_s=0.0, anchor_every=2, seed=3, periods=periods)
+    with Journal(tmp_path / f"{name}.sqlite") as journal:
+        res = MeasuringSession(runner, plan, journal=journal, export_jobs=1).run(
+            [Target.of(c, "block") for c in BLOCKS], [Target.of(ANCHOR, "anchor")])
+    return runner, res
+
+
+def test_a_block_measured_only_in_slow_periods_gets_rounds_until_an_ordinary_one(tmp_path):
+    # Learn where the first wave puts KEY's three rounds (the order is fixed by the seed), then slow the
+    # whole device around each of them: the calls from two before to two after.
+    recorder, _ = run(None, set(), tmp_path, "order")
+    wave0 = len(BLOCKS) * 3 + len(BLOCKS) * 3 // 2
+    positions = [i for i, c in enumerate(recorder.calls[:wave0]) if c[0] == KEY][:3]
+    slow = {i for p in positions for i in range(p - 2, p + 3) if 0 <= i < wave0}
+
+    # Without the check, the three slow rounds agree with each other and the slow value is accepted.
+    _, blind = run(None, slow, tmp_path, "blind")
+    assert blind.verdicts[KEY].agreed and blind.verdicts[KEY].value == pytest.approx(1.3 * BASE[KEY], rel=0.01)
+
+    runner, res = run(RULE, slow, tmp_path, "checked")
+    v = res.verdicts[KEY]
+    assert v.rounds > 3 and runner.measurements_of(KEY) == v.rounds
+    assert v.agreed and v.value == pytest.approx(BASE[KEY], rel=0.01)
+    assert res.report["slow_period"] == [] and res.report["no_consensus"] == []
+    for c in BLOCKS:  # every other block settles on its ordinary value too
+        assert res.verdicts[c.key].value == pytest.approx(BASE[c.key], rel=0.01)
+
+
+def test_a_block_left_in_slow_periods_when_its_rounds_run_out_is_reported(tmp_path):
+    recorder, _ = run(None, set(), tmp_path, "order")
+    wave0 = len(BLOCKS) * 3 + len(BLOCKS) * 3 // 2
+    positions = [i for i, c in enumerate(recorder.calls[:wave0]) if c[0] == KEY][:3]
+    runner = ScriptedRunner(BASE.__getitem__)
+    runner.period_calls = {i for p in positions for i in range(p - 2, p + 3) if 0 <= i < wave0}
+    plan = MeasuringPlan(min_separation_s=0.0, anchor_every=2, seed=3, periods=RULE,
+                         consensus=ConsensusRule(max_rounds=3))  # no round to spare
+    res = MeasuringSession(runner, plan, export_jobs=1).run([Target.of(c, "block") for c in BLOCKS],
+                                                            [Target.of(ANCHOR, "anchor")])
+    assert res.verdicts[KEY].rounds == 3 and KEY in res.report["slow_period"]
