@@ -265,9 +265,10 @@ def parse_benchmark_model_output(text: str) -> BenchmarkModelReport:
 
 def parse_op_profiling(text: str) -> list[OpRow]:
     """The op-profiling rows of a benchmark_model output, or of the file `--op_profiling_output_file`
-    names (tables only). ValueError when the text holds no profiling table row."""
+    names (tables only). ValueError when the text holds no profiling table row, unless the tool's own
+    footer says the graph had no nodes (a model whose output is its input)."""
     rows = _scan(text).op_rows
-    if not rows:
+    if not rows and not any(_PREFIX.sub("", ln, count=1).strip() == "0 nodes observed" for ln in text.splitlines()):
         snippet = next((ln.strip() for ln in text.splitlines() if ln.strip()), "<empty>")[:120]
         raise ValueError(f"no op-profiling table rows in the text (first line: {snippet!r})")
     return rows
@@ -380,8 +381,9 @@ def run_samples(rep: BenchmarkModelReport, runs: int) -> list[float]:
 
 def op_times(rows: Sequence[OpRow]) -> list[OpTime]:
     """Per-op rows of the regular runs' Run Order table. benchmark_model reports each op's mean over
-    the profiled runs (there is no per-op median), which is what OpTime.median_ms then holds."""
+    the profiled runs (there is no per-op median), which is what OpTime.median_ms then holds. No rows at
+    all (a graph without nodes) is no ops; rows of other tables only is a table cut or renamed."""
     out = [OpTime(r.node_type, r.name, r.avg_ms) for r in rows if r.section == RUN_ORDER and r.phase == "run"]
-    if not out:
+    if not out and rows:
         raise ValueError("no Run Order rows of the regular benchmark runs")
     return out

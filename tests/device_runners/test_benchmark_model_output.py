@@ -253,6 +253,18 @@ def test_non_text_and_tableless_inputs() -> None:
         parse_op_profiling(load("ti_sdk_am62x_xnnpack.txt"))
 
 
+def test_a_graph_without_nodes_profiles_to_no_rows_but_a_cut_table_still_raises() -> None:
+    # The `empty` entry converts to a graph whose output is its input: the tool prints the headers,
+    # no rows, and its own "0 nodes observed" footer.
+    empty = ("INFO: Operator-wise Profiling Info for Regular Benchmark Runs:\n"
+             "INFO: ============================== Run Order ==============================\n"
+             "INFO: \t[node type]\t[start]\t[first]\t[avg ms]\t[%]\t[cdf%]\t[mem KB]\t[times called]\t[Name]\n"
+             "INFO: \nINFO: Timings (microseconds): count=4 curr=2\nINFO: 0 nodes observed\n")
+    assert parse_op_profiling(empty) == []
+    with pytest.raises(ValueError, match="no op-profiling table rows"):
+        parse_op_profiling(empty.replace("0 nodes observed", "10 nodes observed"))
+
+
 def test_newer_statistics_lines_with_percentiles() -> None:
     r = parse_benchmark_model_output(load("android_apk_logcat_percentiles.txt"))
     assert r.format == "logcat"

@@ -251,8 +251,9 @@ def _profile_tables(nodes: list[dict], avg_ms: float, runs: int, *, csv: bool) -
     executed = [("TfLiteXNNPackDelegate", f"[{n['index']}]:{n['index']}") if n["op_name"] == "DELEGATE"
                 else (n["op_name"], f"[{n['op_name'].lower()}]:{n['index']}")
                 for n in _left_on_builtin(nodes) + [n for n in nodes if n["op_name"] == "DELEGATE"]]
-    share = avg_ms / len(executed)
-    pct = 100.0 / len(executed)
+    # A graph with no operators (the `empty` entry: input is output) profiles to empty tables.
+    share = avg_ms / max(len(executed), 1)
+    pct = 100.0 / max(len(executed), 1)
     out = ["Operator-wise Profiling Info for Regular Benchmark Runs:",
            "============================== Run Order =============================="]
     if csv:
