@@ -175,6 +175,7 @@ def test_validate_json_shape(run_cli_json, tiny_space, tmp_path):
     for m in res["models"]:
         assert len(m["pass_ms"]) == 2 and m["measured_ms"] == pytest.approx(sum(m["pass_ms"]) / 2)
         assert m["pass_noise_pct"] == pytest.approx(100 * (max(m["pass_ms"]) - min(m["pass_ms"])) / m["measured_ms"])
+        assert isinstance(m["slow_period"], bool)  # measured only in slow periods of the device (warned)
     assert set(res["baselines"]) == {"plain_sum", "macs_proportional"}
     assert 0 <= res["within_5pct"] <= res["within_10pct"] <= 1
     assert all(m["measured_ms"] > 0 and m["latency_ms"] > 0 for m in res["models"])

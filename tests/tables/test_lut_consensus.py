@@ -91,3 +91,47 @@ def test_an_entry_measured_only_in_a_slow_period_is_flagged_in_the_table(tmp_pat
     assert "slow-period" in blocks.loc[key, "flags"] and blocks.loc[key, "latency_ms"] > 1.25 * cost(key)
     meta = pd.read_json(tmp_path / "t" / "meta.json", typ="series")
     assert meta["periods"]["threshold"] == 0.1 and key in meta["flagged"]
+
+
+def test_a_calibration_model_measured_only_in_a_slow_period_leaves_the_fit(tmp_path):
+    """A journal written directly (no device): six calibration models that run exactly 1.1x their
+    blocks' overhead sum, one of them measured only while the device read 30 % slow."""
+    from latbench.blocks.candidates import sample_candidates
+    from latbench.blocks.configs import EmptyConfig, overhead_blocks
+    from latbench.measuring.journal import Journal
+    from latbench.measuring.measurement import Measurement
+    from latbench.space import SearchSpace
+    from latbench.tables.build import derive_table
+    from latbench.tables.overhead import OverheadModel
+
+    models = sample_candidates(SearchSpace.default(), 224, 6, seed=1, purpose="calibration")
+    blocks = {b.key: b for m in models for b in m.blocks()}
+    blocks |= {e.key: e for e in overhead_blocks(list(blocks.values())) + [EmptyConfig.for_shape(224, (1, 3, 224, 224))]}
+    ms = {k: (0.01 if b.kind == "empty" else 0.05 + 2e-9 * b.macs()) for k, b in blocks.items()}
+    truth = {m.key: 1.1 * OverheadModel(ms).estimate(m.blocks()) for m in models}
+    slow = models[2]
+    rows: list[tuple[float, str, int, str, dict, float]] = []  # (at, key, round, role, fields, value)
+    t = 1000.0
+    for key, b in blocks.items():
+        for r in range(3):
+            rows.append((t + 100 * r + len(rows) * 0.01, key, r, "block", b.fields(), ms[key]))
+    for i, m in enumerate(models):
+        for r in range(3):
+            at = 2000.0 + 1000 * r + 30 * i  # models far apart: each its own period
+            rows.append((at, m.key, r, "model", m.fields(), truth[m.key] * (1.3 if m is slow else 1.0)))
+            if m is slow:  # the device was slow around each of its rounds: four other entries say so
+                for j, key in enumerate(list(blocks)[:4]):
+                    rows.append((at + (j - 1.5), key, 3 + r, "block", blocks[key].fields(), 1.3 * ms[key]))
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        journal.set_meta("resolution", 224)
+        for at, key, r, role, fields, value in rows:
+            journal.record(key, r, role, fields, Measurement(key, [value] * 20), None)
+            journal.db.execute("UPDATE measurements SET measured_at = ? WHERE key = ? AND round = ?", (at, key, r))
+        journal.db.commit()
+        table = derive_table(journal, tmp_path / "t")
+    flags = table.models.set_index("name")["flags"]
+    assert flags[slow.name] == "slow-period" and flags.drop(index=slow.name).isna().all()
+    ov = table.overhead
+    assert ov["left_out"] == [slow.name] and slow.name not in ov["calibrated_on"] and len(ov["calibrated_on"]) == 5
+    assert all(abs(e) < 0.01 for e in ov["fit_errors_pct"]) and ov["scale"] == pytest.approx(1.1, rel=1e-4)
+    assert not table.flagged().get(list(blocks)[0])  # the blocks' own fast rounds still agree
