@@ -136,10 +136,10 @@ def old_rule_values(journal_path: Path) -> dict[str, float]:
 
 def alignment(reference, other) -> float:
     """The factor that puts `other`'s entries on `reference`'s time base (median anchor ratio)."""
-    levels_r = reference.meta["anchors"]["levels_ms"] or {}
-    levels_o = other.meta["anchors"]["levels_ms"] or {}
-    shared = [k for k in levels_r if k in levels_o]
-    return statistics.median(levels_r[k] / levels_o[k] for k in shared) if shared else 1.0
+    from latbench.measuring.timebase import session_factor
+
+    levels = [t.meta["anchors"]["levels_ms"] or {} for t in (other, reference)]
+    return session_factor(*levels) or 1.0
 
 
 def entry_errors(values: dict[str, float], base: dict[str, float], factor: float) -> dict[str, float]:

@@ -108,16 +108,21 @@ def check_table(table: LatencyTable, runner: Any, *, sample: int | None = None, 
         applied[0] = session_factor(anchor_levels(journal.anchors(session), rule), levels)
         return {session: applied[0]} if applied[0] else {}
 
+    def reading(key: str, v: Any, disagreement: float) -> tuple[float, float, float]:
+        """(stored ms, now / stored, the noise that ratio is judged against) for one entry."""
+        stored = float(rows_by_key[key]["latency_ms"])
+        ratio = v.value / stored if stored > 0 and math.isfinite(v.value) else math.nan
+        noise = (rule.tolerance + max(_finite(v.spread), _finite(rows_by_key[key].get("round_spread")))
+                 + disagreement / 2)
+        return stored, ratio, noise
+
     def unconfirmed(verdicts: dict[str, Any]) -> list[str]:
         # Entries reading as moved (before the anchors' disagreement is known) that have not had
         # their confirming rounds yet.
         out = []
         for key, v in verdicts.items():
-            stored = float(rows_by_key[key]["latency_ms"])
-            if v.rounds >= rounds + CONFIRM_ROUNDS or not math.isfinite(v.value) or stored <= 0:
-                continue
-            noise = rule.tolerance + max(_finite(v.spread), _finite(rows_by_key[key].get("round_spread")))
-            if abs(v.value / stored - 1) > noise:
+            _, ratio, noise = reading(key, v, 0.0)
+            if v.rounds < rounds + CONFIRM_ROUNDS and math.isfinite(ratio) and abs(ratio - 1) > noise:
                 out.append(key)
         return out
 
@@ -133,11 +138,8 @@ def check_table(table: LatencyTable, runner: Any, *, sample: int | None = None, 
         warnings.append("the table records no anchor levels: the check compares raw values")
     out_rows = []
     for key in keys:
-        stored = float(rows_by_key[key]["latency_ms"])
         v = res.verdicts[key]
-        noise = (rule.tolerance + max(_finite(v.spread), _finite(rows_by_key[key].get("round_spread")))
-                 + disagreement / 2)
-        ratio = v.value / stored if stored > 0 and math.isfinite(v.value) else math.nan
+        stored, ratio, noise = reading(key, v, disagreement)
         moved = not math.isfinite(ratio) or abs(ratio - 1) > noise
         flags = rows_by_key[key].get("flags")
         out_rows.append({"key": key, "stored_ms": stored, "now_ms": v.value, "ratio": ratio, "noise": noise,

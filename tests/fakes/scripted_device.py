@@ -9,13 +9,21 @@ once per content hash, measure with the caller's SamplingPolicy, Measurements wi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from device_runners.base import DeviceInfo, Prepared, Runner
 from latbench.core.errors import DeviceError, DeviceLost
 from latbench.measuring.measurement import Measurement, SamplingPolicy
+
+
+def latency_following_macs(configs: Sequence[Any], *, fixed_ms: float = 0.02, ms_per_mac: float = 1.5e-9,
+                           other_ms: float = 0.03) -> Callable[[str], float]:
+    """A latency script whose `configs` cost `fixed_ms` plus `ms_per_mac` per MAC exactly; every
+    other key (anchors, empties) costs `other_ms`."""
+    by_key = {c.key: fixed_ms + ms_per_mac * c.macs() for c in configs}
+    return lambda key: by_key.get(key, other_ms)
 
 
 class ScriptedRunner(Runner):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from scripted_device import ScriptedRunner
+from scripted_device import ScriptedRunner, latency_following_macs
 
 from latbench.blocks.configs import FFNConfig
 from latbench.tables.build import BuildSettings, TableBuilder
@@ -17,12 +17,8 @@ from latbench.tables.build import BuildSettings, TableBuilder
 FFNS = [FFNConfig(224, 3, w, e) for w in (96, 120, 144, 192) for e in (2, 3, 4)]
 
 
-def cost(key: str) -> float:
-    """A device whose FFN latency follows MACs exactly; empties and the rest cost little."""
-    for c in FFNS:
-        if c.key == key:
-            return 0.02 + 1.5e-9 * c.macs()
-    return 0.03
+# A device whose FFN latency follows MACs exactly; empties and the rest cost little.
+cost = latency_following_macs(FFNS)
 
 
 def build(runner, tmp_path, **kw):
