@@ -50,10 +50,9 @@ def test_time_cap_is_respected_and_reported(models):
     policy = SamplingPolicy(min_runs=10**6, max_runs=10**7, time_cap_s=0.2, warmup_time_s=0.0)
     with CpuRunner() as r:
         prepared = r.prepare(models["small"])
-        t0 = time.monotonic()
         m = r.measure(prepared, policy.replace(warmup_runs=1))
-        assert time.monotonic() - t0 < 5.0
     assert m.provenance["sampling"]["stopped_by"] == "time_cap"
+    assert m.n < 10**6  # stopped by the cap, long before the run bounds
 
 
 def test_session_and_first_inference_recorded_apart(runner, models):
