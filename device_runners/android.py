@@ -88,6 +88,9 @@ _REMOTE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/\-]{1,255}$")
 _HASH_RE = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 # Android PowerManager thermal status values (dumpsys thermalservice "Thermal Status: N").
 THERMAL_STATUS = {0: "none", 1: "light", 2: "moderate", 3: "severe", 4: "critical", 5: "emergency", 6: "shutdown"}
+#: From this thermal status on (light) the phone throttles its clocks: rounds taken then are not
+#: comparable with the others, so a measuring session pauses until it reads below it again.
+THROTTLING_FROM = 1
 
 T = TypeVar("T")
 
@@ -407,6 +410,10 @@ class AndroidRunner(Runner):
     def thermal_status(self) -> int | None:
         rc, out = self._shell(["dumpsys", "thermalservice"])
         return parse_thermal_status(out) if rc == 0 else None
+
+    def throttling(self) -> bool | None:
+        status = self.thermal_status()
+        return None if status is None else status >= THROTTLING_FROM
 
     def governors(self) -> dict[str, str] | None:
         found = {}

@@ -125,6 +125,23 @@ class Runner(abc.ABC):
         """Time `prepared` as `policy` says (default: SamplingPolicy()); with `profile`, also take
         per-op times in a way that does not touch the samples."""
 
+    # -- time and heat, as the measuring session sees them ---------------------------------------
+    def clock(self) -> float:
+        """The device's clock in seconds (epoch-based), for journal times and round separation.
+        A simulated device returns its virtual time, so its noise can follow time without the
+        test waiting for it."""
+        return time.time()
+
+    def idle(self, seconds: float) -> None:
+        """Leave the device without load for `seconds` (a cool-down pause)."""
+        if seconds > 0:
+            time.sleep(seconds)
+
+    def throttling(self) -> bool | None:
+        """Whether the device reports thermal throttling now (None: it reports nothing). Runners
+        of devices with a thermal status (Android's thermalservice) override this."""
+        return None
+
     def provenance_for(self, prepared: Prepared, sampling: dict[str, Any], *, device: dict[str, Any] | None = None,
                        **extra: Any) -> dict[str, Any]:
         """What every Measurement records: the device as it is now (`device`, default describe()),

@@ -101,10 +101,13 @@ class Journal:
         self.close()
 
     # -- sessions ------------------------------------------------------------------------------
-    def start_session(self, purpose: str, device: str | None, provenance: dict[str, Any] | None = None) -> str:
+    def start_session(self, purpose: str, device: str | None, provenance: dict[str, Any] | None = None,
+                      *, at: float | None = None) -> str:
+        """A new session; `at` is the device's clock (default: now), as for every record."""
         session = uuid.uuid4().hex[:12]
         self.db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",
-                        (session, purpose, device, time.time(), json.dumps(provenance or {}, default=str)))
+                        (session, purpose, device, time.time() if at is None else at,
+                         json.dumps(provenance or {}, default=str)))
         self.db.commit()
         return session
 
@@ -115,17 +118,18 @@ class Journal:
 
     # -- measurements --------------------------------------------------------------------------
     def record(self, key: str, round_: int, role: str, fields: dict, m: Measurement, content_hash: str | None,
-               *, device: str | None = None, session: str | None = None) -> None:
+               *, device: str | None = None, session: str | None = None, at: float | None = None) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (key, round_, role, json.dumps(fields, default=str), json.dumps(m.to_dict()), content_hash, time.time(),
-             device, session),
+            (key, round_, role, json.dumps(fields, default=str), json.dumps(m.to_dict()), content_hash,
+             time.time() if at is None else at, device, session),
         )
         self.db.commit()
 
-    def record_anchor(self, session: str, device: str | None, seq: int, key: str, m: Measurement) -> None:
+    def record_anchor(self, session: str, device: str | None, seq: int, key: str, m: Measurement,
+                      *, at: float | None = None) -> None:
         self.db.execute("INSERT OR REPLACE INTO anchors VALUES (?, ?, ?, ?, ?, ?)",
-                        (session, device, seq, key, json.dumps(m.to_dict()), time.time()))
+                        (session, device, seq, key, json.dumps(m.to_dict()), time.time() if at is None else at))
         self.db.commit()
 
     def rounds_done(self, role: str | None = None) -> dict[str, set[int]]:

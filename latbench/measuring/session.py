@@ -173,6 +173,16 @@ def interleave(jobs: Sequence[Job], anchors: Sequence[Job], anchor_every: int) -
     return order
 
 
+def device_clock(device: Any) -> Callable[[], float]:
+    """The clock of a runner or dispatcher (Runner.clock; wall time for those without one)."""
+    return getattr(device, "clock", None) or time.time
+
+
+def device_idle(device: Any) -> Callable[[float], None]:
+    """How to leave a runner or dispatcher without load for some seconds (Runner.idle)."""
+    return getattr(device, "idle", None) or (lambda seconds: time.sleep(max(0.0, seconds)))
+
+
 def as_dispatcher(device: Any) -> Any:
     """A dispatcher for `device`: itself if it is one, the runner's own if it offers one (a
     remote service that submits and collects asynchronously), else a LocalDispatcher."""
@@ -197,6 +207,16 @@ class LocalDispatcher:
 
     def describe(self) -> dict[str, Any]:
         return self.runner.describe()
+
+    def clock(self) -> float:
+        return device_clock(self.runner)()
+
+    def idle(self, seconds: float) -> None:
+        device_idle(self.runner)(seconds)
+
+    def throttling(self) -> bool | None:
+        probe = getattr(self.runner, "throttling", None)
+        return probe() if probe else None
 
     def prepare(self, artifacts: Mapping[str, Artifact], progress: ProgressFn) -> None:
         todo = [k for k in artifacts if k not in self.prepared]
@@ -256,6 +276,7 @@ class MeasuringSession:
                  time_base: Callable[[Journal, str], Mapping[str, float]] | None = None,
                  recheck: Callable[[dict[str, Verdict]], Iterable[str]] | None = None) -> None:
         self.dispatcher = as_dispatcher(dispatcher)
+        self.clock = device_clock(self.dispatcher)
         self.plan = plan or MeasuringPlan()
         if self.plan.rounds < 1 or self.plan.anchor_every < 1:
             raise UsageError("measurement rounds and anchor_every must be >= 1")
@@ -289,18 +310,18 @@ class MeasuringSession:
         waves: list[dict[str, Any]] = []
         if todo:
             self.session = self.journal.start_session(self.purpose, self.dispatcher.device_id,
-                                                      self.dispatcher.describe())
+                                                      self.dispatcher.describe(), at=self.clock())
             if hasattr(self.dispatcher, "attach"):
                 self.dispatcher.attach(self.journal, self.session)
-            self.artifacts = self._export([self._targets[k].item for k in dict.fromkeys(j.key for j in todo)]
-                                      + [a.item for a in anchors])
-            t0 = time.perf_counter()
-            self.dispatcher.prepare(self.artifacts, self.progress)
-            self.timings["prepare_s"] += time.perf_counter() - t0
+            self.artifacts = {}
+            self._make_ready(todo, [a.item for a in anchors])
             anchor_jobs = [Job(a.key, 0, "anchor", self.plan.policy("anchor")) for a in anchors]
             t0 = time.perf_counter()
             self._total = len(todo)
             while todo:
+                # A later wave may re-open an entry finished by an earlier session (slow periods,
+                # plausibility): its artifact was not part of the first wave's.
+                self._make_ready(todo)
                 self._separate(todo, anchor_jobs)
                 pending = self.dispatcher.execute(todo, anchor_jobs, self.plan.anchor_every, self._commit)
                 waves.append({"wave": len(waves), "jobs": len(todo), "pending": len(pending or ())})
@@ -321,6 +342,18 @@ class MeasuringSession:
                              list(self._measured), report, dict(self.timings))
 
     # -- steps --------------------------------------------------------------------------------
+    def _make_ready(self, jobs: Sequence[Job], extra: Sequence[Any] = ()) -> None:
+        """Export and prepare the artifacts of `jobs` (and `extra` items) not yet ready."""
+        items = [self._targets[k].item for k in dict.fromkeys(j.key for j in jobs) if k not in self.artifacts]
+        items += [i for i in extra if i.key not in self.artifacts]
+        if not items:
+            return
+        new = self._export(items)
+        self.artifacts.update(new)
+        t0 = time.perf_counter()
+        self.dispatcher.prepare(new, self.progress)
+        self.timings["prepare_s"] += time.perf_counter() - t0
+
     def _export(self, items: list[Any]) -> dict[str, Artifact]:
         t0 = time.perf_counter()
         arts = export_artifacts(items, self.dispatcher.artifact_format, self.export_jobs, self.precision,
@@ -375,7 +408,7 @@ class MeasuringSession:
         wait_until = max(self._last_end.get(j.key, 0.0)
                          + self.plan.min_separation_s * 2 ** min(max(j.round - self.plan.rounds, 0), 4) for j in todo)
         turn = 0
-        while time.monotonic() < wait_until:
+        while self.clock() < wait_until:
             self.dispatcher.execute([], [anchor_jobs[turn % len(anchor_jobs)]], self.plan.anchor_every, self._commit)
             turn += 1
 
@@ -387,13 +420,14 @@ class MeasuringSession:
         if m.throttled:
             self._throttled.append(res.job.key)
         if is_anchor:
-            self.journal.record_anchor(self.session, res.device, self._anchor_seq, res.job.key, m)
+            self.journal.record_anchor(self.session, res.device, self._anchor_seq, res.job.key, m, at=self.clock())
             self._anchor_seq += 1
             return
         target = self._targets[res.job.key]
         self.journal.record(res.job.key, res.job.round, target.role, target.item.fields(), m,
-                            self.artifacts[res.job.key].content_hash, device=res.device, session=self.session)
-        self._last_end[res.job.key] = time.monotonic()
+                            self.artifacts[res.job.key].content_hash, device=res.device, session=self.session,
+                            at=self.clock())
+        self._last_end[res.job.key] = self.clock()
         self._measured.append(f"{res.job.key}#{res.job.round}")
         self.progress("measure", len(self._measured), self._total)
 

@@ -124,3 +124,27 @@ def test_every_round_after_the_first_gets_a_renewed_instance():
     for c in BLOCKS:
         assert runner.renewed.count(c.key) == runner.measurements_of(c.key) - 1
     assert runner.renewed.count(ANCHOR.key) == runner.measurements_of(ANCHOR.key) - 1
+
+
+def test_a_resumed_session_whose_later_wave_reopens_an_entry_finished_earlier(tmp_path):
+    """The crash seen on a second host: a resumed build's second wave asked for another round of
+    an entry finished in the earlier session, which had no prepared artifact (KeyError)."""
+    path = tmp_path / "journal.sqlite"
+    done, rest = BLOCKS[:2], BLOCKS[2:]
+    with Journal(path) as journal:
+        session(ScriptedRunner(BASE.__getitem__), journal).run([Target.of(c, "block") for c in done],
+                                                                [Target.of(ANCHOR, "anchor")])
+    reopened = done[0].key
+
+    def recheck(verdicts):  # re-opens a finished entry once the first wave has measured the rest
+        return [reopened] if all(verdicts[c.key].rounds >= 3 for c in rest) else []
+
+    again = ScriptedRunner(BASE.__getitem__)
+    with Journal(path) as journal:
+        s = MeasuringSession(again, MeasuringPlan(**FAST_PLAN), journal=journal, export_jobs=1, recheck=recheck)
+        res = s.run(targets(), [Target.of(ANCHOR, "anchor")])
+        rows = journal.rows()
+    assert [w["jobs"] for w in res.report["waves"]][:2] == [6, 1]  # wave 0: the rest; wave 1: the re-opened
+    assert again.measurements_of(reopened) >= 1 and again.measurements_of(done[1].key) == 0
+    assert sorted(r.round for r in rows[reopened]) == list(range(len(rows[reopened])))
+    assert len(rows[reopened]) >= 4 and res.verdicts[reopened].value == pytest.approx(BASE[reopened], rel=0.01)
