@@ -126,7 +126,7 @@ class Runner(abc.ABC):
         per-op times in a way that does not touch the samples."""
 
     # -- time and heat, as the measuring session sees them ---------------------------------------
-    def clock(self) -> float:
+    def now(self) -> float:
         """The device's clock in seconds (epoch-based), for journal times and round separation.
         A simulated device returns its virtual time, so its noise can follow time without the
         test waiting for it."""

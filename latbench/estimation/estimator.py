@@ -34,6 +34,9 @@ class Estimate:
     #: Why the estimate may be off: an uncalibrated table, table entries flagged as doubtful.
     warnings: list[str] = field(default_factory=list)
     scales: dict[str, float] = field(default_factory=dict)  # per calibration group
+    #: The typical latency (what tools that print averages over runs report on this device);
+    #: latency_ms is the fast state. None for tables built before typical latencies were kept.
+    typical_ms: float | None = None
 
     def per_group(self) -> dict[str, float]:
         """Estimated ms per stem/stage/head, scaled so the groups add up to latency_ms
@@ -71,6 +74,8 @@ class LatencyEstimator:
         scale = float(ov.get("scale", 1.0))
         scales = ov.get("scales") or {g: scale for g in SCALE_GROUPS}
         self.model = OverheadModel(table.latency_ms(), bool(ov.get("empty_models", True)), scales)
+        self.typical_model = (OverheadModel(table.typical_ms(), self.model.use_overhead,
+                                            ov.get("typical_scales") or scales) if table.has_typical else None)
         self.ms = self.model.ms
         self.use_overhead = self.model.use_overhead
         self.flagged = table.flagged()
@@ -101,7 +106,9 @@ class LatencyEstimator:
         warnings = self.doubtful(self.required_keys(blocks))
         if all(b.kind == "model" for b in blocks):
             # Measured whole: nothing was summed, so neither overhead nor calibration applies.
-            return Estimate(name, plain, plain, rows, 0.0, 1.0, "whole model measured end to end", True, warnings)
+            typical = self.typical_model.raw(blocks)[1] if self.typical_model else None
+            return Estimate(name, plain, plain, rows, 0.0, 1.0, "whole model measured end to end", True, warnings,
+                            typical_ms=typical)
         est = self.model.estimate(blocks)
         method = "sum(block - empty) + empty(input)" if self.use_overhead else "plain sum"
         scales = self.model.scales
@@ -116,7 +123,13 @@ class LatencyEstimator:
                                "is not corrected; rebuild it with --calibrate N (space builds) or --model/--arch")
         if not math.isfinite(est) or est <= 0:
             est = plain
-        return Estimate(name, est, plain, rows, e_in, self.scale, method, self.calibrated, warnings, dict(scales))
+        typical = None
+        if self.typical_model is not None:
+            typical = self.typical_model.estimate(blocks)
+            if not math.isfinite(typical) or typical <= 0:
+                typical = self.typical_model.raw(blocks)[1]
+        return Estimate(name, est, plain, rows, e_in, self.scale, method, self.calibrated, warnings, dict(scales),
+                        typical)
 
     def doubtful(self, keys: list[str]) -> list[str]:
         """A warning naming the table entries in `keys` whose latency is flagged as doubtful."""

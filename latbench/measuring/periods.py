@@ -121,6 +121,40 @@ def journal_slow_periods(rows: Mapping[str, Sequence[JournalRow]], values: Mappi
                          rule: PeriodRule) -> dict[str, float]:
     """slow_period_keys for journal rows (key -> rounds), their round values on the time base and
     verdicts, with the anchor readings as further neighbours, each against its level in its session."""
+    readings, members, extra = _journal_readings(rows, values, verdicts, anchors, consensus)
+    return slow_period_keys(readings, members, rule, extra)
+
+
+def confirmed_by_period(rows: Mapping[str, Sequence[JournalRow]], values: Mapping[str, Sequence[float]],
+                        verdicts: Mapping[str, Verdict], anchors: Sequence[AnchorRow], consensus: ConsensusRule,
+                        rule: PeriodRule) -> dict[str, Verdict]:
+    """Entries without a quorum whose fastest round was taken while the device was in its fast
+    state (its period ratio within the consensus tolerance): that round stands as their value.
+    On a device whose fast state is rare a quorum of fast rounds costs many rounds; the
+    measurements around a round in time say as much about its period as a second round would."""
+    pending = {k: v for k, v in verdicts.items() if not v.agreed and v.rounds >= consensus.min_rounds}
+    if not pending:
+        return {}
+    readings, _, extra = _journal_readings(rows, values, verdicts, anchors, consensus)
+    flat = [r for rs in readings.values() for r in rs] + list(extra)
+    ratios = dict(zip(map(id, flat), period_ratios(flat, rule)))
+    out: dict[str, Verdict] = {}
+    for key, v in pending.items():
+        rs, vals = readings.get(key) or [], values.get(key) or []
+        finite = [(x, i) for i, x in enumerate(vals) if math.isfinite(x) and x > 0]
+        if not finite or len(rs) != len(vals):
+            continue
+        fastest, i = min(finite)
+        period = ratios.get(id(rs[i]))
+        if period is not None and period <= 1 + consensus.tolerance:
+            out[key] = Verdict(fastest, True, (i,), v.rounds, 0.0, False)
+    return out
+
+
+def _journal_readings(rows: Mapping[str, Sequence[JournalRow]], values: Mapping[str, Sequence[float]],
+                      verdicts: Mapping[str, Verdict], anchors: Sequence[AnchorRow],
+                      consensus: ConsensusRule) -> tuple[dict[str, list[Reading]], dict[str, tuple[int, ...]],
+                                                         list[Reading]]:
     readings: dict[str, list[Reading]] = {}
     members: dict[str, tuple[int, ...]] = {}
     for key, rs in rows.items():
@@ -137,4 +171,4 @@ def journal_slow_periods(rows: Mapping[str, Sequence[JournalRow]], values: Mappi
         levels = anchor_levels(group, consensus)
         extra += [Reading(a.measured_at, a.device, "anchor:" + a.key, consensus.round_value(a.measurement) / levels[a.key])
                   for a in group if levels.get(a.key)]
-    return slow_period_keys(readings, members, rule, extra)
+    return readings, members, extra

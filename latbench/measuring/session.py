@@ -20,7 +20,9 @@ measurement; nothing is patched onto the runner.
 
 from __future__ import annotations
 
+import math
 import random
+import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +34,8 @@ from latbench.core.progress import ProgressFn, no_progress
 from latbench.measuring.consensus import ConsensusRule, Verdict
 from latbench.measuring.journal import AnchorRow, Journal, JournalRow
 from latbench.measuring.measurement import Measurement, SamplingPolicy
-from latbench.measuring.periods import PeriodRule, journal_slow_periods
+from latbench.measuring.noise import HeatRule, MeasuringRules, NoiseProfile, derive_rules, journal_profile
+from latbench.measuring.periods import PeriodRule, confirmed_by_period, journal_slow_periods
 from latbench.measuring.timebase import anchor_levels, timebase_key
 
 #: Default sampling per role: many short measurements beat one long one on a drifting device.
@@ -118,6 +121,15 @@ class MeasuringPlan:
     drift_tolerance: float = 0.05
     #: Entries whose value was taken only in slow periods get more rounds (None: no such check).
     periods: PeriodRule | None = field(default_factory=PeriodRule)
+    #: Rules derived from the device's noise profile, holding entries to this precision where the
+    #: device allows (latbench.measuring.noise); None: `consensus` as given.
+    precision: float | None = None
+    #: Anchor rounds (per anchor) the session starts with to profile the device.
+    probe_rounds: int = 0
+    #: Device seconds after which no further wave starts; the report states what was reached.
+    budget_s: float | None = None
+    #: Cool-down pauses for a device that throttles (None: never pause).
+    heat: HeatRule | None = None
 
     def policy(self, role: str) -> SamplingPolicy:
         return self.policies.get(role) or self.policies.get("block") or SamplingPolicy()
@@ -126,6 +138,8 @@ class MeasuringPlan:
         return {"rounds": self.rounds, "consensus": self.consensus.to_dict(), "anchor_every": self.anchor_every,
                 "seed": self.seed, "profile": self.profile, "min_separation_s": self.min_separation_s,
                 "periods": None if self.periods is None else self.periods.to_dict(),
+                "precision": self.precision, "probe_rounds": self.probe_rounds, "budget_s": self.budget_s,
+                "heat": None if self.heat is None else self.heat.to_dict(),
                 "policies": {k: p.to_dict() for k, p in self.policies.items()}}
 
 
@@ -174,8 +188,8 @@ def interleave(jobs: Sequence[Job], anchors: Sequence[Job], anchor_every: int) -
 
 
 def device_clock(device: Any) -> Callable[[], float]:
-    """The clock of a runner or dispatcher (Runner.clock; wall time for those without one)."""
-    return getattr(device, "clock", None) or time.time
+    """The clock of a runner or dispatcher (Runner.now; wall time for those without one)."""
+    return getattr(device, "now", None) or time.time
 
 
 def device_idle(device: Any) -> Callable[[float], None]:
@@ -208,7 +222,7 @@ class LocalDispatcher:
     def describe(self) -> dict[str, Any]:
         return self.runner.describe()
 
-    def clock(self) -> float:
+    def now(self) -> float:
         return device_clock(self.runner)()
 
     def idle(self, seconds: float) -> None:
@@ -300,6 +314,15 @@ class MeasuringSession:
         self._throttled: list[str] = []
         self._pending: list[Job] = []
         self._factors: Mapping[str, float] = {}
+        self.rules = MeasuringRules(self.plan.consensus, False, self.plan.min_separation_s,
+                                    self.plan.precision or self.plan.consensus.tolerance, "as given")
+        self.profile: NoiseProfile | None = None
+        self.pauses: list[dict[str, Any]] = []
+        self._anchor_ratios: list[float] = []
+        self._cooling = False
+        self._started_at = 0.0
+        self._last_anchor_ratio: float | None = None
+        self._anchor_jobs: list[Job] = []
 
     # -- the session --------------------------------------------------------------------------
     def run(self, targets: Sequence[Target], anchors: Sequence[Target] = ()) -> SessionResult:
@@ -316,9 +339,17 @@ class MeasuringSession:
             self.artifacts = {}
             self._make_ready(todo, [a.item for a in anchors])
             anchor_jobs = [Job(a.key, 0, "anchor", self.plan.policy("anchor")) for a in anchors]
+            self._anchor_jobs = anchor_jobs
             t0 = time.perf_counter()
+            self._started_at = self.clock()
+            if self.plan.probe_rounds and anchor_jobs:
+                self._probe(anchor_jobs)
+                rows, verdicts = self._state()
+                todo = self._wave(rows, verdicts, wave=0)
             self._total = len(todo)
             while todo:
+                if self._over_budget():
+                    break
                 # A later wave may re-open an entry finished by an earlier session (slow periods,
                 # plausibility): its artifact was not part of the first wave's.
                 self._make_ready(todo)
@@ -333,7 +364,13 @@ class MeasuringSession:
                 self._total += len(todo)
             self.timings["measure_wall_s"] += time.perf_counter() - t0
         session_anchors = self.journal.anchors(self.session) if self.session else []
+        if self.session and self.plan.precision is not None:
+            self.journal.set_meta("noise_profile", None if self.profile is None else self.profile.to_dict())
+            self.journal.set_meta("measuring_rules", self.rules.to_dict())
         report: dict[str, Any] = {"waves": waves, "throttled": self._throttled,
+                                  "noise_profile": None if self.profile is None else self.profile.to_dict(),
+                                  "rules": self.rules.to_dict(), "pauses": self.pauses,
+                                  "budget": self._budget_report(verdicts, todo),
                                   "pending": [f"{j.key}#{j.round}" for j in self._pending],
                                   "no_consensus": sorted(k for k, v in verdicts.items() if not v.agreed),
                                   "slow_period": sorted(self.slow_periods(rows, verdicts)),
@@ -365,21 +402,98 @@ class MeasuringSession:
         rows = self.journal.rows(keys=self._targets)
         factors = self.time_base(self.journal, self.session)
         self._factors = factors
-        rule = self.plan.consensus
-        return rows, {k: rule.decide(round_values(rows.get(k, []), rule, factors)) for k in self._targets}
+        if self.plan.precision is not None:
+            self._adapt(rows)
+        rule = self.rules.consensus
+        verdicts = {k: rule.decide(round_values(rows.get(k, []), rule, factors)) for k in self._targets}
+        if self.rules.confirm_by_period and self.plan.periods is not None:
+            values = {k: round_values(rs, rule, factors) for k, rs in rows.items()}
+            verdicts.update(confirmed_by_period(rows, values, verdicts, self.journal.anchors(), rule,
+                                                self.plan.periods))
+        return rows, verdicts
+
+    # -- the device's noise -------------------------------------------------------------------
+    def _probe(self, anchor_jobs: list[Job]) -> None:
+        """Repeated anchor rounds before any entry: the first noise profile and rules."""
+        for r in range(self.plan.probe_rounds):
+            for job in anchor_jobs:
+                self.progress("probe", r * len(anchor_jobs) + anchor_jobs.index(job) + 1,
+                              self.plan.probe_rounds * len(anchor_jobs))
+                self.dispatcher.execute([], [job], self.plan.anchor_every, self._commit)
+
+    def _adapt(self, rows: Mapping[str, Sequence[JournalRow]]) -> None:
+        """Refresh the noise profile from this session's anchors and every round so far, and
+        derive the rules from it."""
+        throttling = getattr(self.dispatcher, "throttling", None)
+        profile = journal_profile(rows, self.journal.anchors(self.session), precision=self.plan.precision or 0.02,
+                                  throttling=throttling() if throttling else None)
+        if profile is not None:
+            self.profile = profile
+        self.rules = derive_rules(self.profile, self.plan.precision or 0.02, self.plan.consensus,
+                                  self.plan.min_separation_s)
+
+    def _over_budget(self) -> bool:
+        return self.plan.budget_s is not None and self.clock() - self._started_at >= self.plan.budget_s
+
+    def _budget_report(self, verdicts: Mapping[str, Verdict], todo: Sequence[Job]) -> dict[str, Any] | None:
+        """What a build stopped by its time budget reached: how many entries met the rule and the
+        precision of the rest (their rounds' spread)."""
+        if self.plan.budget_s is None:
+            return None
+        done = [v for v in verdicts.values() if v.agreed]
+        open_ = [v for v in verdicts.values() if not v.agreed]
+        spreads = sorted(v.spread for v in open_ if math.isfinite(v.spread))
+        return {"budget_s": self.plan.budget_s, "used_s": round(self.clock() - self._started_at, 3),
+                "stopped": bool(todo), "entries": len(verdicts), "agreed": len(done),
+                "precision": self.rules.achievable,
+                "open_spread_median": statistics.median(spreads) if spreads else None}
+
+    def _heat_check(self, ratio: float) -> None:
+        """After an anchor reading: pause while the device is hot (HeatRule)."""
+        rule = self.plan.heat
+        if rule is None or self._cooling:
+            return
+        self._anchor_ratios.append(ratio)
+        throttling = getattr(self.dispatcher, "throttling", None)
+        state = throttling() if throttling else None
+        if not rule.hot(self._anchor_ratios, state):
+            return
+        idle = getattr(self.dispatcher, "idle", None)
+        if idle is None or not getattr(self, "_anchor_jobs", None):
+            return
+        self._cooling = True
+        start, waited, last = self.clock(), 0.0, ratio
+        try:
+            while waited < rule.max_pause_s:
+                self.progress("cool-down", int(waited), int(rule.max_pause_s),
+                              f"device hot (anchor +{last - 1:.0%}{', throttling' if state else ''}): pausing")
+                idle(rule.step_s)
+                waited = self.clock() - start
+                job = self._anchor_jobs[len(self.pauses) % len(self._anchor_jobs)]
+                self.dispatcher.execute([], [job], self.plan.anchor_every, self._commit)
+                last = self._last_anchor_ratio or last
+                state = throttling() if throttling else None
+                if rule.cooled(last, state):
+                    break
+        finally:
+            self._cooling = False
+        self.pauses.append({"at": start, "seconds": round(self.clock() - start, 3), "trigger_ratio": ratio,
+                            "after_ratio": last, "throttling": bool(state)})
+        self._anchor_ratios = []
+        self.journal.set_meta("pauses", (self.journal.get_meta("pauses") or []) + [self.pauses[-1]])
 
     def slow_periods(self, rows: dict[str, list[JournalRow]], verdicts: dict[str, Verdict]) -> dict[str, float]:
         """Targets whose value was taken only in slow periods (latbench.measuring.periods)."""
         if self.plan.periods is None:
             return {}
-        rule = self.plan.consensus
+        rule = self.rules.consensus
         values = {k: round_values(rs, rule, self._factors) for k, rs in rows.items()}
         return journal_slow_periods(rows, values, verdicts, self.journal.anchors(), rule, self.plan.periods)
 
     def _wave(self, rows: dict[str, list[JournalRow]], verdicts: dict[str, Verdict], wave: int) -> list[Job]:
         """The jobs of the next wave: missing initial rounds, then one more round for entries
         without consensus (or rechecked) that the rule still allows."""
-        rule = self.plan.consensus
+        rule = self.rules.consensus
         recheck = set(self.recheck(verdicts)) if self.recheck else set()
         recheck |= set(self.slow_periods(rows, verdicts))
         jobs: list[Job] = []
@@ -406,11 +520,21 @@ class MeasuringSession:
             return
         # Each further extra round waits twice as long: slow periods can last several rounds.
         wait_until = max(self._last_end.get(j.key, 0.0)
-                         + self.plan.min_separation_s * 2 ** min(max(j.round - self.plan.rounds, 0), 4) for j in todo)
+                         + self.rules.min_separation_s * 2 ** min(max(j.round - self.plan.rounds, 0), 4) for j in todo)
         turn = 0
         while self.clock() < wait_until:
             self.dispatcher.execute([], [anchor_jobs[turn % len(anchor_jobs)]], self.plan.anchor_every, self._commit)
             turn += 1
+
+    def _anchor_ratio(self, key: str, m: Measurement) -> float | None:
+        """An anchor reading against the anchor's level in this session so far."""
+        rule = self.rules.consensus
+        group = [a for a in self.journal.anchors(self.session) if a.key == key]
+        if len(group) < 2:
+            return None
+        level = anchor_levels(group, rule).get(key)
+        value = rule.round_value(m)
+        return value / level if level and math.isfinite(value) else None
 
     def _commit(self, res: JobResult, is_anchor: bool) -> None:
         """Journal one result the moment it arrives."""
@@ -422,6 +546,10 @@ class MeasuringSession:
         if is_anchor:
             self.journal.record_anchor(self.session, res.device, self._anchor_seq, res.job.key, m, at=self.clock())
             self._anchor_seq += 1
+            if self.plan.heat is not None:
+                self._last_anchor_ratio = self._anchor_ratio(res.job.key, m)
+                if self._last_anchor_ratio is not None:
+                    self._heat_check(self._last_anchor_ratio)
             return
         target = self._targets[res.job.key]
         self.journal.record(res.job.key, res.job.round, target.role, target.item.fields(), m,

@@ -38,7 +38,8 @@ from latbench.core.progress import ProgressFn, no_progress
 from latbench.measuring.consensus import ConsensusRule, Verdict
 from latbench.measuring.journal import Journal, JournalRow
 from latbench.measuring.measurement import SamplingPolicy, merge_measurements
-from latbench.measuring.periods import PeriodRule, journal_slow_periods
+from latbench.measuring.noise import HeatRule, MeasuringRules, journal_profile, within_ratio
+from latbench.measuring.periods import PeriodRule, confirmed_by_period, journal_slow_periods
 from latbench.measuring.session import MeasuringPlan, MeasuringSession, SessionResult, Target, round_values
 from latbench.measuring.timebase import base_levels, session_factors
 from latbench.tables.overhead import SCALE_GROUPS, OverheadModel, fit_scales
@@ -79,6 +80,12 @@ class BuildSettings:
     consensus: ConsensusRule = field(default_factory=ConsensusRule)
     plausibility: PlausibilityRule = field(default_factory=PlausibilityRule)
     periods: PeriodRule = field(default_factory=PeriodRule)
+    #: Rules derived from the device's noise profile hold entries to this precision where the
+    #: device allows (latbench.measuring.noise); None: the consensus rule as given.
+    target_precision: float | None = 0.02
+    probe_rounds: int = 2  # anchor rounds (per anchor) that profile the device before measuring
+    budget_s: float | None = None  # device seconds after which no further wave starts
+    cool_down: bool = True  # pause while the device is hot (reported throttling, anchors slowing)
 
     def policies(self) -> dict[str, SamplingPolicy]:
         def policy(cap: float) -> SamplingPolicy:
@@ -93,7 +100,9 @@ class BuildSettings:
     def plan(self) -> MeasuringPlan:
         return MeasuringPlan(rounds=self.rounds, consensus=self.consensus, policies=self.policies(),
                              anchor_every=self.anchor_every, seed=self.seed, profile=self.profile,
-                             min_separation_s=self.min_separation_s, periods=self.periods)
+                             min_separation_s=self.min_separation_s, periods=self.periods,
+                             precision=self.target_precision, probe_rounds=self.probe_rounds,
+                             budget_s=self.budget_s, heat=HeatRule() if self.cool_down else None)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k not in ("consensus", "plausibility", "periods")}
@@ -215,16 +224,21 @@ def implausible_keys(verdicts: dict[str, Verdict], items: dict[str, Any], settin
 
 
 # -- deriving a table from its journal ------------------------------------------------------------
-def entry_stats(rows: Sequence[JournalRow], rule: ConsensusRule, factors: dict[str, float]) -> dict[str, Any]:
-    """The table columns of one entry: the consensus latency on the table's time base, how its
-    rounds agreed, and spread statistics of the pooled samples."""
+def entry_stats(rows: Sequence[JournalRow], rule: ConsensusRule, factors: dict[str, float],
+                verdict: Verdict | None = None, period_factor: float = 1.0) -> dict[str, Any]:
+    """The table columns of one entry: the consensus latency on the table's time base (the fast
+    state), the typical latency (that times the entry's median-to-fast ratio inside its rounds
+    and the device's average state, `period_factor`), how its rounds agreed, and spread
+    statistics of the pooled samples. `verdict`: one decided elsewhere (a period confirmation)."""
     ms = [r.measurement for r in rows]
     pooled = merge_measurements(ms)
-    verdict = rule.decide(round_values(rows, rule, factors))
+    verdict = verdict or rule.decide(round_values(rows, rule, factors))
     raw = rule.decide([rule.round_value(m) for m in ms])
     stats = pooled.stats()
+    within = within_ratio(ms)
     return {
         "latency_ms": verdict.value,
+        "typical_ms": verdict.value * (within if math.isfinite(within) else 1.0) * period_factor,
         "raw_latency_ms": raw.value,
         "consensus": verdict.agreed,
         "agreement": verdict.agreement,
@@ -243,8 +257,13 @@ def derive_table(journal: Journal, out_dir: Path, consensus: ConsensusRule | Non
     `lut repair` write. `consensus` replays the journal under another rule (studies)."""
     settings = journal.get_meta("settings") or {}
     built = BuildSettings.from_dict(settings)
-    rule, prule = consensus or built.consensus, built.plausibility
+    derived = journal.get_meta("measuring_rules")
+    rules = MeasuringRules.from_dict(derived) if derived and consensus is None else None
+    rule, prule = consensus or (rules.consensus if rules else built.consensus), built.plausibility
     factors = session_factors(journal, rule)
+    verdicts = decide_entries(journal, rule, factors, built.periods, bool(rules and rules.confirm_by_period))
+    noise = journal_profile({**journal.rows("block"), **journal.rows("model")}, journal.anchors())
+    period_factor = noise.period_factor if noise is not None else 1.0
     resolution = journal.get_meta("resolution")
     block_rows: list[dict[str, Any]] = []
     ops: list[dict[str, Any]] = []
@@ -258,7 +277,8 @@ def derive_table(journal: Journal, out_dir: Path, consensus: ConsensusRule | Non
                "input_shape": "x".join(map(str, config.input_shape)) if config.input_shape else None,
                "params": None if config.kind == "model" else config.params(),
                "macs": None if config.kind == "model" else config.macs(),
-               "content_hash": rows[-1].content_hash, **entry_stats(rows, rule, factors)}
+               "content_hash": rows[-1].content_hash,
+               **entry_stats(rows, rule, factors, verdicts.get(key), period_factor)}
         block_rows.append(row)
         profiled = next((r.measurement for r in rows if r.measurement.per_op), None)
         if profiled is not None:
@@ -285,6 +305,12 @@ def derive_table(journal: Journal, out_dir: Path, consensus: ConsensusRule | Non
         "resolution": resolution,
         "settings": settings,
         "consensus": rule.to_dict(),
+        "measuring_rules": derived,
+        "noise_profile": None if noise is None else noise.to_dict(),
+        "latencies": {"latency_ms": "fast state: the consensus of the fastest agreeing rounds",
+                      "typical_ms": "typical: the fast state times the entry's median/p2 inside its rounds times "
+                                    f"the device's average state ({period_factor:.4f}); what tools that print "
+                                    "averages or medians over runs report"},
         "plausibility": prule.to_dict(),
         "periods": built.periods.to_dict(),
         "anchors": {"keys": [config_from_fields(f).key for f in anchors], "fields": anchors,
@@ -300,8 +326,20 @@ def derive_table(journal: Journal, out_dir: Path, consensus: ConsensusRule | Non
         journal.set_meta("created", meta["created"])
     table = LatencyTable(pd.DataFrame(block_rows, columns=BLOCK_COLUMNS), pd.DataFrame(ops, columns=OP_COLUMNS),
                          pd.DataFrame(columns=MODEL_COLUMNS), meta, out_dir)
-    _calibrate(table, journal, rule, factors, resolution, slow)
+    _calibrate(table, journal, rule, factors, resolution, slow, verdicts, period_factor)
     return table
+
+
+def decide_entries(journal: Journal, rule: ConsensusRule, factors: dict[str, float], prule: PeriodRule,
+                   confirm_by_period: bool) -> dict[str, Verdict]:
+    """The verdict on every entry and calibration model of a journal, as the session decided it:
+    the consensus, and with `confirm_by_period` a single fastest round taken in a fast period."""
+    rows = {**journal.rows("block"), **journal.rows("model")}
+    values = {k: round_values(rs, rule, factors) for k, rs in rows.items()}
+    verdicts = {k: rule.decide(v) for k, v in values.items()}
+    if confirm_by_period:
+        verdicts.update(confirmed_by_period(rows, values, verdicts, journal.anchors(), rule, prule))
+    return verdicts
 
 
 def table_slow_periods(journal: Journal, rule: ConsensusRule, prule: PeriodRule,
@@ -337,17 +375,20 @@ def measured_by(journal: Journal) -> dict[str, Any]:
 
 
 def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, factors: dict[str, float],
-               resolution: int | None, slow: dict[str, float] | None = None) -> None:
+               resolution: int | None, slow: dict[str, float] | None = None,
+               verdicts: dict[str, Verdict] | None = None, period_factor: float = 1.0) -> None:
     """Fit the overhead model's scale on the whole models measured end to end (models.csv); models
     measured only in slow periods are left out of the fit while at least MIN_CALIBRATION_MODELS remain."""
     slow = slow or {}
     table.meta["overhead"] = {"empty_models": True, "scale": 1.0, "scales": {g: 1.0 for g in SCALE_GROUPS},
                               "calibrated": False, "calibrated_on": []}
     model = OverheadModel(table.latency_ms())
+    typical_model = OverheadModel(table.typical_ms())
     model_rows, parts, measured, fit_keys = [], [], [], []
+    typical_parts, typical_measured = [], []
     for key, rows in sorted(journal.rows("model").items()):
         fields = rows[0].fields
-        stats = entry_stats(rows, rule, factors)
+        stats = entry_stats(rows, rule, factors, (verdicts or {}).get(key), period_factor)
         cand = candidate_from_fields(fields, resolution or 224)
         row = {"name": fields.get("name", key), "key": key, "role": "calibration", **stats,
                "content_hash": rows[-1].content_hash, "arch": fields.get("arch")}
@@ -359,6 +400,8 @@ def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, facto
                 fit_keys.append(key)
                 parts.append(model.parts(blocks))
                 measured.append(stats["latency_ms"])
+                typical_parts.append(typical_model.parts(blocks))
+                typical_measured.append(stats["typical_ms"])
         flags = ([] if stats["consensus"] else ["no-consensus"]) + (["slow-period"] if key in slow else [])
         row["flags"] = ",".join(flags) or None
         model_rows.append(row)
@@ -366,6 +409,8 @@ def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, facto
     if left_out and len(fit_keys) - len(left_out) >= MIN_CALIBRATION_MODELS:
         keep = [i for i, k in enumerate(fit_keys) if k not in slow]
         fit_keys, parts, measured = [fit_keys[i] for i in keep], [parts[i] for i in keep], [measured[i] for i in keep]
+        typical_parts = [typical_parts[i] for i in keep]
+        typical_measured = [typical_measured[i] for i in keep]
     else:
         left_out = []
     table.models = pd.DataFrame(model_rows, columns=MODEL_COLUMNS)
@@ -380,6 +425,8 @@ def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, facto
             "calibrated_on": names,
             "fit_errors_pct": [100 * (f / m - 1) for f, m in zip(fitted, measured)],
             "left_out": [r["name"] for r in model_rows if r["key"] in left_out],
+            # The typical latency is calibrated the same way, on the models' typical latencies.
+            "typical_scales": fit_scales(typical_parts, typical_measured),
         }
 
 

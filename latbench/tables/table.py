@@ -36,7 +36,7 @@ from latbench.space import SearchSpace
 
 SCHEMA_VERSION = 2
 #: The latency an estimate uses, and how the entry's rounds agreed on it (see measuring/consensus.py).
-CONSENSUS_COLUMNS = ["latency_ms", "raw_latency_ms", "consensus", "agreement", "round_spread", "rounds"]
+CONSENSUS_COLUMNS = ["latency_ms", "typical_ms", "raw_latency_ms", "consensus", "agreement", "round_spread", "rounds"]
 #: Spread statistics of the pooled samples of every round.
 STAT_COLUMNS = ["median_ms", "mean_ms", "std_ms", "p5_ms", "p95_ms", "iqr_ms", "n", "ci_rel"]
 FIELD_COLUMNS = ["resolution", "stage", "width", "expansion", "width_in", "width_out", "channels", "map_height",
@@ -121,6 +121,20 @@ class LatencyTable:
     def latency_ms(self) -> dict[str, float]:
         """key -> the latency estimates use (the consensus of the entry's rounds)."""
         return dict(zip(self.blocks["key"], self.blocks["latency_ms"].astype(float)))
+
+    def typical_ms(self) -> dict[str, float]:
+        """key -> the entry's typical latency (what tools printing averages over runs report); the
+        fast-state latency for tables built before typical latencies were kept."""
+        fast = self.latency_ms()
+        if "typical_ms" not in self.blocks.columns:
+            return fast
+        typical = dict(zip(self.blocks["key"], pd.to_numeric(self.blocks["typical_ms"], errors="coerce")))
+        return {k: (float(v) if v == v and v > 0 else fast[k]) for k, v in typical.items()}
+
+    @property
+    def has_typical(self) -> bool:
+        return "typical_ms" in self.blocks.columns and bool(
+            pd.to_numeric(self.blocks["typical_ms"], errors="coerce").notna().any())
 
     def flagged(self) -> dict[str, str]:
         """key -> flags ("no-consensus", "implausible") of entries whose latency is in doubt."""

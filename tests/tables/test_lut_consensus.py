@@ -22,6 +22,9 @@ cost = latency_following_macs(FFNS)
 
 
 def build(runner, tmp_path, **kw):
+    # These tests pin the consensus mechanics under a given rule: no rules derived from the device's
+    # noise (tests/measuring/test_noise.py covers those), unless a test asks for them.
+    kw.setdefault("target_precision", None)
     settings = BuildSettings(min_separation_s=0.0, profile=False, calibration_models=0, jobs=1, **kw)
     return TableBuilder(runner, tmp_path / "t", settings).build(FFNS)
 

@@ -1,0 +1,326 @@
+"""The device's noise, measured, and the measuring rules that follow from it.
+
+Rules tuned on one host fail on another: a 16-core Xeon VM spent its whole round budget without
+ever meeting the 2 % tolerance chosen on a 2-core VM, because there whole rounds sat in a slow
+state 20-60 % above the fast one for tens of seconds (../shared/MEASURING.md, finding 7). So a
+measuring session first characterises the device from repeated anchor rounds (the *probe*),
+refines that profile after every wave from all rounds it has, and derives its rules from it:
+
+* tolerance: the stated precision (default 2 %) where the device's fast rounds agree that
+  closely; otherwise the closest agreement it shows (twice the lower quartile of the entries'
+  fastest-pair spreads), so no entry chases an agreement the device cannot give;
+* rounds: the bound is the smallest number of rounds that gives 95 % of entries their quorum of
+  fast rounds, given the share of rounds the device runs in its fast state;
+* confirmation by period: where fast rounds are too rare for a quorum of two within that bound,
+  a single fastest round is accepted when the measurements around it in time (other entries,
+  anchors) show the device was in its fast state then (latbench.measuring.periods);
+* spacing: an entry's extra round waits about half a slow span, so it is not taken in the same one;
+* the typical latency: a round's median over its fast value, times how much slower than its fast
+  state the device runs on average (the time-average of all rounds against their entries' fast
+  values): what a user's benchmark tool prints on this device.
+
+Heat is handled apart (HeatRule): a device that reports throttling, or whose anchors slow down
+monotonically, is left idle until it reads normal again.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from latbench.core.errors import UsageError
+from latbench.measuring.consensus import ConsensusRule
+from latbench.measuring.measurement import Measurement, percentile
+
+#: A reading this much above its key's fastest is in a slow state (profile statistics only).
+SLOW_STATE = 0.10
+#: Rounds an entry may get at most, whatever the profile says.
+ROUND_CEILING = 12
+#: Share of entries that must reach their quorum within the derived round bound.
+COVERAGE = 0.95
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One round (an entry's or an anchor's) as the profile sees it."""
+
+    at: float
+    key: str
+    measurement: Measurement
+    anchor: bool = False
+
+
+@dataclass(frozen=True)
+class NoiseProfile:
+    """How a device's timings scatter. Ratios are to each key's fastest round (its p2)."""
+
+    readings: int  # rounds behind the profile (anchors and entries)
+    keys: int  # keys with at least two rounds
+    round_spread: float  # median over keys of slowest / fastest round - 1
+    fast_agreement: float  # lower quartile over keys of 2nd-fastest / fastest round - 1
+    fast_share: float  # share of (non-fastest) rounds within the precision of their key's fastest
+    within_ratio: float  # median over rounds of the round's median / its p2
+    typical_factor: float  # mean over rounds of round median / key's fastest p2: typical vs fast state
+    period_factor: float  # mean over rounds of round p2 / key's fastest p2: the device's average state
+    slow_share: float  # share of samples more than SLOW_STATE above their key's fastest p2
+    slow_run: float  # mean length of slow stretches inside rounds, in samples
+    slow_span_s: float  # mean length in time of runs of consecutive slow readings
+    trend_per_min: float  # anchors' relative slowdown per minute (least squares; > 0 is slowing)
+    throttling: bool | None = None  # the device's own report, when it gives one
+    precision: float = 0.02  # the precision fast_share was counted against
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NoiseProfile:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def summary(self) -> str:
+        """One line for a terminal."""
+        heat = {True: ", throttling reported", False: "", None: ""}[self.throttling]
+        return (f"noise: rounds spread {self.round_spread:.1%} (fastest pair {self.fast_agreement:.1%}), "
+                f"{self.fast_share:.0%} of rounds in the fast state, slow stretches {self.slow_share:.0%} of runs "
+                f"(~{self.slow_run:.0f} runs long, slow spans ~{self.slow_span_s:.0f} s), typical/fast "
+                f"{self.typical_factor:.3f}, trend {self.trend_per_min:+.1%}/min{heat} "
+                f"[{self.readings} rounds]")
+
+
+def p2(m: Measurement) -> float:
+    return percentile(sorted(m.samples_ms), 2.0) if m.samples_ms else math.nan
+
+
+def within_ratio(measurements: Sequence[Measurement]) -> float:
+    """An entry's typical-to-fast ratio inside its rounds: the median over rounds of each round's
+    median over its p2 (nan without samples)."""
+    ratios = [percentile(sorted(m.samples_ms), 50.0) / p2(m) for m in measurements if m.samples_ms and p2(m) > 0]
+    return statistics.median(ratios) if ratios else math.nan
+
+
+def journal_profile(rows: Mapping[str, Sequence[Any]], anchors: Sequence[Any], *, precision: float = 0.02,
+                    throttling: bool | None = None) -> NoiseProfile | None:
+    """The profile of everything a journal holds: entry rounds (key -> JournalRows) and anchor
+    readings (AnchorRows), each anchor key apart per session (its level moves between sessions)."""
+    readings = [Reading(r.measured_at, k, r.measurement) for k, rs in rows.items() for r in rs]
+    readings += [Reading(a.measured_at, f"anchor:{a.key}@{a.session}", a.measurement, True) for a in anchors]
+    return profile_of(readings, precision=precision, throttling=throttling)
+
+
+def profile_of(readings: Sequence[Reading], *, precision: float = 0.02,
+               throttling: bool | None = None) -> NoiseProfile | None:
+    """The profile of a set of rounds (None when no key has two rounds)."""
+    by_key: dict[str, list[Reading]] = {}
+    for r in readings:
+        if r.measurement.samples_ms:
+            by_key.setdefault(r.key, []).append(r)
+    fastest = {k: min(p2(r.measurement) for r in rs) for k, rs in by_key.items() if len(rs) >= 2}
+    fastest = {k: v for k, v in fastest.items() if v > 0 and math.isfinite(v)}
+    if not fastest:
+        return None
+    spreads, pairs, others, within, typical, states = [], [], [], [], [], []
+    samples_slow, samples_all, runs = 0, 0, []
+    for key, low in fastest.items():
+        vals = sorted(p2(r.measurement) for r in by_key[key])
+        spreads.append(vals[-1] / vals[0] - 1)
+        pairs.append(vals[1] / vals[0] - 1)
+        others += [v / low - 1 <= precision for v in vals[1:]]
+        for r in by_key[key]:
+            s = r.measurement.samples_ms
+            med = percentile(sorted(s), 50.0)
+            within.append(med / p2(r.measurement))
+            typical.append(med / low)
+            states.append(p2(r.measurement) / low)
+            slow = [x > low * (1 + SLOW_STATE) for x in s]
+            samples_slow += sum(slow)
+            samples_all += len(slow)
+            runs += _run_lengths(slow)
+    # Slow spans in time: consecutive readings (any key) above their key's fast value.
+    timeline = sorted((r.at, p2(r.measurement) / fastest[r.key] - 1 > SLOW_STATE)
+                      for k in fastest for r in by_key[k])
+    spans, start = [], None
+    for at, slow in timeline:
+        if slow and start is None:
+            start = at
+        elif not slow and start is not None:
+            spans.append(at - start)
+            start = None
+    anchors = [(r.at, math.log(p2(r.measurement) / fastest[r.key])) for k in fastest for r in by_key[k] if r.anchor]
+    return NoiseProfile(
+        readings=sum(len(by_key[k]) for k in fastest), keys=len(fastest),
+        round_spread=statistics.median(spreads), fast_agreement=_quantile(pairs, 0.25),
+        fast_share=sum(others) / len(others) if others else 1.0,
+        within_ratio=statistics.median(within), typical_factor=statistics.fmean(typical),
+        period_factor=statistics.fmean(states),
+        slow_share=samples_slow / samples_all if samples_all else 0.0,
+        slow_run=statistics.fmean(runs) if runs else 0.0,
+        slow_span_s=statistics.fmean(spans) if spans else 0.0,
+        trend_per_min=_slope_per_min(anchors), throttling=throttling, precision=precision)
+
+
+def _run_lengths(flags: Sequence[bool]) -> list[int]:
+    out, n = [], 0
+    for f in flags:
+        if f:
+            n += 1
+        elif n:
+            out.append(n)
+            n = 0
+    if n:
+        out.append(n)
+    return out
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    s = sorted(values)
+    return percentile(s, q * 100.0) if s else 0.0
+
+
+def _slope_per_min(points: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope of log ratio against time, as a relative change per minute."""
+    if len(points) < 3:
+        return 0.0
+    t0 = points[0][0]
+    xs = [(t - t0) / 60.0 for t, _ in points]
+    ys = [y for _, y in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    if var <= 0:
+        return 0.0
+    return math.expm1(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var)
+
+
+# -- rules -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MeasuringRules:
+    """What a session applies: the consensus, whether a single fastest round confirmed by its
+    period may stand for a quorum, and how far apart an entry's extra rounds are."""
+
+    consensus: ConsensusRule
+    confirm_by_period: bool = False
+    min_separation_s: float = 2.0
+    precision: float = 0.02  # what was asked for
+    why: str = ""
+
+    @property
+    def achievable(self) -> float:
+        """The precision the device allows: the tolerance the rounds are held to."""
+        return self.consensus.tolerance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"consensus": self.consensus.to_dict(), "confirm_by_period": self.confirm_by_period,
+                "min_separation_s": round(self.min_separation_s, 3), "precision": self.precision,
+                "achievable": self.achievable, "why": self.why}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MeasuringRules:
+        return cls(ConsensusRule.from_dict(data.get("consensus") or {}), bool(data.get("confirm_by_period")),
+                   float(data.get("min_separation_s", 2.0)), float(data.get("precision", 0.02)),
+                   str(data.get("why", "")))
+
+
+def rounds_for(share: float, quorum: int, coverage: float = COVERAGE) -> int:
+    """Fewest rounds with which an entry gets `quorum` fast rounds with probability `coverage`,
+    when each round is fast with probability `share` (a large number when it never does)."""
+    share = min(max(share, 0.0), 1.0)
+    if share <= 0:
+        return 10**6
+    for n in range(quorum, 200):
+        miss = sum(math.comb(n, k) * share ** k * (1 - share) ** (n - k) for k in range(quorum))
+        if 1 - miss >= coverage:
+            return n
+    return 10**6
+
+
+def derive_rules(profile: NoiseProfile | None, precision: float, base: ConsensusRule,
+                 base_separation_s: float = 2.0) -> MeasuringRules:
+    """The rules for a device with this profile, holding entries to `precision` where it can."""
+    if not 0 < precision < 0.5:
+        raise UsageError(f"precision must be between 0 and 50 %, got {precision:.4g}")
+    if profile is None:
+        return MeasuringRules(replace(base, tolerance=precision), False, base_separation_s, precision,
+                              "no profile yet: the stated precision")
+    notes = []
+    # Fast rounds of one entry scatter by about the lower quartile of the fastest-pair spreads.
+    achievable = min(0.10, max(precision, 2 * profile.fast_agreement))
+    if achievable > precision:
+        notes.append(f"fast rounds agree only within {achievable:.1%}")
+    share = profile.fast_share
+    quorum = base.quorum
+    needed = rounds_for(share, quorum)
+    confirm = False
+    if needed > base.max_rounds:
+        # A quorum of fast rounds would take too long: one fast round, confirmed by its period.
+        confirm = True
+        needed = rounds_for(share, 1)
+        notes.append(f"{share:.0%} of rounds fast: one round confirmed by its period")
+    # Where a quorum is within reach the bound stays as given (the rule chosen on the 2-core VM);
+    # otherwise it is what 95 % of entries need for one confirmed fast round, plus one (never more
+    # than the caller's bound).
+    max_rounds = (base.max_rounds if not confirm
+                  else int(min(base.max_rounds, ROUND_CEILING, max(base.min_rounds + 1, needed + 1))))
+    separation = min(20.0, max(base_separation_s, profile.slow_span_s / 2))
+    rule = replace(base, tolerance=achievable, max_rounds=max(max_rounds, base.min_rounds, base.quorum))
+    return MeasuringRules(rule, confirm, separation, precision,
+                          "; ".join(notes) or f"device meets {precision:.1%} with a quorum of {quorum}")
+
+
+# -- heat --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HeatRule:
+    """When to stop and let the device cool: it reports throttling, or its last `readings` anchor
+    readings all sit `threshold` above their levels and none is faster than the first of them (a
+    monotone slowdown, not a burst). It then idles in steps of `step_s` until an anchor reads
+    within threshold / 2 (and no throttling is reported), at most `max_pause_s` per pause."""
+
+    threshold: float = 0.15
+    readings: int = 3
+    step_s: float = 15.0
+    max_pause_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold < 1 or self.readings < 2 or self.step_s <= 0 or self.max_pause_s < self.step_s:
+            raise UsageError(f"heat rule needs 0 < threshold < 1, readings >= 2, 0 < step <= max pause (got {self})")
+
+    def hot(self, ratios: Sequence[float], throttling: bool | None) -> bool:
+        if throttling:
+            return True
+        last = list(ratios[-self.readings:])
+        return (len(last) == self.readings and all(r > 1 + self.threshold for r in last)
+                and min(last) >= last[0] * 0.98 and last[-1] >= last[0])
+
+    def cooled(self, ratio: float, throttling: bool | None) -> bool:
+        return not throttling and ratio <= 1 + self.threshold / 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_precision(text: str | float) -> float:
+    """'2%', '0.02' or 2 (percent when > 1) -> 0.02; UsageError otherwise."""
+    raw = str(text).strip()
+    try:
+        value = float(raw.rstrip("%"))
+    except ValueError:
+        raise UsageError(f"--precision takes a percentage like 2% or 0.02, got {raw!r}") from None
+    if raw.endswith("%") or value >= 1:
+        value /= 100.0
+    if not (math.isfinite(value) and 0 < value < 0.5):
+        raise UsageError(f"--precision must be between 0 and 50 %, got {raw!r}")
+    return value
+
+
+def parse_duration(text: str | float) -> float:
+    """'10m', '90s', '1.5h' or seconds -> seconds; UsageError otherwise."""
+    raw = str(text).strip().lower()
+    scale = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    unit = raw[-1:] if raw[-1:] in scale else "s"
+    try:
+        value = float(raw[:-1] if raw[-1:] in scale else raw) * scale[unit]
+    except ValueError:
+        raise UsageError(f"--budget takes a duration like 10m, 90s or 1h, got {raw!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"--budget must be a positive duration, got {raw!r}")
+    return value
