@@ -32,7 +32,7 @@ from latbench.tables.table import LatencyTable, find_table
 Target = str | Path | Arch | dict | Candidate
 
 __all__ = ["FastEstimator", "build_table", "check_table", "estimate", "estimate_many", "load_table", "mes",
-           "open_device", "profile", "validate_table"]
+           "open_device", "probe_device", "profile", "validate_table"]
 
 
 def load_table(path_or_name: str | Path | LatencyTable) -> LatencyTable:
@@ -63,11 +63,11 @@ def estimate_many(table: LatencyTable | str | Path, targets: Iterable[Target], *
     for target in targets:
         c = to_candidate(target, resolution)
         e = est.estimate(c)
-        rows.append({"name": e.name, "latency_ms": e.latency_ms, "plain_sum_ms": e.plain_sum_ms,
-                     "params": c.params(), "macs": c.macs(), "calibrated": e.calibrated,
-                     "warnings": "; ".join(e.warnings) or None})
-    return pd.DataFrame(rows, columns=["name", "latency_ms", "plain_sum_ms", "params", "macs", "calibrated",
-                                       "warnings"])
+        rows.append({"name": e.name, "latency_ms": e.latency_ms, "typical_ms": e.typical_ms,
+                     "plain_sum_ms": e.plain_sum_ms, "params": c.params(), "macs": c.macs(),
+                     "calibrated": e.calibrated, "warnings": "; ".join(e.warnings) or None})
+    return pd.DataFrame(rows, columns=["name", "latency_ms", "typical_ms", "plain_sum_ms", "params", "macs",
+                                       "calibrated", "warnings"])
 
 
 def mes(table: LatencyTable | str | Path, target: Target, *, config: str | Path | None = None,
@@ -119,14 +119,20 @@ def build_table(device: str = "cpu", *, space: str | Path | SearchSpace | bool |
                 models: Sequence[str] = (), archs: Sequence[str | Path] = (), out: str | Path | None = None,
                 resolution: int | None = None, rounds: int = 3, max_rounds: int = 8, runs: int | None = None,
                 calibrate: int = 8, force: bool = False, jobs: int = 1, progress: bool | ProgressFn = False,
+                precision: float | str | None = 0.02, budget: float | str | None = None,
                 **device_options: Any) -> LatencyTable:
     """Build (or resume, or extend) the latency table of a device: for a search space (`space`:
     True for the default one, a YAML path or a SearchSpace) and/or named models and arch files.
     One resolution per call (the space's first unless `resolution`). Exports run in this process
     unless `jobs` > 1 (worker processes re-import a script's main module: guard it with
-    `if __name__ == "__main__":` then)."""
+    `if __name__ == "__main__":` then). `precision` (0.02 or "2%") is what entries are held to where
+    the device's noise allows (None: the fixed consensus rule); `budget` (seconds or "10m") stops
+    new rounds after that much measuring."""
     from latbench.measuring.consensus import ConsensusRule
+    from latbench.measuring.noise import parse_duration, parse_precision
     from latbench.tables.build import BuildSettings, TableBuilder, plan_tables
+
+    target = None if precision is None else parse_precision(precision)
 
     if space is True:
         space = SearchSpace.default()
@@ -139,11 +145,27 @@ def build_table(device: str = "cpu", *, space: str | Path | SearchSpace | bool |
                          resolutions=[resolution or naming.resolutions[0]], out=out, device_id=device,
                          calibrate=calibrate)
     settings = BuildSettings(rounds=rounds, runs=runs, calibration_models=calibrate, jobs=jobs,
-                             consensus=ConsensusRule.for_rounds(rounds, max_rounds))
+                             consensus=ConsensusRule.for_rounds(rounds, max_rounds, tolerance=target or 0.02),
+                             target_precision=target, budget_s=None if budget is None else parse_duration(budget))
     with open_device(device, **device_options) as runner, _progress(progress) as bar:
         res = TableBuilder(runner, plan.out, settings, force=force, progress=bar).build(
             plan.configs, space=plan.space, resolution=plan.resolution, calibration=plan.calibration)
     return res.table
+
+
+def probe_device(device: str = "cpu", *, rounds: int = 3, resolution: int = 224, jobs: int = 1,
+                 progress: bool | ProgressFn = False, **device_options: Any) -> dict[str, Any]:
+    """The noise profile of a device alone: `rounds` rounds of each of the three anchor blocks a
+    table build measures, and the rules a build would derive from them (a dict: profile, rules,
+    device)."""
+    from latbench.measuring.session import probe_noise
+    from latbench.tables.build import BuildSettings, default_anchors
+
+    if not isinstance(rounds, int) or rounds < 2:
+        raise UsageError(f"a probe needs at least 2 rounds per anchor, got {rounds!r}")
+    settings = BuildSettings()
+    with open_device(device, **device_options) as runner, _progress(progress) as bar:
+        return probe_noise(runner, default_anchors(resolution), rounds, settings.plan(), progress=bar, export_jobs=jobs)
 
 
 def validate_table(table: LatencyTable | str | Path, device: str | None = None, *, samples: int = 12,

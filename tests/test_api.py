@@ -53,7 +53,7 @@ def test_estimators_accept_an_arch_a_mapping_and_a_name():
 
     assert LatencyEstimator(table).estimate(arch).latency_ms == pytest.approx(by_name)
     frame = latbench.estimate_many(table, ["efficientformerv2_s0", arch, "efficientformerv2_l"])
-    assert list(frame.columns[:3]) == ["name", "latency_ms", "plain_sum_ms"] and len(frame) == 3
+    assert list(frame.columns[:4]) == ["name", "latency_ms", "typical_ms", "plain_sum_ms"] and len(frame) == 3
     assert frame["latency_ms"].iloc[2] > frame["latency_ms"].iloc[0]
     assert latbench.mes(table, "efficientformerv2_s0") > latbench.mes(table, "efficientformerv2_l")
     fast = latbench.FastEstimator(table)

@@ -27,6 +27,7 @@ from latbench.commands._runner import (
 from latbench.core.errors import UsageError
 from latbench.core.fileio import writable_dir, writable_file
 from latbench.core.progress import phase_progress
+from latbench.measuring.noise import NoiseProfile
 from latbench.tables.table import LatencyTable, find_table
 
 DEFAULT_SPACE = "__default__"
@@ -59,6 +60,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--runs", type=int, default=None, help="fixed timed runs per measurement (default adaptive)")
     b.add_argument("--time-cap", type=float, default=1.5, metavar="S",
                    help="adaptive sampling: at most S seconds per block measurement (default 1.5)")
+    b.add_argument("--precision", default="2%", metavar="P",
+                   help="precision each entry is held to where the device allows it (default 2%%); the rules "
+                        "(tolerance, rounds, spacing) follow from the device's measured noise")
+    b.add_argument("--budget", default=None, metavar="DURATION",
+                   help="stop starting new rounds after this much measuring (e.g. 10m, 90s); the build states the "
+                        "precision it reached")
+    b.add_argument("--fixed-rules", action="store_true",
+                   help="use the consensus rule as given (--max-rounds, 2%% tolerance) instead of rules derived "
+                        "from the device's noise")
+    b.add_argument("--no-cool-down", action="store_true",
+                   help="never pause for a hot device (default: pause while it throttles or its anchors slow down)")
     b.add_argument("--no-reference", action="store_true",
                    help="with --space: skip measuring MobileNetV2-1.0 whole (the MES latency unit)")
     b.add_argument("--calibrate", type=int, default=8, metavar="N",
@@ -142,9 +154,15 @@ def run_build(args: argparse.Namespace) -> int:
         raise UsageError(f"--runs must be >= 1, got {args.runs}")
     space = None if args.space is None else SearchSpace.load(None if args.space == DEFAULT_SPACE else args.space)
     devices = device_list(args)
+    from latbench.measuring.noise import parse_duration, parse_precision
+
+    precision = parse_precision(args.precision)
     settings = BuildSettings(rounds=args.rounds, jobs=args.jobs, runs=args.runs, block_time_cap_s=args.time_cap,
                              model_time_cap_s=max(args.time_cap, 4.0), calibration_models=args.calibrate,
-                             consensus=ConsensusRule.for_rounds(args.rounds, args.max_rounds))
+                             consensus=ConsensusRule.for_rounds(args.rounds, args.max_rounds, tolerance=precision),
+                             target_precision=None if args.fixed_rules else precision,
+                             budget_s=None if args.budget is None else parse_duration(args.budget),
+                             cool_down=not args.no_cool_down)
 
     def plans_for(device_id: str, out: str | None) -> list:
         plans = plan_tables(space=space, models=args.model, archs=args.arch, resolutions=args.resolution, out=out,
@@ -200,9 +218,25 @@ def report_builds(results: list, as_json: bool) -> None:
             else:
                 console().print("[yellow]warning:[/] the table is uncalibrated (no whole model measured end to end)",
                                 highlight=False)
+            if s.get("noise_profile"):
+                console().print(NoiseProfile.from_dict(s["noise_profile"]).summary(), highlight=False)
+            rules = s.get("rules") or {}
+            if rules.get("why"):
+                console().print(f"rules: {rules['why']}; tolerance {rules['achievable']:.1%}, up to "
+                                f"{rules['consensus']['max_rounds']} rounds, extra rounds >= "
+                                f"{rules['min_separation_s']:.0f} s apart", highlight=False)
+            for pause in s.get("pauses") or []:
+                console().print(f"[yellow]cool-down:[/] paused {pause['seconds']:.0f} s (anchor "
+                                f"{pause['trigger_ratio'] - 1:+.0%}{', throttling' if pause['throttling'] else ''}); "
+                                f"resumed at {pause['after_ratio'] - 1:+.0%}", highlight=False)
+            budget = s.get("budget")
+            if budget and budget.get("stopped"):
+                console().print(f"[yellow]budget:[/] stopped after {budget['used_s']:.0f} s of "
+                                f"{budget['budget_s']:.0f} s: {budget['agreed']} of {budget['entries']} entries met "
+                                f"the {budget['precision']:.1%} rule; run the build again to go on", highlight=False)
             c = s["consensus"]
             console().print(f"consensus: {c['agreed']} of {s['blocks']} entries agreed within "
-                            f"{c['tolerance']:.0%}; {c['extra_rounds']} extra round(s) measured", highlight=False)
+                            f"{c['tolerance']:.1%}; {c['extra_rounds']} extra round(s) measured", highlight=False)
             if s["pending"]:
                 console().print(f"[yellow]pending:[/] {len(s['pending'])} measurement(s) left running on "
                                 f"{s['device']}; run the same build again to collect them", highlight=False)
@@ -221,7 +255,10 @@ def build_summary(res) -> dict[str, Any]:
                           "tolerance": rule.get("tolerance"), "rule": rule.get("rule"),
                           "extra_rounds": int(sum(max(0, n - rule.get("min_rounds", 3)) for n in rounds))},
             "flagged": t.flagged(),
-            "pending": list(res.session.report.get("pending", [])) if res.session is not None else []}
+            "pending": list(res.session.report.get("pending", [])) if res.session is not None else [],
+            "noise_profile": t.meta.get("noise_profile"), "rules": t.meta.get("measuring_rules"),
+            "pauses": list(res.session.report.get("pauses", [])) if res.session is not None else [],
+            "budget": res.session.report.get("budget") if res.session is not None else None}
 
 
 # -- show / diff ------------------------------------------------------------------------------------
@@ -334,8 +371,10 @@ def run_estimate(args: argparse.Namespace) -> int:
         return 0
     for w in dict.fromkeys(warnings + [w for e in estimates for w in e.warnings]):
         console().print(f"[yellow]warning:[/] {w}", highlight=False)
-    print_table(f"estimates from {table.path} ({estimates[0].method})", ["model", "latency ms", "plain sum ms",
-                "blocks"], [(e.name, e.latency_ms, e.plain_sum_ms, sum(b.count for b in e.blocks)) for e in estimates])
+    print_table(f"estimates from {table.path} ({estimates[0].method})",
+                ["model", "latency ms (fast)", "typical ms", "plain sum ms", "blocks"],
+                [(e.name, e.latency_ms, "n/a" if e.typical_ms is None else e.typical_ms, e.plain_sum_ms,
+                  sum(b.count for b in e.blocks)) for e in estimates])
     for e in estimates:
         print_table(f"{e.name}: per block", ["key", "count", "block ms", "overhead ms", "total ms"],
                     [(b.key, b.count, b.block_ms, b.overhead_ms, b.total_ms)
@@ -383,7 +422,10 @@ def print_validation(result) -> None:
                  "MACs-prop ms"],
                 [(r["name"], r["measured_ms"], r["pass_noise_pct"], r["latency_ms"], r["error_pct"],
                   r["plain_sum_ms"], r["plain_sum_error_pct"], r["macs_ms"]) for r in result.rows])
-    rows = [("latbench", result.figures)] + list(result.baselines.items())
+    rows = [("latbench (fast state)", result.figures)]
+    if result.figures.get("typical"):
+        rows.append(("latbench (typical)", result.figures["typical"]))
+    rows += list(result.baselines.items())
     print_table("accuracy against the pass mean", ["method", "mean |err| %", "bias %", "within 5%", "within 10%",
                                                    "Kendall tau"],
                 [(name, f["mean_abs_pct_error"], f["bias_pct"], f"{f['within_5pct']:.0%}",

@@ -18,7 +18,7 @@ from latbench.core.errors import UsageError
 from latbench.core.progress import ProgressFn, no_progress
 from latbench.measuring.consensus import ConsensusRule
 from latbench.measuring.journal import Journal
-from latbench.measuring.measurement import SamplingPolicy
+from latbench.measuring.measurement import SamplingPolicy, percentile
 from latbench.measuring.session import (
     DEFAULT_POLICIES,
     MeasuringPlan,
@@ -40,6 +40,13 @@ class ModelTimings:
     no_consensus: list[str] = field(default_factory=list)
     sessions: list[Any] = field(default_factory=list)
     slow_period: list[str] = field(default_factory=list)  # keys measured only in slow periods (in some pass)
+    #: per pass: key -> the typical latency as a benchmark tool prints it (the mean over the key's
+    #: rounds of each round's median run), on the time base
+    typical_passes: list[dict[str, float]] = field(default_factory=list)
+
+    def typical_mean(self, key: str) -> float | None:
+        values = [p[key] for p in self.typical_passes if key in p]
+        return statistics.fmean(values) if values else None
 
     def mean(self, key: str) -> float:
         return statistics.fmean(p[key] for p in self.passes)
@@ -87,6 +94,7 @@ def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, 
     no_consensus: list[str] = []
     slow_period: list[str] = []
     sessions = []
+    typical: list[dict[str, float]] = []
     dispatcher = as_dispatcher(runner)
     for p in range(passes):
         applied: list[float | None] = [None]
@@ -109,13 +117,16 @@ def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, 
         res = session.run(targets, anchor_targets)
         sessions.append(res)
         out.append({k: v.value for k, v in res.verdicts.items()})
+        f = applied[0] or 1.0
+        typical.append({k: f * statistics.fmean(percentile(sorted(r.measurement.samples_ms), 50.0) for r in rows)
+                        for k, rows in res.rows.items() if rows and all(r.measurement.samples_ms for r in rows)})
         factors.append(applied[0])
         no_consensus += [k for k in res.report.get("no_consensus", []) if k not in no_consensus]
         slow_period += [k for k in res.report.get("slow_period", []) if k not in slow_period]
         if res.report.get("max_drift") is not None:
             drifts.append(res.report["max_drift"])
     return ModelTimings(out, dispatcher.describe(), max(drifts, key=abs) if drifts else None, factors,
-                        no_consensus, sessions, slow_period)
+                        no_consensus, sessions, slow_period, typical)
 
 
 def measure_candidates(candidates: Sequence[Candidate], runner: Any, *, rounds: int = 3, warmup: int = 10,

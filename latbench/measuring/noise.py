@@ -101,17 +101,24 @@ def within_ratio(measurements: Sequence[Measurement]) -> float:
 
 
 def journal_profile(rows: Mapping[str, Sequence[Any]], anchors: Sequence[Any], *, precision: float = 0.02,
-                    throttling: bool | None = None) -> NoiseProfile | None:
+                    floor_ms: float = 0.0, throttling: bool | None = None) -> NoiseProfile | None:
     """The profile of everything a journal holds: entry rounds (key -> JournalRows) and anchor
     readings (AnchorRows), each anchor key apart per session (its level moves between sessions)."""
     readings = [Reading(r.measured_at, k, r.measurement) for k, rs in rows.items() for r in rs]
     readings += [Reading(a.measured_at, f"anchor:{a.key}@{a.session}", a.measurement, True) for a in anchors]
-    return profile_of(readings, precision=precision, throttling=throttling)
+    return profile_of(readings, precision=precision, floor_ms=floor_ms, throttling=throttling)
 
 
-def profile_of(readings: Sequence[Reading], *, precision: float = 0.02,
+#: The fast share is read from each key's first rounds only: later rounds of an entry are taken
+#: because its first disagreed (a biased sample), and the fastest of many anchor readings is an
+#: extreme no single round is expected to reach.
+FIRST_ROUNDS = 3
+
+
+def profile_of(readings: Sequence[Reading], *, precision: float = 0.02, floor_ms: float = 0.0,
                throttling: bool | None = None) -> NoiseProfile | None:
-    """The profile of a set of rounds (None when no key has two rounds)."""
+    """The profile of a set of rounds (None when no key has two rounds). A round is fast when it
+    lies within `precision` (or `floor_ms`) of its key's fastest first round."""
     by_key: dict[str, list[Reading]] = {}
     for r in readings:
         if r.measurement.samples_ms:
@@ -126,7 +133,8 @@ def profile_of(readings: Sequence[Reading], *, precision: float = 0.02,
         vals = sorted(p2(r.measurement) for r in by_key[key])
         spreads.append(vals[-1] / vals[0] - 1)
         pairs.append(vals[1] / vals[0] - 1)
-        others += [v / low - 1 <= precision for v in vals[1:]]
+        first = sorted(p2(r.measurement) for r in sorted(by_key[key], key=lambda r: r.at)[:FIRST_ROUNDS])
+        others += [v <= first[0] * (1 + precision) or v - first[0] <= floor_ms for v in first[1:]]
         for r in by_key[key]:
             s = r.measurement.samples_ms
             med = percentile(sorted(s), 50.0)
@@ -178,9 +186,15 @@ def _quantile(values: Sequence[float], q: float) -> float:
     return percentile(s, q * 100.0) if s else 0.0
 
 
+#: A trend is only read from anchors spanning at least this long (a few seconds of readings
+#: extrapolated to a minute would read noise as heat).
+TREND_MIN_SPAN_S = 60.0
+
+
 def _slope_per_min(points: Sequence[tuple[float, float]]) -> float:
     """Least-squares slope of log ratio against time, as a relative change per minute."""
-    if len(points) < 3:
+    points = sorted(points)
+    if len(points) < 3 or points[-1][0] - points[0][0] < TREND_MIN_SPAN_S:
         return 0.0
     t0 = points[0][0]
     xs = [(t - t0) / 60.0 for t, _ in points]

@@ -346,6 +346,8 @@ class MeasuringSession:
                 self._probe(anchor_jobs)
                 rows, verdicts = self._state()
                 todo = self._wave(rows, verdicts, wave=0)
+                if self.profile is not None:
+                    self.progress("noise profile", 1, 1, self.profile.summary())
             self._total = len(todo)
             while todo:
                 if self._over_budget():
@@ -364,9 +366,9 @@ class MeasuringSession:
                 self._total += len(todo)
             self.timings["measure_wall_s"] += time.perf_counter() - t0
         session_anchors = self.journal.anchors(self.session) if self.session else []
-        if self.session and self.plan.precision is not None:
+        if self.session and self.purpose == "build":  # what derive_table replays the journal with
             self.journal.set_meta("noise_profile", None if self.profile is None else self.profile.to_dict())
-            self.journal.set_meta("measuring_rules", self.rules.to_dict())
+            self.journal.set_meta("measuring_rules", self.rules.to_dict() if self.plan.precision is not None else None)
         report: dict[str, Any] = {"waves": waves, "throttled": self._throttled,
                                   "noise_profile": None if self.profile is None else self.profile.to_dict(),
                                   "rules": self.rules.to_dict(), "pauses": self.pauses,
@@ -426,6 +428,7 @@ class MeasuringSession:
         derive the rules from it."""
         throttling = getattr(self.dispatcher, "throttling", None)
         profile = journal_profile(rows, self.journal.anchors(self.session), precision=self.plan.precision or 0.02,
+                                  floor_ms=self.plan.consensus.floor_ms,
                                   throttling=throttling() if throttling else None)
         if profile is not None:
             self.profile = profile
@@ -467,7 +470,7 @@ class MeasuringSession:
             while waited < rule.max_pause_s:
                 self.progress("cool-down", int(waited), int(rule.max_pause_s),
                               f"device hot (anchor +{last - 1:.0%}{', throttling' if state else ''}): pausing")
-                idle(rule.step_s)
+                idle(min(rule.step_s, rule.max_pause_s - waited))
                 waited = self.clock() - start
                 job = self._anchor_jobs[len(self.pauses) % len(self._anchor_jobs)]
                 self.dispatcher.execute([], [job], self.plan.anchor_every, self._commit)
@@ -560,11 +563,40 @@ class MeasuringSession:
         self.progress("measure", len(self._measured), self._total)
 
 
+def probe_noise(device: Any, anchors: Sequence[Any], rounds: int, plan: MeasuringPlan | None = None, *,
+                progress: ProgressFn | None = None, export_jobs: int = 1) -> dict[str, Any]:
+    """Profile a device alone: `rounds` rounds of each anchor item, on an in-memory journal, and
+    the rules a session would derive from that profile."""
+    import dataclasses
+
+    plan = dataclasses.replace(plan or MeasuringPlan(), probe_rounds=rounds, precision=(plan.precision if plan and
+                                                                                         plan.precision else 0.02))
+    session = MeasuringSession(device, plan, purpose="probe", progress=progress, export_jobs=export_jobs)
+    session.session = session.journal.start_session("probe", session.dispatcher.device_id,
+                                                    session.dispatcher.describe(), at=session.clock())
+    session.artifacts = {}
+    session._targets = {}
+    session._make_ready([], list(anchors))
+    jobs = [Job(a.key, 0, "anchor", plan.policy("anchor")) for a in anchors]
+    session._anchor_jobs = jobs
+    session._started_at = session.clock()
+    session._probe(jobs)
+    session._adapt({})
+    return {"device": session.dispatcher.describe(), "device_id": session.dispatcher.device_id,
+            "profile": None if session.profile is None else session.profile.to_dict(),
+            "rules": session.rules.to_dict(), "readings": len(session.journal.anchors(session.session)),
+            "seconds": round(session.clock() - session._started_at, 3)}
+
+
 def round_values(rows: Sequence[JournalRow], rule: ConsensusRule, factors: Mapping[str, float]) -> list[float]:
     """Each round's statistic, put on the common time base by the factor of the session and
-    device that measured it (latbench.measuring.timebase)."""
+    device that measured it (latbench.measuring.timebase). Rounds the device reported throttled
+    count as missing (nan) while the entry has rounds that were not: throttled and unthrottled
+    rounds never meet in one consensus."""
+    cool = [not r.measurement.throttled for r in rows]
     return [rule.round_value(r.measurement) * factors.get(timebase_key(r.session, r.device),
-                                                            factors.get(r.session or "", 1.0)) for r in rows]
+                                                            factors.get(r.session or "", 1.0))
+            if ok or not any(cool) else math.nan for r, ok in zip(rows, cool)]
 
 
 def drift_report(anchors: Sequence[AnchorRow], rule: ConsensusRule, tolerance: float) -> dict[str, Any]:

@@ -58,6 +58,7 @@ class CandidateRow:
     arch: str | None = None
     digest: str | None = None
     metric_values: dict[str, float] = field(default_factory=dict)
+    typical_ms: float | None = None  # the typical latency beside the fast state (latency_ms)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,7 +91,7 @@ class MESReport:
         recs = []
         for r in self.rows:
             rec = {"rank": r.rank, "name": r.name, "params": r.params, "macs": r.macs, "latency_ms": r.latency_ms,
-                   "measured_ms": r.measured_ms, "mes": r.mes, "mes_measured": r.mes_measured,
+                   "typical_ms": r.typical_ms, "measured_ms": r.measured_ms, "mes": r.mes, "mes_measured": r.mes_measured,
                    "accuracy": r.accuracy, "accuracy_source": r.accuracy_source, "pareto": r.pareto,
                    "resolution": r.resolution, "arch": r.arch, "digest": r.digest}
             for g in GROUP_ORDER:
@@ -147,7 +148,7 @@ def build_report(candidates: Sequence[Candidate], table: LatencyTable, mes: MES,
                            accuracy_source=acc.source if acc else None,
                            arch=c.arch.compact() if c.arch is not None else None,
                            digest=c.arch.digest()[:16] if c.arch is not None else None,
-                           metric_values={k: v for k, v in extra.items()})
+                           metric_values={k: v for k, v in extra.items()}, typical_ms=e.typical_ms)
         if c.name in measured:
             row.measured_ms = measured[c.name]
             row.mes_measured = (mes_measured or mes)({**values, "latency": measured[c.name]})
@@ -169,11 +170,11 @@ def build_report(candidates: Sequence[Candidate], table: LatencyTable, mes: MES,
 
 def display_frame(report: MESReport) -> pd.DataFrame:
     df = report.to_frame()
-    keep = ["rank", "name", "params", "macs", "latency_ms"]
+    keep = ["rank", "name", "params", "macs", "latency_ms", "typical_ms"]
     if report.measured:
         keep += ["measured_ms"]
     keep += ["mes"] + (["mes_measured"] if report.measured else []) + ["accuracy", "pareto", "accuracy_source"]
-    keep += [c for c in df.columns if c.endswith("_ms") and c not in keep and c not in ("measured_ms", "latency_ms")]
+    keep += [c for c in df.columns if c.endswith("_ms") and c not in keep and c not in ("measured_ms", "latency_ms", "typical_ms")]
     keep += list(report.rows[0].metric_values)
     out = df[[c for c in dict.fromkeys(keep) if c in df.columns]].copy()
     out["macs"] = [f"{m / 1e9:.3f} G" for m in out["macs"]]
@@ -206,6 +207,7 @@ class LatencyReport:
     mes_constants: dict[str, Any]
     mes_line: str
     arch: dict[str, Any] | None = None
+    typical_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -236,4 +238,4 @@ def latency_report(candidate: Candidate | Arch, table: LatencyTable, mes: MES | 
                  **({"macs": candidate.macs()} if any(m.getter == "macs" for m in mes.metrics) else {})})
     return LatencyReport(candidate.name, table.label(), params, e.latency_ms, e.plain_sum_ms, e.method, blocks,
                          per_stage, score, mes.constants(), mes.describe(),
-                         candidate.arch.to_dict() if candidate.arch is not None else None)
+                         candidate.arch.to_dict() if candidate.arch is not None else None, e.typical_ms)

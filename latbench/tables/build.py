@@ -143,9 +143,14 @@ def table_anchors(journal: Journal, resolution: int) -> list[BlockConfig]:
     saved = journal.get_meta("anchors")
     if saved:
         return [config_from_fields(f) for f in saved]
-    anchors = [FFNConfig(resolution, 3, 96, 4), AttnConfig(resolution, 3, 96), AttnDownConfig(resolution, 96, 176)]
+    anchors = default_anchors(resolution)
     journal.set_meta("anchors", [a.fields() for a in anchors])
     return anchors
+
+
+def default_anchors(resolution: int) -> list[BlockConfig]:
+    """The anchors a new table gets (and a device probe measures)."""
+    return [FFNConfig(resolution, 3, 96, 4), AttnConfig(resolution, 3, 96), AttnDownConfig(resolution, 96, 176)]
 
 
 class TableBuilder:

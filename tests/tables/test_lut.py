@@ -179,6 +179,11 @@ def test_validate_json_shape(run_cli_json, tiny_space, tmp_path):
     assert set(res["baselines"]) == {"plain_sum", "macs_proportional"}
     assert 0 <= res["within_5pct"] <= res["within_10pct"] <= 1
     assert all(m["measured_ms"] > 0 and m["latency_ms"] > 0 for m in res["models"])
+    # Both latencies: the fast state and the typical one, each against its own measurement.
+    assert 0 <= res["typical"]["within_5pct"] <= res["typical"]["within_10pct"] <= 1
+    for m in res["models"]:
+        assert m["typical_ms"] >= m["latency_ms"] and m["measured_typical_ms"] >= m["measured_ms"] * 0.98
+        assert m["typical_error_pct"] == pytest.approx(100 * (m["typical_ms"] / m["measured_typical_ms"] - 1))
 
 
 def test_build_bad_input(run_cli, tmp_path):
@@ -232,6 +237,9 @@ def test_a_model_table_is_calibrated_on_its_models_and_says_so(run_cli_json, tmp
     assert not any("uncalibrated" in w for w in est["warnings"])
     # One model fitted with one scale: the estimate of that model is its end-to-end measurement.
     assert est["latency_ms"] == pytest.approx(models["latency_ms"].iloc[0], rel=1e-6)
+    # ... for both latencies: the typical one is calibrated the same way.
+    assert est["typical_ms"] == pytest.approx(models["typical_ms"].iloc[0], rel=1e-6)
+    assert est["typical_ms"] >= est["latency_ms"]
 
 
 @pytest.mark.slow

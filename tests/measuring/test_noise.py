@@ -1,0 +1,203 @@
+"""The device's noise profile, the rules derived from it, cool-down pauses and the time budget."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from scripted_device import ScriptedRunner
+
+from latbench.blocks.configs import AttnConfig, FFNConfig
+from latbench.core.errors import UsageError
+from latbench.measuring.consensus import ConsensusRule
+from latbench.measuring.journal import Journal
+from latbench.measuring.measurement import THROTTLING_WARNING, Measurement
+from latbench.measuring.noise import (
+    HeatRule,
+    Reading,
+    derive_rules,
+    parse_duration,
+    parse_precision,
+    profile_of,
+    rounds_for,
+)
+from latbench.measuring.session import MeasuringPlan, MeasuringSession, Target, probe_noise
+
+BLOCKS = [FFNConfig(224, 3, 96, 2), FFNConfig(224, 3, 96, 3), FFNConfig(224, 4, 176, 4), AttnConfig(224, 4, 176)]
+ANCHOR = FFNConfig(224, 3, 96, 4)
+BASE = {c.key: 0.2 + 0.1 * i for i, c in enumerate(BLOCKS)} | {ANCHOR.key: 0.4}
+
+
+def rounds(key: str, factors: list[float], *, base: float = 1.0, start: float = 0.0, spread: float = 0.002,
+           anchor: bool = False) -> list[Reading]:
+    """Rounds of one key, one per factor (its slowdown), 10 s apart, with a narrow sample spread."""
+    return [Reading(start + 10 * i, key, Measurement(key, [base * f * (1 + spread * (j % 10)) for j in range(50)]),
+                    anchor) for i, f in enumerate(factors)]
+
+
+def test_a_quiet_device_keeps_the_stated_precision_and_the_given_bound():
+    readings = [r for k in range(6) for r in rounds(f"k{k}", [1.0, 1.004, 1.008], start=k)]
+    profile = profile_of(readings)
+    assert profile.fast_share == 1.0 and profile.round_spread < 0.01 and profile.keys == 6
+    rules = derive_rules(profile, 0.02, ConsensusRule())
+    assert rules.consensus.tolerance == 0.02 and rules.consensus.max_rounds == 8 and not rules.confirm_by_period
+    assert "meets 2.0%" in rules.why
+
+
+def test_a_device_whose_fast_state_is_rare_confirms_single_rounds_by_their_period():
+    rng = random.Random(1)
+    # 30 % of rounds fast, the rest 20-60 % slower (the Xeon VM's rounds).
+    readings = [r for k in range(40) for r in
+                rounds(f"k{k}", [1.0] + [1.0 if rng.random() < 0.3 else 1.2 + 0.4 * rng.random() for _ in range(4)],
+                       start=k)]
+    profile = profile_of(readings)
+    assert 0.15 < profile.fast_share < 0.45 and profile.period_factor > 1.1 and profile.slow_share > 0.4
+    rules = derive_rules(profile, 0.02, ConsensusRule())
+    assert rules.confirm_by_period and "confirmed by its period" in rules.why
+    assert rules.consensus.min_rounds < rules.consensus.max_rounds <= 8  # never past the caller's bound
+
+
+def test_a_device_whose_fast_rounds_scatter_gets_the_closest_agreement_it_shows():
+    # Every key's rounds 4 % apart: the closest two rounds of any entry are 4 % apart.
+    readings = [r for k in range(30) for r in rounds(f"k{k}", [1.0, 1.04, 1.08], start=k)]
+    profile = profile_of(readings, precision=0.02)
+    assert profile.fast_agreement == pytest.approx(0.04, abs=0.002)
+    rules = derive_rules(profile, 0.02, ConsensusRule())
+    assert rules.achievable == pytest.approx(0.08, abs=0.004)
+    assert "agree only within" in rules.why
+
+
+def test_rounds_for_the_quorum():
+    assert rounds_for(1.0, 2) == 2 and rounds_for(0.0, 1) >= 10**6
+    assert rounds_for(0.7, 2) == 5  # 1 - 0.3^5 - 5*0.7*0.3^4 = 0.969
+    assert rounds_for(0.3, 1) == 9  # 1 - 0.7^9 = 0.960
+
+
+def test_the_profile_keeps_the_typical_state_and_the_trend():
+    # An anchor slowing by 10 % a minute over 5 minutes, read every 10 s.
+    readings = rounds("anchor:a", [1.1 ** (i / 6) for i in range(31)], anchor=True)
+    profile = profile_of(readings)
+    assert profile.trend_per_min == pytest.approx(0.10, abs=0.01)
+    assert profile.typical_factor > profile.period_factor > 1.0
+    short = profile_of(rounds("anchor:a", [1.0, 1.2, 1.4], anchor=True))  # 20 s of readings: no trend read
+    assert short.trend_per_min == 0.0
+
+
+@pytest.mark.parametrize("text, value", [("2%", 0.02), ("0.5%", 0.005), ("0.03", 0.03), ("3", 0.03)])
+def test_precision_parses(text, value):
+    assert parse_precision(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "-1%", "60%", "nan"])
+def test_bad_precision_is_one_line(text):
+    with pytest.raises(UsageError, match="--precision") as e:
+        parse_precision(text)
+    assert "\n" not in str(e.value)
+
+
+def test_durations_parse_and_bad_ones_are_refused():
+    assert parse_duration("10m") == 600 and parse_duration("90s") == 90 and parse_duration("1.5h") == 5400
+    assert parse_duration("45") == 45
+    for bad in ("soon", "0m", "-5s", "inf"):
+        with pytest.raises(UsageError, match="--budget"):
+            parse_duration(bad)
+
+
+def test_heat_rule_wants_a_monotone_slowdown_or_a_report():
+    rule = HeatRule(threshold=0.15, readings=3)
+    assert rule.hot([1.0, 1.2, 1.25, 1.3], None)
+    assert not rule.hot([1.3, 1.0, 1.3], None)  # a burst, then normal: not heat
+    assert not rule.hot([1.3, 1.2, 1.16], None)  # recovering
+    assert rule.hot([1.0], True) and not rule.cooled(1.0, True) and rule.cooled(1.05, False)
+    with pytest.raises(UsageError):
+        HeatRule(threshold=0)
+
+
+class HotRunner(ScriptedRunner):
+    """A scripted device on a virtual clock that heats up under load: each measured second adds
+    heat, idling removes it (all of `heat_after_s` in `cool_s`). Once the heat reaches
+    `heat_after_s` it runs `factor` slower until it has cooled down completely. With `reports`
+    it says so (as Android's thermal status does) and marks its measurements throttled."""
+
+    def __init__(self, *args, heat_after_s: float = 40.0, cool_s: float = 30.0, factor: float = 1.35,
+                 reports: bool = True, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.t, self.heat, self.throttled_now = 1_000_000.0, 0.0, False
+        self.heat_after_s, self.cool_s, self.factor, self.reports = heat_after_s, cool_s, factor, reports
+        self.idled: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def idle(self, seconds: float) -> None:
+        self.idled.append(seconds)
+        self.t += seconds
+        self.heat = max(0.0, self.heat - seconds * self.heat_after_s / self.cool_s)
+        if self.heat == 0.0:
+            self.throttled_now = False
+
+    def throttling(self) -> bool | None:
+        return self.throttled_now if self.reports else None
+
+    def measure(self, prepared, policy=None, *, profile=False):
+        hot = self.throttled_now
+        self.speed = self.factor if hot else 1.0
+        m = super().measure(prepared, policy, profile=profile)
+        self.t += 1.0
+        self.heat += 1.0
+        self.throttled_now = self.throttled_now or self.heat >= self.heat_after_s
+        if hot and self.reports:
+            m = Measurement(m.label, m.samples_ms, provenance=m.provenance,
+                            warnings=[f"{THROTTLING_WARNING}: thermal status light during the run"])
+        return m
+
+
+def hot_session(runner, journal=None, **plan):
+    plan = MeasuringPlan(**{"min_separation_s": 0.0, "anchor_every": 2, "precision": 0.02, "probe_rounds": 2,
+                            "heat": HeatRule(step_s=10.0, max_pause_s=120.0), **plan})
+    return MeasuringSession(runner, plan, journal=journal, export_jobs=1)
+
+
+@pytest.mark.parametrize("reports", [True, False], ids=["thermal-status", "anchors-only"])
+def test_a_throttling_device_is_left_to_cool_and_its_hot_rounds_never_set_a_value(reports):
+    runner = HotRunner(BASE.__getitem__, reports=reports, heat_after_s=15.0)
+    with Journal(":memory:") as journal:
+        res = hot_session(runner, journal, rounds=6).run([Target.of(c, "block") for c in BLOCKS],
+                                                         [Target.of(ANCHOR, "anchor")])
+        pauses = journal.get_meta("pauses")
+    assert res.report["pauses"] and pauses == res.report["pauses"]  # journalled
+    assert sum(runner.idled) >= runner.cool_s and all(p["seconds"] >= 10 for p in pauses)
+    assert all(p["after_ratio"] <= 1 + 0.15 / 2 for p in pauses)  # resumed once the device read normal
+    for c in BLOCKS:  # every value from cool rounds
+        assert res.verdicts[c.key].value == pytest.approx(BASE[c.key], rel=0.02)
+    if reports:
+        assert res.report["throttled"]  # the hot rounds are named, not hidden
+
+
+def test_a_device_that_never_cools_is_paused_at_most_the_rule_allows():
+    runner = HotRunner(BASE.__getitem__, heat_after_s=10.0, cool_s=10**9)
+    res = hot_session(runner, rounds=3, heat=HeatRule(step_s=10.0, max_pause_s=30.0)).run(
+        [Target.of(c, "block") for c in BLOCKS], [Target.of(ANCHOR, "anchor")])
+    # At most the rule's 30 s of idling, plus the anchor readings (1 s each) taken between steps.
+    assert res.report["pauses"] and all(p["seconds"] <= 30.0 + 3.0 for p in res.report["pauses"])
+    assert all(res.verdicts[c.key].rounds >= 3 for c in BLOCKS)  # it still finished its work
+
+
+def test_a_budget_stops_new_waves_and_says_what_was_reached():
+    runner = HotRunner(BASE.__getitem__, heat_after_s=10**9)
+    for c in BLOCKS:
+        runner.slow(c.key, 1.3, 1.0, 1.5, 1.2, 1.4, 1.25)  # no consensus before round 5
+    # The given rule (no period confirmation), so nothing agrees before round 5.
+    res = hot_session(runner, rounds=3, budget_s=20.0, precision=None).run([Target.of(c, "block") for c in BLOCKS],
+                                                           [Target.of(ANCHOR, "anchor")])
+    budget = res.report["budget"]
+    assert budget["stopped"] and budget["used_s"] >= 20.0 and budget["agreed"] < budget["entries"] == 4
+    assert all(res.verdicts[c.key].rounds < 6 for c in BLOCKS)
+
+
+def test_the_probe_profiles_a_device_alone():
+    runner = HotRunner(BASE.__getitem__, heat_after_s=10**9)
+    out = probe_noise(runner, [ANCHOR, BLOCKS[0]], 3, MeasuringPlan(precision=0.02))
+    assert out["readings"] == 6 and out["profile"]["keys"] == 2 and out["profile"]["fast_share"] == 1.0
+    assert out["rules"]["achievable"] == 0.02 and out["seconds"] >= 6.0  # on the device's clock
+    assert {c[0] for c in runner.calls} == {ANCHOR.key, BLOCKS[0].key}

@@ -1,0 +1,76 @@
+"""Two latencies per entry: the fast state and the typical one (what benchmark tools print)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from scripted_device import ScriptedRunner
+
+import latbench
+from latbench.measuring.journal import Journal
+from latbench.measuring.measurement import Measurement
+from latbench.measuring.noise import within_ratio
+from latbench.tables.build import BuildSettings, TableBuilder, plan_tables
+
+
+class TwoStateRunner(ScriptedRunner):
+    """Samples alternate between the fast state and one 30 % slower in runs of 5 (a third of the
+    runs slow), and every fourth measurement falls in a whole-device slow period (x1.2)."""
+
+    def measure(self, prepared, policy=None, *, profile=False):
+        if len(self.calls) % 4 == 3:
+            self.period_calls.add(len(self.calls))
+        self.period_factor = 1.2
+        m = super().measure(prepared, policy, profile=profile)
+        samples = [x * (1.3 if (i // 5) % 3 == 2 else 1.0) for i, x in enumerate(m.samples_ms)]
+        return Measurement(m.label, samples, provenance=m.provenance)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    [plan] = plan_tables(models=["efficientformerv2_s0"], resolutions=[224],
+                         out=tmp_path_factory.mktemp("t") / "t", device_id="scripted")
+    runner = TwoStateRunner(lambda key: 0.05 + 0.001 * (sum(map(ord, key)) % 50))
+    settings = BuildSettings(min_separation_s=0.0, profile=False, jobs=1, runs=60)
+    return TableBuilder(runner, plan.out, settings).build(plan.configs, resolution=224,
+                                                          calibration=plan.calibration).table
+
+
+def test_every_entry_keeps_its_fast_state_and_its_typical_latency(built):
+    blocks = pd.read_csv(built.path / "blocks.csv").set_index("key")
+    meta = json.loads((built.path / "meta.json").read_text())
+    period = meta["noise_profile"]["period_factor"]
+    assert period > 1.01  # rounds in the device's slow periods raise the typical state
+    with Journal(built.path / "journal.sqlite") as journal:
+        rows = journal.rows("block")
+    for key, row in blocks.iterrows():
+        within = within_ratio([r.measurement for r in rows[key]])
+        assert within > 1.0  # a third of the runs 30 % slow moves the median off the fast state
+        assert row["typical_ms"] == pytest.approx(row["latency_ms"] * within * period, rel=1e-9)
+    assert "typical_ms" in meta["latencies"] and "fast state" in meta["latencies"]["latency_ms"]
+
+
+def test_the_calibration_fits_both_and_estimates_give_both(built, run_cli_json):
+    overhead = built.meta["overhead"]
+    assert overhead["calibrated"] and set(overhead["typical_scales"]) == {"attention", "rest"}
+    measured = built.models.set_index("name").loc["efficientformerv2_s0"]
+    assert measured["typical_ms"] > measured["latency_ms"]
+    e = latbench.estimate(built, "efficientformerv2_s0")
+    # Calibrated on that very model: each estimate is its own measurement.
+    assert e.latency_ms == pytest.approx(measured["latency_ms"], rel=1e-6)
+    assert e.typical_ms == pytest.approx(measured["typical_ms"], rel=1e-6)
+    [js] = run_cli_json("lut", "estimate", str(built.path), "efficientformerv2_s0")
+    assert js["typical_ms"] == pytest.approx(e.typical_ms) and js["latency_ms"] == pytest.approx(e.latency_ms)
+    frame = latbench.estimate_many(built, ["efficientformerv2_s0"])
+    assert frame["typical_ms"].iloc[0] == pytest.approx(e.typical_ms)
+
+
+def test_a_table_without_typical_latencies_still_estimates(built, tmp_path):
+    old = built.blocks.drop(columns=["typical_ms"])
+    from latbench.tables.table import LatencyTable
+
+    table = LatencyTable(old, built.ops, built.models, dict(built.meta), tmp_path)
+    e = latbench.estimate(table, "efficientformerv2_s0")
+    assert e.typical_ms is None and e.latency_ms == pytest.approx(latbench.estimate(built, "efficientformerv2_s0").latency_ms)
