@@ -41,6 +41,11 @@ SLOW_STATE = 0.10
 ROUND_CEILING = 12
 #: Share of entries that must reach their quorum within the derived round bound.
 COVERAGE = 0.95
+#: A round should span this many slow stretches, and may be at most this much longer than planned.
+STRETCHES_PER_ROUND = 4
+MAX_ROUND_LENGTH = 3.0
+#: Below this share of fast runs in a round, its 2nd percentile is no longer a fast run.
+MIN_FAST_RUNS = 0.05
 
 
 @dataclass(frozen=True)
@@ -65,12 +70,13 @@ class NoiseProfile:
     within_ratio: float  # median over rounds of the round's median / its p2
     typical_factor: float  # mean over rounds of round median / key's fastest p2: typical vs fast state
     period_factor: float  # mean over rounds of round p2 / key's fastest p2: the device's average state
-    slow_share: float  # share of samples more than SLOW_STATE above their key's fastest p2
+    slow_share: float  # share of runs more than SLOW_STATE above their key's fastest run
     slow_run: float  # mean length of slow stretches inside rounds, in samples
     slow_span_s: float  # mean length in time of runs of consecutive slow readings
     trend_per_min: float  # anchors' relative slowdown per minute (least squares; > 0 is slowing)
     throttling: bool | None = None  # the device's own report, when it gives one
     precision: float = 0.02  # the precision fast_share was counted against
+    runs_per_round: float = 0.0  # median timed runs of a round
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -131,6 +137,9 @@ def profile_of(readings: Sequence[Reading], *, precision: float = 0.02, floor_ms
     samples_slow, samples_all, runs = 0, 0, []
     for key, low in fastest.items():
         vals = sorted(p2(r.measurement) for r in by_key[key])
+        # Slow runs against the key's fastest runs (0.5th percentile of all its runs: a 2nd
+        # percentile of one round can itself be a slow run; a lone lucky run is not the floor).
+        floor = percentile(sorted(x for r in by_key[key] for x in r.measurement.samples_ms), 0.5)
         spreads.append(vals[-1] / vals[0] - 1)
         pairs.append(vals[1] / vals[0] - 1)
         first = sorted(p2(r.measurement) for r in sorted(by_key[key], key=lambda r: r.at)[:FIRST_ROUNDS])
@@ -141,7 +150,7 @@ def profile_of(readings: Sequence[Reading], *, precision: float = 0.02, floor_ms
             within.append(med / p2(r.measurement))
             typical.append(med / low)
             states.append(p2(r.measurement) / low)
-            slow = [x > low * (1 + SLOW_STATE) for x in s]
+            slow = [x > floor * (1 + SLOW_STATE) for x in s]
             samples_slow += sum(slow)
             samples_all += len(slow)
             runs += _run_lengths(slow)
@@ -165,7 +174,8 @@ def profile_of(readings: Sequence[Reading], *, precision: float = 0.02, floor_ms
         slow_share=samples_slow / samples_all if samples_all else 0.0,
         slow_run=statistics.fmean(runs) if runs else 0.0,
         slow_span_s=statistics.fmean(spans) if spans else 0.0,
-        trend_per_min=_slope_per_min(anchors), throttling=throttling, precision=precision)
+        trend_per_min=_slope_per_min(anchors), throttling=throttling, precision=precision,
+        runs_per_round=statistics.median(len(r.measurement.samples_ms) for k in fastest for r in by_key[k]))
 
 
 def _run_lengths(flags: Sequence[bool]) -> list[int]:
@@ -217,6 +227,9 @@ class MeasuringRules:
     min_separation_s: float = 2.0
     precision: float = 0.02  # what was asked for
     why: str = ""
+    #: Rounds sample this many times longer than the plan's policies say (slow stretches inside
+    #: rounds longer than a round can outlast).
+    round_length: float = 1.0
 
     @property
     def achievable(self) -> float:
@@ -226,13 +239,13 @@ class MeasuringRules:
     def to_dict(self) -> dict[str, Any]:
         return {"consensus": self.consensus.to_dict(), "confirm_by_period": self.confirm_by_period,
                 "min_separation_s": round(self.min_separation_s, 3), "precision": self.precision,
-                "achievable": self.achievable, "why": self.why}
+                "achievable": self.achievable, "why": self.why, "round_length": round(self.round_length, 3)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MeasuringRules:
         return cls(ConsensusRule.from_dict(data.get("consensus") or {}), bool(data.get("confirm_by_period")),
                    float(data.get("min_separation_s", 2.0)), float(data.get("precision", 0.02)),
-                   str(data.get("why", "")))
+                   str(data.get("why", "")), float(data.get("round_length", 1.0)))
 
 
 def rounds_for(share: float, quorum: int, coverage: float = COVERAGE) -> int:
@@ -276,9 +289,20 @@ def derive_rules(profile: NoiseProfile | None, precision: float, base: Consensus
     max_rounds = (base.max_rounds if not confirm
                   else int(min(base.max_rounds, ROUND_CEILING, max(base.min_rounds + 1, needed + 1))))
     separation = min(20.0, max(base_separation_s, profile.slow_span_s / 2))
-    rule = replace(base, tolerance=achievable, max_rounds=max(max_rounds, base.min_rounds, base.quorum))
+    # A round must outlast a slow stretch several times over to see the fast state at all.
+    length = 1.0
+    if profile.runs_per_round > 0 and profile.slow_run * STRETCHES_PER_ROUND > profile.runs_per_round:
+        length = min(MAX_ROUND_LENGTH, profile.slow_run * STRETCHES_PER_ROUND / profile.runs_per_round)
+        notes.append(f"slow stretches of ~{profile.slow_run:.0f} runs: rounds {length:.1f}x longer")
+    # Where fast runs are too few for the 2nd percentile to land on one, the fastest run is taken.
+    statistic = base.statistic
+    if profile.slow_share > 1 - MIN_FAST_RUNS and base.statistic not in ("min",):
+        statistic = "min"
+        notes.append(f"only {1 - profile.slow_share:.0%} of runs fast: per-round minimum")
+    rule = replace(base, tolerance=achievable, max_rounds=max(max_rounds, base.min_rounds, base.quorum),
+                   statistic=statistic)
     return MeasuringRules(rule, confirm, separation, precision,
-                          "; ".join(notes) or f"device meets {precision:.1%} with a quorum of {quorum}")
+                          "; ".join(notes) or f"device meets {precision:.1%} with a quorum of {quorum}", length)
 
 
 # -- heat --------------------------------------------------------------------------------------------

@@ -509,12 +509,21 @@ class MeasuringSession:
                 rounds = [max(done) + 1]
             else:
                 continue
-            jobs += [Job(key, r, target.role, self.plan.policy(target.role), profile=self.plan.profile and r == 0)
+            jobs += [Job(key, r, target.role, self._policy(target.role), profile=self.plan.profile and r == 0)
                      for r in rounds]
         # A fresh random order every wave; in the first wave, round by round.
         random.Random(f"{self.plan.seed}:{wave}").shuffle(jobs)
         jobs.sort(key=lambda j: j.round if wave == 0 else 0)
         return jobs
+
+    def _policy(self, role: str) -> SamplingPolicy:
+        """The plan's policy of a role, its rounds lengthened as the device's rules say."""
+        policy = self.plan.policy(role)
+        k = self.rules.round_length
+        if k <= 1.0 or policy.runs is not None:
+            return policy
+        return policy.replace(time_cap_s=policy.time_cap_s * k, min_time_s=policy.min_time_s * k,
+                              min_runs=int(policy.min_runs * k))
 
     def _separate(self, todo: list[Job], anchor_jobs: list[Job]) -> None:
         """Before a re-measurement wave, let time pass (measuring anchors) so an entry's new

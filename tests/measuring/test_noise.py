@@ -201,3 +201,30 @@ def test_the_probe_profiles_a_device_alone():
     assert out["readings"] == 6 and out["profile"]["keys"] == 2 and out["profile"]["fast_share"] == 1.0
     assert out["rules"]["achievable"] == 0.02 and out["seconds"] >= 6.0  # on the device's clock
     assert {c[0] for c in runner.calls} == {ANCHOR.key, BLOCKS[0].key}
+
+
+def test_long_slow_stretches_lengthen_rounds_and_rare_fast_runs_take_the_minimum():
+    def stretchy(key: str, start: float) -> list[Reading]:
+        # 40 runs a round; the first 30 in a slow stretch (1.5x), then 10 fast ones.
+        samples = [1.5] * 30 + [1.0] * 10
+        return [Reading(start + 10 * i, key, Measurement(key, samples)) for i in range(3)]
+
+    profile = profile_of([r for k in range(5) for r in stretchy(f"k{k}", k)])
+    assert profile.slow_run == 30 and profile.runs_per_round == 40
+    rules = derive_rules(profile, 0.02, ConsensusRule())
+    assert rules.round_length == pytest.approx(3.0) and "rounds 3.0x longer" in rules.why
+    assert rules.consensus.statistic == "p2"  # a quarter of the runs fast: the 2nd percentile is one
+    rare = [Reading(10.0 * i, f"k{k}", Measurement(f"k{k}", [1.5] * 99 + [1.0])) for k in range(3) for i in range(3)]
+    rules = derive_rules(profile_of(rare), 0.02, ConsensusRule())
+    assert rules.consensus.statistic == "min" and "per-round minimum" in rules.why
+
+
+def test_longer_rounds_reach_the_runner_policy():
+    runner = HotRunner(BASE.__getitem__, heat_after_s=10**9)
+    session = hot_session(runner, rounds=3)
+    from dataclasses import replace as dc_replace
+
+    session.rules = dc_replace(session.rules, round_length=2.0)
+    base = session.plan.policy("block")
+    longer = session._policy("block")
+    assert longer.time_cap_s == pytest.approx(2 * base.time_cap_s) and longer.min_runs == 2 * base.min_runs
