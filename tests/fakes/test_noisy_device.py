@@ -197,3 +197,32 @@ def test_runner_interface_and_provenance():
     assert r.renew(BLOCK) is BLOCK
     with pytest.raises(Exception, match="unknown noise profile"):
         NoisyRunner(lambda key: 1.0, "nope")
+
+
+def test_a_measuring_session_runs_on_the_virtual_clock(tmp_path):
+    """The real session on the double: journal times and the separation of extra rounds follow
+    the device's virtual clock, and the slow rounds of a bursty device get more rounds."""
+    from latbench.measuring.session import ArtifactItem, MeasuringPlan, MeasuringSession, Target
+
+    def item(name: str) -> ArtifactItem:
+        path = tmp_path / f"{name}.onnx"
+        path.write_bytes(name.encode())  # never read: the device only needs a distinct file per artifact
+        return ArtifactItem.of(path)
+
+    blocks = [item(f"b{i}") for i in range(12)]
+    anchor = item("anchor")
+    true = {it.key: 0.2 + 0.1 * i for i, it in enumerate(blocks)} | {anchor.key: 0.5}
+    r = NoisyRunner(true.__getitem__, "vm-bursts", seed=11, epoch=5000.0)
+    session = MeasuringSession(r, MeasuringPlan(rounds=3, seed=1, anchor_every=4))
+    res = session.run([Target(b.key, b, "block") for b in blocks], [Target(anchor.key, anchor, "anchor")])
+    times = [row.measured_at for rows in res.rows.values() for row in rows] + [a.measured_at for a in res.anchors]
+    assert min(times) > 5000.0 and max(times) == pytest.approx(r.clock())
+    assert r.measurements == sum(len(v) for v in res.rows.values()) + len(res.anchors)
+    # Each measurement of ~0.3 s or more took virtual time only; 36+ rounds plus anchors: > 10 s.
+    assert r.clock() - 5000.0 > 10.0
+    for key, verdict in res.verdicts.items():
+        assert verdict.value >= 0.999 * true[key]  # slowdown-only noise
+    # Extra rounds waited for the separation (filled with anchor readings) on the virtual clock.
+    extra = [(rows[-2].measured_at, rows[-1].measured_at) for rows in res.rows.values() if len(rows) > 3]
+    assert extra
+    assert all(after - before >= 2.0 for before, after in extra)
