@@ -106,10 +106,11 @@ PROFILES: dict[str, NoiseProfile] = {p.name: p for p in [
     NoiseProfile(
         "vm-bursts",
         "the development 2-core VM: rounds 1-2 % apart, bursts up to 26 % lasting whole rounds, a slow "
-        "state 30-35 % slower in spans of tens of seconds (about 30 % of the time)",
+        "state 30-35 % slower in spans of 10-50 s holding about 60 % of the time (periods.py: 60-76 % of a "
+        "build's rounds)",
         jitter=0.008, spike_prob=0.004, round_mean=0.012, unlucky_prob=0.03, unlucky_factor=(1.1, 1.32),
         bursts=Spans(on_s=(0.5, 3.0), gap_s=12.0, factor=(1.04, 1.26)),
-        slow=Spans(on_s=(15.0, 45.0), gap_s=70.0, factor=(1.30, 1.35))),
+        slow=Spans(on_s=(10.0, 50.0), gap_s=20.0, factor=(1.30, 1.35))),
     NoiseProfile(
         "xeon-trace",
         "the measured 16-core Xeon VM trace replayed: each round follows the quantiles of the trace row "

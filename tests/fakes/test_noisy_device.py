@@ -47,8 +47,8 @@ def test_fixed_runs_and_warm_up_are_honoured():
     assert m.provenance["sampling"]["stopped_by"] == "runs"
     assert m.warnings == []
     # Warm-up by time: 0.2 s of 1 ms runs is about 200 runs, beyond the 10 asked for.
-    m = r.measure(BLOCK, SamplingPolicy(warmup_runs=10, warmup_time_s=0.2, runs=5))
-    assert 150 < m.provenance["sampling"]["warmup_runs"] <= 201
+    m = runner("quiet").measure(BLOCK, SamplingPolicy(warmup_runs=10, warmup_time_s=0.2, runs=5))
+    assert 190 < m.provenance["sampling"]["warmup_runs"] <= 201
 
 
 def test_adaptive_policy_stops_on_ci_or_cap_and_warns_short_of_target():
@@ -168,11 +168,11 @@ def test_vm_bursts_has_a_slow_state_longer_than_a_round():
         ratios.append(ratio(r.measure(BLOCK, SamplingPolicy.fixed(1500, warmup_runs=0)).samples_ms, 2))
     ratios = np.array(ratios)
     slow = ratios > 1.29
-    assert 0.1 < slow.mean() < 0.6
+    assert 0.35 < slow.mean() < 0.85  # the slow state holds most of the time, as on the VM
     # Slow rounds come in spans of several consecutive rounds, not scattered one by one.
     runs = np.count_nonzero(np.diff(slow.astype(int)) == 1)
     assert runs and slow.sum() / runs > 5
-    assert float(np.median(ratios)) < 1.03  # most rounds are close to the fast state
+    assert float(np.percentile(ratios, 10)) < 1.02  # and the fast state is there to be found
 
 
 @pytest.mark.parametrize("name", [p for p in PROFILES if p != "quiet"])
