@@ -129,8 +129,12 @@ def build(profile: str, seed: int, out: Path, samples: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     res = TableBuilder(runner, out, settings).build(configs, space=space, resolution=224, calibration=calib)
     cpu_s = time.perf_counter() - t0
+    from latbench.measuring.journal import Journal
+
+    with Journal(out / "journal.sqlite") as j:
+        anchors = len(j.anchors())
     return {"result": res, "runner": runner, "validation": validation, "virtual_s": runner.elapsed,
-            "cpu_s": cpu_s, "timings": res.timings}
+            "cpu_s": cpu_s, "timings": res.timings, "anchor_readings": anchors}
 
 
 def entry_figures(table, runner) -> dict[str, Any]:
@@ -195,11 +199,12 @@ def main() -> int:
         print("note: the quiet profile is not in --profiles: no build-time ratio")
     for name in sorted(profiles, key=lambda p: p != "quiet"):  # quiet first: the time reference
         out = root / name
-        if out.exists() and not args.keep:
-            raise SystemExit(f"{out} exists")
+        if (out / "journal.sqlite").exists():  # a resumed build would measure nothing: no figures
+            raise SystemExit(f"{out} holds a table already; remove it or --keep another directory")
         b = build(name, args.seed, out, args.samples)
         table, runner = b["result"].table, b["runner"]
-        f = {"profile": name, **entry_figures(table, runner), "virtual_build_s": b["virtual_s"],
+        f = {"profile": name, **entry_figures(table, runner), "anchor_readings": b["anchor_readings"],
+             "virtual_build_s": b["virtual_s"],
              "cpu_s": b["cpu_s"], "export_s": b["timings"].get("export_s"),
              "typical_factor": typical_factor(runner.profile),
              "validation": validation_figures(table, runner, b["validation"])}
@@ -212,11 +217,12 @@ def main() -> int:
               f"{f['cpu_s']:.0f} s CPU (export {f['export_s']:.0f} s); typical/fast x{f['typical_factor']:.3f}; "
               f"worst {worst}", flush=True)
     print()
-    print(f"Default-space table on simulated devices (seed {args.seed}); entries: blocks and whole models in the "
-          f"table, empties excluded; validation: {args.samples} random subnets + S0-L vs true latency")
+    print(f"Default-space table on simulated devices (seed {args.seed}); entries: blocks and MobileNetV2 whole, "
+          f"empty models excluded; flagged: all flagged entries, empties included; rounds: of entries and "
+          f"calibration models; validation: {args.samples} random subnets + S0-L estimated vs true latency")
     print()
     print("| profile | entries within +-3 % (fast) | (typical) | median / max entry err | entry bias | flagged "
-          "| rounds | virtual build | vs quiet | val within 5 % | within 10 % | mean abs err | Kendall tau "
+          "| rounds (+ anchor readings) | virtual build | vs quiet | val within 5 % | within 10 % | mean abs err | Kendall tau "
           "| val (typical) within 5 % |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, f in figures.items():
@@ -224,7 +230,7 @@ def main() -> int:
         ratio = "n/a" if f["time_vs_quiet"] is None else f"{f['time_vs_quiet']:.2f}x"
         print(f"| {name} | {f['within_3pct_fast']:.0%} of {f['entries']} | {pct(f['within_3pct_typical'])} "
               f"| {f['median_err_pct']:.1f} % / {f['max_err_pct']:.1f} % | {f['bias_pct']:+.1f} % | {f['flagged']} "
-              f"| {f['rounds']} | {f['virtual_build_s']:.0f} s | {ratio} | {v['within_5pct']:.0%} "
+              f"| {f['rounds']} (+{f['anchor_readings']}) | {f['virtual_build_s']:.0f} s | {ratio} | {v['within_5pct']:.0%} "
               f"| {v['within_10pct']:.0%} | {v['mean_abs_pct_error']:.1f} % | {v['kendall_tau']:.3f} "
               f"| {pct(None if t is None else t['within_5pct'])} |")
     if args.json:
