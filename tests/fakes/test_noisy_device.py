@@ -65,10 +65,10 @@ def test_adaptive_policy_stops_on_ci_or_cap_and_warns_short_of_target():
 
 
 def test_same_seed_same_samples_other_seed_other_samples():
-    policy = SamplingPolicy(warmup_runs=3, time_cap_s=2.0, min_time_s=0.5)
+    policy = SamplingPolicy(warmup_runs=3, time_cap_s=1.0, min_time_s=0.3)
 
     def rounds(seed: int) -> list[list[float]]:
-        r = runner("xeon-trace", seed=seed)
+        r = runner("xeon-trace", seed=seed, ms=2.0)
         out = []
         for _ in range(5):
             out.append(r.measure(BLOCK, policy).samples_ms)
@@ -162,10 +162,10 @@ def test_big_little_rounds_are_bimodal():
 
 
 def test_vm_bursts_has_a_slow_state_longer_than_a_round():
-    r = runner("vm-bursts", seed=5)
+    r = runner("vm-bursts", seed=5, ms=3.0)
     ratios = []
     for _ in range(400):  # ~10 min of 1.5 s rounds
-        ratios.append(ratio(r.measure(BLOCK, SamplingPolicy.fixed(1500, warmup_runs=0)).samples_ms, 2))
+        ratios.append(ratio(r.measure(BLOCK, SamplingPolicy.fixed(500, warmup_runs=0)).samples_ms, 2, 3.0))
     ratios = np.array(ratios)
     slow = ratios > 1.29
     assert 0.35 < slow.mean() < 0.85  # the slow state holds most of the time, as on the VM
