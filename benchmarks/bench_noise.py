@@ -96,7 +96,7 @@ def latency_script(items: Sequence[Any]) -> Callable[[str], float]:
     return true_ms
 
 
-def plan(seed: int, samples: int):
+def plan(seed: int, samples: int, fixed: bool = False):
     """The default-space build (as `lut build --space`) and the validation models."""
     from latbench.blocks.candidates import resolve_candidate, sample_candidates
     from latbench.blocks.configs import EmptyConfig, overhead_blocks, space_blocks
@@ -105,7 +105,8 @@ def plan(seed: int, samples: int):
     from latbench.tables.table import REFERENCE_MODEL
 
     space = SearchSpace.default()
-    settings = BuildSettings(seed=seed)
+    # Fixed rules: the consensus rule as given (before rules followed the device's noise).
+    settings = BuildSettings(seed=seed, **({"target_precision": None} if fixed else {}))
     configs = space_blocks(space, 224)
     configs += [c for c in resolve_candidate(REFERENCE_MODEL, 224).blocks() if c not in configs]
     calib = sample_candidates(space, 224, settings.calibration_models, settings.seed, purpose="calibration")
@@ -119,12 +120,12 @@ def plan(seed: int, samples: int):
     return space, settings, configs, calib, validation, latency_script(every + list(calib) + list(validation))
 
 
-def build(profile: str, seed: int, out: Path, samples: int) -> dict[str, Any]:
+def build(profile: str, seed: int, out: Path, samples: int, fixed: bool = False) -> dict[str, Any]:
     from noisy_device import NoisyRunner
 
     from latbench.tables.build import TableBuilder
 
-    space, settings, configs, calib, validation, true_ms = plan(seed, samples)
+    space, settings, configs, calib, validation, true_ms = plan(seed, samples, fixed)
     runner = NoisyRunner(true_ms, profile, seed=seed, epoch=1_700_000_000.0)
     t0 = time.perf_counter()
     res = TableBuilder(runner, out, settings).build(configs, space=space, resolution=224, calibration=calib)
@@ -187,6 +188,8 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=30, help="random subnets validated (plus S0-L)")
     ap.add_argument("--json", default=None, metavar="OUT", help="write the figures here")
     ap.add_argument("--keep", default=None, metavar="DIR", help="keep the tables under DIR/<profile>")
+    ap.add_argument("--fixed-rules", action="store_true",
+                    help="build with the fixed consensus rule (as before rules followed the device's noise)")
     args = ap.parse_args()
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
     unknown = [p for p in profiles if p not in PROFILES]
@@ -201,7 +204,7 @@ def main() -> int:
         out = root / name
         if (out / "journal.sqlite").exists():  # a resumed build would measure nothing: no figures
             raise SystemExit(f"{out} holds a table already; remove it or --keep another directory")
-        b = build(name, args.seed, out, args.samples)
+        b = build(name, args.seed, out, args.samples, args.fixed_rules)
         table, runner = b["result"].table, b["runner"]
         f = {"profile": name, **entry_figures(table, runner), "anchor_readings": b["anchor_readings"],
              "virtual_build_s": b["virtual_s"],

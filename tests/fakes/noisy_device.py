@@ -6,7 +6,7 @@ and in `benchmarks/bench_noise.py`: a true fast-state latency per key (a script)
 `NoiseProfile` that says how the device slows down, and a seed. Everything else is the real Runner
 interface: prepare once per content hash, renew per round, measure with the caller's
 SamplingPolicy (warm-up, fixed runs or adaptive stop with `policy.stop_reason`), Measurements
-with provenance, `clock()`/`idle()`/`throttling()`.
+with provenance, `now()`/`idle()`/`throttling()`.
 
 Time is virtual: `measure()` advances the device's clock by its warm-up, every sample and a small
 per-measurement overhead; `idle()` advances it and lets the device cool. Nothing sleeps, so a
@@ -400,7 +400,7 @@ class NoisyRunner(Runner):
         return typical_factor(self.profile) * self.true_fast_ms(key)
 
     # -- time and heat ----------------------------------------------------------------------------
-    def clock(self) -> float:
+    def now(self) -> float:
         return self.epoch + self.elapsed
 
     def idle(self, seconds: float) -> None:
@@ -445,7 +445,7 @@ class NoisyRunner(Runner):
         info = {"warmup_runs": warmup_runs, "timed_runs": len(samples), "stopped_by": stopped_by,
                 "timed_wall_s": round(elapsed, 6)}
         return Measurement(prepared.label, samples, provenance=self.provenance_for(
-            prepared, info, virtual_clock=round(self.clock(), 6)), warnings=warnings)
+            prepared, info, virtual_clock=round(self.now(), 6)), warnings=warnings)
 
     def _warm_up(self, policy: SamplingPolicy, base: float) -> int:
         # As the real loop: run while fewer than warmup_runs are done or warmup_time_s has not passed.

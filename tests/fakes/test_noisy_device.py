@@ -24,7 +24,7 @@ def ratio(samples: list[float], q: float, ms: float = 1.0) -> float:
 
 def test_measure_advances_the_virtual_clock_by_what_it_timed():
     r = runner("quiet", ms=2.0)
-    assert r.clock() == 1000.0
+    assert r.now() == 1000.0
     policy = SamplingPolicy(warmup_runs=5, warmup_time_s=0.0, target_ci=0.0, time_cap_s=30.0)
     m = r.measure(BLOCK, policy)
     s = m.provenance["sampling"]
@@ -32,10 +32,10 @@ def test_measure_advances_the_virtual_clock_by_what_it_timed():
     # 30 s of 2 ms runs: about 15000 samples, and the clock moved by them (plus warm-up and set-up).
     assert 29.9 <= s["timed_wall_s"] <= 30.01
     assert 14_000 < s["timed_runs"] < 15_001
-    moved = r.clock() - 1000.0
+    moved = r.now() - 1000.0
     assert s["timed_wall_s"] < moved < s["timed_wall_s"] + 0.1
     r.idle(12.5)
-    assert r.clock() == pytest.approx(1000.0 + moved + 12.5)
+    assert r.now() == pytest.approx(1000.0 + moved + 12.5)
 
 
 def test_fixed_runs_and_warm_up_are_honoured():
@@ -216,10 +216,10 @@ def test_a_measuring_session_runs_on_the_virtual_clock(tmp_path):
     session = MeasuringSession(r, MeasuringPlan(rounds=3, seed=1, anchor_every=4))
     res = session.run([Target(b.key, b, "block") for b in blocks], [Target(anchor.key, anchor, "anchor")])
     times = [row.measured_at for rows in res.rows.values() for row in rows] + [a.measured_at for a in res.anchors]
-    assert min(times) > 5000.0 and max(times) == pytest.approx(r.clock())
+    assert min(times) > 5000.0 and max(times) == pytest.approx(r.now())
     assert r.measurements == sum(len(v) for v in res.rows.values()) + len(res.anchors)
     # Each measurement of ~0.3 s or more took virtual time only; 36+ rounds plus anchors: > 10 s.
-    assert r.clock() - 5000.0 > 10.0
+    assert r.now() - 5000.0 > 10.0
     for key, verdict in res.verdicts.items():
         assert verdict.value >= 0.999 * true[key]  # slowdown-only noise
     # Extra rounds waited for the separation (filled with anchor readings) on the virtual clock.
