@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from scripted_device import ScriptedRunner, latency_following_macs
 from latbench.blocks.candidates import Candidate, sample_candidates
 from latbench.blocks.configs import AttnConfig, EmbedConfig, FFNConfig
 from latbench.measuring.measurement import Measurement, SamplingPolicy
-from latbench.measuring.session import Job, LocalDispatcher
+from latbench.measuring.session import Job, JobResult, LocalDispatcher
 from latbench.space import SearchSpace
 from latbench.tables.build import BuildResult, BuildSettings, TableBuilder
 
@@ -56,12 +56,12 @@ def cost(key: str) -> float:
 # device by call index (the period check re-opens entries measured only in them).
 SLOWDOWNS: dict[str, list[float]] = {
     FFNS[2].key: [1.24, 1.0, 1.35],  # two disturbed rounds: a 4th round, in wave 1
-    EMBEDS[1].key: [1.0, 1.2, 1.3, 1.25],  # the fastest round stays alone until round 5 (wave 2)
-    ATTNS[1].key: [1.5, 1.5, 1.5],  # three agreeing wrong rounds: implausible, rounds 4 and 5
-    FFNS[5].key: [1.3, 1.3, 1.0, 1.28],
+    EMBEDS[1].key: [1.0, 1.2, 1.3, 1.25],  # the fastest round stays alone until the 5th (wave 2)
+    ATTNS[1].key: [1.5, 1.5, 1.5],  # three agreeing wrong rounds: implausible, a 4th and 5th round
+    FFNS[5].key: [1.3, 1.3, 1.0, 1.28],  # two agree above the fastest: no consensus until the 5th
 }
 PERIODS = set(range(18, 24)) | set(range(47, 52))
-SETTINGS = dict(min_separation_s=0.0, profile=False, calibration_models=2, jobs=1, runs=20)
+SETTINGS: dict[str, Any] = dict(min_separation_s=0.0, profile=False, calibration_models=2, jobs=1, runs=20)
 
 
 def calibration() -> list[Candidate]:
@@ -126,7 +126,8 @@ class WatchedDispatcher(LocalDispatcher):
         self.waves = 0
         self.wave = -1
 
-    def execute(self, jobs, anchors, anchor_every, on_result):
+    def execute(self, jobs: Sequence[Job], anchors: Sequence[Job], anchor_every: int,
+                on_result: Callable[[JobResult, bool], None]) -> None:
         # A wave; an empty job list is anchors that only let time pass (wave -1).
         self.wave, self.waves = (self.waves, self.waves + 1) if jobs else (-1, self.waves)
         return super().execute(jobs, anchors, anchor_every, on_result)
@@ -150,7 +151,7 @@ class DyingRunner(ScriptedRunner):
         self.job: Job | None = None
         self.wave = -1
         self.landed: Landed | None = None
-        self.log = None if log is None else open(log, "a", buffering=1)  # noqa: SIM115 (lives as long as the run)
+        self.log = None if log is None else open(log, "a", buffering=1)  # open for the run: the child dies with it
 
     def dispatcher(self) -> WatchedDispatcher:
         return WatchedDispatcher(self)
@@ -294,3 +295,81 @@ def test_builds_killed_at_random_points_resume_to_the_same_table(reference, tmp_
     assert sum(n for w, n in waves.items() if w >= 1) >= 3
     assert any(x.call.role == "model" for x in landed)
     assert any(x.kill.after for x in landed) and not all(x.kill.after for x in landed)
+
+
+# A build process the test signals: the same build on the same script, each measurement taking
+# SLEEP_S of wall time (about 2.5 s of measuring in all), logging each call as it is taken.
+DRIVER = """
+import sys
+sys.path[:0] = {paths!r}
+from pathlib import Path
+import test_resume_kills as t
+t.build(t.DyingRunner(t.DeviceScript(), sleep_s={sleep_s!r}, log=Path({log!r})), Path({out!r}))
+"""
+SLEEP_S = 0.03
+
+
+def read_log(log: Path) -> list[Call]:
+    lines = log.read_text().splitlines() if log.exists() else []
+    # A line cut by the signal (never the case with line-buffered writes of a few bytes) would not parse.
+    return [Call(k, int(r), role, int(w), int(n)) for k, r, role, w, n in (line.split() for line in lines)]
+
+
+def signal_build(out: Path, log: Path, sig: signal.Signals, after_calls: int, delay_s: float) -> int:
+    """Start the build in a child process, send `sig` `delay_s` after it has logged `after_calls`
+    measurements; its exit status."""
+    tests = REPO / "tests"
+    paths = [str(REPO), str(tests), str(tests / "fakes"), str(tests / "tables")]
+    code = DRIVER.format(paths=paths, sleep_s=SLEEP_S, log=str(log), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ))
+    try:
+        while proc.poll() is None and (not log.exists() or log.read_bytes().count(b"\n") < after_calls):
+            time.sleep(0.002)
+        time.sleep(delay_s)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -sig, err.decode()[-2000:]  # died of the signal: latbench does not handle it
+    return proc.returncode
+
+
+def test_builds_killed_by_signals_resume_to_the_same_table(reference, tmp_path):
+    """SIGKILL and SIGTERM (which latbench leaves to its default action: the process ends at once,
+    no cleanup) at seeded random points, mid-measurement or mid-commit, in the first and later
+    waves; then a resume in this process on the device where the child left it."""
+    ref_calls: list[Call] = reference["calls"]
+    n = len(ref_calls)
+    rng = random.Random(5)
+    later = [i for i, c in enumerate(ref_calls) if c.wave >= 1 and c.role != "anchor" and i < n - 4]
+    # The child takes the reference's calls in the reference's order: call i lands where it did there.
+    # Per signal: anywhere, in a later wave, and within the first dozen calls (one anchor read so far).
+    runs = [(sig, at) for sig in (signal.SIGKILL, signal.SIGTERM)
+            for at in (rng.randrange(3, n - 4), rng.choice(later), rng.randrange(1, 12))]
+    waves = []
+    for i, (sig, at) in enumerate(runs):
+        out, log = tmp_path / f"run{i}" / "t", tmp_path / f"run{i}.log"
+        signal_build(out, log, sig, at, rng.uniform(0, SLEEP_S))
+        child = read_log(log)
+        assert at <= len(child) < n  # killed mid-build, where it was meant to be
+        assert child == ref_calls[:len(child)]  # the same build: the reference's calls, in its order
+        landed = ref_calls[len(child)]  # the call in flight (or about to start) when the signal came
+        waves.append((sig, landed))
+        before = journal_rows(out)  # the child's journal is whole (integrity_check)
+        assert not (out / "meta.json").exists()  # derived only once the measuring is done
+        # At most the last measurement the child took is missing from its journal: taken, not committed.
+        lost = [c for c in child if c.role != "anchor" and (c.key, c.round) not in before]
+        assert lost in ([], [next(c for c in reversed(child) if c.role != "anchor")])
+        script = DeviceScript()
+        script.replay(child)
+        build(DyingRunner(script), out)
+        after = journal_rows(out)
+        assert all(after[kr] == v for kr, v in before.items())  # what the child journaled stays as it was
+        check_resumed(out, reference, script.taken, lost)
+    print("signals landed (signal, wave, round, role):",
+          [(sig.name, c.wave, c.round, c.role) for sig, c in waves])
+    for sig in (signal.SIGKILL, signal.SIGTERM):
+        assert any(c.wave >= 1 or c.round >= 3 for s, c in waves if s == sig)  # one in a later wave each
