@@ -3,8 +3,12 @@ wave, any number of times, it completes with nothing lost or duplicated and the 
 
 The device is a script (tests/fakes/scripted_device.py) whose state outlives the build process,
 as a real device's does: one `DeviceScript` holds every measurement taken so far (its call index
-drives the slow periods) and the per-entry slowdowns still to come. The blocks, exports, journal,
-sessions, waves and derived table are the real ones.
+drives the slow periods and the device's virtual clock) and the per-entry slowdowns still to come.
+The blocks, exports, journal, sessions, waves and derived table are the real ones.
+
+latbench installs no SIGTERM handler for a build (only `latbench agent` has one; the CLI catches
+KeyboardInterrupt): SIGTERM ends the process at once, like SIGKILL, and the journal (SQLite WAL,
+committed per measurement) is all that is left to resume from.
 """
 
 from __future__ import annotations
@@ -275,6 +279,8 @@ def resume_until_done(out: Path, script: DeviceScript, kills: Sequence[Kill]) ->
 
 
 def test_builds_killed_at_random_points_resume_to_the_same_table(reference, tmp_path):
+    """14 builds with 2-3 kill points each (the device dies as a measurement starts, or once it is
+    taken and before it is journaled) and resumed by a fresh builder until it completes."""
     ref_calls: list[Call] = reference["calls"]
     n = len(ref_calls)
     rng = random.Random(20)
