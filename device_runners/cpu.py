@@ -158,7 +158,7 @@ class CpuRunner(Runner):
         super().__init__()
         import onnxruntime  # noqa: F401  (fail early, as a DeviceError, if it is missing)
 
-        self.clock = resolve_clock(threads, clock)
+        self.sample_clock = resolve_clock(threads, clock)  # not `clock`: that is Runner.clock()
         self.device_id = "cpu"
         self.threads = threads
         self.cores = check_cores(core_mask)
@@ -188,7 +188,7 @@ class CpuRunner(Runner):
             "threads": self.threads,
             "inter_op_threads": 1,
             "execution_mode": "sequential",
-            "clock": self.clock,
+            "clock": self.sample_clock,
             **host_state(self.cores),
         }
 
@@ -243,7 +243,7 @@ class CpuRunner(Runner):
                 policy,
                 # One intra-op thread computes on this thread, so its CPU time is the work done.
                 cpu_clock=time.thread_time_ns if self.threads == 1 else None,
-                sample_clock=time.thread_time_ns if self.clock == "thread_cpu" else None,
+                sample_clock=time.thread_time_ns if self.sample_clock == "thread_cpu" else None,
             )
             per_op = self._profile(prepared, policy.warmup_runs) if profile else []
         return self.result(prepared, samples, info, per_op, warnings)

@@ -98,7 +98,7 @@ class LiteRTRunner(Runner):
         super().__init__()
         if litert_version() is None:
             raise DeviceError(f"the litert device needs ai-edge-litert, which is not installed: {INSTALL_HINT}")
-        self.clock = resolve_clock(threads, clock)
+        self.sample_clock = resolve_clock(threads, clock)  # not `clock`: that is Runner.clock()
         self.device_id = "litert"
         self.threads = threads
         self.cores = check_cores(core_mask)
@@ -138,7 +138,7 @@ class LiteRTRunner(Runner):
             "execution_provider": "XNNPACK" if self.xnnpack else "builtin",
             "xnnpack": self.xnnpack,
             "threads": self.threads,
-            "clock": self.clock,
+            "clock": self.sample_clock,
             **host_state(self.cores),
             **self._binary_facts,
         }
@@ -199,7 +199,7 @@ class LiteRTRunner(Runner):
                 policy,
                 # With one thread XNNPACK computes on this thread (no thread pool).
                 cpu_clock=time.thread_time_ns if self.threads == 1 else None,
-                sample_clock=time.thread_time_ns if self.clock == "thread_cpu" else None,
+                sample_clock=time.thread_time_ns if self.sample_clock == "thread_cpu" else None,
             )
             delegation = prepared.info.get("delegation") or {}
             if delegation.get("nodes") and not delegation.get("partitions"):

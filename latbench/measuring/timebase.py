@@ -42,6 +42,24 @@ def session_factor(levels: Mapping[str, float], reference: Mapping[str, float]) 
     return statistics.median(ratios) if ratios else None
 
 
+def group_factor(anchors: Sequence[AnchorRow], rule: ConsensusRule, reference: Mapping[str, float]) -> float | None:
+    """The factor of one session on one device: the median over anchors whose level is a consensus
+    (read at least `rule.quorum` times). A short session (a build killed a few measurements in, a
+    resume with little left) may have single readings only, and one taken in a burst would move
+    every round of the session: then the largest of their ratios (with slowdown-only noise the
+    fastest reading is the least disturbed), and no factor from one reading alone, which cannot
+    tell a burst from a slower session."""
+    counts: dict[str, int] = {}
+    for a in anchors:
+        counts[a.key] = counts.get(a.key, 0) + 1
+    levels = anchor_levels(anchors, rule)
+    confirmed = session_factor({k: v for k, v in levels.items() if counts[k] >= rule.quorum}, reference)
+    if confirmed is not None or len(anchors) < rule.quorum:
+        return confirmed
+    ratios = [reference[k] / v for k, v in levels.items() if k in reference and v > 0 and reference[k] > 0]
+    return max(ratios) if ratios else None
+
+
 def timebase_key(session: str | None, device: str | None) -> str:
     """What a time-base factor belongs to: one device in one session (several devices can measure
     in one session, each at its own speed)."""
@@ -98,7 +116,7 @@ def session_factors(journal: Journal, rule: ConsensusRule, *, current: str | Non
         if group == base["session"] or rows[0].session == base["session"]:  # (older journals: a session id)
             out[group] = 1.0
             continue
-        f = session_factor(anchor_levels(rows, rule), base["levels"])
+        f = group_factor(rows, rule, base["levels"])
         if f is not None:
             out[group] = f
     return out

@@ -211,3 +211,11 @@ def test_thread_cpu_clock_option(models):
         CpuRunner(threads=2, clock="thread_cpu")
     with pytest.raises(UsageError, match="clock"):
         CpuRunner(clock="sundial")
+
+
+def test_the_sample_clock_option_leaves_the_runners_device_clock_alone():
+    """The sample clock is an option of the samples; Runner.clock() is the device's time that a
+    measuring session stamps its journal with (a string in its place broke every CPU build)."""
+    with CpuRunner(clock="thread_cpu") as r:
+        assert r.describe()["clock"] == "thread_cpu"
+        assert isinstance(r.clock(), float)

@@ -71,3 +71,26 @@ def test_two_devices_in_one_session_get_their_own_factors():
 def test_session_factor_is_the_median_over_anchors():
     assert session_factor({"a": 1.1, "b": 2.0, "c": 1.0}, {"a": 1.0, "b": 2.0, "c": 1.0}) == pytest.approx(1.0)
     assert session_factor({"x": 1.0}, {"a": 1.0}) is None
+
+
+def test_a_short_sessions_burst_reading_does_not_move_its_rounds():
+    """A build killed a few measurements in leaves a session with single anchor readings; one taken
+    in a burst must not put the session's rounds 23 % fast (median of ratios: 11.5 %)."""
+    rule = ConsensusRule()
+    with Journal(":memory:") as j:
+        base = j.start_session("build", "cpu")
+        for i in range(3):
+            j.record_anchor(base, "cpu", i, "ffn", reading(1.0))
+            j.record_anchor(base, "cpu", 10 + i, "mhsa", reading(2.0))
+        one = j.start_session("build", "cpu")  # killed after one anchor reading, in a burst
+        j.record_anchor(one, "cpu", 0, "ffn", reading(1.3))
+        two = j.start_session("build", "cpu")  # two single readings, one in a burst: the faster says
+        j.record_anchor(two, "cpu", 0, "ffn", reading(1.3))
+        j.record_anchor(two, "cpu", 1, "mhsa", reading(2.0))
+        slower = j.start_session("build", "cpu")  # two single readings that agree: a slower session
+        j.record_anchor(slower, "cpu", 0, "ffn", reading(1.2))
+        j.record_anchor(slower, "cpu", 1, "mhsa", reading(2.4))
+        factors = session_factors(j, rule)
+    assert timebase_key(one, "cpu") not in factors
+    assert factors[timebase_key(two, "cpu")] == pytest.approx(1.0)
+    assert factors[timebase_key(slower, "cpu")] == pytest.approx(1 / 1.2)
