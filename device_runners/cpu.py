@@ -158,7 +158,7 @@ class CpuRunner(Runner):
         super().__init__()
         import onnxruntime  # noqa: F401  (fail early, as a DeviceError, if it is missing)
 
-        self.sample_clock = resolve_clock(threads, clock)  # not `clock`: that is Runner.clock()
+        self.sample_clock = resolve_clock(threads, clock)  # not `clock`: a device's time is Runner.now()
         self.device_id = "cpu"
         self.threads = threads
         self.cores = check_cores(core_mask)

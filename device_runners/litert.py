@@ -98,7 +98,7 @@ class LiteRTRunner(Runner):
         super().__init__()
         if litert_version() is None:
             raise DeviceError(f"the litert device needs ai-edge-litert, which is not installed: {INSTALL_HINT}")
-        self.sample_clock = resolve_clock(threads, clock)  # not `clock`: that is Runner.clock()
+        self.sample_clock = resolve_clock(threads, clock)  # not `clock`: a device's time is Runner.now()
         self.device_id = "litert"
         self.threads = threads
         self.cores = check_cores(core_mask)

@@ -214,8 +214,8 @@ def test_thread_cpu_clock_option(models):
 
 
 def test_the_sample_clock_option_leaves_the_runners_device_clock_alone():
-    """The sample clock is an option of the samples; Runner.clock() is the device's time that a
+    """The sample clock is an option of the samples; Runner.now() is the device's time that a
     measuring session stamps its journal with (a string in its place broke every CPU build)."""
     with CpuRunner(clock="thread_cpu") as r:
         assert r.describe()["clock"] == "thread_cpu"
-        assert isinstance(r.clock(), float)
+        assert isinstance(r.now(), float)
