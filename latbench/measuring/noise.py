@@ -42,7 +42,7 @@ ROUND_CEILING = 12
 #: Share of entries that must reach their quorum within the derived round bound.
 COVERAGE = 0.95
 #: A round should span this many slow stretches, and may be at most this much longer than planned.
-STRETCHES_PER_ROUND = 4
+STRETCHES_PER_ROUND = 1.5
 MAX_ROUND_LENGTH = 3.0
 #: Below this share of fast runs in a round, its 2nd percentile is no longer a fast run.
 MIN_FAST_RUNS = 0.05
@@ -65,7 +65,7 @@ class NoiseProfile:
     readings: int  # rounds behind the profile (anchors and entries)
     keys: int  # keys with at least two rounds
     round_spread: float  # median over keys of slowest / fastest round - 1
-    fast_agreement: float  # lower quartile over keys of 2nd-fastest / fastest round - 1
+    fast_agreement: float  # lower quartile over keys of the closest two first rounds' spread
     fast_share: float  # share of (non-fastest) rounds within the precision of their key's fastest
     within_ratio: float  # median over rounds of the round's median / its p2
     typical_factor: float  # mean over rounds of round median / key's fastest p2: typical vs fast state
@@ -107,11 +107,20 @@ def within_ratio(measurements: Sequence[Measurement]) -> float:
 
 
 def journal_profile(rows: Mapping[str, Sequence[Any]], anchors: Sequence[Any], *, precision: float = 0.02,
-                    floor_ms: float = 0.0, throttling: bool | None = None) -> NoiseProfile | None:
+                    floor_ms: float = 0.0, throttling: bool | None = None,
+                    pauses: Sequence[Mapping[str, Any]] = ()) -> NoiseProfile | None:
     """The profile of everything a journal holds: entry rounds (key -> JournalRows) and anchor
-    readings (AnchorRows), each anchor key apart per session (its level moves between sessions)."""
-    readings = [Reading(r.measured_at, k, r.measurement) for k, rs in rows.items() for r in rs]
-    readings += [Reading(a.measured_at, f"anchor:{a.key}@{a.session}", a.measurement, True) for a in anchors]
+    readings (AnchorRows), each anchor key apart per session (its level moves between sessions).
+    Readings taken while the device was hot (`pauses`: from hot_from to the end of the pause) are
+    left out: the profile describes the device in normal operation."""
+    hot = [(float(p.get("hot_from", p["at"])), float(p["at"]) + float(p["seconds"])) for p in pauses]
+
+    def normal(at: float) -> bool:
+        return not any(lo <= at <= hi for lo, hi in hot)
+
+    readings = [Reading(r.measured_at, k, r.measurement) for k, rs in rows.items() for r in rs if normal(r.measured_at)]
+    readings += [Reading(a.measured_at, f"anchor:{a.key}@{a.session}", a.measurement, True) for a in anchors
+                 if normal(a.measured_at)]
     return profile_of(readings, precision=precision, floor_ms=floor_ms, throttling=throttling)
 
 
@@ -141,7 +150,9 @@ def profile_of(readings: Sequence[Reading], *, precision: float = 0.02, floor_ms
         # percentile of one round can itself be a slow run; a lone lucky run is not the floor).
         floor = percentile(sorted(x for r in by_key[key] for x in r.measurement.samples_ms), 0.5)
         spreads.append(vals[-1] / vals[0] - 1)
-        pairs.append(vals[1] / vals[0] - 1)
+        first3 = sorted(p2(r.measurement) for r in sorted(by_key[key], key=lambda r: r.at)[:FIRST_ROUNDS])
+        # The closest two first rounds: how well rounds in one state agree, whatever the state.
+        pairs.append(min(b / a - 1 for a, b in zip(first3, first3[1:])))
         first = sorted(p2(r.measurement) for r in sorted(by_key[key], key=lambda r: r.at)[:FIRST_ROUNDS])
         others += [v <= first[0] * (1 + precision) or v - first[0] <= floor_ms for v in first[1:]]
         for r in by_key[key]:
@@ -308,26 +319,37 @@ def derive_rules(profile: NoiseProfile | None, precision: float, base: Consensus
 # -- heat --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class HeatRule:
-    """When to stop and let the device cool: it reports throttling, or its last `readings` anchor
-    readings all sit `threshold` above their levels and none is faster than the first of them (a
-    monotone slowdown, not a burst). It then idles in steps of `step_s` until an anchor reads
-    within threshold / 2 (and no throttling is reported), at most `max_pause_s` per pause."""
+    """When to stop and let the device cool: it reports throttling, or its anchors have read more
+    than `threshold` above their levels in every reading (at least `readings` of them) for
+    `span_s` or longer. A slow state that ends by itself (a busy neighbour, a frequency dip: on
+    the simulated and measured hosts, tens of seconds) is not heat; a throttled device stays slow
+    under load until it idles. It then idles in steps of `step_s` until an anchor reads within
+    threshold / 2 (and no throttling is reported), at most `max_pause_s` per pause."""
 
     threshold: float = 0.15
     readings: int = 3
+    span_s: float = 90.0
     step_s: float = 15.0
     max_pause_s: float = 300.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.threshold < 1 or self.readings < 2 or self.step_s <= 0 or self.max_pause_s < self.step_s:
-            raise UsageError(f"heat rule needs 0 < threshold < 1, readings >= 2, 0 < step <= max pause (got {self})")
+        if (not 0 < self.threshold < 1 or self.readings < 2 or self.span_s < 0 or self.step_s <= 0
+                or self.max_pause_s < self.step_s):
+            raise UsageError("heat rule needs 0 < threshold < 1, readings >= 2, span >= 0 and 0 < step <= max pause "
+                             f"(got {self})")
 
-    def hot(self, ratios: Sequence[float], throttling: bool | None) -> bool:
+    def hot_since(self, readings: Sequence[tuple[float, float]], throttling: bool | None) -> float | None:
+        """When the device became hot, from (time, anchor ratio) readings in order; None if it is not."""
+        slow = []
+        for at, ratio in reversed(readings):
+            if ratio <= 1 + self.threshold:
+                break
+            slow.append(at)
+        if len(slow) >= self.readings and slow[0] - slow[-1] >= self.span_s:
+            return slow[-1]
         if throttling:
-            return True
-        last = list(ratios[-self.readings:])
-        return (len(last) == self.readings and all(r > 1 + self.threshold for r in last)
-                and min(last) >= last[0] * 0.98 and last[-1] >= last[0])
+            return slow[-1] if slow else (readings[-1][0] if readings else 0.0)
+        return None
 
     def cooled(self, ratio: float, throttling: bool | None) -> bool:
         return not throttling and ratio <= 1 + self.threshold / 2

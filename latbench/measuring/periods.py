@@ -138,6 +138,11 @@ def confirmed_by_period(rows: Mapping[str, Sequence[JournalRow]], values: Mappin
     readings, _, extra = _journal_readings(rows, values, verdicts, anchors, consensus)
     flat = [r for rs in readings.values() for r in rs] + list(extra)
     ratios = dict(zip(map(id, flat), period_ratios(flat, rule)))
+    # The anchors' own readings, whose levels rest on many readings: they cannot be fooled the
+    # way neighbours can whose accepted values were themselves taken in a slow state.
+    by_device: dict[str | None, list[Reading]] = {}
+    for r in sorted(extra, key=lambda r: r.at):
+        by_device.setdefault(r.device, []).append(r)
     out: dict[str, Verdict] = {}
     for key, v in pending.items():
         rs, vals = readings.get(key) or [], values.get(key) or []
@@ -146,9 +151,19 @@ def confirmed_by_period(rows: Mapping[str, Sequence[JournalRow]], values: Mappin
             continue
         fastest, i = min(finite)
         period = ratios.get(id(rs[i]))
-        if period is not None and period <= 1 + consensus.tolerance:
+        if (period is not None and period <= 1 + consensus.tolerance
+                and _anchors_fast(by_device.get(rs[i].device) or [], rs[i].at, rule, 1 + 1.5 * consensus.tolerance)):
             out[key] = Verdict(fastest, True, (i,), v.rounds, 0.0, False)
     return out
+
+
+def _anchors_fast(anchors: Sequence[Reading], at: float, rule: PeriodRule, bound: float) -> bool:
+    """Whether the anchor readings just before and just after `at` (within rule.max_gap_s; one
+    side is enough where the other has none) read within `bound` of their levels."""
+    times = [a.at for a in anchors]
+    i = bisect.bisect_left(times, at)
+    near = [a for a in anchors[max(0, i - 1):i + 1] if abs(a.at - at) <= rule.max_gap_s]
+    return bool(near) and all(a.ratio <= bound for a in near)
 
 
 def _journal_readings(rows: Mapping[str, Sequence[JournalRow]], values: Mapping[str, Sequence[float]],

@@ -318,7 +318,8 @@ class MeasuringSession:
                                     self.plan.precision or self.plan.consensus.tolerance, "as given")
         self.profile: NoiseProfile | None = None
         self.pauses: list[dict[str, Any]] = []
-        self._anchor_ratios: list[float] = []
+        self._anchor_ratios: list[tuple[float, float]] = []
+        self._hot_keys: set[str] = set()
         self._cooling = False
         self._started_at = 0.0
         self._last_anchor_ratio: float | None = None
@@ -429,7 +430,8 @@ class MeasuringSession:
         throttling = getattr(self.dispatcher, "throttling", None)
         profile = journal_profile(rows, self.journal.anchors(self.session), precision=self.plan.precision or 0.02,
                                   floor_ms=self.plan.consensus.floor_ms,
-                                  throttling=throttling() if throttling else None)
+                                  throttling=throttling() if throttling else None,
+                                  pauses=self.journal.get_meta("pauses") or [])
         if profile is not None:
             self.profile = profile
         self.rules = derive_rules(self.profile, self.plan.precision or 0.02, self.plan.consensus,
@@ -456,10 +458,11 @@ class MeasuringSession:
         rule = self.plan.heat
         if rule is None or self._cooling:
             return
-        self._anchor_ratios.append(ratio)
+        self._anchor_ratios.append((self.clock(), ratio))
         throttling = getattr(self.dispatcher, "throttling", None)
         state = throttling() if throttling else None
-        if not rule.hot(self._anchor_ratios, state):
+        hot_from = rule.hot_since(self._anchor_ratios, state)
+        if hot_from is None:
             return
         idle = getattr(self.dispatcher, "idle", None)
         if idle is None or not getattr(self, "_anchor_jobs", None):
@@ -481,7 +484,9 @@ class MeasuringSession:
         finally:
             self._cooling = False
         self.pauses.append({"at": start, "seconds": round(self.clock() - start, 3), "trigger_ratio": ratio,
-                            "after_ratio": last, "throttling": bool(state)})
+                            "after_ratio": last, "throttling": bool(state), "hot_from": hot_from})
+        # What was measured while the device was hot gets another round, once it has cooled.
+        self._hot_keys |= {k for k, t in self._last_end.items() if t >= hot_from}
         self._anchor_ratios = []
         self.journal.set_meta("pauses", (self.journal.get_meta("pauses") or []) + [self.pauses[-1]])
 
@@ -499,6 +504,9 @@ class MeasuringSession:
         rule = self.rules.consensus
         recheck = set(self.recheck(verdicts)) if self.recheck else set()
         recheck |= set(self.slow_periods(rows, verdicts))
+        # Entries measured while the device was hot: one more round each, after the pause.
+        hot, self._hot_keys = self._hot_keys, set()
+        recheck |= hot
         jobs: list[Job] = []
         for key, target in self._targets.items():
             done = {r.round for r in rows.get(key, [])}

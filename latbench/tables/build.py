@@ -267,8 +267,11 @@ def derive_table(journal: Journal, out_dir: Path, consensus: ConsensusRule | Non
     rule, prule = consensus or (rules.consensus if rules else built.consensus), built.plausibility
     factors = session_factors(journal, rule)
     verdicts = decide_entries(journal, rule, factors, built.periods, bool(rules and rules.confirm_by_period))
-    noise = journal_profile({**journal.rows("block"), **journal.rows("model")}, journal.anchors())
-    period_factor = noise.period_factor if noise is not None else 1.0
+    noise = journal_profile({**journal.rows("block"), **journal.rows("model")}, journal.anchors(),
+                            floor_ms=rule.floor_ms, pauses=journal.get_meta("pauses") or [])
+    # typical = fast x the entry's median/p2 inside its rounds x the device's typical state
+    # (typical_factor over its median within-round ratio: the mean typical/fast of a round)
+    period_factor = noise.typical_factor / noise.within_ratio if noise is not None else 1.0
     resolution = journal.get_meta("resolution")
     block_rows: list[dict[str, Any]] = []
     ops: list[dict[str, Any]] = []
@@ -314,7 +317,8 @@ def derive_table(journal: Journal, out_dir: Path, consensus: ConsensusRule | Non
         "noise_profile": None if noise is None else noise.to_dict(),
         "latencies": {"latency_ms": "fast state: the consensus of the fastest agreeing rounds",
                       "typical_ms": "typical: the fast state times the entry's median/p2 inside its rounds times "
-                                    f"the device's average state ({period_factor:.4f}); what tools that print "
+                                    f"the device's average state ({period_factor:.4f}: the mean over rounds of round "
+                                    "median / fast, over the median within-round ratio); what tools that print "
                                     "averages or medians over runs report"},
         "plausibility": prule.to_dict(),
         "periods": built.periods.to_dict(),

@@ -103,12 +103,16 @@ def test_durations_parse_and_bad_ones_are_refused():
             parse_duration(bad)
 
 
-def test_heat_rule_wants_a_monotone_slowdown_or_a_report():
-    rule = HeatRule(threshold=0.15, readings=3)
-    assert rule.hot([1.0, 1.2, 1.25, 1.3], None)
-    assert not rule.hot([1.3, 1.0, 1.3], None)  # a burst, then normal: not heat
-    assert not rule.hot([1.3, 1.2, 1.16], None)  # recovering
-    assert rule.hot([1.0], True) and not rule.cooled(1.0, True) and rule.cooled(1.05, False)
+def test_heat_rule_wants_a_lasting_slowdown_or_a_report():
+    rule = HeatRule(threshold=0.15, readings=3, span_s=90.0)
+    every_10s = lambda ratios: [(10.0 * i, r) for i, r in enumerate(ratios)]  # noqa: E731
+    # Slow for 100 s without a break: hot since the first slow reading.
+    assert rule.hot_since(every_10s([1.0] + [1.3] * 11), None) == 10.0
+    # A slow state of 50 s that ended, then another just begun: not heat.
+    assert rule.hot_since(every_10s([1.3] * 5 + [1.0] + [1.3] * 4), None) is None
+    assert rule.hot_since(every_10s([1.3] * 5), None) is None  # 40 s: a slow spell, not yet heat
+    assert rule.hot_since(every_10s([1.0, 1.0]), True) == 10.0  # reported: at once
+    assert not rule.cooled(1.0, True) and rule.cooled(1.05, False) and not rule.cooled(1.1, False)
     with pytest.raises(UsageError):
         HeatRule(threshold=0)
 
@@ -154,7 +158,7 @@ class HotRunner(ScriptedRunner):
 
 def hot_session(runner, journal=None, **plan):
     plan = MeasuringPlan(**{"min_separation_s": 0.0, "anchor_every": 2, "precision": 0.02, "probe_rounds": 2,
-                            "heat": HeatRule(step_s=10.0, max_pause_s=120.0), **plan})
+                            "heat": HeatRule(step_s=10.0, max_pause_s=120.0, span_s=5.0), **plan})
     return MeasuringSession(runner, plan, journal=journal, export_jobs=1)
 
 
@@ -176,7 +180,7 @@ def test_a_throttling_device_is_left_to_cool_and_its_hot_rounds_never_set_a_valu
 
 def test_a_device_that_never_cools_is_paused_at_most_the_rule_allows():
     runner = HotRunner(BASE.__getitem__, heat_after_s=10.0, cool_s=10**9)
-    res = hot_session(runner, rounds=3, heat=HeatRule(step_s=10.0, max_pause_s=30.0)).run(
+    res = hot_session(runner, rounds=3, heat=HeatRule(step_s=10.0, max_pause_s=30.0, span_s=5.0)).run(
         [Target.of(c, "block") for c in BLOCKS], [Target.of(ANCHOR, "anchor")])
     # At most the rule's 30 s of idling, plus the anchor readings (1 s each) taken between steps.
     assert res.report["pauses"] and all(p["seconds"] <= 30.0 + 3.0 for p in res.report["pauses"])
@@ -212,7 +216,8 @@ def test_long_slow_stretches_lengthen_rounds_and_rare_fast_runs_take_the_minimum
     profile = profile_of([r for k in range(5) for r in stretchy(f"k{k}", k)])
     assert profile.slow_run == 30 and profile.runs_per_round == 40
     rules = derive_rules(profile, 0.02, ConsensusRule())
-    assert rules.round_length == pytest.approx(3.0) and "rounds 3.0x longer" in rules.why
+    # A round should outlast a slow stretch one and a half times: 45 runs, 1.125x the 40 it has.
+    assert rules.round_length == pytest.approx(1.125) and "rounds 1.1x longer" in rules.why
     assert rules.consensus.statistic == "p2"  # a quarter of the runs fast: the 2nd percentile is one
     rare = [Reading(10.0 * i, f"k{k}", Measurement(f"k{k}", [1.5] * 99 + [1.0])) for k in range(3) for i in range(3)]
     rules = derive_rules(profile_of(rare), 0.02, ConsensusRule())

@@ -41,7 +41,8 @@ def built(tmp_path_factory):
 def test_every_entry_keeps_its_fast_state_and_its_typical_latency(built):
     blocks = pd.read_csv(built.path / "blocks.csv").set_index("key")
     meta = json.loads((built.path / "meta.json").read_text())
-    period = meta["noise_profile"]["period_factor"]
+    noise = meta["noise_profile"]
+    period = noise["typical_factor"] / noise["within_ratio"]
     assert period > 1.01  # rounds in the device's slow periods raise the typical state
     with Journal(built.path / "journal.sqlite") as journal:
         rows = journal.rows("block")
