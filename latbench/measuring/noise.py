@@ -14,7 +14,8 @@ refines that profile after every wave from all rounds it has, and derives its ru
 * confirmation by period: where fast rounds are too rare for a quorum of two within that bound,
   a single fastest round is accepted when the measurements around it in time (other entries,
   anchors) show the device was in its fast state then (latbench.measuring.periods);
-* spacing: an entry's extra round waits about half a slow span, so it is not taken in the same one;
+* spacing: an entry's extra round waits about half a slow span (doubling with every further one),
+  so it is not taken in the same one;
 * the typical latency: a round's median over its fast value, times how much slower than its fast
   state the device runs on average (the time-average of all rounds against their entries' fast
   values): what a user's benchmark tool prints on this device.
@@ -44,6 +45,8 @@ COVERAGE = 0.95
 #: A round should span this many slow stretches, and may be at most this much longer than planned.
 STRETCHES_PER_ROUND = 1.5
 MAX_ROUND_LENGTH = 3.0
+#: An entry's extra rounds wait at most this long for a slow span to pass (before doubling).
+MAX_SEPARATION_S = 30.0
 #: Below this share of fast runs in a round, its 2nd percentile is no longer a fast run.
 MIN_FAST_RUNS = 0.05
 
@@ -155,19 +158,28 @@ def profile_of(readings: Sequence[Reading], *, precision: float = 0.02, floor_ms
         pairs.append(min(b / a - 1 for a, b in zip(first3, first3[1:])))
         first = sorted(p2(r.measurement) for r in sorted(by_key[key], key=lambda r: r.at)[:FIRST_ROUNDS])
         others += [v <= first[0] * (1 + precision) or v - first[0] <= floor_ms for v in first[1:]]
-        for r in by_key[key]:
+        in_time = sorted(by_key[key], key=lambda r: r.at)
+        for n, r in enumerate(in_time):
             s = r.measurement.samples_ms
             med = percentile(sorted(s), 50.0)
             within.append(med / p2(r.measurement))
-            typical.append(med / low)
-            states.append(p2(r.measurement) / low)
+            # The device's average state from rounds taken when the schedule said, not because
+            # they disagreed: an entry's first rounds, and every anchor reading (at fixed intervals).
+            if n < FIRST_ROUNDS or by_key[key][0].anchor:
+                typical.append(med / low)
+                states.append(p2(r.measurement) / low)
             slow = [x > floor * (1 + SLOW_STATE) for x in s]
             samples_slow += sum(slow)
             samples_all += len(slow)
             runs += _run_lengths(slow)
-    # Slow spans in time: consecutive readings (any key) above their key's fast value.
+    # Slow spans in time: consecutive anchor readings above their fast level (anchors are read
+    # at regular intervals and their levels rest on many readings; an entry whose own rounds
+    # were all slow would read "fast" in a slow span). Without anchors, every reading.
     timeline = sorted((r.at, p2(r.measurement) / fastest[r.key] - 1 > SLOW_STATE)
-                      for k in fastest for r in by_key[k])
+                      for k in fastest for r in by_key[k] if r.anchor)
+    if len(timeline) < 3:
+        timeline = sorted((r.at, p2(r.measurement) / fastest[r.key] - 1 > SLOW_STATE)
+                          for k in fastest for r in by_key[k])
     spans, start = [], None
     for at, slow in timeline:
         if slow and start is None:
@@ -299,7 +311,7 @@ def derive_rules(profile: NoiseProfile | None, precision: float, base: Consensus
     # than the caller's bound).
     max_rounds = (base.max_rounds if not confirm
                   else int(min(base.max_rounds, ROUND_CEILING, max(base.min_rounds + 1, needed + 1))))
-    separation = min(20.0, max(base_separation_s, profile.slow_span_s / 2))
+    separation = min(MAX_SEPARATION_S, max(base_separation_s, profile.slow_span_s / 2))
     # A round must outlast a slow stretch several times over to see the fast state at all.
     length = 1.0
     if profile.runs_per_round > 0 and profile.slow_run * STRETCHES_PER_ROUND > profile.runs_per_round:

@@ -104,10 +104,12 @@ def slow_period_keys(rounds: Mapping[str, Sequence[Reading]], members: Mapping[s
     key -> indices of the rounds its value comes from; `extra`: other readings (anchors)."""
     flat = [r for rs in rounds.values() for r in rs] + list(extra)
     ratios = dict(zip(map(id, flat), period_ratios(flat, rule)))
+    anchors = _anchor_timelines(extra)
     out: dict[str, float] = {}
     for key, idx in members.items():
         rs = rounds.get(key) or []
-        known = [ratios[id(rs[i])] for i in idx if i < len(rs)]
+        known = [_slower(ratios[id(rs[i])], _anchor_ratio(anchors.get(rs[i].device) or [], rs[i].at, rule))
+                 for i in idx if i < len(rs)]
         if not known or any(p is None for p in known):
             continue  # a round of unknown period may be an ordinary one
         lowest = min(p for p in known if p is not None)
@@ -157,13 +159,37 @@ def confirmed_by_period(rows: Mapping[str, Sequence[JournalRow]], values: Mappin
     return out
 
 
+def _anchor_timelines(extra: Sequence[Reading]) -> dict[str | None, list[Reading]]:
+    by_device: dict[str | None, list[Reading]] = {}
+    for r in sorted(extra, key=lambda r: r.at):
+        if r.key.startswith("anchor:"):
+            by_device.setdefault(r.device, []).append(r)
+    return by_device
+
+
+def _anchor_ratio(anchors: Sequence[Reading], at: float, rule: PeriodRule) -> float | None:
+    """The median ratio of the anchor readings just before and after `at` (within max_gap_s)."""
+    times = [a.at for a in anchors]
+    i = bisect.bisect_left(times, at)
+    near = [a.ratio for a in anchors[max(0, i - 1):i + 1] if abs(a.at - at) <= rule.max_gap_s]
+    return statistics.median(near) if near else None
+
+
+def _slower(neighbours: float | None, anchors: float | None) -> float | None:
+    """A round's period as the slower of what its neighbours and the anchors around it say: where
+    the device sits in a slow state most of the time, neighbours' accepted values can themselves
+    be slow (reading 1.0 in the slow state); the anchors' levels rest on many readings."""
+    known = [x for x in (neighbours, anchors) if x is not None]
+    return max(known) if known else None
+
+
 def _anchors_fast(anchors: Sequence[Reading], at: float, rule: PeriodRule, bound: float) -> bool:
-    """Whether the anchor readings just before and just after `at` (within rule.max_gap_s; one
-    side is enough where the other has none) read within `bound` of their levels."""
+    """Whether the anchor readings just before and just after `at` (both, within rule.max_gap_s)
+    read within `bound` of their levels: the device was fast on both sides of the round."""
     times = [a.at for a in anchors]
     i = bisect.bisect_left(times, at)
     near = [a for a in anchors[max(0, i - 1):i + 1] if abs(a.at - at) <= rule.max_gap_s]
-    return bool(near) and all(a.ratio <= bound for a in near)
+    return len(near) == 2 and all(a.ratio <= bound for a in near)
 
 
 def _journal_readings(rows: Mapping[str, Sequence[JournalRow]], values: Mapping[str, Sequence[float]],

@@ -38,6 +38,9 @@ from latbench.measuring.noise import HeatRule, MeasuringRules, NoiseProfile, der
 from latbench.measuring.periods import PeriodRule, confirmed_by_period, journal_slow_periods
 from latbench.measuring.timebase import anchor_levels, timebase_key
 
+#: The longest an extra round waits after the entry's previous one (the doubling stops there).
+MAX_WAIT_S = 30.0
+
 #: Default sampling per role: many short measurements beat one long one on a drifting device.
 DEFAULT_POLICIES: dict[str, SamplingPolicy] = {
     "block": SamplingPolicy(warmup_runs=10, warmup_time_s=0.05, time_cap_s=1.5, min_time_s=0.3),
@@ -540,7 +543,8 @@ class MeasuringSession:
             return
         # Each further extra round waits twice as long: slow periods can last several rounds.
         wait_until = max(self._last_end.get(j.key, 0.0)
-                         + self.rules.min_separation_s * 2 ** min(max(j.round - self.plan.rounds, 0), 4) for j in todo)
+                         + min(MAX_WAIT_S, self.rules.min_separation_s * 2 ** min(max(j.round - self.plan.rounds, 0), 4))
+                         for j in todo)
         turn = 0
         while self.clock() < wait_until:
             self.dispatcher.execute([], [anchor_jobs[turn % len(anchor_jobs)]], self.plan.anchor_every, self._commit)

@@ -14,6 +14,7 @@ stopped and a grown space costs only its new configurations.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -244,6 +245,7 @@ def entry_stats(rows: Sequence[JournalRow], rule: ConsensusRule, factors: dict[s
     return {
         "latency_ms": verdict.value,
         "typical_ms": verdict.value * (within if math.isfinite(within) else 1.0) * period_factor,
+        "_within": within if math.isfinite(within) else None,  # replaced by its kind's (_kind_typical)
         "raw_latency_ms": raw.value,
         "consensus": verdict.agreed,
         "agreement": verdict.agreement,
@@ -295,6 +297,7 @@ def derive_table(journal: Journal, out_dir: Path, consensus: ConsensusRule | Non
     # Plausibility across entries of a kind: flag what stays far above its trend.
     checks = check_trends([entry_of(r["key"], configs[r["key"]], r["latency_ms"]) for r in block_rows
                            if math.isfinite(r["latency_ms"])], prule)
+    _kind_typical(block_rows)
     for row in block_rows:
         c = checks.get(row["key"])
         row["trend_ratio"] = None if c is None else c.ratio
@@ -335,8 +338,24 @@ def derive_table(journal: Journal, out_dir: Path, consensus: ConsensusRule | Non
         journal.set_meta("created", meta["created"])
     table = LatencyTable(pd.DataFrame(block_rows, columns=BLOCK_COLUMNS), pd.DataFrame(ops, columns=OP_COLUMNS),
                          pd.DataFrame(columns=MODEL_COLUMNS), meta, out_dir)
-    _calibrate(table, journal, rule, factors, resolution, slow, verdicts, period_factor)
+    _calibrate(table, journal, rule, factors, resolution, slow, verdicts, period_factor,
+               noise.within_ratio if noise is not None else 1.0)
     return table
+
+
+def _kind_typical(rows: list[dict[str, Any]]) -> None:
+    """Each entry's typical latency with the within-round ratio of its kind (the median over the
+    kind's entries) instead of its own: one entry's few rounds say little about the shape of its
+    run-time distribution, its kind's many rounds say it well."""
+    by_kind: dict[Any, list[float]] = {}
+    for r in rows:
+        if r.get("_within") is not None and math.isfinite(r["_within"]):
+            by_kind.setdefault(r["kind"], []).append(r["_within"])
+    for r in rows:
+        own = r.pop("_within", None)
+        ratios = by_kind.get(r["kind"])
+        if own and ratios and math.isfinite(r["typical_ms"]):
+            r["typical_ms"] = r["typical_ms"] / own * statistics.median(ratios)
 
 
 def decide_entries(journal: Journal, rule: ConsensusRule, factors: dict[str, float], prule: PeriodRule,
@@ -385,7 +404,8 @@ def measured_by(journal: Journal) -> dict[str, Any]:
 
 def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, factors: dict[str, float],
                resolution: int | None, slow: dict[str, float] | None = None,
-               verdicts: dict[str, Verdict] | None = None, period_factor: float = 1.0) -> None:
+               verdicts: dict[str, Verdict] | None = None, period_factor: float = 1.0,
+               device_within: float = 1.0) -> None:
     """Fit the overhead model's scale on the whole models measured end to end (models.csv); models
     measured only in slow periods are left out of the fit while at least MIN_CALIBRATION_MODELS remain."""
     slow = slow or {}
@@ -398,6 +418,9 @@ def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, facto
     for key, rows in sorted(journal.rows("model").items()):
         fields = rows[0].fields
         stats = entry_stats(rows, rule, factors, (verdicts or {}).get(key), period_factor)
+        # A whole model's typical latency: the device's typical state, not its own few rounds'
+        # median-to-p2 ratio (those scatter; the calibration of typical_ms would follow them).
+        stats["typical_ms"] = stats["latency_ms"] * period_factor * device_within
         cand = candidate_from_fields(fields, resolution or 224)
         row = {"name": fields.get("name", key), "key": key, "role": "calibration", **stats,
                "content_hash": rows[-1].content_hash, "arch": fields.get("arch")}

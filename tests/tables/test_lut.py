@@ -238,7 +238,7 @@ def test_a_model_table_is_calibrated_on_its_models_and_says_so(run_cli_json, tmp
     # One model fitted with one scale: the estimate of that model is its end-to-end measurement.
     assert est["latency_ms"] == pytest.approx(models["latency_ms"].iloc[0], rel=1e-6)
     # ... for both latencies: the typical one is calibrated the same way.
-    assert est["typical_ms"] == pytest.approx(models["typical_ms"].iloc[0], rel=1e-6)
+    assert est["typical_ms"] == pytest.approx(models["typical_ms"].iloc[0], rel=1e-5)
     assert est["typical_ms"] >= est["latency_ms"]
 
 

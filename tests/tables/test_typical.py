@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pandas as pd
 import pytest
@@ -46,10 +47,12 @@ def test_every_entry_keeps_its_fast_state_and_its_typical_latency(built):
     assert period > 1.01  # rounds in the device's slow periods raise the typical state
     with Journal(built.path / "journal.sqlite") as journal:
         rows = journal.rows("block")
-    for key, row in blocks.iterrows():
-        within = within_ratio([r.measurement for r in rows[key]])
-        assert within > 1.0  # a third of the runs 30 % slow moves the median off the fast state
-        assert row["typical_ms"] == pytest.approx(row["latency_ms"] * within * period, rel=1e-9)
+    own = {key: within_ratio([r.measurement for r in rows[key]]) for key in blocks.index}
+    assert all(w > 1.0 for w in own.values())  # a third of the runs 30 % slow moves the median off the fast state
+    for _key, row in blocks.iterrows():
+        # The within-round ratio of the entry's kind (the median over its entries), not its own.
+        kind = statistics.median(own[k] for k in blocks.index[blocks["kind"] == row["kind"]])
+        assert row["typical_ms"] == pytest.approx(row["latency_ms"] * kind * period, rel=1e-4)  # meta.json rounds the profile
     assert "typical_ms" in meta["latencies"] and "fast state" in meta["latencies"]["latency_ms"]
 
 
@@ -61,7 +64,7 @@ def test_the_calibration_fits_both_and_estimates_give_both(built, run_cli_json):
     e = latbench.estimate(built, "efficientformerv2_s0")
     # Calibrated on that very model: each estimate is its own measurement.
     assert e.latency_ms == pytest.approx(measured["latency_ms"], rel=1e-6)
-    assert e.typical_ms == pytest.approx(measured["typical_ms"], rel=1e-6)
+    assert e.typical_ms == pytest.approx(measured["typical_ms"], rel=1e-5)  # a least-squares fit of one model
     [js] = run_cli_json("lut", "estimate", str(built.path), "efficientformerv2_s0")
     assert js["typical_ms"] == pytest.approx(e.typical_ms) and js["latency_ms"] == pytest.approx(e.latency_ms)
     frame = latbench.estimate_many(built, ["efficientformerv2_s0"])
