@@ -130,32 +130,40 @@ def journal_slow_periods(rows: Mapping[str, Sequence[JournalRow]], values: Mappi
 def confirmed_by_period(rows: Mapping[str, Sequence[JournalRow]], values: Mapping[str, Sequence[float]],
                         verdicts: Mapping[str, Verdict], anchors: Sequence[AnchorRow], consensus: ConsensusRule,
                         rule: PeriodRule) -> dict[str, Verdict]:
-    """Entries without a quorum whose fastest round was taken while the device was in its fast
-    state (its period ratio within the consensus tolerance): that round stands as their value.
-    On a device whose fast state is rare a quorum of fast rounds costs many rounds; the
-    measurements around a round in time say as much about its period as a second round would."""
+    """Entries without a quorum whose fastest round, taken while the anchors around it read the
+    device in its fast state, is confirmed by another round taken in a slow state once that
+    round is divided by how slow the anchors around it read.
+
+    On a device that spends most of its time in a slow state (the Xeon VM's rounds: a sixth fast)
+    a quorum of fast rounds costs many rounds, but its slow state slows every entry alike: a slow
+    round over the anchors' slowdown at its time is a second measurement of the fast value. The
+    fastest round must itself sit between fast anchor readings, so two slow rounds never confirm
+    each other, and the value is the fastest round as measured (nothing normalised is stored)."""
     pending = {k: v for k, v in verdicts.items() if not v.agreed and v.rounds >= consensus.min_rounds}
     if not pending:
         return {}
-    readings, _, extra = _journal_readings(rows, values, verdicts, anchors, consensus)
-    flat = [r for rs in readings.values() for r in rs] + list(extra)
-    ratios = dict(zip(map(id, flat), period_ratios(flat, rule)))
-    # The anchors' own readings, whose levels rest on many readings: they cannot be fooled the
-    # way neighbours can whose accepted values were themselves taken in a slow state.
-    by_device: dict[str | None, list[Reading]] = {}
-    for r in sorted(extra, key=lambda r: r.at):
-        by_device.setdefault(r.device, []).append(r)
+    _, _, extra = _journal_readings(rows, values, verdicts, anchors, consensus)
+    timelines = _anchor_timelines(extra)
+    fast_bound = 1 + 1.5 * consensus.tolerance
     out: dict[str, Verdict] = {}
     for key, v in pending.items():
-        rs, vals = readings.get(key) or [], values.get(key) or []
+        rs, vals = rows.get(key) or [], values.get(key) or []
         finite = [(x, i) for i, x in enumerate(vals) if math.isfinite(x) and x > 0]
         if not finite or len(rs) != len(vals):
             continue
         fastest, i = min(finite)
-        period = ratios.get(id(rs[i]))
-        if (period is not None and period <= 1 + consensus.tolerance
-                and _anchors_fast(by_device.get(rs[i].device) or [], rs[i].at, rule, 1 + 1.5 * consensus.tolerance)):
-            out[key] = Verdict(fastest, True, (i,), v.rounds, 0.0, False)
+        line = timelines.get(rs[i].device) or []
+        if not _anchors_fast(line, rs[i].measured_at, rule, fast_bound):
+            continue
+        for x, j in finite:
+            if j == i:
+                continue
+            slow = _anchor_ratio(timelines.get(rs[j].device) or [], rs[j].measured_at, rule)
+            if slow is None or slow <= fast_bound:
+                continue  # a round in a fast state already had its say in the consensus
+            if abs(x / slow / fastest - 1) <= consensus.tolerance:
+                out[key] = Verdict(fastest, True, tuple(sorted((i, j))), v.rounds, x / slow / fastest - 1, False)
+                break
     return out
 
 

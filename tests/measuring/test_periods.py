@@ -99,3 +99,37 @@ def test_a_block_left_in_slow_periods_when_its_rounds_run_out_is_reported(tmp_pa
     res = MeasuringSession(runner, plan, export_jobs=1).run([Target.of(c, "block") for c in BLOCKS],
                                                             [Target.of(ANCHOR, "anchor")])
     assert res.verdicts[KEY].rounds == 3 and KEY in res.report["slow_period"]
+
+
+def test_a_slow_round_over_its_anchors_confirms_a_fast_one_but_two_slow_rounds_never_agree():
+    """Period confirmation (rules derived for a device whose fast state is rare): the fastest round,
+    taken between fast anchor readings, is confirmed by a round taken in a slow state once that
+    round is divided by the anchors' slowdown around it."""
+    from latbench.measuring.consensus import Verdict
+    from latbench.measuring.journal import AnchorRow, JournalRow
+    from latbench.measuring.measurement import Measurement
+    from latbench.measuring.periods import confirmed_by_period
+
+    def m(ms):
+        return Measurement("x", [ms] * 20)
+
+    # Anchor "a" (level 1.0 ms) read every 5 s: fast until 20 s, 30 % slow from 20 s to 60 s.
+    anchors = [AnchorRow("s", "d", i, "a", m(1.0 if not 20 <= 5 * i < 60 else 1.3), 5.0 * i) for i in range(16)]
+    anchors += [AnchorRow("s", "d", 100 + i, "a", m(1.0), 0.5 + 5.0 * i) for i in range(3)]  # the level's quorum
+    rule = ConsensusRule()
+
+    def verdicts(times, values):
+        rows = {"k": [JournalRow("k", r, "block", {}, m(v), None, t, "d", "s")
+                      for r, (t, v) in enumerate(zip(times, values))]}
+        vals = {"k": [rule.round_value(r.measurement) for r in rows["k"]]}
+        decided = {"k": rule.decide(vals["k"])}
+        return decided, confirmed_by_period(rows, vals, decided, anchors, rule, RULE)
+
+    decided, confirmed = verdicts([12.0, 32.0, 47.0], [0.50, 0.651, 0.70])  # fast, slow (0.651/1.3), slower
+    assert not decided["k"].agreed
+    assert isinstance(confirmed["k"], Verdict) and confirmed["k"].value == pytest.approx(0.50)
+    assert confirmed["k"].members == (0, 1) and confirmed["k"].agreed
+    # Every round slow: the fastest is not between fast anchors, nothing is confirmed.
+    assert verdicts([27.0, 37.0, 52.0], [0.65, 0.70, 0.72])[1] == {}
+    # A fast round whose slow partner does not fit the anchors' slowdown (a burst of its own): no.
+    assert verdicts([12.0, 32.0, 47.0], [0.50, 0.75, 0.76])[1] == {}
