@@ -14,8 +14,8 @@ refines that profile after every wave from all rounds it has, and derives its ru
 * confirmation by period: where fast rounds are too rare for a quorum of two within that bound,
   a single fastest round is accepted when the measurements around it in time (other entries,
   anchors) show the device was in its fast state then (latbench.measuring.periods);
-* spacing: an entry's extra round waits about half a slow span (doubling with every further one),
-  so it is not taken in the same one;
+* spacing: an entry's extra round waits a quarter of a slow span (doubling with every further
+  one), so they do not all fall in the same one;
 * the typical latency: a round's median over its fast value, times how much slower than its fast
   state the device runs on average (the time-average of all rounds against their entries' fast
   values): what a user's benchmark tool prints on this device.
@@ -46,7 +46,7 @@ COVERAGE = 0.95
 STRETCHES_PER_ROUND = 1.5
 MAX_ROUND_LENGTH = 3.0
 #: An entry's extra rounds wait at most this long for a slow span to pass (before doubling).
-MAX_SEPARATION_S = 30.0
+MAX_SEPARATION_S = 10.0
 #: Below this share of fast runs in a round, its 2nd percentile is no longer a fast run.
 MIN_FAST_RUNS = 0.05
 
@@ -311,7 +311,7 @@ def derive_rules(profile: NoiseProfile | None, precision: float, base: Consensus
     # than the caller's bound).
     max_rounds = (base.max_rounds if not confirm
                   else int(min(base.max_rounds, ROUND_CEILING, max(base.min_rounds + 1, needed + 1))))
-    separation = min(MAX_SEPARATION_S, max(base_separation_s, profile.slow_span_s / 2))
+    separation = min(MAX_SEPARATION_S, max(base_separation_s, profile.slow_span_s / 4))
     # A round must outlast a slow stretch several times over to see the fast state at all.
     length = 1.0
     if profile.runs_per_round > 0 and profile.slow_run * STRETCHES_PER_ROUND > profile.runs_per_round:

@@ -39,7 +39,7 @@ from latbench.measuring.periods import PeriodRule, confirmed_by_period, journal_
 from latbench.measuring.timebase import anchor_levels, timebase_key
 
 #: The longest an extra round waits after the entry's previous one (the doubling stops there).
-MAX_WAIT_S = 30.0
+MAX_WAIT_S = 16.0
 
 #: Default sampling per role: many short measurements beat one long one on a drifting device.
 DEFAULT_POLICIES: dict[str, SamplingPolicy] = {
