@@ -41,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
         console().print(f"[bold]2/2[/] validating {plan.out} on {args.samples} random subnets and S0-L, end to end")
         cands = sample_candidates(space, plan.resolution, args.samples, seed=1)
         with phase_progress() as progress:
-            result = validate_table(res.table, runner, cands, seed=1, progress=progress)
+            # Whole models of 10-70 ms: 1.5 s a round gives 20-150 runs, enough for their p2, and
+            # keeps the demo within a few minutes (a full `lut validate` samples 4 s).
+            result = validate_table(res.table, runner, cands, seed=1, progress=progress, time_cap_s=1.5)
     print_validation(result)
     console().print(f"next: `latbench lut estimate {plan.out} efficientformerv2_s1`, "
                     f"`latbench profile efficientformerv2_s0 --device cpu`", highlight=False)

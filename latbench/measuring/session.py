@@ -425,7 +425,8 @@ class MeasuringSession:
             for job in anchor_jobs:
                 self.progress("probe", r * len(anchor_jobs) + anchor_jobs.index(job) + 1,
                               self.plan.probe_rounds * len(anchor_jobs))
-                self.dispatcher.execute([], [job], self.plan.anchor_every, self._commit)
+                if self.dispatcher.execute([], [job], self.plan.anchor_every, self._commit):
+                    return  # a detached remote service: the profile comes from what it returns later
 
     def _adapt(self, rows: Mapping[str, Sequence[JournalRow]]) -> None:
         """Refresh the noise profile from this session's anchors and every round so far, and
@@ -456,12 +457,15 @@ class MeasuringSession:
                 "precision": self.rules.achievable,
                 "open_spread_median": statistics.median(spreads) if spreads else None}
 
-    def _heat_check(self, ratio: float) -> None:
-        """After an anchor reading: pause while the device is hot (HeatRule)."""
+    def _heat_check(self, ratio: float | None) -> None:
+        """After an anchor reading (`ratio` to its level; None before the anchor has one): pause
+        while the device is hot (HeatRule)."""
         rule = self.plan.heat
         if rule is None or self._cooling:
             return
-        self._anchor_ratios.append((self.clock(), ratio))
+        if ratio is not None:
+            self._anchor_ratios.append((self.clock(), ratio))
+        ratio = 1.0 if ratio is None else ratio
         throttling = getattr(self.dispatcher, "throttling", None)
         state = throttling() if throttling else None
         hot_from = rule.hot_since(self._anchor_ratios, state)
@@ -482,7 +486,7 @@ class MeasuringSession:
                 self.dispatcher.execute([], [job], self.plan.anchor_every, self._commit)
                 last = self._last_anchor_ratio or last
                 state = throttling() if throttling else None
-                if rule.cooled(last, state):
+                if rule.cooled(last if self._last_anchor_ratio is not None else 1.0, state):
                     break
         finally:
             self._cooling = False
@@ -572,8 +576,7 @@ class MeasuringSession:
             self._anchor_seq += 1
             if self.plan.heat is not None:
                 self._last_anchor_ratio = self._anchor_ratio(res.job.key, m)
-                if self._last_anchor_ratio is not None:
-                    self._heat_check(self._last_anchor_ratio)
+                self._heat_check(self._last_anchor_ratio)
             return
         target = self._targets[res.job.key]
         self.journal.record(res.job.key, res.job.round, target.role, target.item.fields(), m,

@@ -233,3 +233,33 @@ def test_quoting_and_parsing_helpers():
     assert parse_cpu_list("0-3,6,8-9\n") == [0, 1, 2, 3, 6, 8, 9]
     assert parse_cpu_list("garbage") == []
     assert parse_getprop("[ro.a]: [x y]\n[ro.b]: []\nnoise\n") == {"ro.a": "x y", "ro.b": ""}
+
+
+def test_a_phone_reporting_throttling_is_left_to_cool_before_it_is_measured(adb_server, make_phone, models):
+    """Android's thermal status reaches the measuring session (AndroidRunner.throttling): the
+    session idles the phone until it reports no throttling, and journals the pause."""
+    from latbench.measuring.consensus import ConsensusRule
+    from latbench.measuring.noise import HeatRule
+    from latbench.measuring.session import ArtifactItem, MeasuringPlan, MeasuringSession, Target
+
+    adbd = make_phone(Misbehaviour(thermal_status=2))
+    with open_phone(adb_server, adbd) as runner:
+        assert runner.throttling() is True
+        slept = []
+
+        def cooling(seconds: float) -> None:  # the phone cools while it idles
+            slept.append(seconds)
+            adbd.device.misbehaviour.thermal_status = 0
+
+        runner.idle = cooling
+        block, anchor = ArtifactItem.of(models["small"]), ArtifactItem.of(models["medium"])
+        fixed = SamplingPolicy.fixed(4, 1)
+        plan = MeasuringPlan(rounds=2, consensus=ConsensusRule.for_rounds(2, 2), min_separation_s=0.0,
+                             policies={"block": fixed, "anchor": fixed}, heat=HeatRule(step_s=0.01, max_pause_s=0.05))
+        res = MeasuringSession(runner, plan, export_jobs=1).run([Target(block.key, block, "block")],
+                                                                [Target(anchor.key, anchor, "anchor")])
+        assert runner.throttling() is False
+    [pause] = res.report["pauses"]
+    assert slept and pause["throttling"] is False  # resumed once the phone said it was cool
+    blocks = res.rows[block.key]
+    assert len(blocks) == 2 and not any(r.measurement.throttled for r in blocks)  # measured cool
