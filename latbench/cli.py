@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sqlite3
 import sys
 
 from latbench import __version__
@@ -51,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except BrokenPipeError:  # `latbench ... | head`
         return 0
+    except sqlite3.Error as exc:  # a journal that broke after it was opened (disk full, cut by another process)
+        print(f"latbench: error: a table journal failed ({first_line(exc)}); re-run to resume, or "
+              f"`latbench lut repair TABLE` once the journal is whole", file=sys.stderr)
+        return 1
     except OSError as exc:  # a path that cannot be read or written, a full disk: one line, exit 1
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         print(f"latbench: error: {exc.strerror or first_line(exc)}{where}", file=sys.stderr)
