@@ -60,6 +60,8 @@ def estimate_many(table: LatencyTable | str | Path, targets: Iterable[Target], *
     t = load_table(table)
     est = LatencyEstimator(t)
     rows = []
+    if isinstance(targets, (str, Path, Arch, dict, Candidate)):  # one target, not the letters of a name
+        targets = [targets]
     for target in targets:
         c = to_candidate(target, resolution)
         e = est.estimate(c)
@@ -128,6 +130,10 @@ def build_table(device: str = "cpu", *, space: str | Path | SearchSpace | bool |
     from latbench.measuring.consensus import ConsensusRule
     from latbench.tables.build import BuildSettings, TableBuilder, plan_tables
 
+    if isinstance(models, (str, Path)):  # one model, not the letters of its name
+        models = [str(models)]
+    if isinstance(archs, (str, Path)):
+        archs = [archs]
     if space is True:
         space = SearchSpace.default()
     elif isinstance(space, (str, Path)):

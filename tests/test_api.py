@@ -60,3 +60,44 @@ def test_estimators_accept_an_arch_a_mapping_and_a_name():
     assert fast.score_archs([arch]).latency_ms[0] == pytest.approx(by_name)
     with pytest.raises(latbench.UsageError, match="cannot estimate a int"):
         latbench.estimate(table, 3)
+
+
+def _wrong_calls():
+    import latbench
+    from latbench.tables.synthetic import synthetic_table
+
+    table = synthetic_table()
+    return [
+        (lambda: latbench.estimate(123, "efficientformerv2_s0"), "named by its directory"),
+        (lambda: latbench.load_table(None), "named by its directory"),
+        (lambda: latbench.FastEstimator(3.5), "needs a latency table"),
+        (lambda: latbench.FastEstimator("no/such/table"), "no latency table"),
+        (lambda: latbench.FastEstimator(table).score_archs([{"stages": 1}]), "'stages' must be a list"),
+        (lambda: latbench.FastEstimator(table).score_archs([7]), "cannot score 7"),
+        (lambda: latbench.mes(table, "efficientformerv2_s0", latency_unit=-1), "must be a positive number"),
+        (lambda: latbench.mes(table, "efficientformerv2_s0", alpha_latency="x"), "alpha"),
+        (lambda: latbench.estimate(table, 3.0), "cannot estimate a float"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(9))
+def test_wrong_api_calls_are_latbench_errors_not_type_or_attribute_errors(case):
+    import latbench
+
+    call, phrase = _wrong_calls()[case]
+    with pytest.raises(latbench.LatbenchError, match=re.escape(phrase)):
+        call()
+
+
+def test_a_single_target_is_one_target_not_its_letters():
+    import latbench
+    from latbench.space.arch import named_arch
+    from latbench.tables.synthetic import synthetic_table
+
+    table = synthetic_table()
+    frame = latbench.estimate_many(table, "efficientformerv2_s0")
+    assert list(frame["name"]) == ["efficientformerv2_s0"]
+    fast = latbench.FastEstimator(table)
+    by_name = fast.score_archs(["efficientformerv2_s0"]).latency_ms[0]
+    by_dict = fast.score_archs([named_arch("efficientformerv2_s0").to_dict()]).latency_ms[0]
+    assert by_name == pytest.approx(by_dict) and by_name > 0

@@ -307,7 +307,8 @@ def config_with_overrides(config: MESConfig, *, latency_unit: str | None = None,
                           alpha_latency: float | None = None, alpha_size: float | None = None) -> MESConfig:
     """Apply the CLI flags (which win over the config file)."""
     if latency_unit is not None:
-        unit: float | str = REFERENCE if latency_unit.strip().lower() == REFERENCE else parse_ms(
+        is_reference = isinstance(latency_unit, str) and latency_unit.strip().lower() == REFERENCE
+        unit: float | str = REFERENCE if is_reference else parse_ms(
             latency_unit, "--latency-unit")
         config = config.with_metric("latency", unit=unit)
     if size_unit is not None:

@@ -67,6 +67,9 @@ def tables_root() -> Path:
 def find_table(path_or_name: str | Path) -> Path:
     """A table's directory from a path, or from a name under the tables root: "cpu" (the device's
     only table), "cpu/efficientformerv2-r224". One-line UsageError listing the known tables."""
+    if not isinstance(path_or_name, (str, Path)) or not str(path_or_name).strip():
+        raise UsageError(f"a latency table is named by its directory or a name under {tables_root()}/, "
+                         f"got {path_or_name!r}")
     path = Path(path_or_name)
     if path.exists():
         return path
