@@ -59,7 +59,8 @@ def open_runner(device_id: str | None = None, **options: Any) -> Runner:
     UsageError for an unknown id (listing the known devices); DeviceError with the reason for an
     unavailable one; UsageError for an option the device kind does not take.
     """
-    device_id = (device_id or "cpu").strip()
+    device_id = check_device_id("cpu" if device_id is None else device_id)
+    check_options(options)
     classes = runner_classes()
     for cls in classes:
         if cls.claims(device_id):
@@ -71,6 +72,33 @@ def open_runner(device_id: str | None = None, **options: Any) -> Runner:
         return _open(android, f"android:{device_id}", options)
     listing = ", ".join(d.id + ("" if d.available else " (unavailable)") for d in known)
     raise UsageError(f"unknown device '{device_id}'; known devices: {listing} (see `latbench devices`)")
+
+
+#: More runtime threads than any phone or host has cores: a typo, which would stall preparing the runtime.
+MAX_THREADS = 256
+
+
+def check_device_id(device_id: Any) -> str:
+    """A device id as given, stripped; a one-line UsageError for a blank or non-string one."""
+    if not isinstance(device_id, str) or not device_id.strip():
+        raise UsageError(f"device id {device_id!r} is empty: give one of `latbench devices` (e.g. cpu, litert, "
+                         f"android:SERIAL)")
+    return device_id.strip()
+
+
+def runner_class(device_id: str) -> type[Runner]:
+    """The kind that opens `device_id`: the one that claims it, else android (a bare adb serial)."""
+    classes = runner_classes()
+    claimed = next((c for c in classes if c.claims(check_device_id(device_id))), None)
+    return claimed or next(c for c in classes if c.kind == "android")
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """The options every kind reads the same way: one-line errors before any device is touched."""
+    threads = options.get("threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                or not 1 <= threads <= MAX_THREADS):
+        raise UsageError(f"--threads must be from 1 to {MAX_THREADS}, got {threads!r}")
 
 
 def _open(cls: type[Runner], device_id: str, options: dict[str, Any]) -> Runner:

@@ -19,6 +19,7 @@ from typing import Any
 from latbench.core.errors import UsageError
 
 KEYS = {"device": str, "threads": int, "table": str}
+KIND_NAMES = {str: "a string", int: "an integer"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,7 +53,7 @@ def _read(path: Path, section: tuple[str, ...] | None) -> dict[str, Any]:
         raise UsageError(f"{where}: unknown setting {unknown[0]!r} (known: {', '.join(KEYS)})")
     for key, kind in KEYS.items():
         if key in data and not isinstance(data[key], kind):
-            raise UsageError(f"{where}: {key} must be a {kind.__name__}, got {data[key]!r}")
+            raise UsageError(f"{where}: {key} must be {KIND_NAMES[kind]}, got {data[key]!r}")
     if data.get("threads", 1) < 1:
         raise UsageError(f"{where}: threads must be >= 1, got {data['threads']}")
     return dict(data)
@@ -60,6 +61,15 @@ def _read(path: Path, section: tuple[str, ...] | None) -> dict[str, Any]:
 
 def default(key: str, fallback: Any = None) -> Any:
     return defaults().get(key, fallback)
+
+
+def default_for_help(key: str) -> Any:
+    """The configured default while the parser is built: a broken config file must not break
+    `--help` or commands that do not read it; those that do say what is wrong when they run."""
+    try:
+        return default(key)
+    except UsageError:
+        return None
 
 
 def table_arg(value: str | None) -> str:

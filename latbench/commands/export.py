@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from latbench.commands._output import add_json_flag, print_json, print_table
+from latbench.commands._types import positive_int
 from latbench.core.errors import UsageError
 from latbench.core.fileio import writable_dir
 
@@ -36,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated formats: onnx, coreml, tflite (default: onnx,coreml)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output directory (default: $LATBENCH_CACHE or ~/.cache/latbench/exports)")
-    p.add_argument("--resolution", type=int, default=None, metavar="R",
+    p.add_argument("--resolution", type=positive_int, default=None, metavar="R",
                    help="input resolution (space: one it lists, default all; model: default its own)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="for every format (default: fp32 for ONNX and TFLite, fp16 for Core ML; TFLite is fp32 only)")

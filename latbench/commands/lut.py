@@ -24,6 +24,7 @@ from latbench.commands._runner import (
     device_options,
     open_device,
 )
+from latbench.commands._types import positive_int, positive_seconds
 from latbench.core.errors import UsageError
 from latbench.core.fileio import writable_dir, writable_file
 from latbench.core.progress import phase_progress
@@ -49,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="all blocks of a search space (default space if FILE is omitted)")
     b.add_argument("--model", action="append", default=[], metavar="NAME", help="only the blocks NAME needs")
     b.add_argument("--arch", action="append", default=[], metavar="FILE", help="only the blocks an arch file needs")
-    b.add_argument("--resolution", type=int, action="append", default=None, help="resolution(s) (default: the space's)")
+    b.add_argument("--resolution", type=positive_int, action="append", default=None, help="resolution(s) (default: the space's)")
     b.add_argument("--out", default=None, help="table directory (default tables/<device>/<space>-r<resolution>)")
     b.add_argument("--jobs", type=int, default=2, help="export worker processes")
     b.add_argument("--force", action="store_true", help="re-measure everything")
@@ -57,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="interleaved rounds per entry; entries whose rounds disagree get more, up to --max-rounds")
     b.add_argument("--max-rounds", type=int, default=8, help="bound on the rounds of an entry (default 8)")
     b.add_argument("--runs", type=int, default=None, help="fixed timed runs per measurement (default adaptive)")
-    b.add_argument("--time-cap", type=float, default=1.5, metavar="S",
+    b.add_argument("--time-cap", type=positive_seconds, default=1.5, metavar="S",
                    help="adaptive sampling: at most S seconds per block measurement (default 1.5)")
     b.add_argument("--no-reference", action="store_true",
                    help="with --space: skip measuring MobileNetV2-1.0 whole (the MES latency unit)")
@@ -84,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("table", help="latency table: its directory, or a name under tables/ (e.g. cpu/efficientformerv2-r224)")
     e.add_argument("targets", nargs="+", metavar="MODEL|ARCH_FILE",
                    help="registered model names (e.g. efficientformerv2_s1) or arch .yaml/.json files")
-    e.add_argument("--resolution", type=int, default=None,
+    e.add_argument("--resolution", type=positive_int, default=None,
                    help="resolve named models at this input resolution (default: each model's own)")
     e.add_argument("--strict", action="store_true", help="error (not warn) when the table is stale for its device")
     add_json_flag(e)

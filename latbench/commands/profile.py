@@ -6,6 +6,7 @@ import argparse
 
 from latbench.commands._output import add_json_flag, console, print_json, print_table
 from latbench.commands._runner import add_device_flag, add_runner_flags, open_device
+from latbench.commands._types import positive_int
 from latbench.core.errors import UsageError
 from latbench.core.fileio import writable_dir
 from latbench.core.progress import phase_progress
@@ -19,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=int, default=None, help="timed runs (default: adaptive, until the median is within ~1%%)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3, help="measurement rounds (more until they agree; default 3)")
-    p.add_argument("--resolution", type=int, default=None)
+    p.add_argument("--resolution", type=positive_int, default=None)
     p.add_argument("--out", default=None, help="write profile.json, CSVs and breakdown.png here")
     add_runner_flags(p)
     add_json_flag(p)

@@ -7,6 +7,7 @@ from collections import Counter
 
 from latbench.blocks.configs import space_blocks
 from latbench.commands._output import add_json_flag, print_json, print_table
+from latbench.commands._types import positive_int
 from latbench.core.errors import UsageError
 from latbench.space import SearchSpace
 
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--n", type=int, default=1, help="how many subnets (default 1)")
             p.add_argument("--seed", type=int, default=0)
         if name in ("sample", "blocks"):
-            p.add_argument("--resolution", type=int, default=None, help="one of the space's resolutions")
+            p.add_argument("--resolution", type=positive_int, default=None, help="one of the space's resolutions")
         add_json_flag(p)
         p.set_defaults(func=func)
 
