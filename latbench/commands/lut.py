@@ -414,9 +414,10 @@ def run_repair(args: argparse.Namespace) -> int:
 
 # -- check ------------------------------------------------------------------------------------------
 def run_check(args: argparse.Namespace) -> int:
-    from latbench.tables.check import check_table, pick_entries
+    from latbench.tables.check import check_table, pick_entries, require_journal
 
     table = LatencyTable.load(find_table(_config.table_arg(args.table)))
+    require_journal(table)
     if args.rounds < 1:
         raise UsageError(f"--rounds must be >= 1, got {args.rounds}")
     pick_entries(table, args.sample, args.seed, args.key)  # bad --key/--sample: say so before opening a device

@@ -78,13 +78,21 @@ def pick_entries(table: LatencyTable, sample: int | None, seed: int, keys: Seque
     return (flagged + rest)[:sample]
 
 
+def require_journal(table: LatencyTable) -> Path:
+    """The table's journal, opened once to prove it whole: a one-line error before any device is opened."""
+    if table.path is None or not (Path(table.path) / "journal.sqlite").is_file():
+        raise UsageError(f"table {table.label()} has no journal.sqlite; `lut check` needs the table's journal")
+    path = Path(table.path) / "journal.sqlite"
+    Journal(path).close()
+    return path
+
+
 def check_table(table: LatencyTable, runner: Any, *, sample: int | None = None, keys: Sequence[str] = (),
                 seed: int = 0, rounds: int = 3, fix: bool = False, jobs: int = 2,
                 progress: ProgressFn | None = None) -> CheckResult:
     from latbench.tables.build import BuildSettings, derive_table, table_anchors
 
-    if table.path is None or not (Path(table.path) / "journal.sqlite").is_file():
-        raise UsageError(f"table {table.label()} has no journal.sqlite; `lut check` needs the table's journal")
+    require_journal(table)
     warnings = [f"table provenance differs: {d}" for d in table.check_provenance(runner.describe())]
     keys = pick_entries(table, sample, seed, keys)
     rows_by_key = {r["key"]: r for r in table.blocks.to_dict("records")}

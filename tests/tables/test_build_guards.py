@@ -73,3 +73,17 @@ def test_a_build_that_measures_nothing_keeps_the_recorded_settings(built, tmp_pa
     # A build that does measure records the settings it measured with.
     TableBuilder(ScriptedRunner(lambda key: 0.2), table, settings(runs=5)).build(FFNS + [FFNConfig(224, 3, 144, 3)])
     assert json.loads((table / "meta.json").read_text())["settings"]["runs"] == 5
+
+
+def test_a_journal_that_cannot_be_written_is_one_line_saying_so():
+    import sqlite3
+    from pathlib import Path
+
+    from latbench.core.errors import LatbenchError
+    from latbench.measuring.journal import journal_error
+
+    err = journal_error(Path("t/journal.sqlite"), sqlite3.OperationalError("attempt to write a readonly database"))
+    assert isinstance(err, LatbenchError) and not isinstance(err, UsageError)
+    assert "make its directory writable" in str(err) and "\n" not in str(err)
+    damaged = journal_error(Path("t/journal.sqlite"), sqlite3.DatabaseError("file is not a database"))
+    assert isinstance(damaged, UsageError) and "is damaged" in str(damaged)
