@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sqlite3
 import sys
+import threading
 
 from latbench import __version__
 from latbench.core.errors import LatbenchError
@@ -39,7 +41,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so it unwinds like Ctrl-C: export workers and devices
+    are stopped by the same handlers, and finished work is already in the journal."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
+    try:
+        return _main(argv)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         parser = build_parser()  # reads latbench.toml defaults, which can be wrong
         try:
@@ -60,9 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         print(f"latbench: error: {exc.strerror or first_line(exc)}{where}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("latbench: interrupted; finished work is kept, re-run to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        what, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        print(f"latbench: {what}; finished work is kept, re-run to resume", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

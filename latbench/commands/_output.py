@@ -42,3 +42,13 @@ def fmt(v: Any) -> str:
 
 def add_json_flag(parser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
+
+
+def add_progress_flag(parser) -> None:
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress on stderr (default: bars on a terminal, a line every few seconds otherwise)")
+
+
+def shows_progress(args) -> bool:
+    """Progress goes to stderr unless --no-progress (or --json, whose readers want stdout alone)."""
+    return not (getattr(args, "no_progress", False) or getattr(args, "json", False))

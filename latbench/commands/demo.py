@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from latbench.commands._output import console
+from latbench.commands._output import add_progress_flag, console, shows_progress
 from latbench.core.progress import phase_progress
 
 
@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="build and validate the CPU table of the default space (what `make demo` runs)")
     p.add_argument("--out", default=None, help="table directory (default tables/cpu/efficientformerv2-r224)")
     p.add_argument("--samples", type=int, default=6, help="random subnets to validate on (default 6)")
+    add_progress_flag(p)
     p.set_defaults(func=run)
 
 
@@ -34,13 +35,13 @@ def run(args: argparse.Namespace) -> int:
     [plan] = plan_tables(space=space, resolutions=[space.resolutions[0]], out=args.out)
     console().print(f"[bold]1/2[/] latency table of the default space on the emulated CPU backend -> {plan.out}")
     with open_runner("cpu") as runner:
-        with phase_progress() as progress:
+        with phase_progress(shows_progress(args)) as progress:
             res = TableBuilder(runner, plan.out, BuildSettings(), progress=progress).build(
                 plan.configs, space=space, resolution=plan.resolution, calibration=plan.calibration)
         report_builds([res], as_json=False)
         console().print(f"[bold]2/2[/] validating {plan.out} on {args.samples} random subnets and S0-L, end to end")
         cands = sample_candidates(space, plan.resolution, args.samples, seed=1)
-        with phase_progress() as progress:
+        with phase_progress(shows_progress(args)) as progress:
             result = validate_table(res.table, runner, cands, seed=1, progress=progress)
     print_validation(result)
     console().print(f"next: `latbench lut estimate {plan.out} efficientformerv2_s1`, "

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from latbench.commands._output import add_json_flag, print_json, print_table
+from latbench.commands._output import (
+    add_json_flag,
+    add_progress_flag,
+    print_json,
+    print_table,
+    shows_progress,
+)
 from latbench.commands._types import positive_int
 from latbench.core.errors import UsageError
 from latbench.core.fileio import writable_dir
@@ -46,8 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="worker processes (default: min(2, CPUs))")
     p.add_argument("--force", action="store_true", help="re-export even what the cache already holds")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_json_flag(p)
+    add_progress_flag(p)
     p.set_defaults(func=run)
 
 
@@ -97,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         writable_dir(args.out, create=False)
     report = export_items(
         items, formats, args.out, args.precision, target, jobs=args.jobs,
-        progress=not (args.no_progress or args.json), force=args.force,
+        progress=shows_progress(args), force=args.force,
     )  # fmt: skip
     if args.json:
         print_json(report.to_json())

@@ -16,7 +16,14 @@ from latbench.commands._farm import (
     require_farm,
     wants_farm,
 )
-from latbench.commands._output import add_json_flag, console, print_json, print_table
+from latbench.commands._output import (
+    add_json_flag,
+    add_progress_flag,
+    console,
+    print_json,
+    print_table,
+    shows_progress,
+)
 from latbench.commands._runner import (
     add_device_flag,
     add_runner_flags,
@@ -68,6 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="remote devices (aihub): submit the jobs and return; run the build again to collect them")
     add_runner_flags(b)
     add_json_flag(b)
+    add_progress_flag(b)
     b.set_defaults(func=run_build)
 
     s = lsub.add_parser("show", help="summarise a table")
@@ -107,6 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--strict", action="store_true")
     add_runner_flags(v)
     add_json_flag(v)
+    add_progress_flag(v)
     v.set_defaults(func=run_validate)
 
     r = lsub.add_parser("repair", help="rederive a damaged table's CSVs and meta.json from its journal")
@@ -126,6 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="record the new rounds of moved and flagged entries in the journal and rederive the table")
     add_runner_flags(c)
     add_json_flag(c)
+    add_progress_flag(c)
     c.set_defaults(func=run_check)
 
 
@@ -164,7 +174,7 @@ def run_build(args: argparse.Namespace) -> int:
     if not wants_farm(args, devices):
         plans = plans_for(devices[0], args.out)
         runner = open_device(devices[0], args, **({"detach": True} if args.detach else {}))
-        with runner, phase_progress(not args.json) as progress:
+        with runner, phase_progress(shows_progress(args)) as progress:
             results = build_all(runner, plans, progress)
     else:
         require_farm(args)
@@ -172,7 +182,7 @@ def run_build(args: argparse.Namespace) -> int:
         farm = open_farm(args, devices, rule=settings.consensus, separate=args.separate_tables,
                          tolerance=args.pool_tolerance,
                          options_for=lambda d: device_options(d, args))
-        with farm, phase_progress(not args.json) as progress:
+        with farm, phase_progress(shows_progress(args)) as progress:
             if args.separate_tables:
                 results = build_separately(farm, lambda part, fid, prog: build_all(
                     part, plans_for(fid, per_device_out(args.out, fid)), prog), progress)
@@ -363,7 +373,7 @@ def run_validate(args: argparse.Namespace) -> int:
     if args.keep_journal:
         writable_dir(args.keep_journal, "--keep-journal directory", create=False)
     runner = open_device(device, args)
-    with runner, phase_progress(not args.json) as progress:
+    with runner, phase_progress(shows_progress(args)) as progress:
         if args.strict:
             table.check_provenance(runner.describe(), strict=True)
         result = validate_table(table, runner, cands, rounds=args.rounds, passes=args.passes, jobs=args.jobs,
@@ -423,7 +433,7 @@ def run_check(args: argparse.Namespace) -> int:
     pick_entries(table, args.sample, args.seed, args.key)  # bad --key/--sample: say so before opening a device
     device = args.device or table.meta.get("device_id") or _config.default("device", "cpu")
     runner = open_device(device, args)
-    with runner, phase_progress(not args.json) as progress:
+    with runner, phase_progress(shows_progress(args)) as progress:
         result = check_table(table, runner, sample=args.sample, keys=args.key, seed=args.seed, rounds=args.rounds,
                              fix=args.fix, progress=progress)
     if args.json:

@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 
 from latbench.commands import _config
-from latbench.commands._output import add_json_flag, console, print_json, print_table
+from latbench.commands._output import (
+    add_json_flag,
+    add_progress_flag,
+    console,
+    print_json,
+    print_table,
+    shows_progress,
+)
 from latbench.commands._runner import add_runner_flags, open_device
 from latbench.core.errors import UsageError
 from latbench.core.progress import phase_progress
@@ -31,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", default="mes-report", metavar="DIR", help="output directory (default mes-report)")
     add_mes_flags(r, columns=True)
     add_json_flag(r)
+    add_progress_flag(r)
     r.set_defaults(func=run_report)
 
 
@@ -106,7 +114,7 @@ def run_report(args: argparse.Namespace) -> int:
         if args.rounds < 1:
             raise UsageError(f"--rounds must be >= 1, got {args.rounds}")
         runner = open_device(args.measure, args)
-        with runner, phase_progress(not args.json) as progress:
+        with runner, phase_progress(shows_progress(args)) as progress:
             measured, desc = measure_candidates(to_measure, runner, rounds=args.rounds, progress=progress)
         model = desc.get("device_model") or desc.get("cpu_model")
         device = f"{args.measure} ({model})" if model else args.measure

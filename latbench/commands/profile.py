@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from latbench.commands._output import add_json_flag, console, print_json, print_table
+from latbench.commands._output import (
+    add_json_flag,
+    add_progress_flag,
+    console,
+    print_json,
+    print_table,
+    shows_progress,
+)
 from latbench.commands._runner import add_device_flag, add_runner_flags, open_device
 from latbench.commands._types import positive_int
 from latbench.core.errors import UsageError
@@ -24,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="write profile.json, CSVs and breakdown.png here")
     add_runner_flags(p)
     add_json_flag(p)
+    add_progress_flag(p)
     p.set_defaults(func=run)
 
 
@@ -38,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         writable_dir(args.out, create=False)
     runner = open_device(args.device, args)
-    with runner, phase_progress(not args.json) as progress:
+    with runner, phase_progress(shows_progress(args)) as progress:
         result = profile(args.target, runner, runs=args.runs, warmup=args.warmup, resolution=args.resolution,
                          rounds=args.rounds, progress=progress)
     files = write_profile(result, args.out) if args.out else []

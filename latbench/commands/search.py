@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 
 from latbench.commands import _config
-from latbench.commands._output import add_json_flag, console, print_json, print_table
+from latbench.commands._output import (
+    add_json_flag,
+    add_progress_flag,
+    console,
+    print_json,
+    print_table,
+    shows_progress,
+)
 from latbench.commands.mes import add_mes_flags, resolve_mes
 from latbench.core.progress import phase_progress
 
@@ -16,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="search-result", metavar="DIR",
                    help="trajectory, Pareto-set arch files and report (default search-result)")
     add_json_flag(p)
+    add_progress_flag(p)
     p.set_defaults(func=run)
 
 
@@ -61,7 +69,7 @@ def search_from_args(args: argparse.Namespace):
                          "candidates; use built-in getters (params, macs, latency, weights_mb) in --mes-config")
     space = SearchSpace.load(args.space) if args.space else table.space(fallback=True)
     fast = FastEstimator(table, space)
-    with phase_progress(not args.json) as progress:
+    with phase_progress(shows_progress(args)) as progress:
         result = run_search(fast, oracle, mes, target, seed=args.seed, max_steps=args.max_steps, progress=progress)
     return result, table
 
