@@ -169,13 +169,16 @@ def validate_table(table: LatencyTable | str | Path, device: str | None = None, 
         return run_validate(t, runner, cands, rounds=rounds, passes=passes, seed=seed, jobs=jobs, progress=bar)
 
 
-def check_table(table: LatencyTable | str | Path, device: str | None = None, *, sample: int | None = None,
+def check_table(table: LatencyTable | str | Path, device: str | None = None, *, samples: int | None = None,
                 keys: Sequence[str] = (), rounds: int = 3, fix: bool = False, seed: int = 0, jobs: int = 1,
-                progress: bool | ProgressFn = False, **device_options: Any) -> CheckResult:
-    """Re-measure entries of a table and report those that moved beyond the noise; with `fix`,
-    record the new rounds in its journal and derive the table again."""
+                progress: bool | ProgressFn = False, sample: int | None = None,
+                **device_options: Any) -> CheckResult:
+    """Re-measure entries of a table (all, or `samples` drawn at random, flagged first; `sample` is
+    the old name) and report those that moved beyond the noise; with `fix`, record the new rounds
+    in its journal and derive the table again."""
     from latbench.tables.check import check_table as run_check
 
+    sample = samples if samples is not None else sample
     t = load_table(table)
     with open_device(device or t.meta.get("device_id") or "cpu", **device_options) as runner, \
             _progress(progress) as bar:

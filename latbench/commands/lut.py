@@ -126,7 +126,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = lsub.add_parser("check", help="re-measure entries and report (or --fix) those that moved beyond the noise")
     c.add_argument("table", nargs="?", help="latency table: its directory, or a name under tables/ (e.g. cpu/efficientformerv2-r224); default: `table` in latbench.toml")
     c.add_argument("--device", default=None, metavar="ID", help="device id (default: the table's)")
-    c.add_argument("--sample", type=int, default=None, metavar="N",
+    c.add_argument("--sample", dest="sample", type=int, default=None, help=argparse.SUPPRESS)  # the old name
+    c.add_argument("--samples", dest="sample", type=int, default=None, metavar="N",
                    help="check N entries drawn at random, flagged entries first (default: all)")
     c.add_argument("--key", action="append", default=[], metavar="KEY", help="check this entry (repeatable)")
     c.add_argument("--rounds", type=int, default=3, help="rounds per entry (more until they agree)")
@@ -280,10 +281,22 @@ def describe_scales(overhead: dict[str, Any]) -> str:
     return ", ".join(f"{g} x{v:.4f}" for g, v in scales.items())
 
 
+#: Columns of counts and sizes: pandas reads them as floats when a row leaves them blank.
+WHOLE_NUMBER_COLUMNS = {"resolution", "stage", "width", "expansion", "width_in", "width_out", "channels",
+                        "map_height", "map_width", "num_classes", "params", "macs", "rounds", "n"}
+
+
 def _records(df) -> list[dict[str, Any]]:
     out = []
     for r in df.to_dict("records"):
-        out.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+        row = {}
+        for k, v in r.items():
+            if isinstance(v, float) and math.isnan(v):
+                v = None
+            elif k in WHOLE_NUMBER_COLUMNS and isinstance(v, float) and v.is_integer():
+                v = int(v)
+            row[k] = v
+        out.append(row)
     return out
 
 
@@ -430,7 +443,7 @@ def run_check(args: argparse.Namespace) -> int:
     require_journal(table)
     if args.rounds < 1:
         raise UsageError(f"--rounds must be >= 1, got {args.rounds}")
-    pick_entries(table, args.sample, args.seed, args.key)  # bad --key/--sample: say so before opening a device
+    pick_entries(table, args.sample, args.seed, args.key)  # bad --key/--samples: say so before opening a device
     device = args.device or table.meta.get("device_id") or _config.default("device", "cpu")
     runner = open_device(device, args)
     with runner, phase_progress(shows_progress(args)) as progress:

@@ -71,7 +71,7 @@ def pick_entries(table: LatencyTable, sample: int | None, seed: int, keys: Seque
     if sample is None or sample >= len(keys):
         return keys
     if sample < 1:
-        raise UsageError(f"--sample must be >= 1, got {sample}")
+        raise UsageError(f"--samples must be >= 1, got {sample}")
     flagged = [k for k in keys if k in table.flagged()]
     rest = [k for k in keys if k not in flagged]
     random.Random(f"check:{seed}").shuffle(rest)

@@ -129,7 +129,10 @@ BATTERY = [
     (["lut", "validate", "{w}/good"], 2, "not built for a search space"),
     (["lut", "validate", "{w}/good", "--samples", "-1"], 2, "--samples must be >= 0"),
     (["lut", "check", "{w}/good", "--key", "ffn-r224-s9-c1-e1"], 2, "has no entry"),
-    (["lut", "check", "{w}/good", "--sample", "0"], 2, "--sample must be >= 1"),
+    (["lut", "check", "{w}/good", "--sample", "0"], 2, "--samples must be >= 1"),
+    (["lut", "check", "{w}/good", "--samples", "0"], 2, "--samples must be >= 1"),
+    (["space", "sample", "--samples", "0"], 2, "--samples must be >= 1"),
+    (["space", "sample", "--n", "0"], 2, "--samples must be >= 1"),
     # MES, search, models, export, profile, devices
     (["mes", "report", "--lut", "{w}/good", "efficientformerv2_s0", "--out", "/proc/x"], 2, "not writable"),
     (["mes", "report", "--lut", "{w}/good", "efficientformerv2_s0", "--out", "{w}/afile/x"], 2, "is a file"),
@@ -217,6 +220,11 @@ def test_outputs_never_contain_nan(run_cli, world):
     json.loads(out, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     meta = (world / "good" / "meta.json").read_text()
     assert "NaN" not in meta
+    # Counts are whole numbers, even in columns a blank cell makes pandas read as floats.
+    blocks = json.loads(out)["blocks"]
+    assert all(isinstance(b["n"], int) and isinstance(b["rounds"], int) for b in blocks)
+    assert all(b["width"] is None or isinstance(b["width"], int) for b in blocks)
+    assert any(b["width"] is None for b in blocks) and any(isinstance(b["width"], int) for b in blocks)
 
 
 def test_show_prints_missing_values_blank_not_nan(run_cli, tmp_path):
