@@ -19,6 +19,9 @@ from latbench.core.errors import UsageError
 from latbench.core.progress import phase_progress
 
 
+DEFAULT_REPORT_DIR = "mes-report"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     mes = sub.add_parser("mes", help="Mobile Efficiency Score reports")
     msub = mes.add_subparsers(dest="mes_command", metavar="SUBCOMMAND", parser_class=type(mes))
@@ -35,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also measure every candidate end to end on DEVICE (e.g. cpu)")
     r.add_argument("--rounds", type=int, default=3, help="measurement rounds with --measure (samples pooled)")
     add_runner_flags(r)
-    r.add_argument("--out", default="mes-report", metavar="DIR", help="output directory (default mes-report)")
+    r.add_argument("--out", default=None, metavar="DIR",
+                   help="write the report files here (default mes-report; with --json only when given)")
     add_mes_flags(r, columns=True)
     add_json_flag(r)
     add_progress_flag(r)
@@ -80,7 +84,10 @@ def run_report(args: argparse.Namespace) -> int:
     from latbench.search.oracles import published_accuracy, read_accuracy_file
     from latbench.tables.table import REFERENCE_MODEL, REFERENCE_RESOLUTION, LatencyTable, find_table
 
-    writable_dir(args.out, create=False)
+    if args.out is None and not args.json:  # --json readers want stdout, not files in the working directory
+        args.out = DEFAULT_REPORT_DIR
+    if args.out is not None:
+        writable_dir(args.out, create=False)
     table = LatencyTable.load(find_table(_config.table_arg(args.lut)))
     config = mes_config_from_args(args)
     mes = resolve_mes(args, table)
@@ -124,7 +131,7 @@ def run_report(args: argparse.Namespace) -> int:
             mes_measured = mes.with_latency_unit(measured[ref.name], f"{REFERENCE_MODEL} measured on {args.measure}")
     report = build_report(cands, table, mes, accuracy=accuracy, measured=measured, mes_measured=mes_measured,
                           measured_device=device, metrics=metrics, title=f"MES report ({Path(str(table.label())).name})")
-    files = write_report(report, args.out)
+    files = write_report(report, args.out) if args.out is not None else {}
     if args.json:
         print_json(report.json_rows())
         return 0
