@@ -18,7 +18,6 @@ from latbench.commands._runner import add_runner_flags, open_device
 from latbench.core.errors import UsageError
 from latbench.core.progress import phase_progress
 
-
 DEFAULT_REPORT_DIR = "mes-report"
 
 

@@ -84,6 +84,11 @@ def world(tmp_path, table_dir) -> Path:
     for prev, name in zip("abcdefgh", "bcdefghi"):
         levels.append(f"{name}: &{name} [{', '.join(['*' + prev] * 9)}]")
     (tmp_path / "bomb.yaml").write_text("\n".join(levels) + "\n")
+    import datetime
+
+    import torch
+
+    torch.save({"model": {"when": datetime.date(2024, 1, 1)}}, tmp_path / "pickled.pth")  # not weights only
     (tmp_path / "arch.yaml").write_text("stages: [{width: 32, expansions: [4]}]\n")  # 1 stage of 4
     (tmp_path / "afile").write_text("not a directory\n")
     (tmp_path / "empty.onnx").write_bytes(b"")
@@ -186,6 +191,8 @@ BATTERY = [
     (["profile", "efficientformerv2_s0", "--device", ""], 2, "is empty"),
     (["lut", "build", "--model", "efficientformerv2_s0", "--device", " "], 2, "is empty"),
     (["mes", "report", "--lut", "{w}/good", "mobilenetv2_100", "--latency-unit", "-1"], 2, "positive number"),
+    # messages in latbench's words, not a library's
+    (["model", "info", "efficientformerv2_s0", "--checkpoint", "{w}/pickled.pth"], 2, "loads checkpoints weights-only"),
 ]
 
 
@@ -196,6 +203,7 @@ def test_wrong_invocations_are_one_line_errors_that_change_nothing(run_cli, worl
     assert got == code, err
     assert err.count("\n") == 1 and "error:" in err, err
     assert "Traceback" not in err and phrase in err, err
+    assert "weights_only" not in err and "np.float64" not in err and "a int" not in err, err
     assert snapshot(world) == before  # nothing an existing file held was changed
 
 

@@ -1,4 +1,5 @@
-"""Progress when stderr is not a terminal: a line every few seconds per phase, and its completion."""
+"""latbench.core: progress when stderr is not a terminal (a line every few seconds per phase, and its
+completion); values in messages."""
 
 from __future__ import annotations
 
@@ -22,3 +23,11 @@ def test_plain_progress_writes_a_line_every_few_seconds_and_at_completion():
     progress("export", 3, 3)
     assert out.getvalue().splitlines()[-1] == "latbench: export 3/3"
     assert sum("100/100" in line for line in out.getvalue().splitlines()) == 1
+
+
+def test_messages_show_numpy_numbers_as_plain_numbers():
+    import numpy as np
+
+    from latbench.core.text import shown
+
+    assert shown(np.float64(-0.3)) == "-0.3" and shown(np.int64(7)) == "7" and shown("x") == "'x'"
