@@ -25,7 +25,9 @@ __all__ = [
     "Runner",
     "discover_devices",
     "open_runner",
+    "runner_class",
     "runner_classes",
+    "unaccepted_options",
 ]
 
 
@@ -61,15 +63,13 @@ def open_runner(device_id: str | None = None, **options: Any) -> Runner:
     """
     device_id = check_device_id("cpu" if device_id is None else device_id)
     check_options(options)
-    classes = runner_classes()
-    for cls in classes:
-        if cls.claims(device_id):
-            return _open(cls, device_id, options)
+    cls = runner_class(device_id)
+    if cls.claims(device_id):
+        return _open(cls, device_id, options)
     # A bare adb serial, as `adb devices` prints it.
-    android = next(c for c in classes if c.kind == "android")
     known = discover_devices(**options)
     if any(d.id == f"android:{device_id}" for d in known):
-        return _open(android, f"android:{device_id}", options)
+        return _open(cls, f"android:{device_id}", options)
     listing = ", ".join(d.id + ("" if d.available else " (unavailable)") for d in known)
     raise UsageError(f"unknown device '{device_id}'; known devices: {listing} (see `latbench devices`)")
 
@@ -101,12 +101,17 @@ def check_options(options: dict[str, Any]) -> None:
         raise UsageError(f"--threads must be from 1 to {MAX_THREADS}, got {threads!r}")
 
 
-def _open(cls: type[Runner], device_id: str, options: dict[str, Any]) -> Runner:
-    # Options are checked against what the kind's open() and constructor name, before anything
-    # runs: a TypeError from inside a constructor is a failure, not an "invalid option".
+def unaccepted_options(cls: type[Runner], options: dict[str, Any]) -> list[str]:
+    """The options `cls` does not take (by what its open() and constructor name): the one check of
+    device options, the command line's flags and the API's keywords alike. Done before anything runs,
+    so a TypeError from inside a constructor stays a failure, not an "invalid option"."""
     accepted = {n for fn in (cls.open, cls.__init__) for n, p in inspect.signature(fn).parameters.items()
                 if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-    unknown = sorted(set(options) - accepted)
+    return sorted(set(options) - accepted)
+
+
+def _open(cls: type[Runner], device_id: str, options: dict[str, Any]) -> Runner:
+    unknown = unaccepted_options(cls, options)
     if unknown:
         raise UsageError(f"option {unknown[0]!r} does not apply to {cls.kind} devices")
     try:

@@ -14,7 +14,7 @@ from latbench import __version__
 from latbench.core.errors import LatbenchError
 from latbench.core.text import first_line
 
-# Command modules, in help order. A module that is not present yet is skipped.
+# Command modules, in help order; each must exist (a renamed one fails loudly, in tests first).
 COMMAND_MODULES = ["model", "space", "export", "devices", "profile", "lut", "mes", "search", "demo", "agent"]
 
 
@@ -31,13 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     sub.required = True
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"latbench.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"latbench.commands.{name}":
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(f"latbench.commands.{name}").register(sub)
     return parser
 
 

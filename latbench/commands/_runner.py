@@ -75,19 +75,15 @@ def open_device(device_id: str, args: argparse.Namespace, **extra: Any):
 def device_options(device_id: str, args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     """The runner options of the device flags given (plus `extra`), checked against what
     `device_id`'s kind takes."""
-    import inspect
-
-    from device_runners import runner_class
+    from device_runners import runner_class, unaccepted_options
 
     opts = {**runner_options(args), **extra}
     cls = runner_class(device_id)
-    accepted = set(inspect.signature(cls.__init__).parameters)
     flags = {dest: flag for flag, (dest, _, _, _) in RUNNER_FLAGS.items()}
     flags.update({dest: "--" + dest.replace("_", "-") for dest in extra})
-    for dest in list(opts):
-        if dest not in accepted:
-            if dest == "threads" and getattr(args, "runner_threads", None) is None:
-                opts.pop(dest)  # a configured default that this device kind does not take
-                continue
-            raise UsageError(f"{flags[dest]} does not apply to {cls.kind} devices")
+    for dest in unaccepted_options(cls, opts):
+        if dest == "threads" and getattr(args, "runner_threads", None) is None:
+            opts.pop(dest)  # a configured default that this device kind does not take
+            continue
+        raise UsageError(f"{flags[dest]} does not apply to {cls.kind} devices")
     return opts
