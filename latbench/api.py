@@ -31,8 +31,9 @@ from latbench.tables.table import LatencyTable, find_table
 
 Target = str | Path | Arch | dict | Candidate
 
-__all__ = ["FastEstimator", "build_table", "check_table", "estimate", "estimate_many", "load_table", "mes",
-           "open_device", "profile", "validate_table"]
+__all__ = ["FastEstimator", "build_table", "check_table", "diff_tables", "estimate", "estimate_many",
+           "export_artifacts", "load_table", "mes", "mes_report", "open_device", "profile", "repair_table",
+           "run_search", "validate_table"]
 
 
 def load_table(path_or_name: str | Path | LatencyTable) -> LatencyTable:
@@ -90,11 +91,19 @@ def mes(table: LatencyTable | str | Path, target: Target, *, config: str | Path 
                   "weights_mb": weights_mb(params)})
 
 
-def open_device(device: str = "cpu", **options: Any) -> Any:
-    """An open device runner (use it as a context manager), e.g. open_device("cpu", threads=1)."""
-    from device_runners import open_runner
+def open_device(device: str | None = None, *, table_device: str | None = None, **options: Any) -> Any:
+    """An open device runner (use it as a context manager), e.g. open_device("cpu", threads=1).
+    Without `device`: `table_device` (the table's own), else latbench.toml's `device`, else cpu;
+    latbench.toml's `threads` applies when not given and the device kind takes threads."""
+    from device_runners import open_runner, runner_class, unaccepted_options
+    from latbench.core.config import default, default_device
 
-    return open_runner(device, **options)
+    device_id = default_device(table_device) if device is None else device
+    threads = default("threads")
+    if "threads" not in options and threads is not None and not unaccepted_options(runner_class(device_id),
+                                                                                      {"threads": threads}):
+        options["threads"] = threads
+    return open_runner(device_id, **options)
 
 
 def _progress(progress: bool | ProgressFn):
@@ -105,7 +114,7 @@ def _progress(progress: bool | ProgressFn):
     return phase_progress(bool(progress))
 
 
-def profile(target: Target, device: str = "cpu", *, runs: int | None = None, rounds: int = 3, warmup: int = 10,
+def profile(target: Target, device: str | None = None, *, runs: int | None = None, rounds: int = 3, warmup: int = 10,
             resolution: int | None = None, progress: bool | ProgressFn = False, **device_options: Any) -> ProfileResult:
     """Measure one model (or an .onnx / .mlpackage / .tflite file) on a device: latency by consensus of
     rounds, pooled sample statistics, per-op and per-block breakdowns, provenance."""
@@ -117,7 +126,7 @@ def profile(target: Target, device: str = "cpu", *, runs: int | None = None, rou
                            progress=bar)
 
 
-def build_table(device: str = "cpu", *, space: str | Path | SearchSpace | bool | None = None,
+def build_table(device: str | None = None, *, space: str | Path | SearchSpace | bool | None = None,
                 models: Sequence[str] = (), archs: Sequence[str | Path] = (), out: str | Path | None = None,
                 resolution: int | None = None, rounds: int = 3, max_rounds: int = 8, runs: int | None = None,
                 calibrate: int = 8, force: bool = False, jobs: int = 1, progress: bool | ProgressFn = False,
@@ -140,6 +149,9 @@ def build_table(device: str = "cpu", *, space: str | Path | SearchSpace | bool |
         space = SearchSpace.load(space)
     elif space is False:
         space = None
+    from latbench.core.config import default_device
+
+    device = default_device() if device is None else device
     naming = space or SearchSpace.default()
     [plan] = plan_tables(space=space, models=models, archs=[str(a) for a in archs],
                          resolutions=[resolution or naming.resolutions[0]], out=out, device_id=device,
@@ -164,7 +176,7 @@ def validate_table(table: LatencyTable | str | Path, device: str | None = None, 
     cands = sample_candidates(t.space(), int(t.meta.get("resolution") or 224), samples, seed, named=named)
     if not cands:
         raise UsageError("nothing to validate: give samples > 0 or keep S0-L")
-    with open_device(device or t.meta.get("device_id") or "cpu", **device_options) as runner, \
+    with open_device(device, table_device=t.meta.get("device_id"), **device_options) as runner, \
             _progress(progress) as bar:
         return run_validate(t, runner, cands, rounds=rounds, passes=passes, seed=seed, jobs=jobs, progress=bar)
 
@@ -180,7 +192,214 @@ def check_table(table: LatencyTable | str | Path, device: str | None = None, *, 
 
     sample = samples if samples is not None else sample
     t = load_table(table)
-    with open_device(device or t.meta.get("device_id") or "cpu", **device_options) as runner, \
+    with open_device(device, table_device=t.meta.get("device_id"), **device_options) as runner, \
             _progress(progress) as bar:
         return run_check(t, runner, sample=sample, keys=keys, seed=seed, rounds=rounds, fix=fix, jobs=jobs,
                          progress=bar)
+
+
+def repair_table(path: str | Path) -> LatencyTable:
+    """Rederive a damaged table's CSVs and meta.json from its journal (measures nothing)."""
+    from latbench.tables.build import repair_table as rederive
+
+    return rederive(path)
+
+
+def diff_tables(a: LatencyTable | str | Path, b: LatencyTable | str | Path) -> dict[str, Any]:
+    """Per-key latency ratios B/A of two tables (devices, runtime versions): the common keys with
+    both latencies and the ratio, the keys only one has, the median ratio, and how the two
+    devices' provenance differs."""
+    ta, tb = load_table(a), load_table(b)
+    ma, mb = ta.latency_ms(), tb.latency_ms()
+    common = sorted(set(ma) & set(mb))
+    if not common:
+        raise UsageError(f"tables {ta.label()} and {tb.label()} share no block keys")
+    rows = [{"key": k, "a_ms": ma[k], "b_ms": mb[k], "ratio": mb[k] / ma[k] if ma[k] else None} for k in common]
+    ratios = sorted(r["ratio"] for r in rows if r["ratio"])
+    return {"a": str(ta.path), "b": str(tb.path), "common": len(common),
+            "only_a": sorted(set(ma) - set(mb)), "only_b": sorted(set(mb) - set(ma)),
+            "median_ratio": ratios[len(ratios) // 2] if ratios else None,
+            "provenance_diff": ta.provenance_diff(tb.device), "rows": rows}
+
+
+def export_targets(*, space: str | Path | SearchSpace | bool | None = None, model: str | None = None,
+                   arch: str | Path | None = None, resolution: int | None = None) -> list[Any]:
+    """What an export makes: every block configuration of a space (at `resolution`, else all of
+    its resolutions), or one model or arch file (checked against `space` when both are given)."""
+    from latbench.blocks.candidates import resolve_candidate
+    from latbench.blocks.configs import space_blocks
+    from latbench.models import list_models
+
+    if space is None and model is None and arch is None:
+        raise UsageError("nothing to export: give --space [FILE], --model NAME or --arch FILE")
+    if space is True:
+        space = SearchSpace.default()
+    elif isinstance(space, (str, Path)):
+        space = SearchSpace.load(str(space) or None)
+    elif space is False:
+        space = None
+    if model is None and arch is None:
+        assert isinstance(space, SearchSpace)
+        if resolution is not None:
+            space.check_resolution(resolution)
+        return space_blocks(space, resolution)
+    if model is not None:
+        if model not in list_models():
+            raise UsageError(f"unknown model {model!r}: known models are {', '.join(list_models())}")
+        cand = resolve_candidate(model, resolution)
+    else:
+        if str(arch) in list_models():
+            raise UsageError(f"--arch expects an arch file; {arch!r} is a model name, use --model {arch}")
+        if not Path(str(arch)).is_file():
+            raise UsageError(f"arch file {arch} does not exist")
+        cand = resolve_candidate(str(arch), resolution)
+    if isinstance(space, SearchSpace):
+        if cand.arch is None:
+            raise UsageError(f"{cand.name} is not an EfficientFormerV2 subnet, so it cannot be checked against a space")
+        space.validate(cand.arch)
+    return [cand]
+
+
+def export_artifacts(*, space: str | Path | SearchSpace | bool | None = None, model: str | None = None,
+           arch: str | Path | None = None, formats: str | Sequence[str] = ("onnx",), out: str | Path | None = None,
+           resolution: int | None = None, precision: str | None = None, deployment_target: str | None = None,
+           jobs: int | None = 1, force: bool = False, progress: bool | ProgressFn = False) -> Any:
+    """Export a space's block configurations, a model or an arch file to ONNX / Core ML / TFLite,
+    content-addressed in the export cache (and copied to `out`), each checked against PyTorch.
+    Returns the ExportReport (records, failures, manifest)."""
+    from latbench.core.fileio import writable_dir
+    from latbench.export import export_items, parse_formats
+    from latbench.export.common import DEFAULT_DEPLOYMENT_TARGET, check_deployment_target
+
+    fmts = parse_formats(formats)
+    target = check_deployment_target(deployment_target or DEFAULT_DEPLOYMENT_TARGET)
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {jobs}")
+    items = export_targets(space=space, model=model, arch=arch, resolution=resolution)
+    if out is not None:
+        writable_dir(out, create=False)
+    return export_items(items, fmts, out, precision, target, jobs=jobs, progress=progress, force=force)
+
+
+def _mes_config(config: str | Path | None, **overrides: Any) -> Any:
+    from latbench.efficiency.score import MESConfig, config_with_overrides
+
+    cfg = MESConfig.load(config) if config is not None else MESConfig()
+    return config_with_overrides(cfg, **overrides)
+
+
+def run_search(table: LatencyTable | str | Path, accuracy: str, *, target_latency: str | float | None = None,
+           target_params: str | float | None = None, target_mes: str | float | None = None,
+           space: str | Path | SearchSpace | None = None, seed: int = 0, max_steps: int | None = None,
+           mes_config: str | Path | None = None, latency_unit: str | None = None, size_unit: str | None = None,
+           alpha_latency: float | None = None, alpha_size: float | None = None, out: str | Path | None = None,
+           progress: bool | ProgressFn = False) -> Any:
+    """Algorithm 1 (fine-grained joint search) over a table to one target, with an accuracy
+    oracle ('proxy', pkg.module:function, or a CSV/YAML of measured accuracies). With `out`, the
+    trajectory, Pareto-set arch files and a report are written there. Returns the SearchResult."""
+    from latbench.core.fileio import writable_dir
+    from latbench.efficiency.score import resolve
+    from latbench.search.algorithm import Target as SearchTarget
+    from latbench.search.algorithm import run_search as algorithm_1
+    from latbench.search.oracles import load_oracle
+
+    if max_steps is not None and max_steps < 1:
+        raise UsageError(f"--max-steps must be >= 1, got {max_steps}")
+    if out is not None:
+        writable_dir(out, create=False)
+    t = load_table(table)
+    text = [None if v is None else str(v) for v in (target_latency, target_params, target_mes)]
+    target = SearchTarget.parse(*text)
+    oracle = load_oracle(accuracy)
+    scorer = resolve(_mes_config(mes_config, latency_unit=latency_unit, size_unit=size_unit,
+                                 alpha_latency=alpha_latency, alpha_size=alpha_size), t)
+    columns = [m.getter for m in scorer.metrics if m.getter.startswith("column:")]
+    if columns:
+        raise UsageError(f"the search cannot score MES metric {columns[0]}: CSV columns exist only for listed "
+                         "candidates; use built-in getters (params, macs, latency, weights_mb) in --mes-config")
+    if isinstance(space, (str, Path)):
+        space = SearchSpace.load(space)
+    fast = FastEstimator(t, space or t.space(fallback=True))
+    with _progress(progress) as bar:
+        result = algorithm_1(fast, oracle, scorer, target, seed=seed, max_steps=max_steps, progress=bar)
+    if out is not None:
+        from latbench.report.search_files import write_search
+
+        result.files = write_search(result, out, t)
+    return result
+
+
+def mes_report(table: LatencyTable | str | Path, candidates: Iterable[Target], *, accuracy: str | Path | None = None,
+               measure: str | None = None, rounds: int = 3, out: str | Path | None = None,
+               mes_config: str | Path | None = None, latency_unit: str | None = None,
+               size_unit: str | None = None, alpha_latency: float | None = None, alpha_size: float | None = None,
+               metrics: str | Path | None = None, progress: bool | ProgressFn = False,
+               **device_options: Any) -> Any:
+    """Rank candidates by MES (params, MACs, latency from the table, accuracy, Pareto flags); with
+    `measure`, also measure each end to end on that device; with `out`, write the report files
+    (md, html, csv, json, plots) there. Returns the MESReport (`json_rows()` for plain data)."""
+    from latbench.blocks.candidates import resolve_candidate, resolve_candidates
+    from latbench.core.fileio import writable_dir
+    from latbench.efficiency.score import REFERENCE, read_metrics_csv, resolve
+    from latbench.measuring.models import measure_candidates
+    from latbench.report.model import build_report
+    from latbench.search.oracles import published_accuracy, read_accuracy_file
+    from latbench.tables.table import REFERENCE_MODEL, REFERENCE_RESOLUTION
+
+    if out is not None:
+        writable_dir(out, create=False)
+    t = load_table(table)
+    config = _mes_config(mes_config, latency_unit=latency_unit, size_unit=size_unit, alpha_latency=alpha_latency,
+                         alpha_size=alpha_size)
+    scorer = resolve(config, t)
+    if isinstance(candidates, (str, Path, Arch, dict, Candidate)):
+        candidates = [candidates]
+    cands: list[Candidate] = []
+    for c in candidates:  # a name or file (a YAML list expands to its entries), or an Arch / mapping
+        if isinstance(c, (str, Path)):
+            cands += resolve_candidates([str(c)], t.meta.get("resolution"))
+        else:
+            cands.append(to_candidate(c, t.meta.get("resolution")))
+    user = read_accuracy_file(accuracy) if accuracy else None
+    columns = config.needs_columns()
+    if columns and not metrics:
+        raise UsageError(f"the MES config uses column:{columns[0]}; give its values with --metrics CSV")
+    values = read_metrics_csv(metrics, columns) if metrics else None
+    if values is not None:
+        missing = [c.name for c in cands if columns and c.name not in values]
+        if missing:
+            raise UsageError(f"metrics file {metrics} has no row for candidate {missing[0]!r}")
+
+    def top1(c: Candidate):
+        hit = user.lookup(c.name, c.arch) if user else None
+        return hit or published_accuracy(c.model_name or c.name, c.arch, c.resolution)
+
+    measured, mes_measured, device = None, None, None
+    if measure:
+        if rounds < 1:
+            raise UsageError(f"--rounds must be >= 1, got {rounds}")
+        to_measure = list(cands)
+        latency_metric = config.metric("latency")
+        ref = None
+        if latency_metric is not None and latency_metric.unit == REFERENCE:
+            ref = next((c for c in cands if c.model_name == REFERENCE_MODEL and c.resolution == REFERENCE_RESOLUTION),
+                       None)
+            if ref is None:
+                base = resolve_candidate(REFERENCE_MODEL, REFERENCE_RESOLUTION)
+                ref = Candidate(f"{REFERENCE_MODEL} (MES unit)", base.resolution, model_name=base.model_name)
+                to_measure.append(ref)
+        with open_device(measure, **device_options) as runner, _progress(progress) as bar:
+            measured, desc = measure_candidates(to_measure, runner, rounds=rounds, progress=bar)
+        model = desc.get("device_model") or desc.get("cpu_model")
+        device = f"{measure} ({model})" if model else measure
+        mes_measured = scorer
+        if ref is not None:
+            # Measured scores normalise by MobileNetV2 measured in the same run, on the same device.
+            mes_measured = scorer.with_latency_unit(measured[ref.name], f"{REFERENCE_MODEL} measured on {measure}")
+    report = build_report(cands, t, scorer, accuracy=top1, measured=measured, mes_measured=mes_measured,
+                          measured_device=device, metrics=values, title=f"MES report ({Path(str(t.label())).name})")
+    if out is not None:
+        from latbench.report.writers import write_report
+
+        report.files = write_report(report, out)
+    return report

@@ -26,7 +26,8 @@ def test_import_latbench_is_light_and_lists_the_api():
     heavy, names = out.splitlines()
     assert heavy == "[]"
     for name in ("load_table", "estimate", "estimate_many", "FastEstimator", "mes", "profile", "build_table",
-                 "validate_table", "check_table", "Arch", "LatencyTable", "UsageError"):
+                 "validate_table", "check_table", "Arch", "LatencyTable", "UsageError", "export_artifacts",
+                 "run_search", "mes_report", "diff_tables", "repair_table"):
         assert name in names
 
 
@@ -101,3 +102,46 @@ def test_a_single_target_is_one_target_not_its_letters():
     by_name = fast.score_archs(["efficientformerv2_s0"]).latency_ms[0]
     by_dict = fast.score_archs([named_arch("efficientformerv2_s0").to_dict()]).latency_ms[0]
     assert by_name == pytest.approx(by_dict) and by_name > 0
+
+
+def test_the_api_covers_search_mes_report_diff_and_export_targets(tmp_path, monkeypatch):
+    import latbench
+    from latbench.tables.synthetic import synthetic_table
+
+    monkeypatch.chdir(tmp_path)
+    a = synthetic_table().save(tmp_path / "a")
+    from latbench.tables.synthetic import _synthetic_ms
+
+    b = synthetic_table(cost=lambda c: 2 * _synthetic_ms(c)).save(tmp_path / "b")
+    diff = latbench.diff_tables(a, b)
+    assert diff["common"] > 0 and diff["median_ratio"] == pytest.approx(2.0)
+    report = latbench.mes_report(a, ["efficientformerv2_s0", "mobilenetv2_100"])
+    assert sorted(r["name"] for r in report.json_rows()) == ["efficientformerv2_s0", "mobilenetv2_100"]
+    assert sorted(tmp_path.iterdir()) == sorted([a, b])  # no report files without `out`
+    result = latbench.run_search(a, "proxy", target_latency=0.9 * latbench.estimate(a, "efficientformerv2_s0").latency_ms,
+                             max_steps=200, out=tmp_path / "s")
+    assert result.final.latency_ms > 0 and (tmp_path / "s" / "final.yaml").is_file()
+    blocks = latbench.api.export_targets(space=True, resolution=224)
+    assert len(blocks) > 50
+    [one] = latbench.api.export_targets(model="efficientformerv2_s0")
+    assert one.name == "efficientformerv2_s0"
+    with pytest.raises(latbench.UsageError, match="use --model efficientformerv2_s0"):
+        latbench.api.export_targets(arch="efficientformerv2_s0")
+
+
+def test_the_api_measures_on_the_configured_device(tmp_path, monkeypatch):
+    from latbench import api
+    from latbench.core import config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LATBENCH_CONFIG", raising=False)
+    (tmp_path / "latbench.toml").write_text('device = "nokia3310"\n')
+    config.defaults.cache_clear()
+    try:
+        with pytest.raises(api.UsageError, match="unknown device 'nokia3310'"):
+            api.open_device()
+        with pytest.raises(api.UsageError, match="unknown device 'nokia3310'"):
+            api.build_table(models=["efficientformerv2_s0"], out=tmp_path / "t")
+        assert not (tmp_path / "t").exists()
+    finally:
+        config.defaults.cache_clear()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from latbench.commands._output import (
     add_json_flag,
@@ -13,8 +12,6 @@ from latbench.commands._output import (
     shows_progress,
 )
 from latbench.commands._types import positive_int
-from latbench.core.errors import UsageError
-from latbench.core.fileio import writable_dir
 
 # `--space` without a value means the shipped space.
 _DEFAULT_SPACE = ""
@@ -57,54 +54,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_items(args: argparse.Namespace) -> list:
-    """What to export, with every input problem raised as a one-line UsageError."""
-    from latbench.blocks.candidates import resolve_candidate
-    from latbench.blocks.configs import space_blocks
-    from latbench.models import list_models
-    from latbench.space import SearchSpace
-
-    if args.space is None and args.model is None and args.arch is None:
-        raise UsageError("nothing to export: give --space [FILE], --model NAME or --arch FILE")
-    space = SearchSpace.load(args.space or None) if args.space is not None else None
-    if args.model is None and args.arch is None:
-        assert space is not None
-        if args.resolution is not None:
-            space.check_resolution(args.resolution)
-        return space_blocks(space, args.resolution)
-
-    if args.model is not None:
-        if args.model not in list_models():
-            raise UsageError(f"unknown model {args.model!r}: known models are {', '.join(list_models())}")
-        cand = resolve_candidate(args.model, args.resolution)
-    else:
-        if args.arch in list_models():
-            raise UsageError(f"--arch expects an arch file; {args.arch!r} is a model name, use --model {args.arch}")
-        if not Path(args.arch).is_file():
-            raise UsageError(f"arch file {args.arch} does not exist")
-        cand = resolve_candidate(args.arch, args.resolution)
-    if space is not None:
-        if cand.arch is None:
-            raise UsageError(f"{cand.name} is not an EfficientFormerV2 subnet, so it cannot be checked against a space")
-        space.validate(cand.arch)
-    return [cand]
-
-
 def run(args: argparse.Namespace) -> int:
-    from latbench.export import export_items, parse_formats
-    from latbench.export.common import check_deployment_target
+    from latbench import api
 
-    formats = parse_formats(args.format)
-    target = check_deployment_target(args.deployment_target)
-    if args.jobs is not None and args.jobs < 1:
-        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
-    items = resolve_items(args)
-    if args.out is not None:
-        writable_dir(args.out, create=False)
-    report = export_items(
-        items, formats, args.out, args.precision, target, jobs=args.jobs,
-        progress=shows_progress(args), force=args.force,
-    )  # fmt: skip
+    report = api.export_artifacts(space=args.space, model=args.model, arch=args.arch, formats=args.format, out=args.out,
+                        resolution=args.resolution, precision=args.precision,
+                        deployment_target=args.deployment_target, jobs=args.jobs, force=args.force,
+                        progress=shows_progress(args))
     if args.json:
         print_json(report.to_json())
         return 1 if report.failures else 0

@@ -301,21 +301,14 @@ def _records(df) -> list[dict[str, Any]]:
 
 
 def run_diff(args: argparse.Namespace) -> int:
-    a, b = LatencyTable.load(find_table(args.a)), LatencyTable.load(find_table(args.b))
-    ma, mb = a.latency_ms(), b.latency_ms()
-    common = sorted(set(ma) & set(mb))
-    if not common:
-        raise UsageError(f"tables {args.a} and {args.b} share no block keys")
-    rows = [{"key": k, "a_ms": ma[k], "b_ms": mb[k], "ratio": mb[k] / ma[k] if ma[k] else None} for k in common]
-    ratios = sorted(r["ratio"] for r in rows if r["ratio"])
-    summary = {"a": str(a.path), "b": str(b.path), "common": len(common),
-               "only_a": sorted(set(ma) - set(mb)), "only_b": sorted(set(mb) - set(ma)),
-               "median_ratio": ratios[len(ratios) // 2] if ratios else None,
-               "provenance_diff": a.provenance_diff(b.device), "rows": rows}
+    from latbench import api
+
+    summary = api.diff_tables(args.a, args.b)
+    rows, common = summary["rows"], summary["common"]
     if args.json:
         print_json(summary)
         return 0
-    print_table(f"B/A ratios ({len(common)} common keys)", ["key", "A ms", "B ms", "B/A"],
+    print_table(f"B/A ratios ({common} common keys)", ["key", "A ms", "B ms", "B/A"],
                 [(r["key"], r["a_ms"], r["b_ms"], r["ratio"]) for r in sorted(rows, key=lambda r: -r["ratio"])])
     console().print(f"median ratio {summary['median_ratio']:.3f}; only in A: {len(summary['only_a'])}, "
                     f"only in B: {len(summary['only_b'])}")
@@ -378,7 +371,7 @@ def run_validate(args: argparse.Namespace) -> int:
     if args.samples < 0:
         raise UsageError(f"--samples must be >= 0, got {args.samples}")
     space = table.space()
-    device = args.device or table.meta.get("device_id") or _config.default("device", "cpu")
+    device = args.device or _config.default_device(table.meta.get("device_id"))
     cands = sample_candidates(space, int(table.meta.get("resolution") or 224), args.samples, args.seed,
                                   named=not args.no_named)
     if not cands:
@@ -424,9 +417,9 @@ def print_validation(result) -> None:
 
 # -- repair ---------------------------------------------------------------------------------------
 def run_repair(args: argparse.Namespace) -> int:
-    from latbench.tables.build import repair_table
+    from latbench import api
 
-    table = repair_table(args.table)
+    table = api.repair_table(args.table)
     summary = {"table": str(table.path), "blocks": int(len(table.blocks)), "models": int(len(table.models)),
                "flagged": table.flagged(), "files": table.meta.get("files")}
     if args.json:
@@ -446,7 +439,7 @@ def run_check(args: argparse.Namespace) -> int:
     if args.rounds < 1:
         raise UsageError(f"--rounds must be >= 1, got {args.rounds}")
     pick_entries(table, args.sample, args.seed, args.key)  # bad --key/--samples: say so before opening a device
-    device = args.device or table.meta.get("device_id") or _config.default("device", "cpu")
+    device = args.device or _config.default_device(table.meta.get("device_id"))
     runner = open_device(device, args)
     with runner, phase_progress(shows_progress(args)) as progress:
         result = check_table(table, runner, sample=args.sample, keys=args.key, seed=args.seed, rounds=args.rounds,
