@@ -14,6 +14,7 @@ arch mapping (as in an arch file) or the path of an arch file. Errors are latben
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -107,8 +108,6 @@ def open_device(device: str | None = None, *, table_device: str | None = None, *
 
 
 def _progress(progress: bool | ProgressFn):
-    import contextlib
-
     if callable(progress):
         return contextlib.nullcontext(progress)
     return phase_progress(bool(progress))
@@ -126,18 +125,32 @@ def profile(target: Target, device: str | None = None, *, runs: int | None = Non
                            progress=bar)
 
 
-def build_table(device: str | None = None, *, space: str | Path | SearchSpace | bool | None = None,
-                models: Sequence[str] = (), archs: Sequence[str | Path] = (), out: str | Path | None = None,
-                resolution: int | None = None, rounds: int = 3, max_rounds: int = 8, runs: int | None = None,
-                calibrate: int = 8, force: bool = False, jobs: int = 1, progress: bool | ProgressFn = False,
-                **device_options: Any) -> LatencyTable:
-    """Build (or resume, or extend) the latency table of a device: for a search space (`space`:
-    True for the default one, a YAML path or a SearchSpace) and/or named models and arch files.
-    One resolution per call (the space's first unless `resolution`). Exports run in this process
-    unless `jobs` > 1 (worker processes re-import a script's main module: guard it with
-    `if __name__ == "__main__":` then)."""
+def build_settings(*, rounds: int = 3, max_rounds: int = 8, runs: int | None = None, calibrate: int = 8,
+                   jobs: int = 1, time_cap: float | None = None) -> Any:
+    """The BuildSettings of a build, with its options checked (one-line UsageErrors)."""
     from latbench.measuring.consensus import ConsensusRule
-    from latbench.tables.build import BuildSettings, TableBuilder, plan_tables
+    from latbench.tables.build import BuildSettings
+
+    if jobs < 1 or rounds < 1:
+        raise UsageError("--jobs and --rounds must be >= 1")
+    if max_rounds < rounds:
+        raise UsageError(f"--max-rounds ({max_rounds}) must be >= --rounds ({rounds})")
+    if runs is not None and runs < 1:
+        raise UsageError(f"--runs must be >= 1, got {runs}")
+    caps = {} if time_cap is None else {"block_time_cap_s": time_cap, "model_time_cap_s": max(time_cap, 4.0)}
+    return BuildSettings(rounds=rounds, runs=runs, calibration_models=calibrate, jobs=jobs,
+                         consensus=ConsensusRule.for_rounds(rounds, max_rounds), **caps)
+
+
+def plan_builds(device: str | None = None, *, space: str | Path | SearchSpace | bool | None = None,
+                models: Sequence[str] | str = (), archs: Sequence[str | Path] | str | Path = (),
+                resolutions: Sequence[int] | None = None, out: str | Path | None = None, calibrate: int = 8,
+                reference: bool = True) -> list[Any]:
+    """The tables a build makes (one TablePlan per resolution), every input checked and every
+    table directory proven writable before any device is opened."""
+    from latbench.core.config import default_device
+    from latbench.core.fileio import writable_dir
+    from latbench.tables.build import plan_tables
 
     if isinstance(models, (str, Path)):  # one model, not the letters of its name
         models = [str(models)]
@@ -149,36 +162,83 @@ def build_table(device: str | None = None, *, space: str | Path | SearchSpace | 
         space = SearchSpace.load(space)
     elif space is False:
         space = None
+    plans = plan_tables(space=space, models=list(models), archs=[str(a) for a in archs], resolutions=resolutions,
+                        out=out, device_id=default_device() if device is None else device, calibrate=calibrate,
+                        reference=reference)
+    for plan in plans:
+        writable_dir(plan.out, "table directory", create=False)
+    return plans
+
+
+def build_planned(runner: Any, plans: Sequence[Any], settings: Any, *, force: bool = False,
+                  progress: ProgressFn | None = None) -> list[Any]:
+    """Measure planned tables on an open runner (or a device farm): the one place a build runs,
+    for the API, `lut build` and `demo`. Returns a BuildResult per table."""
+    from latbench.tables.build import TableBuilder
+
+    return [TableBuilder(runner, plan.out, settings, force=force, progress=progress).build(
+        plan.configs, space=plan.space, resolution=plan.resolution, calibration=plan.calibration)
+        for plan in plans]
+
+
+def build_table(device: str | None = None, *, space: str | Path | SearchSpace | bool | None = None,
+                models: Sequence[str] = (), archs: Sequence[str | Path] = (), out: str | Path | None = None,
+                resolution: int | None = None, rounds: int = 3, max_rounds: int = 8, runs: int | None = None,
+                calibrate: int = 8, force: bool = False, jobs: int = 1, progress: bool | ProgressFn = False,
+                **device_options: Any) -> LatencyTable:
+    """Build (or resume, or extend) the latency table of a device: for a search space (`space`:
+    True for the default one, a YAML path or a SearchSpace) and/or named models and arch files.
+    One resolution per call (the space's first unless `resolution`). Exports run in this process
+    unless `jobs` > 1 (worker processes re-import a script's main module: guard it with
+    `if __name__ == "__main__":` then). Without `device`: latbench.toml's, else cpu."""
     from latbench.core.config import default_device
 
     device = default_device() if device is None else device
-    naming = space or SearchSpace.default()
-    [plan] = plan_tables(space=space, models=models, archs=[str(a) for a in archs],
-                         resolutions=[resolution or naming.resolutions[0]], out=out, device_id=device,
-                         calibrate=calibrate)
-    settings = BuildSettings(rounds=rounds, runs=runs, calibration_models=calibrate, jobs=jobs,
-                             consensus=ConsensusRule.for_rounds(rounds, max_rounds))
+    settings = build_settings(rounds=rounds, max_rounds=max_rounds, runs=runs, calibrate=calibrate, jobs=jobs)
+    naming = SearchSpace.load(space) if isinstance(space, (str, Path)) else space
+    naming = naming if isinstance(naming, SearchSpace) else SearchSpace.default()
+    [plan] = plan_builds(device, space=space, models=models, archs=archs, out=out, calibrate=calibrate,
+                         resolutions=[resolution or naming.resolutions[0]])
     with open_device(device, **device_options) as runner, _progress(progress) as bar:
-        res = TableBuilder(runner, plan.out, settings, force=force, progress=bar).build(
-            plan.configs, space=plan.space, resolution=plan.resolution, calibration=plan.calibration)
+        [res] = build_planned(runner, [plan], settings, force=force, progress=bar)
     return res.table
+
+
+def validation_candidates(table: LatencyTable, samples: int = 12, seed: int = 0, named: bool = True) -> list[Any]:
+    """What a validation measures: `samples` random subnets of the table's space (and S0-L)."""
+    from latbench.blocks.candidates import sample_candidates
+
+    if samples < 0:
+        raise UsageError(f"--samples must be >= 0, got {samples}")
+    cands = sample_candidates(table.space(), int(table.meta.get("resolution") or 224), samples, seed, named=named)
+    if not cands:
+        raise UsageError("nothing to validate: give --samples > 0 or keep S0-L")
+    return cands
 
 
 def validate_table(table: LatencyTable | str | Path, device: str | None = None, *, samples: int = 12,
                    named: bool = True, passes: int = 2, rounds: int = 3, seed: int = 0, jobs: int = 1,
-                   progress: bool | ProgressFn = False, **device_options: Any) -> ValidationResult:
+                   progress: bool | ProgressFn = False, strict: bool = False,
+                   journal_dir: str | Path | None = None, runner: Any = None,
+                   **device_options: Any) -> ValidationResult:
     """Measure random subnets of the table's space (and S0-L) end to end in `passes` passes and
-    compare with the table's estimates, the plain sum and a MACs-proportional estimate."""
-    from latbench.blocks.candidates import sample_candidates
+    compare with the table's estimates, the plain sum and a MACs-proportional estimate. `strict`:
+    refuse a table measured on another device or runtime; `journal_dir`: keep every raw
+    measurement there; `runner`: an open runner to use instead of opening `device`."""
+    from latbench.core.fileio import writable_dir
     from latbench.estimation.validate import validate_table as run_validate
 
     t = load_table(table)
-    cands = sample_candidates(t.space(), int(t.meta.get("resolution") or 224), samples, seed, named=named)
-    if not cands:
-        raise UsageError("nothing to validate: give samples > 0 or keep S0-L")
-    with open_device(device, table_device=t.meta.get("device_id"), **device_options) as runner, \
-            _progress(progress) as bar:
-        return run_validate(t, runner, cands, rounds=rounds, passes=passes, seed=seed, jobs=jobs, progress=bar)
+    cands = validation_candidates(t, samples, seed, named)
+    if journal_dir is not None:
+        writable_dir(journal_dir, "--keep-journal directory", create=False)
+    opened = runner if runner is not None else open_device(device, table_device=t.meta.get("device_id"),
+                                                           **device_options)
+    with (contextlib.nullcontext(opened) if runner is not None else opened) as r, _progress(progress) as bar:
+        if strict:
+            t.check_provenance(r.describe(), strict=True)
+        return run_validate(t, r, cands, rounds=rounds, passes=passes, seed=seed, jobs=jobs, progress=bar,
+                            journal_dir=journal_dir)
 
 
 def check_table(table: LatencyTable | str | Path, device: str | None = None, *, samples: int | None = None,
@@ -189,9 +249,14 @@ def check_table(table: LatencyTable | str | Path, device: str | None = None, *, 
     the old name) and report those that moved beyond the noise; with `fix`, record the new rounds
     in its journal and derive the table again."""
     from latbench.tables.check import check_table as run_check
+    from latbench.tables.check import pick_entries, require_journal
 
     sample = samples if samples is not None else sample
     t = load_table(table)
+    if rounds < 1:
+        raise UsageError(f"--rounds must be >= 1, got {rounds}")
+    require_journal(t)
+    pick_entries(t, sample, seed, keys)  # bad keys or sample size: say so before opening a device
     with open_device(device, table_device=t.meta.get("device_id"), **device_options) as runner, \
             _progress(progress) as bar:
         return run_check(t, runner, sample=sample, keys=keys, seed=seed, rounds=rounds, fix=fix, jobs=jobs,

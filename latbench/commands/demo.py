@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from latbench.commands._output import add_progress_flag, console, shows_progress
+from latbench.core.errors import UsageError
 from latbench.core.progress import phase_progress
 
 
@@ -21,28 +22,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from device_runners import open_runner
-    from latbench.blocks.candidates import sample_candidates
+    from latbench import api
     from latbench.commands.lut import print_validation, report_builds
-    from latbench.core.errors import UsageError
-    from latbench.estimation.validate import validate_table
     from latbench.space import SearchSpace
-    from latbench.tables.build import BuildSettings, TableBuilder, plan_tables
 
     if args.samples < 0:
         raise UsageError(f"--samples must be >= 0, got {args.samples}")
-    space = SearchSpace.default()
-    [plan] = plan_tables(space=space, resolutions=[space.resolutions[0]], out=args.out)
+    [plan] = api.plan_builds("cpu", space=True, resolutions=[SearchSpace.default().resolutions[0]], out=args.out)
     console().print(f"[bold]1/2[/] latency table of the default space on the emulated CPU backend -> {plan.out}")
-    with open_runner("cpu") as runner:
+    with api.open_device("cpu") as runner:
         with phase_progress(shows_progress(args)) as progress:
-            res = TableBuilder(runner, plan.out, BuildSettings(), progress=progress).build(
-                plan.configs, space=space, resolution=plan.resolution, calibration=plan.calibration)
+            [res] = api.build_planned(runner, [plan], api.build_settings(jobs=2), progress=progress)
         report_builds([res], as_json=False)
         console().print(f"[bold]2/2[/] validating {plan.out} on {args.samples} random subnets and S0-L, end to end")
-        cands = sample_candidates(space, plan.resolution, args.samples, seed=1)
         with phase_progress(shows_progress(args)) as progress:
-            result = validate_table(res.table, runner, cands, seed=1, progress=progress)
+            result = api.validate_table(res.table, samples=args.samples, seed=1, jobs=2, progress=progress,
+                                        runner=runner)
     print_validation(result)
     console().print(f"next: `latbench lut estimate {plan.out} efficientformerv2_s1`, "
                     f"`latbench profile efficientformerv2_s0 --device cpu`", highlight=False)

@@ -6,7 +6,7 @@ import argparse
 import math
 from typing import Any
 
-from latbench.blocks.candidates import resolve_candidates, sample_candidates
+from latbench.blocks.candidates import resolve_candidates
 from latbench.commands import _config
 from latbench.commands._farm import (
     add_cluster_flag,
@@ -33,7 +33,7 @@ from latbench.commands._runner import (
 )
 from latbench.commands._types import positive_int, positive_seconds
 from latbench.core.errors import UsageError
-from latbench.core.fileio import writable_dir, writable_file
+from latbench.core.fileio import writable_file
 from latbench.core.progress import phase_progress
 from latbench.tables.table import LatencyTable, find_table
 
@@ -142,33 +142,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # -- build ------------------------------------------------------------------------------------------
 def run_build(args: argparse.Namespace) -> int:
-    from latbench.measuring.consensus import ConsensusRule
-    from latbench.space import SearchSpace
-    from latbench.tables.build import BuildSettings, TableBuilder, plan_tables
+    from latbench import api
 
-    if args.jobs < 1 or args.rounds < 1:
-        raise UsageError("--jobs and --rounds must be >= 1")
-    if args.max_rounds < args.rounds:
-        raise UsageError(f"--max-rounds ({args.max_rounds}) must be >= --rounds ({args.rounds})")
-    if args.runs is not None and args.runs < 1:
-        raise UsageError(f"--runs must be >= 1, got {args.runs}")
-    space = None if args.space is None else SearchSpace.load(None if args.space == DEFAULT_SPACE else args.space)
+    settings = api.build_settings(rounds=args.rounds, max_rounds=args.max_rounds, runs=args.runs,
+                                  calibrate=args.calibrate, jobs=args.jobs, time_cap=args.time_cap)
+    space = None if args.space is None else (True if args.space == DEFAULT_SPACE else args.space)
     devices = device_list(args)
-    settings = BuildSettings(rounds=args.rounds, jobs=args.jobs, runs=args.runs, block_time_cap_s=args.time_cap,
-                             model_time_cap_s=max(args.time_cap, 4.0), calibration_models=args.calibrate,
-                             consensus=ConsensusRule.for_rounds(args.rounds, args.max_rounds))
 
     def plans_for(device_id: str, out: str | None) -> list:
-        plans = plan_tables(space=space, models=args.model, archs=args.arch, resolutions=args.resolution, out=out,
-                            device_id=device_id, calibrate=args.calibrate, reference=not args.no_reference)
-        for plan in plans:
-            writable_dir(plan.out, "table directory", create=False)
-        return plans
+        return api.plan_builds(device_id, space=space, models=args.model, archs=args.arch,
+                               resolutions=args.resolution, out=out, calibrate=args.calibrate,
+                               reference=not args.no_reference)
 
     def build_all(runner, plans: list, progress) -> list:
-        return [TableBuilder(runner, plan.out, settings, force=args.force, progress=progress).build(
-            plan.configs, space=plan.space, resolution=plan.resolution, calibration=plan.calibration)
-            for plan in plans]
+        return api.build_planned(runner, plans, settings, force=args.force, progress=progress)
 
     if args.separate_tables and not wants_farm(args, devices):
         raise UsageError("--separate-tables needs several --device (or --cluster)")
@@ -364,28 +351,17 @@ def run_estimate(args: argparse.Namespace) -> int:
 
 # -- validate ---------------------------------------------------------------------------------------
 def run_validate(args: argparse.Namespace) -> int:
+    from latbench import api
     from latbench.core.fileio import atomic_write_json
-    from latbench.estimation.validate import validate_table
 
-    table = LatencyTable.load(find_table(_config.table_arg(args.table)))
-    if args.samples < 0:
-        raise UsageError(f"--samples must be >= 0, got {args.samples}")
-    space = table.space()
-    device = args.device or _config.default_device(table.meta.get("device_id"))
-    cands = sample_candidates(space, int(table.meta.get("resolution") or 224), args.samples, args.seed,
-                                  named=not args.no_named)
-    if not cands:
-        raise UsageError("nothing to validate: give --samples > 0 or keep S0-L")
+    table = api.load_table(_config.table_arg(args.table))
+    api.validation_candidates(table, args.samples, args.seed, not args.no_named)  # bad input before any device
     if args.out:
         writable_file(args.out, "--out file")
-    if args.keep_journal:
-        writable_dir(args.keep_journal, "--keep-journal directory", create=False)
-    runner = open_device(device, args)
-    with runner, phase_progress(shows_progress(args)) as progress:
-        if args.strict:
-            table.check_provenance(runner.describe(), strict=True)
-        result = validate_table(table, runner, cands, rounds=args.rounds, passes=args.passes, jobs=args.jobs,
-                                seed=args.seed, progress=progress, journal_dir=args.keep_journal)
+    device = args.device or _config.default_device(table.meta.get("device_id"))
+    result = api.validate_table(table, device, samples=args.samples, named=not args.no_named, passes=args.passes,
+                                rounds=args.rounds, seed=args.seed, jobs=args.jobs, progress=shows_progress(args),
+                                strict=args.strict, journal_dir=args.keep_journal, **device_options(device, args))
     out = result.to_dict()
     if args.out:
         atomic_write_json(args.out, out)
@@ -432,18 +408,12 @@ def run_repair(args: argparse.Namespace) -> int:
 
 # -- check ------------------------------------------------------------------------------------------
 def run_check(args: argparse.Namespace) -> int:
-    from latbench.tables.check import check_table, pick_entries, require_journal
+    from latbench import api
 
-    table = LatencyTable.load(find_table(_config.table_arg(args.table)))
-    require_journal(table)
-    if args.rounds < 1:
-        raise UsageError(f"--rounds must be >= 1, got {args.rounds}")
-    pick_entries(table, args.sample, args.seed, args.key)  # bad --key/--samples: say so before opening a device
+    table = api.load_table(_config.table_arg(args.table))
     device = args.device or _config.default_device(table.meta.get("device_id"))
-    runner = open_device(device, args)
-    with runner, phase_progress(shows_progress(args)) as progress:
-        result = check_table(table, runner, sample=args.sample, keys=args.key, seed=args.seed, rounds=args.rounds,
-                             fix=args.fix, progress=progress)
+    result = api.check_table(table, device, samples=args.sample, keys=args.key, seed=args.seed, rounds=args.rounds,
+                             fix=args.fix, progress=shows_progress(args), **device_options(device, args))
     if args.json:
         print_json(result.to_dict())
         return 0
