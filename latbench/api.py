@@ -114,15 +114,29 @@ def _progress(progress: bool | ProgressFn):
 
 
 def profile(target: Target, device: str | None = None, *, runs: int | None = None, rounds: int = 3, warmup: int = 10,
-            resolution: int | None = None, progress: bool | ProgressFn = False, **device_options: Any) -> ProfileResult:
+            resolution: int | None = None, progress: bool | ProgressFn = False, out: str | Path | None = None,
+            **device_options: Any) -> ProfileResult:
     """Measure one model (or an .onnx / .mlpackage / .tflite file) on a device: latency by consensus of
-    rounds, pooled sample statistics, per-op and per-block breakdowns, provenance."""
+    rounds, pooled sample statistics, per-op and per-block breakdowns, provenance. With `out`, the
+    profile files (profile.json, CSVs, breakdown plot) are written there (`result.files`)."""
+    from latbench.core.fileio import writable_dir
     from latbench.measuring.profile import profile as run_profile
 
+    if runs is not None and runs < 1:
+        raise UsageError(f"--runs must be >= 1, got {runs}")
+    if rounds < 1 or warmup < 0:
+        raise UsageError("--rounds must be >= 1 and --warmup >= 0")
+    if out is not None:
+        writable_dir(out, create=False)
     spec = str(target) if isinstance(target, (str, Path)) else to_candidate(target, resolution)
     with open_device(device, **device_options) as runner, _progress(progress) as bar:
-        return run_profile(spec, runner, runs=runs, warmup=warmup, resolution=resolution, rounds=rounds,
-                           progress=bar)
+        result = run_profile(spec, runner, runs=runs, warmup=warmup, resolution=resolution, rounds=rounds,
+                             progress=bar)
+    if out is not None:
+        from latbench.report.profile_files import write_profile
+
+        result.files = write_profile(result, out)
+    return result
 
 
 def build_settings(*, rounds: int = 3, max_rounds: int = 8, runs: int | None = None, calibrate: int = 8,

@@ -145,3 +145,13 @@ def test_the_api_measures_on_the_configured_device(tmp_path, monkeypatch):
         assert not (tmp_path / "t").exists()
     finally:
         config.defaults.cache_clear()
+
+
+def test_build_table_takes_one_model_name_as_one_model(tmp_path):
+    from latbench import api
+
+    [plan] = api.plan_builds("cpu", models="efficientformerv2_s0", out=tmp_path / "t")
+    assert [c.name for c in plan.calibration] == ["efficientformerv2_s0"]
+    assert any(c.key.startswith("mhsa-") for c in plan.configs)
+    with pytest.raises(api.UsageError, match="--max-rounds"):
+        api.build_settings(rounds=5, max_rounds=3)

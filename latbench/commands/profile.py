@@ -12,11 +12,8 @@ from latbench.commands._output import (
     print_table,
     shows_progress,
 )
-from latbench.commands._runner import add_device_flag, add_runner_flags, open_device
+from latbench.commands._runner import add_device_flag, add_runner_flags, device_options
 from latbench.commands._types import positive_int
-from latbench.core.errors import UsageError
-from latbench.core.fileio import writable_dir
-from latbench.core.progress import phase_progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,20 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latbench.measuring.profile import profile
-    from latbench.report.profile_files import write_profile
+    from latbench import api
 
-    if args.runs is not None and args.runs < 1:
-        raise UsageError(f"--runs must be >= 1, got {args.runs}")
-    if args.rounds < 1 or args.warmup < 0:
-        raise UsageError("--rounds must be >= 1 and --warmup >= 0")
-    if args.out:
-        writable_dir(args.out, create=False)
-    runner = open_device(args.device, args)
-    with runner, phase_progress(shows_progress(args)) as progress:
-        result = profile(args.target, runner, runs=args.runs, warmup=args.warmup, resolution=args.resolution,
-                         rounds=args.rounds, progress=progress)
-    files = write_profile(result, args.out) if args.out else []
+    result = api.profile(args.target, args.device, runs=args.runs, rounds=args.rounds, warmup=args.warmup,
+                         resolution=args.resolution, progress=shows_progress(args), out=args.out,
+                         **device_options(args.device, args))
+    files = getattr(result, "files", None) or []
     if args.json:
         d = result.to_dict()
         d["files"] = [str(f) for f in files]
