@@ -15,7 +15,7 @@ arch mapping (as in an arch file) or the path of an arch file. Errors are latben
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from latbench.tables.table import LatencyTable, find_table
 
 Target = str | Path | Arch | dict | Candidate
 
-__all__ = ["FastEstimator", "build_table", "check_table", "diff_tables", "estimate", "estimate_many",
+__all__ = ["FastEstimator", "build_table", "build_tables", "check_table", "diff_tables", "estimate", "estimate_many",
            "export_artifacts", "load_table", "mes", "mes_report", "open_device", "profile", "repair_table",
            "run_search", "validate_table"]
 
@@ -193,6 +193,118 @@ def build_planned(runner: Any, plans: Sequence[Any], settings: Any, *, force: bo
     return [TableBuilder(runner, plan.out, settings, force=force, progress=progress).build(
         plan.configs, space=plan.space, resolution=plan.resolution, calibration=plan.calibration)
         for plan in plans]
+
+
+def build_tables(devices: str | Sequence[str] | None = None, *, cluster: str | None = None,
+                 separate_tables: bool = False, pool_tolerance: float | None = None,
+                 space: str | Path | SearchSpace | bool | None = None, models: Sequence[str] | str = (),
+                 archs: Sequence[str | Path] | str | Path = (), resolutions: Sequence[int] | None = None,
+                 out: str | Path | None = None, calibrate: int = 8, reference: bool = True, rounds: int = 3,
+                 max_rounds: int = 8, runs: int | None = None, jobs: int = 1, time_cap: float | None = None,
+                 force: bool = False, progress: bool | ProgressFn = False,
+                 device_options: Callable[[str], dict[str, Any]] | dict[str, Any] | None = None) -> list[Any]:
+    """Build (resume, extend) tables on one device, or on a device farm: several `devices` of one
+    model on this host, or `cluster` (a Ray address; "" for $RAY_ADDRESS) whose agents serve them,
+    pooled into one table (`separate_tables`: one per device). `device_options`: the runner options,
+    one dict for all devices or a function of the device id. Returns a BuildResult per table; what
+    `lut build` runs."""
+    from latbench.core.config import default_device
+
+    given = [devices] if isinstance(devices, str) else list(devices or [])
+    farm = cluster is not None or len(given) > 1
+    if farm:
+        from latbench.measuring.farm import require_ray
+
+        require_ray("--cluster" if cluster is not None else "several --device in one build")
+    if cluster is not None and not given:
+        raise UsageError("--cluster needs --device: farm device ids, device ids, globs or model:KIND:MODEL "
+                         "(see `latbench devices --cluster`)")
+    devices = given or [default_device()]
+    settings = build_settings(rounds=rounds, max_rounds=max_rounds, runs=runs, calibrate=calibrate, jobs=jobs,
+                              time_cap=time_cap)
+
+    def options_for(device_id: str) -> dict[str, Any]:
+        return dict(device_options(device_id) if callable(device_options) else (device_options or {}))
+
+    def plans_for(device_id: str, where: str | Path | None) -> list[Any]:
+        return plan_builds(device_id, space=space, models=models, archs=archs, resolutions=resolutions, out=where,
+                           calibrate=calibrate, reference=reference)
+
+    if separate_tables and not farm:
+        raise UsageError("--separate-tables needs several --device (or --cluster)")
+    if not farm:
+        plans = plans_for(devices[0], out)
+        with open_device(devices[0], **options_for(devices[0])) as runner, _progress(progress) as bar:
+            return build_planned(runner, plans, settings, force=force, progress=bar)
+    plans_for(devices[0], out)  # bad arguments: say so before any device is opened
+    pool = _open_farm(devices, cluster, rule=settings.consensus, separate=separate_tables,
+                      tolerance=pool_tolerance, options_for=options_for)
+    with pool, _progress(progress) as bar:
+        if separate_tables:
+            return _build_separately(pool, lambda part, fid, prog: build_planned(
+                part, plans_for(fid, _per_device_out(out, fid)), settings, force=force, progress=prog), bar)
+        return build_planned(pool, plans_for(pool.device_id, out), settings, force=force, progress=bar)
+
+
+def runner_opener(device_id: str, options: dict[str, Any]) -> Callable[[], Any]:
+    """A picklable callable opening `device_id`'s runner wherever it runs (a device actor)."""
+    import functools
+
+    from device_runners import open_runner
+
+    return functools.partial(open_runner, device_id, **options)
+
+
+def _open_farm(devices: Sequence[str], cluster: str | None, *, rule: Any, separate: bool,
+               tolerance: float | None, options_for: Callable[[str], dict[str, Any]]) -> Any:
+    """The FarmDispatcher a build measures with: the cluster's devices matching `devices`, or the
+    named devices of this host, each in its own Ray actor."""
+    from latbench.measuring.farm.cluster import connect, open_cluster_farm, open_local_farm
+    from latbench.measuring.farm.dispatcher import PoolCheck
+
+    if tolerance is not None and not 0 <= tolerance < 1:
+        raise UsageError(f"--pool-tolerance must be a fraction in [0, 1), got {tolerance}")
+    pool = None if separate else PoolCheck(rule, **({} if tolerance is None else {"tolerance": tolerance}))
+    if cluster is not None:
+        disconnect = connect(cluster or None)
+        try:
+            return open_cluster_farm(devices, pool=pool, on_close=disconnect)
+        except BaseException:
+            disconnect()
+            raise
+    openers = {d: runner_opener(d, options_for(d)) for d in devices}
+    return open_local_farm(devices, openers, pool=pool)
+
+
+def _build_separately(farm: Any, build_one: Callable[[Any, str, ProgressFn], list], progress: ProgressFn) -> list:
+    """One table (set) per device of the farm, the devices measuring in parallel.
+    `build_one(dispatcher, device id, progress)` builds one device's tables and returns the results."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = farm.split()
+    lock = threading.Lock()
+
+    def locked(prefix: str) -> ProgressFn:
+        def update(phase: str, done: int, total: int, detail: str | None = None) -> None:
+            with lock:
+                progress(f"{prefix} {phase}", done, total, detail)
+
+        return update
+
+    with ThreadPoolExecutor(max_workers=len(parts)) as workers:
+        futures = [workers.submit(build_one, part, part.device_id, locked(part.device_id)) for part in parts]
+        results = []
+        for f in futures:
+            results.extend(f.result())
+    return results
+
+
+def _per_device_out(out: str | Path | None, device_id: str) -> str | None:
+    """The out directory of one device's table with separate tables: a directory per device under it."""
+    if out is None:
+        return None
+    return str(Path(out) / "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in device_id))
 
 
 def build_table(device: str | None = None, *, space: str | Path | SearchSpace | bool | None = None,

@@ -155,3 +155,21 @@ def test_build_table_takes_one_model_name_as_one_model(tmp_path):
     assert any(c.key.startswith("mhsa-") for c in plan.configs)
     with pytest.raises(api.UsageError, match="--max-rounds"):
         api.build_settings(rounds=5, max_rounds=3)
+
+
+@pytest.mark.parametrize("command, function", [
+    ("profile", "profile"), ("export", "export_artifacts"), ("search", "run_search"), ("mes report", "mes_report"),
+    ("lut build", "build_tables"), ("lut validate", "validate_table"), ("lut check", "check_table"),
+    ("lut diff", "diff_tables"), ("lut repair", "repair_table"), ("lut estimate", "estimate_many")])
+def test_every_command_is_a_function_of_the_api(command, function):
+    import inspect
+
+    import latbench
+    from latbench.commands import export, lut, mes, profile, search
+
+    assert function in latbench.__all__ and callable(getattr(latbench, function))
+    runs = {"profile": profile.run, "export": export.run, "search": search.search_from_args,
+            "mes report": mes.run_report, "lut build": lut.run_build, "lut validate": lut.run_validate,
+            "lut check": lut.run_check, "lut diff": lut.run_diff, "lut repair": lut.run_repair}
+    if command in runs:  # the command calls the API rather than repeating it
+        assert f"api.{function}(" in inspect.getsource(runs[command])

@@ -10,11 +10,6 @@ from latbench.blocks.candidates import resolve_candidates
 from latbench.commands import _config
 from latbench.commands._farm import (
     add_cluster_flag,
-    build_separately,
-    open_farm,
-    per_device_out,
-    require_farm,
-    wants_farm,
 )
 from latbench.commands._output import (
     add_json_flag,
@@ -27,14 +22,10 @@ from latbench.commands._output import (
 from latbench.commands._runner import (
     add_device_flag,
     add_runner_flags,
-    device_list,
     device_options,
-    open_device,
 )
 from latbench.commands._types import positive_int, positive_seconds
-from latbench.core.errors import UsageError
 from latbench.core.fileio import writable_file
-from latbench.core.progress import phase_progress
 from latbench.tables.table import LatencyTable, find_table
 
 DEFAULT_SPACE = "__default__"
@@ -144,38 +135,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from latbench import api
 
-    settings = api.build_settings(rounds=args.rounds, max_rounds=args.max_rounds, runs=args.runs,
-                                  calibrate=args.calibrate, jobs=args.jobs, time_cap=args.time_cap)
-    space = None if args.space is None else (True if args.space == DEFAULT_SPACE else args.space)
-    devices = device_list(args)
-
-    def plans_for(device_id: str, out: str | None) -> list:
-        return api.plan_builds(device_id, space=space, models=args.model, archs=args.arch,
-                               resolutions=args.resolution, out=out, calibrate=args.calibrate,
-                               reference=not args.no_reference)
-
-    def build_all(runner, plans: list, progress) -> list:
-        return api.build_planned(runner, plans, settings, force=args.force, progress=progress)
-
-    if args.separate_tables and not wants_farm(args, devices):
-        raise UsageError("--separate-tables needs several --device (or --cluster)")
-    if not wants_farm(args, devices):
-        plans = plans_for(devices[0], args.out)
-        runner = open_device(devices[0], args, **({"detach": True} if args.detach else {}))
-        with runner, phase_progress(shows_progress(args)) as progress:
-            results = build_all(runner, plans, progress)
-    else:
-        require_farm(args)
-        plans_for(devices[0], args.out)  # bad arguments: say so before any device is opened
-        farm = open_farm(args, devices, rule=settings.consensus, separate=args.separate_tables,
-                         tolerance=args.pool_tolerance,
-                         options_for=lambda d: device_options(d, args))
-        with farm, phase_progress(shows_progress(args)) as progress:
-            if args.separate_tables:
-                results = build_separately(farm, lambda part, fid, prog: build_all(
-                    part, plans_for(fid, per_device_out(args.out, fid)), prog), progress)
-            else:
-                results = build_all(farm, plans_for(farm.device_id, args.out), progress)
+    extra = {"detach": True} if args.detach else {}
+    results = api.build_tables(
+        args.device, cluster=args.cluster, separate_tables=args.separate_tables, pool_tolerance=args.pool_tolerance,
+        space=None if args.space is None else (True if args.space == DEFAULT_SPACE else args.space),
+        models=args.model, archs=args.arch, resolutions=args.resolution, out=args.out, calibrate=args.calibrate,
+        reference=not args.no_reference, rounds=args.rounds, max_rounds=args.max_rounds, runs=args.runs,
+        jobs=args.jobs, time_cap=args.time_cap, force=args.force, progress=shows_progress(args),
+        device_options=lambda device_id: device_options(device_id, args, **extra))
     report_builds(results, args.json)
     return 0
 
