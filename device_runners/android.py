@@ -186,6 +186,70 @@ def props_provenance(props: dict[str, str]) -> dict[str, Any]:
     }
 
 
+class AndroidRuntime:
+    """What differs between the runtimes an Android device is timed with: the benchmark tool and
+    where it lives, the artifact format, how an artifact's inputs are read, the provenance of the
+    tool and the measuring loop. The runner holds one and never branches on the runtime."""
+
+    name: str
+    artifact_format: str
+    tool: str  # the binary, as messages name it
+    local_option: str  # the option that pushes a host copy of the binary
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.size: int | None = None  # the binary's size on the device, once checked
+
+    def inputs(self, artifact: Path) -> Any:
+        raise NotImplementedError
+
+    def describe(self, runner: AndroidRunner) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def measure(self, runner: AndroidRunner, prepared: Prepared, policy: SamplingPolicy, *,
+                profile: bool) -> Measurement:
+        raise NotImplementedError
+
+
+class OrtPerfTest(AndroidRuntime):
+    """onnxruntime_perf_test: per-run times of .onnx models, per-op times from its profile."""
+
+    name, artifact_format, tool, local_option = "onnxruntime", "onnx", "onnxruntime_perf_test", "perf_test_local"
+
+    def inputs(self, artifact: Path) -> Any:
+        return onnx_inputs(artifact)
+
+    def describe(self, runner: AndroidRunner) -> dict[str, Any]:
+        return {"runtime": "onnxruntime_perf_test", "runtime_version": runner.runtime_version,
+                "perf_test_path": self.path, "perf_test_size": self.size, "execution_provider": "cpu"}
+
+    def measure(self, runner: AndroidRunner, prepared: Prepared, policy: SamplingPolicy, *,
+                profile: bool) -> Measurement:
+        return runner._measure(prepared, policy, profile=profile)
+
+
+class LiteRTBenchmarkModel(AndroidRuntime):
+    """LiteRT's benchmark_model: two timed runs per invocation (see "LiteRT" above), .tflite models."""
+
+    name, artifact_format, tool, local_option = "litert", "tflite", "benchmark_model", "benchmark_model_local"
+
+    def __init__(self, path: str, xnnpack: bool) -> None:
+        super().__init__(path)
+        self.xnnpack = xnnpack
+
+    def inputs(self, artifact: Path) -> Any:
+        return tflite_inputs(artifact)
+
+    def describe(self, runner: AndroidRunner) -> dict[str, Any]:
+        return {"runtime": "litert benchmark_model", "runtime_version": runner.runtime_version,
+                "benchmark_model_path": self.path, "benchmark_model_size": self.size,
+                "execution_provider": "XNNPACK" if self.xnnpack else "builtin", "xnnpack": self.xnnpack}
+
+    def measure(self, runner: AndroidRunner, prepared: Prepared, policy: SamplingPolicy, *,
+                profile: bool) -> Measurement:
+        return runner._measure_litert(prepared, policy, profile=profile)
+
+
 class AndroidRunner(Runner):
     kind = "android"
     artifact_format = "onnx"
@@ -226,10 +290,12 @@ class AndroidRunner(Runner):
                                     or benchmark_model_path != DEFAULT_BENCHMARK_MODEL):
             raise UsageError("XNNPACK and benchmark_model settings apply to android devices with --runtime litert")
         self.runtime = runtime
-        self.artifact_format = "tflite" if runtime == "litert" else "onnx"
         self.xnnpack = xnnpack_flag(True if xnnpack is None else xnnpack)
         self.perf_test_path = check_remote_path(perf_test_path)
         self.benchmark_model_path = check_remote_path(benchmark_model_path)
+        self.tool: AndroidRuntime = (LiteRTBenchmarkModel(self.benchmark_model_path, self.xnnpack)
+                                     if runtime == "litert" else OrtPerfTest(self.perf_test_path))
+        self.artifact_format = self.tool.artifact_format
         self.remote_dir = check_remote_path(remote_dir.rstrip("/"))
         if threads < 0:
             raise UsageError(f"threads must be >= 0, got {threads}")
@@ -257,12 +323,8 @@ class AndroidRunner(Runner):
         if state != "device":
             raise DeviceError(f"android:{serial} unavailable: {_state_reason(state)}")
         self._props = self._read_props()
-        if runtime == "litert":
-            self.benchmark_model_size = self._ensure_binary(self.benchmark_model_path, benchmark_model_local,
-                                                            "benchmark_model", "benchmark_model_local")
-        else:
-            self.perf_test_size = self._ensure_binary(self.perf_test_path, perf_test_local,
-                                                      "onnxruntime_perf_test", "perf_test_local")
+        local = benchmark_model_local if runtime == "litert" else perf_test_local
+        self.tool.size = self._ensure_binary(self.tool.path, local, self.tool.tool, self.tool.local_option)
         self._shell(["mkdir", "-p", self.remote_dir], check=True)
         self.cores, self.core_mask = self._resolve_cores(core_mask)
 
@@ -425,15 +487,7 @@ class AndroidRunner(Runner):
 
     def describe(self) -> dict[str, Any]:
         status = self.thermal_status()
-        if self.runtime == "litert":
-            tool = {"runtime": "litert benchmark_model", "runtime_version": self.runtime_version,
-                    "benchmark_model_path": self.benchmark_model_path,
-                    "benchmark_model_size": self.benchmark_model_size,
-                    "execution_provider": "XNNPACK" if self.xnnpack else "builtin", "xnnpack": self.xnnpack}
-        else:
-            tool = {"runtime": "onnxruntime_perf_test", "runtime_version": self.runtime_version,
-                    "perf_test_path": self.perf_test_path, "perf_test_size": self.perf_test_size,
-                    "execution_provider": "cpu"}
+        tool = self.tool.describe(self)
         return {
             **props_provenance(self._props),
             "serial": self.serial,
@@ -450,7 +504,7 @@ class AndroidRunner(Runner):
     def _prepare(self, artifact: Path, content_hash: str, label: str) -> Prepared:
         if not _HASH_RE.match(content_hash):
             raise UsageError(f"content hash must be letters/digits/_/-, got {content_hash!r}")
-        info = artifact_info((tflite_inputs if self.runtime == "litert" else onnx_inputs)(artifact))
+        info = artifact_info(self.tool.inputs(artifact))
         remote = f"{self.remote_dir}/{content_hash}{artifact.suffix.lower()}"
         size = artifact.stat().st_size
         st = self._stat(remote)
@@ -477,9 +531,8 @@ class AndroidRunner(Runner):
             raise DeviceError(f"unrecognised onnxruntime_perf_test output on android:{self.serial}: {e}") from e
 
     def measure(self, prepared: Prepared, policy: SamplingPolicy | None = None, *, profile: bool = False) -> Measurement:
-        measure = self._measure_litert if self.runtime == "litert" else self._measure
         try:
-            return measure(prepared, policy or SamplingPolicy(), profile=profile)
+            return self.tool.measure(self, prepared, policy or SamplingPolicy(), profile=profile)
         except DeviceLost as e:
             raise DeviceLost(str(e), unmeasured=[prepared.label]) from e
 

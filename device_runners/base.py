@@ -1,7 +1,7 @@
 """The one interface every device kind implements, plus the sampling loop shared by local runners.
 
 A runner is opened for one device, prepares artifacts once per content hash (push, load, compile)
-and measures prepared artifacts into `latbench.measurement.Measurement`s. Discovery never raises
+and measures prepared artifacts into `latbench.measuring.measurement.Measurement`s. Discovery never raises
 for a missing tool or OS: it returns unavailable `DeviceInfo`s that say why.
 """
 
@@ -60,7 +60,7 @@ class Prepared:
 class Runner(abc.ABC):
     """A measuring device. Subclasses set `kind` and `artifact_format` and implement the hooks."""
 
-    kind: ClassVar[str]  # "cpu", "android", "iphone", "mac"; also the device id prefix
+    kind: ClassVar[str]  # "cpu", "litert", "android", "iphone", "mac", "aihub"; also the device id prefix
     artifact_format: ClassVar[str]  # a key of latbench.core.formats.FORMAT_SUFFIXES
 
     device_id: str

@@ -2,8 +2,9 @@
 
 The public API (see latbench.api and the README's "Python API"):
 
-    load_table, estimate, estimate_many, FastEstimator, mes, profile, build_table, validate_table,
-    check_table, open_device, Arch, SearchSpace, LatencyTable, Estimate, and the error types
+    load_table, estimate, estimate_many, FastEstimator, mes, mes_report, profile, build_table,
+    build_tables, validate_table, check_table, repair_table, diff_tables, export_artifacts, run_search,
+    open_device, Arch, SearchSpace, LatencyTable, Estimate, and the error types
     LatbenchError, UsageError, DeviceError, DeviceLost, ExportError.
 
 Names are imported on first use, so `import latbench` stays light (no torch, no onnx).
@@ -19,7 +20,9 @@ __version__ = "0.1.0"
 #: public name -> the module that owns it
 _EXPORTS = {
     **{name: "latbench.api" for name in ("load_table", "estimate", "estimate_many", "mes", "profile", "build_table",
-                                          "validate_table", "check_table", "open_device")},
+                                          "validate_table", "check_table", "open_device", "export_artifacts",
+                                          "run_search", "mes_report", "diff_tables", "repair_table",
+                                          "build_tables")},
     "FastEstimator": "latbench.estimation.fast",
     "Estimate": "latbench.estimation.estimator",
     "LatencyTable": "latbench.tables.table",

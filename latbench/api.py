@@ -14,7 +14,8 @@ arch mapping (as in an arch file) or the path of an arch file. Errors are latben
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,9 @@ from latbench.tables.table import LatencyTable, find_table
 
 Target = str | Path | Arch | dict | Candidate
 
-__all__ = ["FastEstimator", "build_table", "check_table", "estimate", "estimate_many", "load_table", "mes",
-           "open_device", "probe_device", "profile", "validate_table"]
+__all__ = ["FastEstimator", "build_table", "check_table", "diff_tables", "estimate", "estimate_many",
+           "export_artifacts", "load_table", "mes", "mes_report", "open_device", "probe_device", "profile",
+           "repair_table", "run_search", "validate_table"]
 
 
 def load_table(path_or_name: str | Path | LatencyTable) -> LatencyTable:
@@ -60,6 +62,8 @@ def estimate_many(table: LatencyTable | str | Path, targets: Iterable[Target], *
     t = load_table(table)
     est = LatencyEstimator(t)
     rows = []
+    if isinstance(targets, (str, Path, Arch, dict, Candidate)):  # one target, not the letters of a name
+        targets = [targets]
     for target in targets:
         c = to_candidate(target, resolution)
         e = est.estimate(c)
@@ -88,34 +92,234 @@ def mes(table: LatencyTable | str | Path, target: Target, *, config: str | Path 
                   "weights_mb": weights_mb(params)})
 
 
-def open_device(device: str = "cpu", **options: Any) -> Any:
-    """An open device runner (use it as a context manager), e.g. open_device("cpu", threads=1)."""
-    from device_runners import open_runner
+def open_device(device: str | None = None, *, table_device: str | None = None, **options: Any) -> Any:
+    """An open device runner (use it as a context manager), e.g. open_device("cpu", threads=1).
+    Without `device`: `table_device` (the table's own), else latbench.toml's `device`, else cpu;
+    latbench.toml's `threads` applies when not given and the device kind takes threads."""
+    from device_runners import open_runner, runner_class, unaccepted_options
+    from latbench.core.config import default, default_device
 
-    return open_runner(device, **options)
+    device_id = default_device(table_device) if device is None else device
+    threads = default("threads")
+    if "threads" not in options and threads is not None and not unaccepted_options(runner_class(device_id),
+                                                                                      {"threads": threads}):
+        options["threads"] = threads
+    return open_runner(device_id, **options)
 
 
 def _progress(progress: bool | ProgressFn):
-    import contextlib
-
     if callable(progress):
         return contextlib.nullcontext(progress)
     return phase_progress(bool(progress))
 
 
-def profile(target: Target, device: str = "cpu", *, runs: int | None = None, rounds: int = 3, warmup: int = 10,
-            resolution: int | None = None, progress: bool | ProgressFn = False, **device_options: Any) -> ProfileResult:
+def profile(target: Target, device: str | None = None, *, runs: int | None = None, rounds: int = 3, warmup: int = 10,
+            resolution: int | None = None, progress: bool | ProgressFn = False, out: str | Path | None = None,
+            **device_options: Any) -> ProfileResult:
     """Measure one model (or an .onnx / .mlpackage / .tflite file) on a device: latency by consensus of
-    rounds, pooled sample statistics, per-op and per-block breakdowns, provenance."""
+    rounds, pooled sample statistics, per-op and per-block breakdowns, provenance. With `out`, the
+    profile files (profile.json, CSVs, breakdown plot) are written there (`result.files`)."""
+    from latbench.core.fileio import writable_dir
     from latbench.measuring.profile import profile as run_profile
 
+    if runs is not None and runs < 1:
+        raise UsageError(f"--runs must be >= 1, got {runs}")
+    if rounds < 1 or warmup < 0:
+        raise UsageError("--rounds must be >= 1 and --warmup >= 0")
+    if out is not None:
+        writable_dir(out, create=False)
     spec = str(target) if isinstance(target, (str, Path)) else to_candidate(target, resolution)
     with open_device(device, **device_options) as runner, _progress(progress) as bar:
-        return run_profile(spec, runner, runs=runs, warmup=warmup, resolution=resolution, rounds=rounds,
-                           progress=bar)
+        result = run_profile(spec, runner, runs=runs, warmup=warmup, resolution=resolution, rounds=rounds,
+                             progress=bar)
+    if out is not None:
+        from latbench.report.profile_files import write_profile
+
+        result.files = write_profile(result, out)
+    return result
 
 
-def build_table(device: str = "cpu", *, space: str | Path | SearchSpace | bool | None = None,
+def build_settings(*, rounds: int = 3, max_rounds: int = 8, runs: int | None = None, calibrate: int = 8,
+                   jobs: int = 1, time_cap: float | None = None, precision: float | str | None = 0.02,
+                   budget: float | str | None = None, cool_down: bool = True) -> Any:
+    """The BuildSettings of a build, with its options checked (one-line UsageErrors). `precision`:
+    what entries are held to where the device's noise allows (rules derived from its profile;
+    None: the consensus rule as given, at 2 %); `budget`: device seconds (or "10m") after which no
+    new round starts; `cool_down`: pause while the device is hot."""
+    from latbench.measuring.consensus import ConsensusRule
+    from latbench.measuring.noise import parse_duration, parse_precision
+    from latbench.tables.build import BuildSettings
+
+    target = None if precision is None else parse_precision(precision)
+    rules = {"target_precision": target, "budget_s": None if budget is None else parse_duration(budget),
+             "cool_down": bool(cool_down)}
+
+    if jobs < 1 or rounds < 1:
+        raise UsageError("--jobs and --rounds must be >= 1")
+    if max_rounds < rounds:
+        raise UsageError(f"--max-rounds ({max_rounds}) must be >= --rounds ({rounds})")
+    if runs is not None and runs < 1:
+        raise UsageError(f"--runs must be >= 1, got {runs}")
+    caps = {} if time_cap is None else {"block_time_cap_s": time_cap, "model_time_cap_s": max(time_cap, 4.0)}
+    return BuildSettings(rounds=rounds, runs=runs, calibration_models=calibrate, jobs=jobs,
+                         consensus=ConsensusRule.for_rounds(rounds, max_rounds, tolerance=target or 0.02),
+                         **caps, **rules)
+
+
+def plan_builds(device: str | None = None, *, space: str | Path | SearchSpace | bool | None = None,
+                models: Sequence[str] | str = (), archs: Sequence[str | Path] | str | Path = (),
+                resolutions: Sequence[int] | None = None, out: str | Path | None = None, calibrate: int = 8,
+                reference: bool = True) -> list[Any]:
+    """The tables a build makes (one TablePlan per resolution), every input checked and every
+    table directory proven writable before any device is opened."""
+    from latbench.core.config import default_device
+    from latbench.core.fileio import writable_dir
+    from latbench.tables.build import plan_tables
+
+    if isinstance(models, (str, Path)):  # one model, not the letters of its name
+        models = [str(models)]
+    if isinstance(archs, (str, Path)):
+        archs = [archs]
+    if space is True:
+        space = SearchSpace.default()
+    elif isinstance(space, (str, Path)):
+        space = SearchSpace.load(space)
+    elif space is False:
+        space = None
+    plans = plan_tables(space=space, models=list(models), archs=[str(a) for a in archs], resolutions=resolutions,
+                        out=out, device_id=default_device() if device is None else device, calibrate=calibrate,
+                        reference=reference)
+    for plan in plans:
+        writable_dir(plan.out, "table directory", create=False)
+    return plans
+
+
+def build_planned(runner: Any, plans: Sequence[Any], settings: Any, *, force: bool = False,
+                  progress: ProgressFn | None = None) -> list[Any]:
+    """Measure planned tables on an open runner (or a device farm): the one place a build runs,
+    for the API, `lut build` and `demo`. Returns a BuildResult per table."""
+    from latbench.tables.build import TableBuilder
+
+    return [TableBuilder(runner, plan.out, settings, force=force, progress=progress).build(
+        plan.configs, space=plan.space, resolution=plan.resolution, calibration=plan.calibration)
+        for plan in plans]
+
+
+def build_tables(devices: str | Sequence[str] | None = None, *, cluster: str | None = None,
+                 separate_tables: bool = False, pool_tolerance: float | None = None,
+                 space: str | Path | SearchSpace | bool | None = None, models: Sequence[str] | str = (),
+                 archs: Sequence[str | Path] | str | Path = (), resolutions: Sequence[int] | None = None,
+                 out: str | Path | None = None, calibrate: int = 8, reference: bool = True, rounds: int = 3,
+                 max_rounds: int = 8, runs: int | None = None, jobs: int = 1, time_cap: float | None = None,
+                 force: bool = False, progress: bool | ProgressFn = False,
+                 device_options: Callable[[str], dict[str, Any]] | dict[str, Any] | None = None,
+                 precision: float | str | None = 0.02, budget: float | str | None = None,
+                 cool_down: bool = True) -> list[Any]:
+    """Build (resume, extend) tables on one device, or on a device farm: several `devices` of one
+    model on this host, or `cluster` (a Ray address; "" for $RAY_ADDRESS) whose agents serve them,
+    pooled into one table (`separate_tables`: one per device). `device_options`: the runner options,
+    one dict for all devices or a function of the device id. Returns a BuildResult per table; what
+    `lut build` runs."""
+    from latbench.core.config import default_device
+
+    given = [devices] if isinstance(devices, str) else list(devices or [])
+    farm = cluster is not None or len(given) > 1
+    if farm:
+        from latbench.measuring.farm import require_ray
+
+        require_ray("--cluster" if cluster is not None else "several --device in one build")
+    if cluster is not None and not given:
+        raise UsageError("--cluster needs --device: farm device ids, device ids, globs or model:KIND:MODEL "
+                         "(see `latbench devices --cluster`)")
+    devices = given or [default_device()]
+    settings = build_settings(rounds=rounds, max_rounds=max_rounds, runs=runs, calibrate=calibrate, jobs=jobs,
+                              time_cap=time_cap, precision=precision, budget=budget, cool_down=cool_down)
+
+    def options_for(device_id: str) -> dict[str, Any]:
+        return dict(device_options(device_id) if callable(device_options) else (device_options or {}))
+
+    def plans_for(device_id: str, where: str | Path | None) -> list[Any]:
+        return plan_builds(device_id, space=space, models=models, archs=archs, resolutions=resolutions, out=where,
+                           calibrate=calibrate, reference=reference)
+
+    if separate_tables and not farm:
+        raise UsageError("--separate-tables needs several --device (or --cluster)")
+    if not farm:
+        plans = plans_for(devices[0], out)
+        with open_device(devices[0], **options_for(devices[0])) as runner, _progress(progress) as bar:
+            return build_planned(runner, plans, settings, force=force, progress=bar)
+    plans_for(devices[0], out)  # bad arguments: say so before any device is opened
+    pool = _open_farm(devices, cluster, rule=settings.consensus, separate=separate_tables,
+                      tolerance=pool_tolerance, options_for=options_for)
+    with pool, _progress(progress) as bar:
+        if separate_tables:
+            return _build_separately(pool, lambda part, fid, prog: build_planned(
+                part, plans_for(fid, _per_device_out(out, fid)), settings, force=force, progress=prog), bar)
+        return build_planned(pool, plans_for(pool.device_id, out), settings, force=force, progress=bar)
+
+
+def runner_opener(device_id: str, options: dict[str, Any]) -> Callable[[], Any]:
+    """A picklable callable opening `device_id`'s runner wherever it runs (a device actor)."""
+    import functools
+
+    from device_runners import open_runner
+
+    return functools.partial(open_runner, device_id, **options)
+
+
+def _open_farm(devices: Sequence[str], cluster: str | None, *, rule: Any, separate: bool,
+               tolerance: float | None, options_for: Callable[[str], dict[str, Any]]) -> Any:
+    """The FarmDispatcher a build measures with: the cluster's devices matching `devices`, or the
+    named devices of this host, each in its own Ray actor."""
+    from latbench.measuring.farm.cluster import connect, open_cluster_farm, open_local_farm
+    from latbench.measuring.farm.dispatcher import PoolCheck
+
+    if tolerance is not None and not 0 <= tolerance < 1:
+        raise UsageError(f"--pool-tolerance must be a fraction in [0, 1), got {tolerance}")
+    pool = None if separate else PoolCheck(rule, **({} if tolerance is None else {"tolerance": tolerance}))
+    if cluster is not None:
+        disconnect = connect(cluster or None)
+        try:
+            return open_cluster_farm(devices, pool=pool, on_close=disconnect)
+        except BaseException:
+            disconnect()
+            raise
+    openers = {d: runner_opener(d, options_for(d)) for d in devices}
+    return open_local_farm(devices, openers, pool=pool)
+
+
+def _build_separately(farm: Any, build_one: Callable[[Any, str, ProgressFn], list], progress: ProgressFn) -> list:
+    """One table (set) per device of the farm, the devices measuring in parallel.
+    `build_one(dispatcher, device id, progress)` builds one device's tables and returns the results."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = farm.split()
+    lock = threading.Lock()
+
+    def locked(prefix: str) -> ProgressFn:
+        def update(phase: str, done: int, total: int, detail: str | None = None) -> None:
+            with lock:
+                progress(f"{prefix} {phase}", done, total, detail)
+
+        return update
+
+    with ThreadPoolExecutor(max_workers=len(parts)) as workers:
+        futures = [workers.submit(build_one, part, part.device_id, locked(part.device_id)) for part in parts]
+        results = []
+        for f in futures:
+            results.extend(f.result())
+    return results
+
+
+def _per_device_out(out: str | Path | None, device_id: str) -> str | None:
+    """The out directory of one device's table with separate tables: a directory per device under it."""
+    if out is None:
+        return None
+    return str(Path(out) / "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in device_id))
+
+
+def build_table(device: str | None = None, *, space: str | Path | SearchSpace | bool | None = None,
                 models: Sequence[str] = (), archs: Sequence[str | Path] = (), out: str | Path | None = None,
                 resolution: int | None = None, rounds: int = 3, max_rounds: int = 8, runs: int | None = None,
                 calibrate: int = 8, force: bool = False, jobs: int = 1, progress: bool | ProgressFn = False,
@@ -125,31 +329,20 @@ def build_table(device: str = "cpu", *, space: str | Path | SearchSpace | bool |
     True for the default one, a YAML path or a SearchSpace) and/or named models and arch files.
     One resolution per call (the space's first unless `resolution`). Exports run in this process
     unless `jobs` > 1 (worker processes re-import a script's main module: guard it with
-    `if __name__ == "__main__":` then). `precision` (0.02 or "2%") is what entries are held to where
-    the device's noise allows (None: the fixed consensus rule); `budget` (seconds or "10m") stops
-    new rounds after that much measuring."""
-    from latbench.measuring.consensus import ConsensusRule
-    from latbench.measuring.noise import parse_duration, parse_precision
-    from latbench.tables.build import BuildSettings, TableBuilder, plan_tables
+    `if __name__ == "__main__":` then). Without `device`: latbench.toml's, else cpu. `precision`
+    (0.02 or "2%") is what entries are held to where the device's noise allows (None: the fixed
+    consensus rule); `budget` (seconds or "10m") stops new rounds after that much measuring."""
+    from latbench.core.config import default_device
 
-    target = None if precision is None else parse_precision(precision)
-
-    if space is True:
-        space = SearchSpace.default()
-    elif isinstance(space, (str, Path)):
-        space = SearchSpace.load(space)
-    elif space is False:
-        space = None
-    naming = space or SearchSpace.default()
-    [plan] = plan_tables(space=space, models=models, archs=[str(a) for a in archs],
-                         resolutions=[resolution or naming.resolutions[0]], out=out, device_id=device,
-                         calibrate=calibrate)
-    settings = BuildSettings(rounds=rounds, runs=runs, calibration_models=calibrate, jobs=jobs,
-                             consensus=ConsensusRule.for_rounds(rounds, max_rounds, tolerance=target or 0.02),
-                             target_precision=target, budget_s=None if budget is None else parse_duration(budget))
+    device = default_device() if device is None else device
+    settings = build_settings(rounds=rounds, max_rounds=max_rounds, runs=runs, calibrate=calibrate, jobs=jobs,
+                              precision=precision, budget=budget)
+    naming = SearchSpace.load(space) if isinstance(space, (str, Path)) else space
+    naming = naming if isinstance(naming, SearchSpace) else SearchSpace.default()
+    [plan] = plan_builds(device, space=space, models=models, archs=archs, out=out, calibrate=calibrate,
+                         resolutions=[resolution or naming.resolutions[0]])
     with open_device(device, **device_options) as runner, _progress(progress) as bar:
-        res = TableBuilder(runner, plan.out, settings, force=force, progress=bar).build(
-            plan.configs, space=plan.space, resolution=plan.resolution, calibration=plan.calibration)
+        [res] = build_planned(runner, [plan], settings, force=force, progress=bar)
     return res.table
 
 
@@ -168,32 +361,268 @@ def probe_device(device: str = "cpu", *, rounds: int = 3, resolution: int = 224,
         return probe_noise(runner, default_anchors(resolution), rounds, settings.plan(), progress=bar, export_jobs=jobs)
 
 
+def validation_candidates(table: LatencyTable, samples: int = 12, seed: int = 0, named: bool = True) -> list[Any]:
+    """What a validation measures: `samples` random subnets of the table's space (and S0-L)."""
+    from latbench.blocks.candidates import sample_candidates
+
+    if samples < 0:
+        raise UsageError(f"--samples must be >= 0, got {samples}")
+    cands = sample_candidates(table.space(), int(table.meta.get("resolution") or 224), samples, seed, named=named)
+    if not cands:
+        raise UsageError("nothing to validate: give --samples > 0 or keep S0-L")
+    return cands
+
+
 def validate_table(table: LatencyTable | str | Path, device: str | None = None, *, samples: int = 12,
                    named: bool = True, passes: int = 2, rounds: int = 3, seed: int = 0, jobs: int = 1,
-                   progress: bool | ProgressFn = False, **device_options: Any) -> ValidationResult:
+                   progress: bool | ProgressFn = False, strict: bool = False,
+                   journal_dir: str | Path | None = None, runner: Any = None, time_cap_s: float = 4.0,
+                   **device_options: Any) -> ValidationResult:
     """Measure random subnets of the table's space (and S0-L) end to end in `passes` passes and
-    compare with the table's estimates, the plain sum and a MACs-proportional estimate."""
-    from latbench.blocks.candidates import sample_candidates
+    compare with the table's estimates, the plain sum and a MACs-proportional estimate. `strict`:
+    refuse a table measured on another device or runtime; `journal_dir`: keep every raw
+    measurement there; `runner`: an open runner to use instead of opening `device`; `time_cap_s`:
+    the longest one round of a model samples."""
+    from latbench.core.fileio import writable_dir
     from latbench.estimation.validate import validate_table as run_validate
 
     t = load_table(table)
-    cands = sample_candidates(t.space(), int(t.meta.get("resolution") or 224), samples, seed, named=named)
-    if not cands:
-        raise UsageError("nothing to validate: give samples > 0 or keep S0-L")
-    with open_device(device or t.meta.get("device_id") or "cpu", **device_options) as runner, \
-            _progress(progress) as bar:
-        return run_validate(t, runner, cands, rounds=rounds, passes=passes, seed=seed, jobs=jobs, progress=bar)
+    cands = validation_candidates(t, samples, seed, named)
+    if journal_dir is not None:
+        writable_dir(journal_dir, "--keep-journal directory", create=False)
+    opened = runner if runner is not None else open_device(device, table_device=t.meta.get("device_id"),
+                                                           **device_options)
+    with (contextlib.nullcontext(opened) if runner is not None else opened) as r, _progress(progress) as bar:
+        if strict:
+            t.check_provenance(r.describe(), strict=True)
+        return run_validate(t, r, cands, rounds=rounds, passes=passes, seed=seed, jobs=jobs, progress=bar,
+                            journal_dir=journal_dir, time_cap_s=time_cap_s)
 
 
-def check_table(table: LatencyTable | str | Path, device: str | None = None, *, sample: int | None = None,
+def check_table(table: LatencyTable | str | Path, device: str | None = None, *, samples: int | None = None,
                 keys: Sequence[str] = (), rounds: int = 3, fix: bool = False, seed: int = 0, jobs: int = 1,
-                progress: bool | ProgressFn = False, **device_options: Any) -> CheckResult:
-    """Re-measure entries of a table and report those that moved beyond the noise; with `fix`,
-    record the new rounds in its journal and derive the table again."""
+                progress: bool | ProgressFn = False, sample: int | None = None,
+                **device_options: Any) -> CheckResult:
+    """Re-measure entries of a table (all, or `samples` drawn at random, flagged first; `sample` is
+    the old name) and report those that moved beyond the noise; with `fix`, record the new rounds
+    in its journal and derive the table again."""
     from latbench.tables.check import check_table as run_check
+    from latbench.tables.check import pick_entries, require_journal
 
+    sample = samples if samples is not None else sample
     t = load_table(table)
-    with open_device(device or t.meta.get("device_id") or "cpu", **device_options) as runner, \
+    if rounds < 1:
+        raise UsageError(f"--rounds must be >= 1, got {rounds}")
+    require_journal(t)
+    pick_entries(t, sample, seed, keys)  # bad keys or sample size: say so before opening a device
+    with open_device(device, table_device=t.meta.get("device_id"), **device_options) as runner, \
             _progress(progress) as bar:
         return run_check(t, runner, sample=sample, keys=keys, seed=seed, rounds=rounds, fix=fix, jobs=jobs,
                          progress=bar)
+
+
+def repair_table(path: str | Path) -> LatencyTable:
+    """Rederive a damaged table's CSVs and meta.json from its journal (measures nothing)."""
+    from latbench.tables.build import repair_table as rederive
+
+    return rederive(path)
+
+
+def diff_tables(a: LatencyTable | str | Path, b: LatencyTable | str | Path) -> dict[str, Any]:
+    """Per-key latency ratios B/A of two tables (devices, runtime versions): the common keys with
+    both latencies and the ratio, the keys only one has, the median ratio, and how the two
+    devices' provenance differs."""
+    ta, tb = load_table(a), load_table(b)
+    ma, mb = ta.latency_ms(), tb.latency_ms()
+    common = sorted(set(ma) & set(mb))
+    if not common:
+        raise UsageError(f"tables {ta.label()} and {tb.label()} share no block keys")
+    rows = [{"key": k, "a_ms": ma[k], "b_ms": mb[k], "ratio": mb[k] / ma[k] if ma[k] else None} for k in common]
+    ratios = sorted(r["ratio"] for r in rows if r["ratio"])
+    return {"a": str(ta.path), "b": str(tb.path), "common": len(common),
+            "only_a": sorted(set(ma) - set(mb)), "only_b": sorted(set(mb) - set(ma)),
+            "median_ratio": ratios[len(ratios) // 2] if ratios else None,
+            "provenance_diff": ta.provenance_diff(tb.device), "rows": rows}
+
+
+def export_targets(*, space: str | Path | SearchSpace | bool | None = None, model: str | None = None,
+                   arch: str | Path | None = None, resolution: int | None = None) -> list[Any]:
+    """What an export makes: every block configuration of a space (at `resolution`, else all of
+    its resolutions), or one model or arch file (checked against `space` when both are given)."""
+    from latbench.blocks.candidates import resolve_candidate
+    from latbench.blocks.configs import space_blocks
+    from latbench.models import list_models
+
+    if space is None and model is None and arch is None:
+        raise UsageError("nothing to export: give --space [FILE], --model NAME or --arch FILE")
+    if space is True:
+        space = SearchSpace.default()
+    elif isinstance(space, (str, Path)):
+        space = SearchSpace.load(str(space) or None)
+    elif space is False:
+        space = None
+    if model is None and arch is None:
+        assert isinstance(space, SearchSpace)
+        if resolution is not None:
+            space.check_resolution(resolution)
+        return space_blocks(space, resolution)
+    if model is not None:
+        if model not in list_models():
+            raise UsageError(f"unknown model {model!r}: known models are {', '.join(list_models())}")
+        cand = resolve_candidate(model, resolution)
+    else:
+        if str(arch) in list_models():
+            raise UsageError(f"--arch expects an arch file; {arch!r} is a model name, use --model {arch}")
+        if not Path(str(arch)).is_file():
+            raise UsageError(f"arch file {arch} does not exist")
+        cand = resolve_candidate(str(arch), resolution)
+    if isinstance(space, SearchSpace):
+        if cand.arch is None:
+            raise UsageError(f"{cand.name} is not an EfficientFormerV2 subnet, so it cannot be checked against a space")
+        space.validate(cand.arch)
+    return [cand]
+
+
+def export_artifacts(*, space: str | Path | SearchSpace | bool | None = None, model: str | None = None,
+           arch: str | Path | None = None, formats: str | Sequence[str] = ("onnx",), out: str | Path | None = None,
+           resolution: int | None = None, precision: str | None = None, deployment_target: str | None = None,
+           jobs: int | None = 1, force: bool = False, progress: bool | ProgressFn = False) -> Any:
+    """Export a space's block configurations, a model or an arch file to ONNX / Core ML / TFLite,
+    content-addressed in the export cache (and copied to `out`), each checked against PyTorch.
+    Returns the ExportReport (records, failures, manifest)."""
+    from latbench.core.fileio import writable_dir
+    from latbench.export import export_items, parse_formats
+    from latbench.export.common import DEFAULT_DEPLOYMENT_TARGET, check_deployment_target
+
+    fmts = parse_formats(formats)
+    target = check_deployment_target(deployment_target or DEFAULT_DEPLOYMENT_TARGET)
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {jobs}")
+    items = export_targets(space=space, model=model, arch=arch, resolution=resolution)
+    if out is not None:
+        writable_dir(out, create=False)
+    return export_items(items, fmts, out, precision, target, jobs=jobs, progress=progress, force=force)
+
+
+def _mes_config(config: str | Path | None, **overrides: Any) -> Any:
+    from latbench.efficiency.score import MESConfig, config_with_overrides
+
+    cfg = MESConfig.load(config) if config is not None else MESConfig()
+    return config_with_overrides(cfg, **overrides)
+
+
+def run_search(table: LatencyTable | str | Path, accuracy: str, *, target_latency: str | float | None = None,
+           target_params: str | float | None = None, target_mes: str | float | None = None,
+           space: str | Path | SearchSpace | None = None, seed: int = 0, max_steps: int | None = None,
+           mes_config: str | Path | None = None, latency_unit: str | None = None, size_unit: str | None = None,
+           alpha_latency: float | None = None, alpha_size: float | None = None, out: str | Path | None = None,
+           progress: bool | ProgressFn = False) -> Any:
+    """Algorithm 1 (fine-grained joint search) over a table to one target, with an accuracy
+    oracle ('proxy', pkg.module:function, or a CSV/YAML of measured accuracies). With `out`, the
+    trajectory, Pareto-set arch files and a report are written there. Returns the SearchResult."""
+    from latbench.core.fileio import writable_dir
+    from latbench.efficiency.score import resolve
+    from latbench.search.algorithm import Target as SearchTarget
+    from latbench.search.algorithm import run_search as algorithm_1
+    from latbench.search.oracles import load_oracle
+
+    if max_steps is not None and max_steps < 1:
+        raise UsageError(f"--max-steps must be >= 1, got {max_steps}")
+    if out is not None:
+        writable_dir(out, create=False)
+    t = load_table(table)
+    text = [None if v is None else str(v) for v in (target_latency, target_params, target_mes)]
+    target = SearchTarget.parse(*text)
+    oracle = load_oracle(accuracy)
+    scorer = resolve(_mes_config(mes_config, latency_unit=latency_unit, size_unit=size_unit,
+                                 alpha_latency=alpha_latency, alpha_size=alpha_size), t)
+    columns = [m.getter for m in scorer.metrics if m.getter.startswith("column:")]
+    if columns:
+        raise UsageError(f"the search cannot score MES metric {columns[0]}: CSV columns exist only for listed "
+                         "candidates; use built-in getters (params, macs, latency, weights_mb) in --mes-config")
+    if isinstance(space, (str, Path)):
+        space = SearchSpace.load(space)
+    fast = FastEstimator(t, space or t.space(fallback=True))
+    with _progress(progress) as bar:
+        result = algorithm_1(fast, oracle, scorer, target, seed=seed, max_steps=max_steps, progress=bar)
+    if out is not None:
+        from latbench.report.search_files import write_search
+
+        result.files = write_search(result, out, t)
+    return result
+
+
+def mes_report(table: LatencyTable | str | Path, candidates: Iterable[Target], *, accuracy: str | Path | None = None,
+               measure: str | None = None, rounds: int = 3, out: str | Path | None = None,
+               mes_config: str | Path | None = None, latency_unit: str | None = None,
+               size_unit: str | None = None, alpha_latency: float | None = None, alpha_size: float | None = None,
+               metrics: str | Path | None = None, progress: bool | ProgressFn = False,
+               **device_options: Any) -> Any:
+    """Rank candidates by MES (params, MACs, latency from the table, accuracy, Pareto flags); with
+    `measure`, also measure each end to end on that device; with `out`, write the report files
+    (md, html, csv, json, plots) there. Returns the MESReport (`json_rows()` for plain data)."""
+    from latbench.blocks.candidates import resolve_candidate, resolve_candidates
+    from latbench.core.fileio import writable_dir
+    from latbench.efficiency.score import REFERENCE, read_metrics_csv, resolve
+    from latbench.measuring.models import measure_candidates
+    from latbench.report.model import build_report
+    from latbench.search.oracles import published_accuracy, read_accuracy_file
+    from latbench.tables.table import REFERENCE_MODEL, REFERENCE_RESOLUTION
+
+    if out is not None:
+        writable_dir(out, create=False)
+    t = load_table(table)
+    config = _mes_config(mes_config, latency_unit=latency_unit, size_unit=size_unit, alpha_latency=alpha_latency,
+                         alpha_size=alpha_size)
+    scorer = resolve(config, t)
+    if isinstance(candidates, (str, Path, Arch, dict, Candidate)):
+        candidates = [candidates]
+    cands: list[Candidate] = []
+    for c in candidates:  # a name or file (a YAML list expands to its entries), or an Arch / mapping
+        if isinstance(c, (str, Path)):
+            cands += resolve_candidates([str(c)], t.meta.get("resolution"))
+        else:
+            cands.append(to_candidate(c, t.meta.get("resolution")))
+    user = read_accuracy_file(accuracy) if accuracy else None
+    columns = config.needs_columns()
+    if columns and not metrics:
+        raise UsageError(f"the MES config uses column:{columns[0]}; give its values with --metrics CSV")
+    values = read_metrics_csv(metrics, columns) if metrics else None
+    if values is not None:
+        missing = [c.name for c in cands if columns and c.name not in values]
+        if missing:
+            raise UsageError(f"metrics file {metrics} has no row for candidate {missing[0]!r}")
+
+    def top1(c: Candidate):
+        hit = user.lookup(c.name, c.arch) if user else None
+        return hit or published_accuracy(c.model_name or c.name, c.arch, c.resolution)
+
+    measured, mes_measured, device = None, None, None
+    if measure:
+        if rounds < 1:
+            raise UsageError(f"--rounds must be >= 1, got {rounds}")
+        to_measure = list(cands)
+        latency_metric = config.metric("latency")
+        ref = None
+        if latency_metric is not None and latency_metric.unit == REFERENCE:
+            ref = next((c for c in cands if c.model_name == REFERENCE_MODEL and c.resolution == REFERENCE_RESOLUTION),
+                       None)
+            if ref is None:
+                base = resolve_candidate(REFERENCE_MODEL, REFERENCE_RESOLUTION)
+                ref = Candidate(f"{REFERENCE_MODEL} (MES unit)", base.resolution, model_name=base.model_name)
+                to_measure.append(ref)
+        with open_device(measure, **device_options) as runner, _progress(progress) as bar:
+            measured, desc = measure_candidates(to_measure, runner, rounds=rounds, progress=bar)
+        model = desc.get("device_model") or desc.get("cpu_model")
+        device = f"{measure} ({model})" if model else measure
+        mes_measured = scorer
+        if ref is not None:
+            # Measured scores normalise by MobileNetV2 measured in the same run, on the same device.
+            mes_measured = scorer.with_latency_unit(measured[ref.name], f"{REFERENCE_MODEL} measured on {measure}")
+    report = build_report(cands, t, scorer, accuracy=top1, measured=measured, mes_measured=mes_measured,
+                          measured_device=device, metrics=values, title=f"MES report ({Path(str(t.label())).name})")
+    if out is not None:
+        from latbench.report.writers import write_report
+
+        report.files = write_report(report, out)
+    return report

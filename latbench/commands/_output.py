@@ -17,17 +17,29 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(dumps(obj) + "\n")
 
 
+#: Width of output that is not a terminal (a file, a pipe, a notebook): wide enough for any table.
+PIPE_WIDTH = 4096
+
+
 def console() -> Console:
-    return Console(soft_wrap=True)
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else PIPE_WIDTH)
 
 
 def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A table whose cells are never split: a key cut in two cannot be copied. On a narrow
+    terminal the table grows past the edge rather than folding a cell."""
+    cells = [[fmt(v) for v in row] for row in rows]
     table = Table(title=title)
+    widths = [max([len(col)] + [len(r[i]) for r in cells]) for i, col in enumerate(columns)]
     for col in columns:
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*(fmt(v) for v in row))
-    console().print(table)
+        table.add_column(col, no_wrap=True)
+    for row in cells:
+        table.add_row(*row)
+    out = console()
+    needed = sum(widths) + 3 * len(widths) + 1  # cell padding and borders
+    if out.width < needed:  # rich would squeeze columns to nothing or cut cells
+        out = Console(soft_wrap=True, width=needed)
+    out.print(table)
 
 
 def fmt(v: Any) -> str:
@@ -42,3 +54,13 @@ def fmt(v: Any) -> str:
 
 def add_json_flag(parser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
+
+
+def add_progress_flag(parser) -> None:
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress on stderr (default: bars on a terminal, a line every few seconds otherwise)")
+
+
+def shows_progress(args) -> bool:
+    """Progress goes to stderr unless --no-progress (or --json, whose readers want stdout alone)."""
+    return not (getattr(args, "no_progress", False) or getattr(args, "json", False))

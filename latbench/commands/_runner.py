@@ -35,7 +35,7 @@ RUNNER_FLAGS: dict[str, tuple[str, type, tuple[str, ...] | None, str]] = {
 def add_device_flag(p: argparse.ArgumentParser, default: str | None = "cpu", what: str = "device id", *,
                     multiple: bool = False) -> None:
     """--device; with `multiple`, repeatable (a list; the default applies when none is given)."""
-    configured = _config.default("device")
+    configured = _config.default_for_help("device")
     more = " (repeat it to measure on several devices of one model: the device farm)" if multiple else ""
     p.add_argument("--device", default=None if multiple else configured or default, metavar="ID",
                    action="append" if multiple else "store",
@@ -58,8 +58,9 @@ def runner_options(args: argparse.Namespace) -> dict[str, Any]:
     opts = {k: v for k, v in opts.items() if v is not None}
     if "threads" not in opts and _config.default("threads") is not None:
         opts["threads"] = _config.default("threads")
-    if opts.get("threads", 1) < 1:
-        raise UsageError(f"--threads must be >= 1, got {opts['threads']}")
+    from device_runners import check_options
+
+    check_options(opts)
     return opts
 
 
@@ -74,21 +75,15 @@ def open_device(device_id: str, args: argparse.Namespace, **extra: Any):
 def device_options(device_id: str, args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     """The runner options of the device flags given (plus `extra`), checked against what
     `device_id`'s kind takes."""
-    import inspect
-
-    from device_runners import runner_classes
+    from device_runners import runner_class, unaccepted_options
 
     opts = {**runner_options(args), **extra}
-    cls = next((c for c in runner_classes() if c.claims(device_id)), None)
-    if cls is None:  # a bare adb serial
-        cls = next(c for c in runner_classes() if c.kind == "android")
-    accepted = set(inspect.signature(cls.__init__).parameters)
+    cls = runner_class(device_id)
     flags = {dest: flag for flag, (dest, _, _, _) in RUNNER_FLAGS.items()}
     flags.update({dest: "--" + dest.replace("_", "-") for dest in extra})
-    for dest in list(opts):
-        if dest not in accepted:
-            if dest == "threads" and getattr(args, "runner_threads", None) is None:
-                opts.pop(dest)  # a configured default that this device kind does not take
-                continue
-            raise UsageError(f"{flags[dest]} does not apply to {cls.kind} devices")
+    for dest in unaccepted_options(cls, opts):
+        if dest == "threads" and getattr(args, "runner_threads", None) is None:
+            opts.pop(dest)  # a configured default that this device kind does not take
+            continue
+        raise UsageError(f"{flags[dest]} does not apply to {cls.kind} devices")
     return opts

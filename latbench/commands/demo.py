@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from latbench.commands._output import console
+from latbench.commands._output import add_progress_flag, console, shows_progress
+from latbench.core.errors import UsageError
 from latbench.core.progress import phase_progress
 
 
@@ -16,34 +17,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="build and validate the CPU table of the default space (what `make demo` runs)")
     p.add_argument("--out", default=None, help="table directory (default tables/cpu/efficientformerv2-r224)")
     p.add_argument("--samples", type=int, default=6, help="random subnets to validate on (default 6)")
+    add_progress_flag(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from device_runners import open_runner
-    from latbench.blocks.candidates import sample_candidates
+    from latbench import api
     from latbench.commands.lut import print_validation, report_builds
-    from latbench.core.errors import UsageError
-    from latbench.estimation.validate import validate_table
     from latbench.space import SearchSpace
-    from latbench.tables.build import BuildSettings, TableBuilder, plan_tables
 
     if args.samples < 0:
         raise UsageError(f"--samples must be >= 0, got {args.samples}")
-    space = SearchSpace.default()
-    [plan] = plan_tables(space=space, resolutions=[space.resolutions[0]], out=args.out)
+    [plan] = api.plan_builds("cpu", space=True, resolutions=[SearchSpace.default().resolutions[0]], out=args.out)
     console().print(f"[bold]1/2[/] latency table of the default space on the emulated CPU backend -> {plan.out}")
-    with open_runner("cpu") as runner:
-        with phase_progress() as progress:
-            res = TableBuilder(runner, plan.out, BuildSettings(), progress=progress).build(
-                plan.configs, space=space, resolution=plan.resolution, calibration=plan.calibration)
+    with api.open_device("cpu") as runner:
+        with phase_progress(shows_progress(args)) as progress:
+            [res] = api.build_planned(runner, [plan], api.build_settings(jobs=2), progress=progress)
         report_builds([res], as_json=False)
         console().print(f"[bold]2/2[/] validating {plan.out} on {args.samples} random subnets and S0-L, end to end")
-        cands = sample_candidates(space, plan.resolution, args.samples, seed=1)
-        with phase_progress() as progress:
+        with phase_progress(shows_progress(args)) as progress:
             # Whole models of 10-70 ms: 1.5 s a round gives 20-150 runs, enough for their p2, and
             # keeps the demo within a few minutes (a full `lut validate` samples 4 s).
-            result = validate_table(res.table, runner, cands, seed=1, progress=progress, time_cap_s=1.5)
+            result = api.validate_table(res.table, samples=args.samples, seed=1, jobs=2, progress=progress,
+                                        runner=runner, time_cap_s=1.5)
     print_validation(result)
     console().print(f"next: `latbench lut estimate {plan.out} efficientformerv2_s1`, "
                     f"`latbench profile efficientformerv2_s0 --device cpu`", highlight=False)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from latbench.commands._output import add_json_flag, print_json, print_table
-from latbench.core.errors import UsageError
-from latbench.core.fileio import writable_dir
+from latbench.commands._output import (
+    add_json_flag,
+    add_progress_flag,
+    print_json,
+    print_table,
+    shows_progress,
+)
+from latbench.commands._types import positive_int
 
 # `--space` without a value means the shipped space.
 _DEFAULT_SPACE = ""
@@ -36,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated formats: onnx, coreml, tflite (default: onnx,coreml)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output directory (default: $LATBENCH_CACHE or ~/.cache/latbench/exports)")
-    p.add_argument("--resolution", type=int, default=None, metavar="R",
+    p.add_argument("--resolution", type=positive_int, default=None, metavar="R",
                    help="input resolution (space: one it lists, default all; model: default its own)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="for every format (default: fp32 for ONNX and TFLite, fp16 for Core ML; TFLite is fp32 only)")
@@ -45,59 +49,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="worker processes (default: min(2, CPUs))")
     p.add_argument("--force", action="store_true", help="re-export even what the cache already holds")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_json_flag(p)
+    add_progress_flag(p)
     p.set_defaults(func=run)
 
 
-def resolve_items(args: argparse.Namespace) -> list:
-    """What to export, with every input problem raised as a one-line UsageError."""
-    from latbench.blocks.candidates import resolve_candidate
-    from latbench.blocks.configs import space_blocks
-    from latbench.models import list_models
-    from latbench.space import SearchSpace
-
-    if args.space is None and args.model is None and args.arch is None:
-        raise UsageError("nothing to export: give --space [FILE], --model NAME or --arch FILE")
-    space = SearchSpace.load(args.space or None) if args.space is not None else None
-    if args.model is None and args.arch is None:
-        assert space is not None
-        if args.resolution is not None:
-            space.check_resolution(args.resolution)
-        return space_blocks(space, args.resolution)
-
-    if args.model is not None:
-        if args.model not in list_models():
-            raise UsageError(f"unknown model {args.model!r}: known models are {', '.join(list_models())}")
-        cand = resolve_candidate(args.model, args.resolution)
-    else:
-        if args.arch in list_models():
-            raise UsageError(f"--arch expects an arch file; {args.arch!r} is a model name, use --model {args.arch}")
-        if not Path(args.arch).is_file():
-            raise UsageError(f"arch file {args.arch} does not exist")
-        cand = resolve_candidate(args.arch, args.resolution)
-    if space is not None:
-        if cand.arch is None:
-            raise UsageError(f"{cand.name} is not an EfficientFormerV2 subnet, so it cannot be checked against a space")
-        space.validate(cand.arch)
-    return [cand]
-
-
 def run(args: argparse.Namespace) -> int:
-    from latbench.export import export_items, parse_formats
-    from latbench.export.common import check_deployment_target
+    from latbench import api
 
-    formats = parse_formats(args.format)
-    target = check_deployment_target(args.deployment_target)
-    if args.jobs is not None and args.jobs < 1:
-        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
-    items = resolve_items(args)
-    if args.out is not None:
-        writable_dir(args.out, create=False)
-    report = export_items(
-        items, formats, args.out, args.precision, target, jobs=args.jobs,
-        progress=not (args.no_progress or args.json), force=args.force,
-    )  # fmt: skip
+    report = api.export_artifacts(space=args.space, model=args.model, arch=args.arch, formats=args.format, out=args.out,
+                        resolution=args.resolution, precision=args.precision,
+                        deployment_target=args.deployment_target, jobs=args.jobs, force=args.force,
+                        progress=shows_progress(args))
     if args.json:
         print_json(report.to_json())
         return 1 if report.failures else 0

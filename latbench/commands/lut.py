@@ -6,27 +6,26 @@ import argparse
 import math
 from typing import Any
 
-from latbench.blocks.candidates import resolve_candidates, sample_candidates
+from latbench.blocks.candidates import resolve_candidates
 from latbench.commands import _config
 from latbench.commands._farm import (
     add_cluster_flag,
-    build_separately,
-    open_farm,
-    per_device_out,
-    require_farm,
-    wants_farm,
 )
-from latbench.commands._output import add_json_flag, console, print_json, print_table
+from latbench.commands._output import (
+    add_json_flag,
+    add_progress_flag,
+    console,
+    print_json,
+    print_table,
+    shows_progress,
+)
 from latbench.commands._runner import (
     add_device_flag,
     add_runner_flags,
-    device_list,
     device_options,
-    open_device,
 )
-from latbench.core.errors import UsageError
-from latbench.core.fileio import writable_dir, writable_file
-from latbench.core.progress import phase_progress
+from latbench.commands._types import positive_int, positive_seconds
+from latbench.core.fileio import writable_file
 from latbench.measuring.noise import NoiseProfile
 from latbench.tables.table import LatencyTable, find_table
 
@@ -50,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="all blocks of a search space (default space if FILE is omitted)")
     b.add_argument("--model", action="append", default=[], metavar="NAME", help="only the blocks NAME needs")
     b.add_argument("--arch", action="append", default=[], metavar="FILE", help="only the blocks an arch file needs")
-    b.add_argument("--resolution", type=int, action="append", default=None, help="resolution(s) (default: the space's)")
+    b.add_argument("--resolution", type=positive_int, action="append", default=None, help="resolution(s) (default: the space's)")
     b.add_argument("--out", default=None, help="table directory (default tables/<device>/<space>-r<resolution>)")
     b.add_argument("--jobs", type=int, default=2, help="export worker processes")
     b.add_argument("--force", action="store_true", help="re-measure everything")
@@ -58,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="interleaved rounds per entry; entries whose rounds disagree get more, up to --max-rounds")
     b.add_argument("--max-rounds", type=int, default=8, help="bound on the rounds of an entry (default 8)")
     b.add_argument("--runs", type=int, default=None, help="fixed timed runs per measurement (default adaptive)")
-    b.add_argument("--time-cap", type=float, default=1.5, metavar="S",
+    b.add_argument("--time-cap", type=positive_seconds, default=1.5, metavar="S",
                    help="adaptive sampling: at most S seconds per block measurement (default 1.5)")
     b.add_argument("--precision", default="2%", metavar="P",
                    help="precision each entry is held to where the device allows it (default 2%%); the rules "
@@ -79,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="remote devices (aihub): submit the jobs and return; run the build again to collect them")
     add_runner_flags(b)
     add_json_flag(b)
+    add_progress_flag(b)
     b.set_defaults(func=run_build)
 
     s = lsub.add_parser("show", help="summarise a table")
@@ -96,7 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("table", help="latency table: its directory, or a name under tables/ (e.g. cpu/efficientformerv2-r224)")
     e.add_argument("targets", nargs="+", metavar="MODEL|ARCH_FILE",
                    help="registered model names (e.g. efficientformerv2_s1) or arch .yaml/.json files")
-    e.add_argument("--resolution", type=int, default=None,
+    e.add_argument("--resolution", type=positive_int, default=None,
                    help="resolve named models at this input resolution (default: each model's own)")
     e.add_argument("--strict", action="store_true", help="error (not warn) when the table is stale for its device")
     add_json_flag(e)
@@ -118,6 +118,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--strict", action="store_true")
     add_runner_flags(v)
     add_json_flag(v)
+    add_progress_flag(v)
     v.set_defaults(func=run_validate)
 
     r = lsub.add_parser("repair", help="rederive a damaged table's CSVs and meta.json from its journal")
@@ -128,7 +129,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = lsub.add_parser("check", help="re-measure entries and report (or --fix) those that moved beyond the noise")
     c.add_argument("table", nargs="?", help="latency table: its directory, or a name under tables/ (e.g. cpu/efficientformerv2-r224); default: `table` in latbench.toml")
     c.add_argument("--device", default=None, metavar="ID", help="device id (default: the table's)")
-    c.add_argument("--sample", type=int, default=None, metavar="N",
+    c.add_argument("--sample", dest="sample", type=int, default=None, help=argparse.SUPPRESS)  # the old name
+    c.add_argument("--samples", dest="sample", type=int, default=None, metavar="N",
                    help="check N entries drawn at random, flagged entries first (default: all)")
     c.add_argument("--key", action="append", default=[], metavar="KEY", help="check this entry (repeatable)")
     c.add_argument("--rounds", type=int, default=3, help="rounds per entry (more until they agree)")
@@ -137,64 +139,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="record the new rounds of moved and flagged entries in the journal and rederive the table")
     add_runner_flags(c)
     add_json_flag(c)
+    add_progress_flag(c)
     c.set_defaults(func=run_check)
 
 
 # -- build ------------------------------------------------------------------------------------------
 def run_build(args: argparse.Namespace) -> int:
-    from latbench.measuring.consensus import ConsensusRule
-    from latbench.space import SearchSpace
-    from latbench.tables.build import BuildSettings, TableBuilder, plan_tables
+    from latbench import api
 
-    if args.jobs < 1 or args.rounds < 1:
-        raise UsageError("--jobs and --rounds must be >= 1")
-    if args.max_rounds < args.rounds:
-        raise UsageError(f"--max-rounds ({args.max_rounds}) must be >= --rounds ({args.rounds})")
-    if args.runs is not None and args.runs < 1:
-        raise UsageError(f"--runs must be >= 1, got {args.runs}")
-    space = None if args.space is None else SearchSpace.load(None if args.space == DEFAULT_SPACE else args.space)
-    devices = device_list(args)
-    from latbench.measuring.noise import parse_duration, parse_precision
-
-    precision = parse_precision(args.precision)
-    settings = BuildSettings(rounds=args.rounds, jobs=args.jobs, runs=args.runs, block_time_cap_s=args.time_cap,
-                             model_time_cap_s=max(args.time_cap, 4.0), calibration_models=args.calibrate,
-                             consensus=ConsensusRule.for_rounds(args.rounds, args.max_rounds, tolerance=precision),
-                             target_precision=None if args.fixed_rules else precision,
-                             budget_s=None if args.budget is None else parse_duration(args.budget),
-                             cool_down=not args.no_cool_down)
-
-    def plans_for(device_id: str, out: str | None) -> list:
-        plans = plan_tables(space=space, models=args.model, archs=args.arch, resolutions=args.resolution, out=out,
-                            device_id=device_id, calibrate=args.calibrate, reference=not args.no_reference)
-        for plan in plans:
-            writable_dir(plan.out, "table directory", create=False)
-        return plans
-
-    def build_all(runner, plans: list, progress) -> list:
-        return [TableBuilder(runner, plan.out, settings, force=args.force, progress=progress).build(
-            plan.configs, space=plan.space, resolution=plan.resolution, calibration=plan.calibration)
-            for plan in plans]
-
-    if args.separate_tables and not wants_farm(args, devices):
-        raise UsageError("--separate-tables needs several --device (or --cluster)")
-    if not wants_farm(args, devices):
-        plans = plans_for(devices[0], args.out)
-        runner = open_device(devices[0], args, **({"detach": True} if args.detach else {}))
-        with runner, phase_progress(not args.json) as progress:
-            results = build_all(runner, plans, progress)
-    else:
-        require_farm(args)
-        plans_for(devices[0], args.out)  # bad arguments: say so before any device is opened
-        farm = open_farm(args, devices, rule=settings.consensus, separate=args.separate_tables,
-                         tolerance=args.pool_tolerance,
-                         options_for=lambda d: device_options(d, args))
-        with farm, phase_progress(not args.json) as progress:
-            if args.separate_tables:
-                results = build_separately(farm, lambda part, fid, prog: build_all(
-                    part, plans_for(fid, per_device_out(args.out, fid)), prog), progress)
-            else:
-                results = build_all(farm, plans_for(farm.device_id, args.out), progress)
+    extra = {"detach": True} if args.detach else {}
+    results = api.build_tables(
+        args.device, cluster=args.cluster, separate_tables=args.separate_tables, pool_tolerance=args.pool_tolerance,
+        space=None if args.space is None else (True if args.space == DEFAULT_SPACE else args.space),
+        models=args.model, archs=args.arch, resolutions=args.resolution, out=args.out, calibrate=args.calibrate,
+        reference=not args.no_reference, rounds=args.rounds, max_rounds=args.max_rounds, runs=args.runs,
+        jobs=args.jobs, time_cap=args.time_cap, force=args.force, progress=shows_progress(args),
+        device_options=lambda device_id: device_options(device_id, args, **extra),
+        precision=None if args.fixed_rules else args.precision, budget=args.budget,
+        cool_down=not args.no_cool_down)
     report_builds(results, args.json)
     return 0
 
@@ -306,29 +268,34 @@ def describe_scales(overhead: dict[str, Any]) -> str:
     return ", ".join(f"{g} x{v:.4f}" for g, v in scales.items())
 
 
+#: Columns of counts and sizes: pandas reads them as floats when a row leaves them blank.
+WHOLE_NUMBER_COLUMNS = {"resolution", "stage", "width", "expansion", "width_in", "width_out", "channels",
+                        "map_height", "map_width", "num_classes", "params", "macs", "rounds", "n"}
+
+
 def _records(df) -> list[dict[str, Any]]:
     out = []
     for r in df.to_dict("records"):
-        out.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+        row = {}
+        for k, v in r.items():
+            if isinstance(v, float) and math.isnan(v):
+                v = None
+            elif k in WHOLE_NUMBER_COLUMNS and isinstance(v, float) and v.is_integer():
+                v = int(v)
+            row[k] = v
+        out.append(row)
     return out
 
 
 def run_diff(args: argparse.Namespace) -> int:
-    a, b = LatencyTable.load(find_table(args.a)), LatencyTable.load(find_table(args.b))
-    ma, mb = a.latency_ms(), b.latency_ms()
-    common = sorted(set(ma) & set(mb))
-    if not common:
-        raise UsageError(f"tables {args.a} and {args.b} share no block keys")
-    rows = [{"key": k, "a_ms": ma[k], "b_ms": mb[k], "ratio": mb[k] / ma[k] if ma[k] else None} for k in common]
-    ratios = sorted(r["ratio"] for r in rows if r["ratio"])
-    summary = {"a": str(a.path), "b": str(b.path), "common": len(common),
-               "only_a": sorted(set(ma) - set(mb)), "only_b": sorted(set(mb) - set(ma)),
-               "median_ratio": ratios[len(ratios) // 2] if ratios else None,
-               "provenance_diff": a.provenance_diff(b.device), "rows": rows}
+    from latbench import api
+
+    summary = api.diff_tables(args.a, args.b)
+    rows, common = summary["rows"], summary["common"]
     if args.json:
         print_json(summary)
         return 0
-    print_table(f"B/A ratios ({len(common)} common keys)", ["key", "A ms", "B ms", "B/A"],
+    print_table(f"B/A ratios ({common} common keys)", ["key", "A ms", "B ms", "B/A"],
                 [(r["key"], r["a_ms"], r["b_ms"], r["ratio"]) for r in sorted(rows, key=lambda r: -r["ratio"])])
     console().print(f"median ratio {summary['median_ratio']:.3f}; only in A: {len(summary['only_a'])}, "
                     f"only in B: {len(summary['only_b'])}")
@@ -340,10 +307,12 @@ def run_diff(args: argparse.Namespace) -> int:
 # -- estimate ---------------------------------------------------------------------------------------
 def staleness(table: LatencyTable, strict: bool) -> list[str]:
     """Compare the table with the device it names as that device looks now (if it is reachable)."""
-    from device_runners import runner_classes
+    from device_runners import runner_class
 
     dev_id = table.meta.get("device_id")
-    kind = next((c for c in runner_classes() if dev_id and c.claims(dev_id)), None)
+    kind = runner_class(dev_id) if dev_id else None
+    if kind is not None and not kind.claims(dev_id):
+        kind = None  # not a device id of a kind this latbench knows (a test double, a farm pool)
     found = kind.discover() if kind is not None else []
     current = next((d for d in found if d.id == dev_id and d.available), None)
     if current is None:
@@ -384,28 +353,17 @@ def run_estimate(args: argparse.Namespace) -> int:
 
 # -- validate ---------------------------------------------------------------------------------------
 def run_validate(args: argparse.Namespace) -> int:
+    from latbench import api
     from latbench.core.fileio import atomic_write_json
-    from latbench.estimation.validate import validate_table
 
-    table = LatencyTable.load(find_table(_config.table_arg(args.table)))
-    if args.samples < 0:
-        raise UsageError(f"--samples must be >= 0, got {args.samples}")
-    space = table.space()
-    device = args.device or table.meta.get("device_id") or _config.default("device", "cpu")
-    cands = sample_candidates(space, int(table.meta.get("resolution") or 224), args.samples, args.seed,
-                                  named=not args.no_named)
-    if not cands:
-        raise UsageError("nothing to validate: give --samples > 0 or keep S0-L")
+    table = api.load_table(_config.table_arg(args.table))
+    api.validation_candidates(table, args.samples, args.seed, not args.no_named)  # bad input before any device
     if args.out:
         writable_file(args.out, "--out file")
-    if args.keep_journal:
-        writable_dir(args.keep_journal, "--keep-journal directory", create=False)
-    runner = open_device(device, args)
-    with runner, phase_progress(not args.json) as progress:
-        if args.strict:
-            table.check_provenance(runner.describe(), strict=True)
-        result = validate_table(table, runner, cands, rounds=args.rounds, passes=args.passes, jobs=args.jobs,
-                                seed=args.seed, progress=progress, journal_dir=args.keep_journal)
+    device = args.device or _config.default_device(table.meta.get("device_id"))
+    result = api.validate_table(table, device, samples=args.samples, named=not args.no_named, passes=args.passes,
+                                rounds=args.rounds, seed=args.seed, jobs=args.jobs, progress=shows_progress(args),
+                                strict=args.strict, journal_dir=args.keep_journal, **device_options(device, args))
     out = result.to_dict()
     if args.out:
         atomic_write_json(args.out, out)
@@ -440,9 +398,9 @@ def print_validation(result) -> None:
 
 # -- repair ---------------------------------------------------------------------------------------
 def run_repair(args: argparse.Namespace) -> int:
-    from latbench.tables.build import repair_table
+    from latbench import api
 
-    table = repair_table(args.table)
+    table = api.repair_table(args.table)
     summary = {"table": str(table.path), "blocks": int(len(table.blocks)), "models": int(len(table.models)),
                "flagged": table.flagged(), "files": table.meta.get("files")}
     if args.json:
@@ -455,17 +413,12 @@ def run_repair(args: argparse.Namespace) -> int:
 
 # -- check ------------------------------------------------------------------------------------------
 def run_check(args: argparse.Namespace) -> int:
-    from latbench.tables.check import check_table, pick_entries
+    from latbench import api
 
-    table = LatencyTable.load(find_table(_config.table_arg(args.table)))
-    if args.rounds < 1:
-        raise UsageError(f"--rounds must be >= 1, got {args.rounds}")
-    pick_entries(table, args.sample, args.seed, args.key)  # bad --key/--sample: say so before opening a device
-    device = args.device or table.meta.get("device_id") or _config.default("device", "cpu")
-    runner = open_device(device, args)
-    with runner, phase_progress(not args.json) as progress:
-        result = check_table(table, runner, sample=args.sample, keys=args.key, seed=args.seed, rounds=args.rounds,
-                             fix=args.fix, progress=progress)
+    table = api.load_table(_config.table_arg(args.table))
+    device = args.device or _config.default_device(table.meta.get("device_id"))
+    result = api.check_table(table, device, samples=args.sample, keys=args.key, seed=args.seed, rounds=args.rounds,
+                             fix=args.fix, progress=shows_progress(args), **device_options(device, args))
     if args.json:
         print_json(result.to_dict())
         return 0

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from latbench.commands import _config
-from latbench.commands._output import add_json_flag, console, print_json, print_table
-from latbench.commands._runner import add_runner_flags, open_device
-from latbench.core.errors import UsageError
-from latbench.core.progress import phase_progress
+from latbench.commands._output import (
+    add_json_flag,
+    add_progress_flag,
+    console,
+    print_json,
+    print_table,
+    shows_progress,
+)
+from latbench.commands._runner import add_runner_flags, device_options
+
+DEFAULT_REPORT_DIR = "mes-report"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,9 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also measure every candidate end to end on DEVICE (e.g. cpu)")
     r.add_argument("--rounds", type=int, default=3, help="measurement rounds with --measure (samples pooled)")
     add_runner_flags(r)
-    r.add_argument("--out", default="mes-report", metavar="DIR", help="output directory (default mes-report)")
+    r.add_argument("--out", default=None, metavar="DIR",
+                   help="write the report files here (default mes-report; with --json only when given)")
     add_mes_flags(r, columns=True)
     add_json_flag(r)
+    add_progress_flag(r)
     r.set_defaults(func=run_report)
 
 
@@ -63,64 +71,22 @@ def resolve_mes(args: argparse.Namespace, table):
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from latbench.blocks.candidates import Candidate, resolve_candidate, resolve_candidates
-    from latbench.core.fileio import writable_dir
-    from latbench.efficiency.score import REFERENCE, read_metrics_csv
-    from latbench.measuring.models import measure_candidates
-    from latbench.report.model import build_report
-    from latbench.report.writers import write_report
-    from latbench.search.oracles import published_accuracy, read_accuracy_file
-    from latbench.tables.table import REFERENCE_MODEL, REFERENCE_RESOLUTION, LatencyTable, find_table
+    from latbench import api
 
-    writable_dir(args.out, create=False)
-    table = LatencyTable.load(find_table(_config.table_arg(args.lut)))
-    config = mes_config_from_args(args)
-    mes = resolve_mes(args, table)
-    cands = resolve_candidates(args.candidates, table.meta.get("resolution"))
-    user = read_accuracy_file(args.accuracy) if args.accuracy else None
-    columns = config.needs_columns()
-    if columns and not args.metrics:
-        raise UsageError(f"the MES config uses column:{columns[0]}; give its values with --metrics CSV")
-    metrics = read_metrics_csv(args.metrics, columns) if args.metrics else None
-    if metrics is not None:
-        missing = [c.name for c in cands if columns and c.name not in metrics]
-        if missing:
-            raise UsageError(f"metrics file {args.metrics} has no row for candidate {missing[0]!r}")
-
-    def accuracy(c: Candidate):
-        hit = user.lookup(c.name, c.arch) if user else None
-        return hit or published_accuracy(c.model_name or c.name, c.arch, c.resolution)
-
-    measured, mes_measured, device = None, None, None
-    if args.measure:
-        to_measure = list(cands)
-        ref_unit = config.metric("latency") is not None and config.metric("latency").unit == REFERENCE
-        ref = None
-        if ref_unit:
-            ref = next((c for c in cands if c.model_name == REFERENCE_MODEL and c.resolution == REFERENCE_RESOLUTION),
-                       None)
-            if ref is None:
-                ref = resolve_candidate(REFERENCE_MODEL, REFERENCE_RESOLUTION)
-                ref = Candidate(f"{REFERENCE_MODEL} (MES unit)", ref.resolution, model_name=ref.model_name)
-                to_measure.append(ref)
-        if args.rounds < 1:
-            raise UsageError(f"--rounds must be >= 1, got {args.rounds}")
-        runner = open_device(args.measure, args)
-        with runner, phase_progress(not args.json) as progress:
-            measured, desc = measure_candidates(to_measure, runner, rounds=args.rounds, progress=progress)
-        model = desc.get("device_model") or desc.get("cpu_model")
-        device = f"{args.measure} ({model})" if model else args.measure
-        mes_measured = mes
-        if ref is not None:
-            # Measured scores normalise by MobileNetV2 measured in the same run, on the same device.
-            mes_measured = mes.with_latency_unit(measured[ref.name], f"{REFERENCE_MODEL} measured on {args.measure}")
-    report = build_report(cands, table, mes, accuracy=accuracy, measured=measured, mes_measured=mes_measured,
-                          measured_device=device, metrics=metrics, title=f"MES report ({Path(str(table.label())).name})")
-    files = write_report(report, args.out)
+    if args.out is None and not args.json:  # --json readers want stdout, not files in the working directory
+        args.out = DEFAULT_REPORT_DIR
+    table = _config.table_arg(args.lut)
+    options = device_options(args.measure, args) if args.measure else {}
+    report = api.mes_report(table, args.candidates, accuracy=args.accuracy, measure=args.measure,
+                            rounds=args.rounds, out=args.out, mes_config=args.mes_config,
+                            latency_unit=args.latency_unit, size_unit=args.size_unit,
+                            alpha_latency=args.alpha_latency, alpha_size=args.alpha_size, metrics=args.metrics,
+                            progress=shows_progress(args), **options)
     if args.json:
         print_json(report.json_rows())
         return 0
     print_report(report)
+    files = getattr(report, "files", {}) or {}
     console().print(f"wrote {', '.join(sorted(p.name for p in files.values()))} to {args.out}", highlight=False)
     return 0
 

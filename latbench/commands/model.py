@@ -6,6 +6,7 @@ import argparse
 
 from latbench.blocks.candidates import resolve_candidate
 from latbench.commands._output import add_json_flag, print_json, print_table
+from latbench.commands._types import positive_int
 from latbench.models import default_resolution, list_models
 
 
@@ -20,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     info = msub.add_parser("info", help="parameters, MACs, input shape and blocks of a model or arch file")
     info.add_argument("target", metavar="NAME|ARCH_FILE",
                       help="a registered model (e.g. efficientformerv2_s0, mobilevit_xs) or an arch .yaml/.json file")
-    info.add_argument("--resolution", type=int, default=None, help="input resolution (default: the model's own)")
+    info.add_argument("--resolution", type=positive_int, default=None, help="input resolution (default: the model's own)")
     info.add_argument("--checkpoint", default=None, help="official checkpoint (.pth) to load with strict key checks")
     add_json_flag(info)
     info.set_defaults(func=run_info)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from latbench.commands._output import add_json_flag, console, print_json, print_table
-from latbench.commands._runner import add_device_flag, add_runner_flags, open_device
-from latbench.core.errors import UsageError
-from latbench.core.fileio import writable_dir
-from latbench.core.progress import phase_progress
+from latbench.commands._output import (
+    add_json_flag,
+    add_progress_flag,
+    console,
+    print_json,
+    print_table,
+    shows_progress,
+)
+from latbench.commands._runner import add_device_flag, add_runner_flags, device_options
+from latbench.commands._types import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,28 +24,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=int, default=None, help="timed runs (default: adaptive, until the median is within ~1%%)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3, help="measurement rounds (more until they agree; default 3)")
-    p.add_argument("--resolution", type=int, default=None)
+    p.add_argument("--resolution", type=positive_int, default=None)
     p.add_argument("--out", default=None, help="write profile.json, CSVs and breakdown.png here")
     add_runner_flags(p)
     add_json_flag(p)
+    add_progress_flag(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from latbench.measuring.profile import profile
-    from latbench.report.profile_files import write_profile
+    from latbench import api
 
-    if args.runs is not None and args.runs < 1:
-        raise UsageError(f"--runs must be >= 1, got {args.runs}")
-    if args.rounds < 1 or args.warmup < 0:
-        raise UsageError("--rounds must be >= 1 and --warmup >= 0")
-    if args.out:
-        writable_dir(args.out, create=False)
-    runner = open_device(args.device, args)
-    with runner, phase_progress(not args.json) as progress:
-        result = profile(args.target, runner, runs=args.runs, warmup=args.warmup, resolution=args.resolution,
-                         rounds=args.rounds, progress=progress)
-    files = write_profile(result, args.out) if args.out else []
+    result = api.profile(args.target, args.device, runs=args.runs, rounds=args.rounds, warmup=args.warmup,
+                         resolution=args.resolution, progress=shows_progress(args), out=args.out,
+                         **device_options(args.device, args))
+    files = getattr(result, "files", None) or []
     if args.json:
         d = result.to_dict()
         d["files"] = [str(f) for f in files]

@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 
 from latbench.commands import _config
-from latbench.commands._output import add_json_flag, console, print_json, print_table
-from latbench.commands.mes import add_mes_flags, resolve_mes
-from latbench.core.progress import phase_progress
+from latbench.commands._output import (
+    add_json_flag,
+    add_progress_flag,
+    console,
+    print_json,
+    print_table,
+    shows_progress,
+)
+from latbench.commands.mes import add_mes_flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="search-result", metavar="DIR",
                    help="trajectory, Pareto-set arch files and report (default search-result)")
     add_json_flag(p)
+    add_progress_flag(p)
     p.set_defaults(func=run)
 
 
@@ -39,30 +46,17 @@ def add_search_args(p: argparse.ArgumentParser, targets: tuple[str, ...]) -> Non
     add_mes_flags(p)
 
 
-def search_from_args(args: argparse.Namespace):
-    """Load everything the search needs from parsed args and run it. Returns (result, table)."""
-    from latbench.core.errors import UsageError
-    from latbench.estimation.fast import FastEstimator
-    from latbench.search.algorithm import Target, run_search
-    from latbench.search.oracles import load_oracle
-    from latbench.space import SearchSpace
-    from latbench.tables.table import LatencyTable, find_table
+def search_from_args(args: argparse.Namespace, out: str | None = None):
+    """Run the search the parsed args describe (through the API). Returns (result, table)."""
+    from latbench import api
 
-    if args.max_steps is not None and args.max_steps < 1:
-        raise UsageError(f"--max-steps must be >= 1, got {args.max_steps}")
-    table = LatencyTable.load(find_table(_config.table_arg(args.lut)))
-    target = Target.parse(getattr(args, "target_latency", None), getattr(args, "target_params", None),
-                          getattr(args, "target_mes", None))
-    oracle = load_oracle(args.accuracy)
-    mes = resolve_mes(args, table)
-    columns = [m.getter for m in mes.metrics if m.getter.startswith("column:")]
-    if columns:
-        raise UsageError(f"the search cannot score MES metric {columns[0]}: CSV columns exist only for listed "
-                         "candidates; use built-in getters (params, macs, latency, weights_mb) in --mes-config")
-    space = SearchSpace.load(args.space) if args.space else table.space(fallback=True)
-    fast = FastEstimator(table, space)
-    with phase_progress(not args.json) as progress:
-        result = run_search(fast, oracle, mes, target, seed=args.seed, max_steps=args.max_steps, progress=progress)
+    table = api.load_table(_config.table_arg(args.lut))
+    result = api.run_search(table, args.accuracy, target_latency=getattr(args, "target_latency", None),
+                        target_params=getattr(args, "target_params", None),
+                        target_mes=getattr(args, "target_mes", None), space=args.space, seed=args.seed,
+                        max_steps=args.max_steps, mes_config=args.mes_config, latency_unit=args.latency_unit,
+                        size_unit=args.size_unit, alpha_latency=args.alpha_latency, alpha_size=args.alpha_size,
+                        out=out, progress=shows_progress(args))
     return result, table
 
 
@@ -85,12 +79,8 @@ def print_result(result) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latbench.core.fileio import writable_dir
-    from latbench.report.search_files import write_search
-
-    writable_dir(args.out, create=False)
-    result, table = search_from_args(args)
-    files = write_search(result, args.out, table)
+    result, _ = search_from_args(args, out=args.out)
+    files = result.files
     if args.json:
         d = result.to_dict()
         d["out"] = args.out

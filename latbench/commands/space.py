@@ -7,6 +7,7 @@ from collections import Counter
 
 from latbench.blocks.configs import space_blocks
 from latbench.commands._output import add_json_flag, print_json, print_table
+from latbench.commands._types import positive_int
 from latbench.core.errors import UsageError
 from latbench.space import SearchSpace
 
@@ -23,10 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         p = ssub.add_parser(name, help=helptext)
         add_space_flag(p)
         if name == "sample":
-            p.add_argument("--n", type=int, default=1, help="how many subnets (default 1)")
+            p.add_argument("--samples", dest="n", type=int, default=1, metavar="N", help="how many subnets (default 1)")
+            p.add_argument("--n", dest="n", type=int, default=1, help=argparse.SUPPRESS)  # the old name
             p.add_argument("--seed", type=int, default=0)
         if name in ("sample", "blocks"):
-            p.add_argument("--resolution", type=int, default=None, help="one of the space's resolutions")
+            p.add_argument("--resolution", type=positive_int, default=None, help="one of the space's resolutions")
         add_json_flag(p)
         p.set_defaults(func=func)
 
@@ -57,7 +59,7 @@ def run_show(args: argparse.Namespace) -> int:
 def run_sample(args: argparse.Namespace) -> int:
     space = SearchSpace.load(args.space)
     if args.n < 1:
-        raise UsageError(f"--n must be >= 1, got {args.n}")
+        raise UsageError(f"--samples must be >= 1, got {args.n}")
     if args.resolution is not None:
         space.check_resolution(args.resolution)
     archs = space.sample_many(args.n, args.seed, args.resolution)

@@ -17,3 +17,11 @@ def first_line(exc: BaseException | str, *, with_type: bool = False) -> str:
 def weights_mb(params: float) -> float:
     """Size of `params` fp32 weights in MB (10^6 bytes)."""
     return params * 4 / 1e6
+
+
+def shown(value: object) -> str:
+    """A value as a message shows it: repr, with numpy scalars as the plain numbers they hold
+    (`-0.3`, not `np.float64(-0.3)`)."""
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        value = value.item()  # type: ignore[union-attr]
+    return repr(value)

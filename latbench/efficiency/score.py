@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from latbench.core.errors import UsageError
-from latbench.core.text import first_line
+from latbench.core.text import first_line, shown
 from latbench.core.userfiles import check_keys
 from latbench.tables.table import REFERENCE_KEY, REFERENCE_MODEL, REFERENCE_RESOLUTION
 
@@ -55,7 +55,7 @@ _SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9}
 def parse_count(value: Any, what: str) -> float:
     """A positive number, with an optional k/M/G suffix ("3M", "2.5e6", 3000000)."""
     if isinstance(value, bool):
-        raise UsageError(f"{what} must be a positive number, got {value!r}")
+        raise UsageError(f"{what} must be a positive number, got {shown(value)}")
     if isinstance(value, int | float):
         x = float(value)
     elif isinstance(value, str):
@@ -67,7 +67,7 @@ def parse_count(value: Any, what: str) -> float:
     else:
         x = math.nan
     if not math.isfinite(x) or x <= 0:
-        raise UsageError(f"{what} must be a positive number (e.g. 3M or 3000000), got {value!r}")
+        raise UsageError(f"{what} must be a positive number (e.g. 3M or 3000000), got {shown(value)}")
     return x
 
 
@@ -80,7 +80,7 @@ def parse_ms(value: Any, what: str) -> float:
     except (TypeError, ValueError):
         x = math.nan
     if not math.isfinite(x) or x <= 0:
-        raise UsageError(f"{what} must be a positive number of milliseconds (e.g. 1ms), got {value!r}")
+        raise UsageError(f"{what} must be a positive number of milliseconds (e.g. 1ms), got {shown(value)}")
     return x
 
 
@@ -90,7 +90,7 @@ def parse_alpha(value: Any, what: str) -> float:
     except (TypeError, ValueError):
         x = math.nan
     if not math.isfinite(x):
-        raise UsageError(f"{what} must be a finite number, got {value!r}")
+        raise UsageError(f"{what} must be a finite number, got {shown(value)}")
     return x
 
 
@@ -265,7 +265,7 @@ def _value(values: Mapping[str, float], m: ResolvedMetric) -> float:
                          + (" (give --metrics CSV with that column)" if m.getter.startswith(COLUMN_PREFIX) else ""))
     v = float(values[m.getter])
     if not math.isfinite(v) or v <= 0:
-        raise UsageError(f"MES metric {m.name!r}: value {v!r} must be a positive number")
+        raise UsageError(f"MES metric {m.name!r}: value {shown(v)} must be a positive number")
     return v
 
 
@@ -307,7 +307,8 @@ def config_with_overrides(config: MESConfig, *, latency_unit: str | None = None,
                           alpha_latency: float | None = None, alpha_size: float | None = None) -> MESConfig:
     """Apply the CLI flags (which win over the config file)."""
     if latency_unit is not None:
-        unit: float | str = REFERENCE if latency_unit.strip().lower() == REFERENCE else parse_ms(
+        is_reference = isinstance(latency_unit, str) and latency_unit.strip().lower() == REFERENCE
+        unit: float | str = REFERENCE if is_reference else parse_ms(
             latency_unit, "--latency-unit")
         config = config.with_metric("latency", unit=unit)
     if size_unit is not None:
@@ -342,7 +343,7 @@ def read_metrics_csv(path: str | Path, columns: list[str]) -> dict[str, dict[str
             try:
                 vals[COLUMN_PREFIX + c] = float(row[c])
             except (TypeError, ValueError):
-                raise UsageError(f"metrics file {path}: {row['name']!r} column {c!r} is not a number: {row[c]!r}") \
+                raise UsageError(f"metrics file {path}: {row['name']!r} column {c!r} is not a number: {shown(row[c])}") \
                     from None
         out[str(row["name"])] = vals
     return out

@@ -150,6 +150,14 @@ class LatencyEstimator:
             raise UsageError(f"table {self.table.label()} holds {table_res}x{table_res} entries but {candidate.name} "
                              f"is {candidate.resolution}x{candidate.resolution}: estimate it at {table_res} "
                              f"(--resolution {table_res}) or build a table at {candidate.resolution}")
+        if candidate.arch is not None and (self.table.meta.get("space") or {}).get("definition"):
+            # The table was built and calibrated for its space; a deeper stage may still find its
+            # blocks in it, but its estimate would rest on nothing measured like it.
+            try:
+                self.table.space().validate(candidate.arch)
+            except UsageError as exc:
+                raise UsageError(f"{exc}; estimate archs within the table's space, or build a table for a "
+                                 f"space that holds it (`latbench lut build --space FILE`)") from None
         blocks = candidate.blocks()
         if blocks:
             self.check_covered(candidate.name, blocks, what=build_argument(candidate))

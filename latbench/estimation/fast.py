@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ from latbench.blocks.configs import (
 from latbench.core.errors import UsageError
 from latbench.core.text import weights_mb
 from latbench.space import N_STAGES, Arch, SearchSpace, StageArch
-from latbench.tables.table import LatencyTable
+from latbench.tables.table import LatencyTable, find_table
 
 
 @dataclass
@@ -104,9 +105,15 @@ class _Gather:
 class FastEstimator:
     """Batch estimates over one space and resolution from a LatencyTable (construct once)."""
 
-    def __init__(self, table: LatencyTable, space: SearchSpace | None = None, resolution: int | None = None):
+    def __init__(self, table: LatencyTable | str | Path, space: SearchSpace | None = None,
+                 resolution: int | None = None):
         from latbench.estimation.estimator import LatencyEstimator
 
+        if isinstance(table, (str, Path)):
+            table = LatencyTable.load(find_table(table))
+        if not isinstance(table, LatencyTable):
+            raise UsageError(f"FastEstimator needs a latency table (a LatencyTable, its directory or its name), "
+                             f"got {type(table).__name__}")
         self.table = table
         self.space = space or table.space(fallback=True)
         self.resolution = int(resolution or table.meta.get("resolution") or self.space.resolutions[0])
@@ -240,5 +247,21 @@ class FastEstimator:
             scores = mes.arrays(values)
         return FastScores(lat, par, scores)
 
-    def score_archs(self, archs: Sequence[Arch], mes=None) -> FastScores:
-        return self.score(self.encode(archs), mes)
+    def score_archs(self, archs: Sequence[Arch | dict | str], mes=None) -> FastScores:
+        """Scores of architectures: Arch objects, arch mappings, or names of published variants."""
+        if isinstance(archs, (Arch, dict, str)):
+            archs = [archs]
+        return self.score(self.encode([as_arch(a) for a in archs]), mes)
+
+
+def as_arch(target: Any) -> Arch:
+    """An Arch from an Arch, an arch mapping or a published variant's name (a one-line error otherwise)."""
+    from latbench.space.arch import NAMED_ARCHS, named_arch
+
+    if isinstance(target, Arch):
+        return target
+    if isinstance(target, dict):
+        return Arch.from_dict(target, source="<dict>")
+    if isinstance(target, str) and target in NAMED_ARCHS:
+        return named_arch(target)
+    raise UsageError(f"cannot score {target!r}: give an Arch, an arch mapping or one of {', '.join(NAMED_ARCHS)}")

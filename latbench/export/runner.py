@@ -29,7 +29,6 @@ from latbench.export.cache import (
 )
 from latbench.export.common import (
     DEFAULT_DEPLOYMENT_TARGET,
-    DEFAULT_PRECISION,
     DEFAULT_SEED,
     ONNX_OPSET,
     ArtifactRecord,
@@ -40,11 +39,8 @@ from latbench.export.common import (
     parse_formats,
     quiet_libraries,
 )
+from latbench.export.formats import EXPORT_FORMATS
 from latbench.export.onnx import DEFAULT_EXPORTER, EXPORTERS, MIN_OPSET
-from latbench.export.tflite import EXPORTER as TFLITE_EXPORTER
-
-#: Exporter recorded (and hashed) for the formats without a choice of exporter; ONNX takes `exporter`.
-FORMAT_EXPORTERS = {"coreml": "torch.export+coremltools", "tflite": TFLITE_EXPORTER}
 
 
 @dataclass(frozen=True)
@@ -131,10 +127,11 @@ def plan_tasks(
             continue
         seen.add(key)
         for fmt in formats:
-            prec = precision or DEFAULT_PRECISION[fmt]
-            target = deployment_target if fmt == "coreml" else None
-            fmt_exporter = FORMAT_EXPORTERS.get(fmt, exporter)
-            fmt_opset = opset if fmt == "onnx" else None
+            form = EXPORT_FORMATS[fmt]
+            prec = precision or form.default_precision
+            target = deployment_target if form.takes_deployment_target else None
+            fmt_exporter = form.exporter(exporter)
+            fmt_opset = opset if form.takes_opset else None
             desc = content_descriptor(item, fmt, prec, target, fmt_exporter, fmt_opset, seed)
             chash = content_hash(desc)
             tasks.append(
@@ -164,20 +161,8 @@ def run_task(task: ExportTask) -> ArtifactRecord:
     final.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     try:
-        if task.fmt == "onnx":
-            from latbench.export.onnx import export_onnx
-
-            export_onnx(task.item, final, rec, precision=task.precision, exporter=task.exporter,
-                        opset=task.opset or ONNX_OPSET, seed=task.seed)
-        elif task.fmt == "tflite":
-            from latbench.export.tflite import export_tflite
-
-            export_tflite(task.item, final, rec, precision=task.precision, seed=task.seed)
-        else:
-            from latbench.export.coreml import export_coreml
-
-            export_coreml(task.item, final, rec, precision=task.precision,
-                          deployment_target=task.deployment_target or DEFAULT_DEPLOYMENT_TARGET, seed=task.seed)
+        EXPORT_FORMATS[task.fmt].export(task.item, final, rec, precision=task.precision, exporter=task.exporter,
+                                        opset=task.opset, deployment_target=task.deployment_target, seed=task.seed)
         rec.sha256 = tree_sha256(final)
         rec.size = tree_size(final)
     except Exception as exc:  # any failure of this one configuration is reported, not raised
@@ -217,14 +202,8 @@ def _prepare_worker(formats: tuple[str, ...]) -> None:
         tqdm.tqdm.set_lock(threading.RLock())
     except ImportError:
         pass
-    if "coreml" in formats:
-        from latbench.export.coreml import import_coremltools
-
-        import_coremltools()  # pay the ~4 s import once per worker, not per artifact
-    if "tflite" in formats:
-        from latbench.export.tflite import import_litert
-
-        import_litert()  # jax and transformers come with it: a few seconds, once per worker
+    for fmt in formats:
+        EXPORT_FORMATS[fmt].warm_worker()
 
 
 def _failed(task: ExportTask, error: str) -> ArtifactRecord:
@@ -271,10 +250,8 @@ def export_items(
     t_start = time.perf_counter()
     fmts = parse_formats(formats)
     check_precision(precision, fmts)
-    if "tflite" in fmts:
-        from latbench.export.tflite import check_available
-
-        check_available()  # one line naming the extra to install, before any work starts
+    for fmt in fmts:
+        EXPORT_FORMATS[fmt].check_available()  # one line naming the extra to install, before any work starts
     target = check_deployment_target(deployment_target)
     if onnx_exporter not in EXPORTERS:
         raise UsageError(f"unknown ONNX exporter {onnx_exporter!r}: choose from {', '.join(EXPORTERS)}")

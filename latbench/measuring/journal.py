@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from latbench.core.errors import LatbenchError, UsageError
 from latbench.measuring.measurement import Measurement
 
 
@@ -71,6 +72,16 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+def journal_error(path: Path | None, exc: sqlite3.DatabaseError) -> LatbenchError:
+    """The one-line error for a journal that cannot be opened or written."""
+    reason = str(exc).split("\n")[0]
+    if "readonly" in reason or "unable to open" in reason:
+        return LatbenchError(f"cannot write the journal {path} ({reason}); make its directory writable "
+                             f"or copy the table somewhere writable")
+    return UsageError(f"the journal {path} is damaged ({reason}); restore it from a copy, or move it aside and "
+                      f"rebuild the table with `latbench lut build ... --force`")
+
+
 class Journal:
     """Append-only measurement record. `Journal(":memory:")` keeps it in memory."""
 
@@ -80,16 +91,24 @@ class Journal:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(":memory:" if self.in_memory else self.path, timeout=30)
-        if not self.in_memory:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(_SCHEMA)
-        # Journals written before devices and sessions were recorded: add the columns.
-        cols = {r[1] for r in self.db.execute("PRAGMA table_info(measurements)")}
-        for col in ("device", "session"):
-            if col not in cols:
-                self.db.execute(f"ALTER TABLE measurements ADD COLUMN {col} TEXT")
-        self.db.commit()
+        try:
+            if not self.in_memory:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+                # A cut or overwritten file can open and fail only at the first read of a lost page.
+                problem = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]
+                if problem != "ok":
+                    raise sqlite3.DatabaseError(problem)
+            self.db.executescript(_SCHEMA)
+            # Journals written before devices and sessions were recorded: add the columns.
+            cols = {r[1] for r in self.db.execute("PRAGMA table_info(measurements)")}
+            for col in ("device", "session"):
+                if col not in cols:
+                    self.db.execute(f"ALTER TABLE measurements ADD COLUMN {col} TEXT")
+            self.db.commit()
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise journal_error(self.path, exc) from None
 
     def close(self) -> None:
         self.db.close()

@@ -15,13 +15,15 @@ from typing import Any
 
 from latbench.core.errors import UsageError
 from latbench.core.userfiles import is_int
+from latbench.space.arch import MAX_RESOLUTION
 from latbench.space.arch import check_resolution as efficientformerv2_resolution
 
 
 def multiple_of_32(family: str) -> Callable[[int], None]:
     def check(resolution: int) -> None:
-        if not is_int(resolution) or resolution <= 0 or resolution % 32:
-            raise UsageError(f"{family} input resolution must be a positive multiple of 32, got {resolution!r}")
+        if not is_int(resolution) or resolution <= 0 or resolution % 32 or resolution > MAX_RESOLUTION:
+            raise UsageError(f"{family} input resolution must be a multiple of 32 from 32 to {MAX_RESOLUTION}, "
+                             f"got {resolution!r}")
 
     return check
 

@@ -337,6 +337,8 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
         first = first_line(exc)
+        if "weights only load failed" in first.lower():  # torch's advice to unpickle with code execution
+            first = "it holds pickled objects besides tensors, and latbench loads checkpoints weights-only"
         raise UsageError(f"checkpoint {path} is not a loadable weights-only torch file: {first}") from None
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from latbench.core.errors import LatbenchError, UsageError
-from latbench.core.text import first_line
+from latbench.core.text import first_line, shown
 from latbench.core.userfiles import read_yaml_or_json
 from latbench.space import Arch, named_arch
 
@@ -59,9 +59,9 @@ def check_top1(value: Any, where: str) -> float:
     try:
         x = float(value)
     except (TypeError, ValueError):
-        raise UsageError(f"{where}: accuracy {value!r} is not a number") from None
+        raise UsageError(f"{where}: accuracy {shown(value)} is not a number") from None
     if not math.isfinite(x) or not 0 <= x <= 100:
-        raise UsageError(f"{where}: accuracy {x!r} is not a top-1 percentage between 0 and 100")
+        raise UsageError(f"{where}: accuracy {shown(x)} is not a top-1 percentage between 0 and 100")
     return x
 
 

@@ -40,11 +40,19 @@ def stage_resolution(resolution: int, stage: int) -> int:
     return -(-resolution // 2 ** (stage + 1))
 
 
+#: Bounds past any mobile model, so a typo cannot make latbench allocate tens of GB building one.
+MAX_RESOLUTION = 2048
+MAX_WIDTH = 4096
+MAX_EXPANSION = 16
+MAX_STAGE_DEPTH = 64
+
+
 def check_resolution(resolution: int) -> None:
     """EfficientFormerV2's input rule. Strided attention downsamples stage 3 by 2 and upsamples by 2
     again; that only lines up when every stage side is an integer: a multiple of 32."""
-    if not is_int(resolution) or resolution < 64 or resolution % 32:
-        raise UsageError(f"resolution {resolution!r} is not supported: use a multiple of 32 >= 64 (e.g. 224, 256, 288)")
+    if not is_int(resolution) or resolution < 64 or resolution % 32 or resolution > MAX_RESOLUTION:
+        raise UsageError(f"resolution {resolution!r} is not supported: use a multiple of 32 from 64 to "
+                         f"{MAX_RESOLUTION} (e.g. 224, 256, 288)")
 
 
 def check_family(data: dict, where: str) -> None:
@@ -124,8 +132,8 @@ class Arch:
         check_keys(data, {"family", "name", "resolution", "stages"}, where)
         check_family(data, where)
         res = data.get("resolution", 224)
-        if not is_int(res) or res <= 0:
-            raise UsageError(f"{where}: resolution must be a positive integer, got {res!r}")
+        if not is_int(res) or not 0 < res <= MAX_RESOLUTION:
+            raise UsageError(f"{where}: resolution must be an integer from 1 to {MAX_RESOLUTION}, got {res!r}")
         stages_raw = data.get("stages")
         if not isinstance(stages_raw, list) or len(stages_raw) != N_STAGES:
             raise UsageError(f"{where}: 'stages' must be a list of {N_STAGES} stages")
@@ -136,13 +144,16 @@ class Arch:
                 raise UsageError(f"{sw}: expected a mapping with width/expansions/attention")
             check_keys(st, {"width", "expansions", "attention"}, sw)
             width, exps, attn = st.get("width"), st.get("expansions"), st.get("attention", 0)
-            if not is_int(width) or width <= 0:
-                raise UsageError(f"{sw}: width must be a positive integer, got {width!r}")
+            if not is_int(width) or not 0 < width <= MAX_WIDTH:
+                raise UsageError(f"{sw}: width must be an integer from 1 to {MAX_WIDTH}, got {width!r}")
             if not isinstance(exps, list) or not exps:
                 raise UsageError(f"{sw}: 'expansions' must be a non-empty list (one ratio per block)")
+            if len(exps) > MAX_STAGE_DEPTH:
+                raise UsageError(f"{sw}: {len(exps)} blocks; a stage has at most {MAX_STAGE_DEPTH}")
             for j, e in enumerate(exps, start=1):
-                if not is_int(e) or e <= 0:
-                    raise UsageError(f"{sw} block {j}: expansion ratio must be a positive integer, got {e!r}")
+                if not is_int(e) or not 0 < e <= MAX_EXPANSION:
+                    raise UsageError(f"{sw} block {j}: expansion ratio must be an integer from 1 to "
+                                     f"{MAX_EXPANSION}, got {e!r}")
             if not is_int(attn) or not 0 <= attn <= len(exps):
                 raise UsageError(f"{sw}: attention must be an integer from 0 to the depth {len(exps)}, got {attn!r}")
             if attn and i not in ATTENTION_STAGES:

@@ -167,6 +167,12 @@ class TableBuilder:
         self.device = runner.describe()
 
     def _open_journal(self) -> Journal:
+        # A table shared without its journal (tables/ is git-ignored) would be rederived from an
+        # empty journal, i.e. replaced by only what this build measures.
+        if not self.force and not (self.out_dir / "journal.sqlite").exists() and any(
+                (self.out_dir / f).exists() for f in ("blocks.csv", "meta.json")):
+            raise UsageError(f"{self.out_dir} holds a table without its journal.sqlite, so building there would "
+                             f"replace it; build into a new directory with --out, or pass --force to start it over")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         journal = Journal(self.out_dir / "journal.sqlite")
         previous = journal.get_meta("device")
@@ -178,7 +184,8 @@ class TableBuilder:
                                  f"({'; '.join(diffs)}); pass --force to re-measure it or --out another directory")
         journal.set_meta("device", self.device)
         journal.set_meta("device_id", getattr(self.runner, "device_id", None))
-        journal.set_meta("settings", self.settings.to_dict())
+        if self.force or journal.get_meta("settings") is None:  # later: only once this build measures
+            journal.set_meta("settings", self.settings.to_dict())
         return journal
 
     def build(self, configs: Sequence[BlockConfig], *, space=None, resolution: int | None = None,
@@ -211,14 +218,29 @@ class TableBuilder:
                 time_base=lambda j, s: session_factors(j, rule, current=s),
                 recheck=lambda verdicts: implausible_keys(verdicts, items, self.settings))
             result = session.run(targets, anchors)
+            if result.measured:  # a build that measured nothing leaves the recorded settings true
+                journal.set_meta("settings", self.settings.to_dict())
             base_levels(journal, rule)  # fix the time base once the first session has finished
             journal.set_meta("sessions_report", (journal.get_meta("sessions_report") or [])
                              + ([{"session": result.session, **result.report}] if result.session else []))
             table = derive_table(journal, self.out_dir)
         timings = {**result.timings, "total_s": time.perf_counter() - t_start}
         table.meta["build_timings"] = timings
+        if not self.force:
+            _refuse_to_shrink(self.out_dir, len(table.blocks))
         table.save()
         return BuildResult(table, result.measured, reused, timings, result)
+
+
+def _refuse_to_shrink(out_dir: Path, rows: int) -> None:
+    """A build never writes fewer blocks than the table on disk holds unless forced."""
+    try:
+        on_disk = len(pd.read_csv(out_dir / "blocks.csv", usecols=["key"]))
+    except (OSError, ValueError, pd.errors.ParserError):
+        return  # no table there (or an unreadable one, which `lut repair` rederives)
+    if on_disk > rows:
+        raise UsageError(f"{out_dir}/blocks.csv holds {on_disk} blocks and this build would write {rows}; "
+                         f"build into a new directory with --out, or pass --force to replace it")
 
 
 def implausible_keys(verdicts: dict[str, Verdict], items: dict[str, Any], settings: BuildSettings) -> list[str]:

@@ -71,11 +71,20 @@ def pick_entries(table: LatencyTable, sample: int | None, seed: int, keys: Seque
     if sample is None or sample >= len(keys):
         return keys
     if sample < 1:
-        raise UsageError(f"--sample must be >= 1, got {sample}")
+        raise UsageError(f"--samples must be >= 1, got {sample}")
     flagged = [k for k in keys if k in table.flagged()]
     rest = [k for k in keys if k not in flagged]
     random.Random(f"check:{seed}").shuffle(rest)
     return (flagged + rest)[:sample]
+
+
+def require_journal(table: LatencyTable) -> Path:
+    """The table's journal, opened once to prove it whole: a one-line error before any device is opened."""
+    if table.path is None or not (Path(table.path) / "journal.sqlite").is_file():
+        raise UsageError(f"table {table.label()} has no journal.sqlite; `lut check` needs the table's journal")
+    path = Path(table.path) / "journal.sqlite"
+    Journal(path).close()
+    return path
 
 
 def check_table(table: LatencyTable, runner: Any, *, sample: int | None = None, keys: Sequence[str] = (),
@@ -83,8 +92,7 @@ def check_table(table: LatencyTable, runner: Any, *, sample: int | None = None, 
                 progress: ProgressFn | None = None) -> CheckResult:
     from latbench.tables.build import BuildSettings, derive_table, table_anchors
 
-    if table.path is None or not (Path(table.path) / "journal.sqlite").is_file():
-        raise UsageError(f"table {table.label()} has no journal.sqlite; `lut check` needs the table's journal")
+    require_journal(table)
     warnings = [f"table provenance differs: {d}" for d in table.check_provenance(runner.describe())]
     keys = pick_entries(table, sample, seed, keys)
     rows_by_key = {r["key"]: r for r in table.blocks.to_dict("records")}

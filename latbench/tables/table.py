@@ -67,6 +67,9 @@ def tables_root() -> Path:
 def find_table(path_or_name: str | Path) -> Path:
     """A table's directory from a path, or from a name under the tables root: "cpu" (the device's
     only table), "cpu/efficientformerv2-r224". One-line UsageError listing the known tables."""
+    if not isinstance(path_or_name, (str, Path)) or not str(path_or_name).strip():
+        raise UsageError(f"a latency table is named by its directory or a name under {tables_root()}/, "
+                         f"got {path_or_name!r}")
     path = Path(path_or_name)
     if path.exists():
         return path
@@ -272,6 +275,22 @@ def _read_meta(path: Path) -> dict[str, Any]:
     for key, kind in (("device", dict), ("files", dict)):
         if not isinstance(meta.get(key), kind):
             raise damaged(path, "meta.json", f"lacks {key!r} (or it is not a {kind.__name__})")
+    # Optional fields that code reads by shape: a wrong type would surface deep inside an estimate.
+    for key, kinds, what in (("device_id", (str,), "a string"), ("overhead", (dict,), "a mapping"),
+                             ("space", (dict,), "a mapping"), ("settings", (dict,), "a mapping"),
+                             ("anchors", (dict,), "a mapping"), ("flagged", (dict,), "a mapping"),
+                             ("resolution", (int,), "an integer")):
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+            raise damaged(path, "meta.json", f"has a {key!r} that is not {what} ({type(value).__name__})")
+    overhead = meta.get("overhead") or {}
+    scales = overhead.get("scales") or {}
+    if not isinstance(scales, dict):
+        raise damaged(path, "meta.json", f"has overhead 'scales' that are not a mapping ({type(scales).__name__})")
+    for name, value in [("scale", overhead.get("scale"))] + [(f"scales.{g}", v) for g, v in scales.items()]:
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                      and math.isfinite(value) and value >= 0):
+            raise damaged(path, "meta.json", f"has an overhead {name} that is not a non-negative number")
     return meta
 
 
@@ -310,3 +329,13 @@ def _check_latencies(path: Path, name: str, frame: pd.DataFrame, label: str) -> 
         raise damaged(path, name, f"has a latency_ms that is not a positive number ({what}, row {i + 2}, "
                                   f"{frame[label].iloc[i]!r})")
     frame["latency_ms"] = values.astype(float)
+    # An entry is the consensus of its own samples: far outside their spread, it was edited.
+    for col, worse in (("p95_ms", lambda v, q: v > 3 * q), ("p5_ms", lambda v, q: v < q / 3)):
+        if col not in frame.columns:
+            continue
+        bound = pd.to_numeric(frame[col], errors="coerce")
+        off = [i for i, (v, q) in enumerate(zip(frame["latency_ms"], bound)) if q == q and q > 0 and worse(v, q)]
+        if off:
+            i = off[0]
+            raise damaged(path, name, f"has a latency_ms far outside its own samples ({frame['latency_ms'].iloc[i]:g} "
+                                      f"ms against {col} {bound.iloc[i]:g} ms, row {i + 2}, {frame[label].iloc[i]!r})")

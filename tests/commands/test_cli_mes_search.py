@@ -231,3 +231,10 @@ def test_mes_report_device_flags_are_checked(run_cli, tables, tmp_path):
     assert "--compute-units does not apply to cpu devices" in msg
     assert "--rounds" in one_line_error(run_cli, "mes", "report", "--lut", tables["full"], "efficientformerv2_s0",
                                         "--measure", "cpu", "--rounds", "0", "--out", str(tmp_path / "o"))
+
+
+def test_mes_report_json_without_out_writes_no_files(run_cli_json, tables, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rows = run_cli_json("mes", "report", "--lut", tables["full"], "efficientformerv2_s0")
+    assert [r["name"] for r in rows] == ["efficientformerv2_s0"]
+    assert list(tmp_path.iterdir()) == []  # no ./mes-report

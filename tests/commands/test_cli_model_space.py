@@ -78,7 +78,7 @@ def test_custom_space_flag(run_cli_json, tmp_path):
         (["model", "info", "missing.yaml"], "does not exist"),
         (["model", "info", "efficientformerv2_s0", "--resolution", "100"], "multiple of 32"),
         (["space", "show", "--space", "nope.yaml"], "does not exist"),
-        (["space", "sample", "--n", "0"], "--n must be >= 1"),
+        (["space", "sample", "--n", "0"], "--samples must be >= 1"),
         (["space", "sample", "--resolution", "256"], "not in space"),
     ],
 )

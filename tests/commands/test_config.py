@@ -51,11 +51,20 @@ def test_the_configured_device_and_threads_reach_the_runner(lab):
 
 @pytest.mark.parametrize("text, needle", [
     ("colour = 'blue'\n", "unknown setting 'colour'"),
-    ("threads = 'four'\n", "threads must be a int"),
+    ("threads = 'four'\n", "threads must be an integer"),
     ("threads = 0\n", "threads must be >= 1"),
     ("table = [\n", "not valid TOML"),
 ])
 def test_a_bad_config_file_is_a_one_line_error(lab, run_cli, text, needle):
     (lab / "latbench.toml").write_text(text)
-    code, _, err = run_cli("models")
+    code, _, err = run_cli("lut", "show")  # a command that reads the config
     assert code == 2 and needle in err and err.count("\n") == 1 and "latbench.toml" in err
+    code, _, err = run_cli("profile", "efficientformerv2_s0", "--runs", "1")  # the threads default is read
+    assert code == 2 and needle in err, err
+
+
+@pytest.mark.parametrize("args", [["--help"], ["lut", "build", "--help"], ["models"]])
+def test_a_bad_config_file_does_not_break_help_or_commands_that_do_not_read_it(lab, run_cli, args):
+    (lab / "latbench.toml").write_text("table = [\n")
+    code, out, err = run_cli(*args)
+    assert code == 0 and "Traceback" not in err and out, err

@@ -135,3 +135,18 @@ def test_fit_scales_recovers_per_group_scales_and_falls_back_to_one():
     same = [{"attention": 1.0 * k, "rest": 4.0 * k} for k in (1, 2, 3, 4, 5)]
     one = fit_scales(same, [1.1 * 5.0 * k for k in (1, 2, 3, 4, 5)])
     assert one["attention"] == one["rest"] == pytest.approx(1.1)
+
+
+@pytest.mark.parametrize("depth", [7, 40])
+def test_an_arch_deeper_than_the_tables_space_is_refused(depth):
+    from latbench.core.errors import UsageError
+    from latbench.estimation.estimator import LatencyEstimator
+    from latbench.space.arch import named_arch
+    from latbench.tables.synthetic import synthetic_table
+
+    table = synthetic_table()
+    assert (table.meta.get("space") or {}).get("definition")
+    arch = named_arch("efficientformerv2_s0").to_dict()
+    arch["stages"][0]["expansions"] = [4] * depth
+    with pytest.raises(UsageError, match=f"stage 1 depth {depth} not in 1-5.*table's space"):
+        LatencyEstimator(table).estimate(arch)

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from latbench import api
 from latbench.blocks.configs import FFNConfig, StemConfig
-from latbench.commands import export as export_cmd
 from latbench.export import MANIFEST_NAME, export_items
 
 
@@ -92,7 +92,7 @@ def test_a_parity_failure_fails_that_artifact_only(tmp_path: Path) -> None:
 
 def test_command_lists_failures_and_exits_nonzero(run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     items = [FakeItem("traced", "tracing"), FakeItem("broken", "raise"), FFNConfig(224, 1, 32, 2)]
-    monkeypatch.setattr(export_cmd, "resolve_items", lambda args: items)
+    monkeypatch.setattr(api, "export_targets", lambda **targets: items)
     code, out, err = run_cli("export", "--space", "--format", "onnx", "--out", str(tmp_path), "--jobs", "1")
     assert code == 1, err
     assert "3 artifacts: 1 exported, 0 cached, 2 failed" in out

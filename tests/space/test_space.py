@@ -111,7 +111,7 @@ def test_validate_names_offending_stage_and_block():
          "stage 4: attention must be an integer from 0 to the depth 1"),
         ({"stages": [{"width": 32, "expansions": [4], "attention": 1}] + [{"width": 8, "expansions": [4]}] * 3},
          "stage 1: attention blocks are only possible"),
-        ({"stages": [{"width": "wide", "expansions": [4]}] * 4}, "stage 1: width must be a positive integer"),
+        ({"stages": [{"width": "wide", "expansions": [4]}] * 4}, "stage 1: width must be an integer from 1 to 4096"),
         ({"stages": [{"width": 32, "expansions": [4, 0]}] * 4}, "stage 1 block 2: expansion ratio"),
         ({"colour": 1, "stages": []}, "unknown key 'colour'"),
     ],

@@ -1,0 +1,99 @@
+"""One object per artifact format: what the export pipeline needs to know about ONNX, Core ML and
+TFLite (the exporter it records, whether it takes a deployment target or an opset, how an item is
+exported, what a worker process loads once, what must be installed), so the pipeline itself never
+branches on the format. The converters stay in their modules (onnx.py, coreml.py, tflite.py),
+imported only when a format is used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from latbench.export.common import DEFAULT_DEPLOYMENT_TARGET, DEFAULT_PRECISION, ONNX_OPSET
+
+
+class ExportFormat:
+    name: ClassVar[str]
+    takes_deployment_target: ClassVar[bool] = False
+    takes_opset: ClassVar[bool] = False
+
+    @property
+    def default_precision(self) -> str:
+        return DEFAULT_PRECISION[self.name]
+
+    def exporter(self, onnx_exporter: str) -> str:
+        """The exporter recorded (and hashed) with an artifact; only ONNX offers a choice."""
+        raise NotImplementedError
+
+    def export(self, item: Any, final: Path, rec: Any, *, precision: str, exporter: str, opset: int | None,
+               deployment_target: str | None, seed: int) -> None:
+        raise NotImplementedError
+
+    def check_available(self) -> None:
+        """A one-line error naming what to install, before any work starts (default: always there)."""
+
+    def warm_worker(self) -> None:
+        """Imports a worker process pays once rather than per artifact (default: none)."""
+
+
+class OnnxFormat(ExportFormat):
+    name = "onnx"
+    takes_opset = True
+
+    def exporter(self, onnx_exporter: str) -> str:
+        return onnx_exporter
+
+    def export(self, item: Any, final: Path, rec: Any, *, precision: str, exporter: str, opset: int | None,
+               deployment_target: str | None, seed: int) -> None:
+        from latbench.export.onnx import export_onnx
+
+        export_onnx(item, final, rec, precision=precision, exporter=exporter, opset=opset or ONNX_OPSET, seed=seed)
+
+
+class CoreMLFormat(ExportFormat):
+    name = "coreml"
+    takes_deployment_target = True
+
+    def exporter(self, onnx_exporter: str) -> str:
+        return "torch.export+coremltools"
+
+    def export(self, item: Any, final: Path, rec: Any, *, precision: str, exporter: str, opset: int | None,
+               deployment_target: str | None, seed: int) -> None:
+        from latbench.export.coreml import export_coreml
+
+        export_coreml(item, final, rec, precision=precision,
+                      deployment_target=deployment_target or DEFAULT_DEPLOYMENT_TARGET, seed=seed)
+
+    def warm_worker(self) -> None:
+        from latbench.export.coreml import import_coremltools
+
+        import_coremltools()  # pay the ~4 s import once per worker, not per artifact
+
+
+class TFLiteFormat(ExportFormat):
+    name = "tflite"
+
+    def exporter(self, onnx_exporter: str) -> str:
+        from latbench.export.tflite import EXPORTER
+
+        return EXPORTER
+
+    def export(self, item: Any, final: Path, rec: Any, *, precision: str, exporter: str, opset: int | None,
+               deployment_target: str | None, seed: int) -> None:
+        from latbench.export.tflite import export_tflite
+
+        export_tflite(item, final, rec, precision=precision, seed=seed)
+
+    def check_available(self) -> None:
+        from latbench.export.tflite import check_available
+
+        check_available()
+
+    def warm_worker(self) -> None:
+        from latbench.export.tflite import import_litert
+
+        import_litert()  # jax and transformers come with it: a few seconds, once per worker
+
+
+#: format name -> its object (the names of latbench.core.formats.FORMATS)
+EXPORT_FORMATS: dict[str, ExportFormat] = {f.name: f for f in (OnnxFormat(), CoreMLFormat(), TFLiteFormat())}
