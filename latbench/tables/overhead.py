@@ -144,4 +144,7 @@ def fit_scale(raw: Sequence[float], measured: Sequence[float]) -> float:
     # Weights 1/y^2 turn absolute residuals into relative ones.
     sxx = sum(x * x / (y * y) for x, y in zip(raw, measured))
     sxy = sum(x / y for x, y in zip(raw, measured))
-    return sxy / sxx if sxx else 1.0
+    scale = sxy / sxx if sxx else 1.0
+    # Raw sums at or below zero (blocks no slower than their empty models: a broken table) cannot
+    # be scaled into a latency; a table must never carry a negative scale.
+    return scale if scale > 0 else 1.0

@@ -99,6 +99,12 @@ def test_reference_model_is_one_block():
     assert est.warnings == []  # nor does a warning about it
 
 
+def test_fit_scale_never_gives_a_negative_scale():
+    # Blocks that read no slower than their empty models leave negative raw sums: no scale fits.
+    assert fit_scale([-0.2, -0.1], [1.0, 0.8]) == 1.0
+    assert all(v == 1.0 for v in fit_scales([{"attention": 0.0, "rest": -0.3}], [1.0]).values())
+
+
 def test_fit_scale_recovers_the_scale_with_relative_weights():
     raw = [1.0, 2.0, 4.0, 8.0]
     assert fit_scale(raw, [0.9 * x for x in raw]) == pytest.approx(0.9)
