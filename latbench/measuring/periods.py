@@ -153,9 +153,8 @@ def confirmed_by_period(rows: Mapping[str, Sequence[JournalRow]], values: Mappin
             continue
         fastest, i = min(finite)
         line = timelines.get(rs[i].device) or []
-        if not _anchors_fast(line, rs[i].measured_at, rule, fast_bound):
-            continue
-        for x, j in finite:
+        in_fast_state = _anchors_fast(line, rs[i].measured_at, rule, fast_bound)
+        for x, j in finite if in_fast_state else ():
             if j == i:
                 continue
             slow = _anchor_ratio(timelines.get(rs[j].device) or [], rs[j].measured_at, rule)
@@ -164,6 +163,16 @@ def confirmed_by_period(rows: Mapping[str, Sequence[JournalRow]], values: Mappin
             if abs(x / slow / fastest - 1) <= consensus.tolerance:
                 out[key] = Verdict(fastest, True, tuple(sorted((i, j))), v.rounds, x / slow / fastest - 1, False)
                 break
+        if key not in out and not v.needs_more:
+            # Rounds exhausted without agreement (flagged no-consensus): its fastest round may
+            # itself be slow if the device was slow whenever the entry was measured. Each round
+            # over the anchors' slowdown at its time estimates the fast value too; the lower of
+            # the two stands (noise only slows, so neither is too fast but by the anchors' noise).
+            normalised = [x / r for x, j in finite
+                          if (r := _anchor_ratio(timelines.get(rs[j].device) or [], rs[j].measured_at, rule))]
+            if len(normalised) >= consensus.quorum:
+                value = min(fastest, statistics.median(normalised))
+                out[key] = Verdict(value, False, (i,), v.rounds, v.spread, False)
     return out
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 from scripted_device import ScriptedRunner
 
@@ -133,3 +135,26 @@ def test_a_slow_round_over_its_anchors_confirms_a_fast_one_but_two_slow_rounds_n
     assert verdicts([27.0, 37.0, 52.0], [0.65, 0.70, 0.72])[1] == {}
     # A fast round whose slow partner does not fit the anchors' slowdown (a burst of its own): no.
     assert verdicts([12.0, 32.0, 47.0], [0.50, 0.75, 0.76])[1] == {}
+
+
+def test_an_entry_out_of_rounds_takes_its_rounds_over_the_anchors_slowdown():
+    """Rounds exhausted, every one taken while the device was 30 % slow: the fastest round alone
+    would be 30 % off; each round over the anchors' slowdown at its time is not."""
+    from latbench.measuring.journal import AnchorRow, JournalRow
+    from latbench.measuring.measurement import Measurement
+    from latbench.measuring.periods import confirmed_by_period
+
+    def m(ms):
+        return Measurement("x", [ms] * 20)
+
+    anchors = [AnchorRow("s", "d", i, "a", m(1.0 if not 20 <= 5 * i < 60 else 1.3), 5.0 * i) for i in range(16)]
+    anchors += [AnchorRow("s", "d", 100 + i, "a", m(1.0), 0.5 + 5.0 * i) for i in range(3)]
+    rule = ConsensusRule(max_rounds=3)
+    rows = {"k": [JournalRow("k", r, "block", {}, m(v), None, t, "d", "s")
+                  for r, (t, v) in enumerate(zip([27.0, 37.0, 52.0], [0.66, 0.70, 0.74]))]}
+    vals = {"k": [rule.round_value(r.measurement) for r in rows["k"]]}
+    decided = {"k": rule.decide(vals["k"])}
+    assert not decided["k"].agreed and not decided["k"].needs_more and decided["k"].value == pytest.approx(0.66)
+    [(key, verdict)] = confirmed_by_period(rows, vals, decided, anchors, rule, RULE).items()
+    assert not verdict.agreed  # still flagged: no two rounds agreed
+    assert verdict.value == pytest.approx(statistics.median([0.66 / 1.3, 0.70 / 1.3, 0.74 / 1.3]))
