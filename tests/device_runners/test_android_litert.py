@@ -220,7 +220,9 @@ def test_lut_build_on_android_with_litert_end_to_end(adb_server, make_phone, run
     [summary] = run_cli_json(*args)
     blocks = pd.read_csv(out / "blocks.csv")
     assert {"stem", "ffn", "embed", "head", "empty"} <= set(blocks["kind"])
-    assert summary["measured_now"] == len(blocks) and (blocks["latency_ms"] > 0).all() and (blocks["n"] == 4).all()
+    # Every entry measured (more rounds where the device read slow around one: slow periods).
+    assert summary["measured_now"] == blocks["rounds"].sum() >= len(blocks) and (blocks["latency_ms"] > 0).all()
+    assert (blocks["n"] == 4 * blocks["rounds"]).all()
     meta = json.loads((out / "meta.json").read_text())
     assert meta["device"]["runtime"] == "litert benchmark_model" and meta["device"]["execution_provider"] == "XNNPACK"
     graphs = {next(a for a in c if a.startswith("--graph=")) for c in bm_commands(adbd)}

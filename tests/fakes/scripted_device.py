@@ -31,7 +31,7 @@ class ScriptedRunner(Runner):
     artifact_format = "onnx"
 
     def __init__(self, latency: Callable[[str], float], *, speed: float = 1.0, lost_after: int | None = None,
-                 fail: set[str] | None = None, sleep_s: float = 0.0) -> None:
+                 fail: set[str] | None = None, sleep_s: float = 0.0, clock_step_s: float | None = None) -> None:
         super().__init__()
         self.device_id = "scripted"
         self.latency = latency  # label (the block key) -> base ms
@@ -46,6 +46,16 @@ class ScriptedRunner(Runner):
         #: A slow period of the whole device: indices of calls (in order) slowed by period_factor.
         self.period_calls: set[int] = set()
         self.period_factor = 1.3
+        #: With clock_step_s, the device's clock (Runner.now) advances that much per measurement and
+        #: nothing else: what a session reads of time (slow-period neighbours, separation) no
+        #: longer depends on how busy the host running the test is.
+        self.clock_step_s = clock_step_s
+        self._epoch = time.time()
+
+    def now(self) -> float:
+        if self.clock_step_s is None:
+            return time.time()
+        return self._epoch + self.clock_step_s * len(self.calls)
 
     @classmethod
     def discover(cls, **_: Any) -> list[DeviceInfo]:

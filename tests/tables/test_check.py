@@ -24,11 +24,11 @@ cost = latency_following_macs(FFNS)
 @pytest.fixture
 def table(tmp_path):
     settings = BuildSettings(min_separation_s=0.0, profile=False, calibration_models=0, jobs=1)
-    return TableBuilder(ScriptedRunner(cost), tmp_path / "t", settings).build(FFNS).table
+    return TableBuilder(ScriptedRunner(cost, clock_step_s=0.3), tmp_path / "t", settings).build(FFNS).table
 
 
 def test_an_entry_read_slow_in_the_checks_first_rounds_is_confirmed_unmoved(table):
-    runner = ScriptedRunner(cost)
+    runner = ScriptedRunner(cost, clock_step_s=0.3)  # its time, not the host's: no flake under load
     spell, moved, steady = FFNS[2].key, FFNS[3].key, FFNS[5].key
     runner.slow(spell, 1.25, 1.25, 1.25)  # all three first rounds agree, 25 % slow
     runner.slow(moved, *[0.8] * 20)  # the device really got faster for this entry

@@ -35,8 +35,9 @@ def test_litert_table_build_check_validate_diff_and_mes(run_cli_json, tmp_path):
     [s] = run_cli_json("lut", "build", "--device", "litert", "--space", str(space), "--out", str(lite), *FAST)
     blocks = pd.read_csv(lite / "blocks.csv")
     assert {"stem", "ffn", "embed", "head", "empty"} <= set(blocks["kind"])
-    assert s["device"] == "litert" and s["measured_now"] == len(blocks)
-    assert (blocks["n"] == 15).all() and (blocks["latency_ms"] > 0).all()
+    # Every entry measured (more rounds where the device read slow around one: slow periods).
+    assert s["device"] == "litert" and s["measured_now"] == blocks["rounds"].sum() >= len(blocks)
+    assert (blocks["n"] == 15 * blocks["rounds"]).all() and (blocks["latency_ms"] > 0).all()
     meta = run_cli_json("lut", "show", str(lite))["meta"]
     assert meta["device_id"] == "litert" and meta["device"]["runtime"] == "ai-edge-litert"
     assert meta["device"]["execution_provider"] == "XNNPACK" and meta["device"]["threads"] == 1
