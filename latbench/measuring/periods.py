@@ -104,12 +104,13 @@ def slow_period_keys(rounds: Mapping[str, Sequence[Reading]], members: Mapping[s
     key -> indices of the rounds its value comes from; `extra`: other readings (anchors)."""
     flat = [r for rs in rounds.values() for r in rs] + list(extra)
     ratios = dict(zip(map(id, flat), period_ratios(flat, rule)))
-    anchors = _anchor_timelines(extra)
+    # Neighbours only: adding the anchors' own view (the slower of the two) caught more slow-state
+    # entries on simulated devices, but on the development VM it named 95 of 110 entries and ran
+    # them all to the round bound (714 rounds for 417); the anchors serve period confirmation.
     out: dict[str, float] = {}
     for key, idx in members.items():
         rs = rounds.get(key) or []
-        known = [_slower(ratios[id(rs[i])], _anchor_ratio(anchors.get(rs[i].device) or [], rs[i].at, rule))
-                 for i in idx if i < len(rs)]
+        known = [ratios[id(rs[i])] for i in idx if i < len(rs)]
         if not known or any(p is None for p in known):
             continue  # a round of unknown period may be an ordinary one
         lowest = min(p for p in known if p is not None)
@@ -194,14 +195,6 @@ def _anchor_ratio(anchors: Sequence[Reading], at: float, rule: PeriodRule) -> fl
     i = bisect.bisect_left(times, at)
     near = [a.ratio for a in anchors[max(0, i - 1):i + 1] if abs(a.at - at) <= rule.max_gap_s]
     return statistics.median(near) if near else None
-
-
-def _slower(neighbours: float | None, anchors: float | None) -> float | None:
-    """A round's period as the slower of what its neighbours and the anchors around it say: where
-    the device sits in a slow state most of the time, neighbours' accepted values can themselves
-    be slow (reading 1.0 in the slow state); the anchors' levels rest on many readings."""
-    known = [x for x in (neighbours, anchors) if x is not None]
-    return max(known) if known else None
 
 
 def _anchors_fast(anchors: Sequence[Reading], at: float, rule: PeriodRule, bound: float) -> bool:
