@@ -141,33 +141,33 @@ def profile_of(readings: Sequence[Reading], *, precision: float = 0.02, floor_ms
     for r in readings:
         if r.measurement.samples_ms:
             by_key.setdefault(r.key, []).append(r)
-    fastest = {k: min(p2(r.measurement) for r in rs) for k, rs in by_key.items() if len(rs) >= 2}
+    stat = {id(r): p2(r.measurement) for rs in by_key.values() for r in rs}  # each round's p2, sorted once
+    fastest = {k: min(stat[id(r)] for r in rs) for k, rs in by_key.items() if len(rs) >= 2}
     fastest = {k: v for k, v in fastest.items() if v > 0 and math.isfinite(v)}
     if not fastest:
         return None
     spreads, pairs, others, within, typical, states = [], [], [], [], [], []
     samples_slow, samples_all, runs = 0, 0, []
     for key, low in fastest.items():
-        vals = sorted(p2(r.measurement) for r in by_key[key])
+        vals = sorted(stat[id(r)] for r in by_key[key])
         # Slow runs against the key's fastest runs (0.5th percentile of all its runs: a 2nd
         # percentile of one round can itself be a slow run; a lone lucky run is not the floor).
         floor = percentile(sorted(x for r in by_key[key] for x in r.measurement.samples_ms), 0.5)
         spreads.append(vals[-1] / vals[0] - 1)
-        first3 = sorted(p2(r.measurement) for r in sorted(by_key[key], key=lambda r: r.at)[:FIRST_ROUNDS])
+        first = sorted(stat[id(r)] for r in sorted(by_key[key], key=lambda r: r.at)[:FIRST_ROUNDS])
         # The closest two first rounds: how well rounds in one state agree, whatever the state.
-        pairs.append(min(b / a - 1 for a, b in zip(first3, first3[1:])))
-        first = sorted(p2(r.measurement) for r in sorted(by_key[key], key=lambda r: r.at)[:FIRST_ROUNDS])
+        pairs.append(min(b / a - 1 for a, b in zip(first, first[1:])))
         others += [v <= first[0] * (1 + precision) or v - first[0] <= floor_ms for v in first[1:]]
         in_time = sorted(by_key[key], key=lambda r: r.at)
         for n, r in enumerate(in_time):
             s = r.measurement.samples_ms
             med = percentile(sorted(s), 50.0)
-            within.append(med / p2(r.measurement))
+            within.append(med / stat[id(r)])
             # The device's average state from rounds taken when the schedule said, not because
             # they disagreed: an entry's first rounds, and every anchor reading (at fixed intervals).
             if n < FIRST_ROUNDS or by_key[key][0].anchor:
                 typical.append(med / low)
-                states.append(p2(r.measurement) / low)
+                states.append(stat[id(r)] / low)
             slow = [x > floor * (1 + SLOW_STATE) for x in s]
             samples_slow += sum(slow)
             samples_all += len(slow)
@@ -175,10 +175,10 @@ def profile_of(readings: Sequence[Reading], *, precision: float = 0.02, floor_ms
     # Slow spans in time: consecutive anchor readings above their fast level (anchors are read
     # at regular intervals and their levels rest on many readings; an entry whose own rounds
     # were all slow would read "fast" in a slow span). Without anchors, every reading.
-    timeline = sorted((r.at, p2(r.measurement) / fastest[r.key] - 1 > SLOW_STATE)
+    timeline = sorted((r.at, stat[id(r)] / fastest[r.key] - 1 > SLOW_STATE)
                       for k in fastest for r in by_key[k] if r.anchor)
     if len(timeline) < 3:
-        timeline = sorted((r.at, p2(r.measurement) / fastest[r.key] - 1 > SLOW_STATE)
+        timeline = sorted((r.at, stat[id(r)] / fastest[r.key] - 1 > SLOW_STATE)
                           for k in fastest for r in by_key[k])
     spans, start = [], None
     for at, slow in timeline:
@@ -187,7 +187,7 @@ def profile_of(readings: Sequence[Reading], *, precision: float = 0.02, floor_ms
         elif not slow and start is not None:
             spans.append(at - start)
             start = None
-    anchors = [(r.at, math.log(p2(r.measurement) / fastest[r.key])) for k in fastest for r in by_key[k] if r.anchor]
+    anchors = [(r.at, math.log(stat[id(r)] / fastest[r.key])) for k in fastest for r in by_key[k] if r.anchor]
     return NoiseProfile(
         readings=sum(len(by_key[k]) for k in fastest), keys=len(fastest),
         round_spread=statistics.median(spreads), fast_agreement=_quantile(pairs, 0.25),
