@@ -377,15 +377,18 @@ def validate_table(table: LatencyTable | str | Path, device: str | None = None, 
                    named: bool = True, passes: int = 2, rounds: int = 3, seed: int = 0, jobs: int = 1,
                    progress: bool | ProgressFn = False, strict: bool = False,
                    journal_dir: str | Path | None = None, runner: Any = None, time_cap_s: float = 4.0,
-                   **device_options: Any) -> ValidationResult:
+                   budget: float | str | None = None, **device_options: Any) -> ValidationResult:
     """Measure random subnets of the table's space (and S0-L) end to end in `passes` passes and
     compare with the table's estimates, the plain sum and a MACs-proportional estimate. `strict`:
     refuse a table measured on another device or runtime; `journal_dir`: keep every raw
     measurement there; `runner`: an open runner to use instead of opening `device`; `time_cap_s`:
-    the longest one round of a model samples."""
+    the longest one round of a model samples; `budget`: device seconds (or "1m") per pass after which
+    no new round of a model starts."""
     from latbench.core.fileio import writable_dir
     from latbench.estimation.validate import validate_table as run_validate
+    from latbench.measuring.noise import parse_duration
 
+    budget_s = None if budget is None else parse_duration(budget)
     t = load_table(table)
     cands = validation_candidates(t, samples, seed, named)
     if journal_dir is not None:
@@ -396,7 +399,7 @@ def validate_table(table: LatencyTable | str | Path, device: str | None = None, 
         if strict:
             t.check_provenance(r.describe(), strict=True)
         return run_validate(t, r, cands, rounds=rounds, passes=passes, seed=seed, jobs=jobs, progress=bar,
-                            journal_dir=journal_dir, time_cap_s=time_cap_s)
+                            journal_dir=journal_dir, time_cap_s=time_cap_s, budget_s=budget_s)
 
 
 def check_table(table: LatencyTable | str | Path, device: str | None = None, *, samples: int | None = None,

@@ -12,11 +12,18 @@ from latbench.commands._output import add_progress_flag, console, shows_progress
 from latbench.core.errors import UsageError
 from latbench.core.progress import phase_progress
 
+#: Per validation pass: three rounds of every model always, then no new round after this.
+VALIDATION_BUDGET = "40s"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="build and validate the CPU table of the default space (what `make demo` runs)")
     p.add_argument("--out", default=None, help="table directory (default tables/cpu/efficientformerv2-r224)")
     p.add_argument("--samples", type=int, default=6, help="random subnets to validate on (default 6)")
+    p.add_argument("--budget", default="2m",
+                   help="measuring time after which the build starts no new wave and says what it reached "
+                        "(default 2m: the demo stays within minutes on a noisy host; run it again to go on, "
+                        "or `none` for no limit)")
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -32,14 +39,15 @@ def run(args: argparse.Namespace) -> int:
     console().print(f"[bold]1/2[/] latency table of the default space on the emulated CPU backend -> {plan.out}")
     with api.open_device("cpu") as runner:
         with phase_progress(shows_progress(args)) as progress:
-            [res] = api.build_planned(runner, [plan], api.build_settings(jobs=2), progress=progress)
+            budget = None if str(args.budget).strip().lower() == "none" else args.budget
+            [res] = api.build_planned(runner, [plan], api.build_settings(jobs=2, budget=budget), progress=progress)
         report_builds([res], as_json=False)
         console().print(f"[bold]2/2[/] validating {plan.out} on {args.samples} random subnets and S0-L, end to end")
         with phase_progress(shows_progress(args)) as progress:
             # Whole models of 10-70 ms: 1.5 s a round gives 20-150 runs, enough for their p2, and
             # keeps the demo within a few minutes (a full `lut validate` samples 4 s).
             result = api.validate_table(res.table, samples=args.samples, seed=1, jobs=2, progress=progress,
-                                        runner=runner, time_cap_s=1.5)
+                                        runner=runner, time_cap_s=1.5, budget=VALIDATION_BUDGET)
     print_validation(result)
     console().print(f"next: `latbench lut estimate {plan.out} efficientformerv2_s1`, "
                     f"`latbench profile efficientformerv2_s0 --device cpu`", highlight=False)

@@ -161,6 +161,10 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Flagged entries a build's report names one per line; the rest are counted.
+SHOWN_FLAGGED = 12
+
+
 def report_builds(results: list, as_json: bool) -> None:
     """What a build did, as JSON or on the console."""
     summary = [build_summary(res) for res in results]
@@ -202,8 +206,12 @@ def report_builds(results: list, as_json: bool) -> None:
             if s["pending"]:
                 console().print(f"[yellow]pending:[/] {len(s['pending'])} measurement(s) left running on "
                                 f"{s['device']}; run the same build again to collect them", highlight=False)
-            for key, flags in s["flagged"].items():
+            flagged = list(s["flagged"].items())
+            for key, flags in flagged[:SHOWN_FLAGGED]:
                 console().print(f"[yellow]flagged:[/] {key} ({flags})", highlight=False)
+            if len(flagged) > SHOWN_FLAGGED:
+                console().print(f"[yellow]flagged:[/] ... and {len(flagged) - SHOWN_FLAGGED} more "
+                                f"(all in `latbench lut show {s['table']}` or --json)", highlight=False)
 
 
 def build_summary(res) -> dict[str, Any]:

@@ -97,7 +97,7 @@ def table_anchors_and_levels(table: LatencyTable) -> tuple[list[Any], dict[str, 
 def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate], *, rounds: int = 3,
                    passes: int = 2, jobs: int = 2, warmup: int = 10, seed: int = 0,
                    progress: ProgressFn | None = None, time_cap_s: float = 4.0,
-                   journal_dir: str | Path | None = None) -> ValidationResult:
+                   journal_dir: str | Path | None = None, budget_s: float | None = None) -> ValidationResult:
     """Measure `candidates` end to end in `passes` separated passes and compare with the table's
     estimates (and the plain sum and a MACs-proportional estimate) against the pass mean."""
     if passes < 2:
@@ -113,7 +113,7 @@ def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate],
     timings = measure_models(candidates, runner, rounds=rounds, passes=passes, warmup=warmup, seed=seed, jobs=jobs,
                              precision=(table.meta.get("settings") or {}).get("precision"), time_cap_s=time_cap_s,
                              progress=progress, anchors=anchors,
-                             anchor_levels_ms=levels, journal_dir=journal_dir)
+                             anchor_levels_ms=levels, journal_dir=journal_dir, budget_s=budget_s)
     rate = macs_rate(table)
     rows = []
     for c in candidates:

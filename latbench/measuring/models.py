@@ -73,7 +73,7 @@ def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, 
                    runs: int | None = None, seed: int = 0, jobs: int = 1, precision: str | None = None,
                    time_cap_s: float = 4.0, progress: ProgressFn | None = None, anchors: Sequence[Any] = (),
                    anchor_levels_ms: dict[str, float] | None = None,
-                   journal_dir: str | Path | None = None) -> ModelTimings:
+                   journal_dir: str | Path | None = None, budget_s: float | None = None) -> ModelTimings:
     """Measure whole models end to end: `passes` measuring sessions one after the other, each
     interleaved rounds until every model's rounds agree.
 
@@ -86,6 +86,7 @@ def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, 
         raise UsageError(f"measurement rounds and passes must be >= 1, got {rounds} and {passes}")
     progress = progress or no_progress
     plan = model_plan(rounds, runs, warmup, time_cap_s, seed)
+    plan.budget_s = budget_s  # per pass: no new wave after it (the models keep what they have)
     targets = [Target(c.key, c, "model") for c in candidates]
     anchor_targets = [Target(a.key, a, "anchor") for a in anchors] if anchor_levels_ms else []
     out: list[dict[str, float]] = []

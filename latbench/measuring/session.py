@@ -40,6 +40,8 @@ from latbench.measuring.timebase import anchor_levels, timebase_key
 
 #: The longest an extra round waits after the entry's previous one (the doubling stops there).
 MAX_WAIT_S = 16.0
+#: Idle steps (of HeatRule.step_s) a build ending with slow anchors waits to see it cool.
+END_CHECK_STEPS = 6
 
 #: Default sampling per role: many short measurements beat one long one on a drifting device.
 DEFAULT_POLICIES: dict[str, SamplingPolicy] = {
@@ -323,6 +325,7 @@ class MeasuringSession:
         self.pauses: list[dict[str, Any]] = []
         self._anchor_ratios: list[tuple[float, float]] = []
         self._hot_keys: set[str] = set()
+        self._end_heat_checked = False
         self._cooling = False
         self._started_at = 0.0
         self._last_anchor_ratio: float | None = None
@@ -353,19 +356,25 @@ class MeasuringSession:
                 if self.profile is not None:
                     self.progress("noise profile", 1, 1, self.profile.summary())
             self._total = len(todo)
-            while todo:
-                if self._over_budget():
+            while True:
+                while todo:
+                    if self._over_budget():
+                        break
+                    # A later wave may re-open an entry finished by an earlier session (slow periods,
+                    # plausibility): its artifact was not part of the first wave's.
+                    self._make_ready(todo)
+                    self._separate(todo, anchor_jobs)
+                    pending = self.dispatcher.execute(todo, anchor_jobs, self.plan.anchor_every, self._commit)
+                    waves.append({"wave": len(waves), "jobs": len(todo), "pending": len(pending or ())})
+                    rows, verdicts = self._state()
+                    if pending:  # left with a remote service on purpose: a later run collects them
+                        self._pending = list(pending)
+                        break
+                    todo = self._wave(rows, verdicts, wave=len(waves))
+                    self._total += len(todo)
+                if todo or self._pending or not self._heat_at_the_end():
                     break
-                # A later wave may re-open an entry finished by an earlier session (slow periods,
-                # plausibility): its artifact was not part of the first wave's.
-                self._make_ready(todo)
-                self._separate(todo, anchor_jobs)
-                pending = self.dispatcher.execute(todo, anchor_jobs, self.plan.anchor_every, self._commit)
-                waves.append({"wave": len(waves), "jobs": len(todo), "pending": len(pending or ())})
                 rows, verdicts = self._state()
-                if pending:  # left with a remote service on purpose: a later run collects them
-                    self._pending = list(pending)
-                    break
                 todo = self._wave(rows, verdicts, wave=len(waves))
                 self._total += len(todo)
             self.timings["measure_wall_s"] += time.perf_counter() - t0
@@ -490,12 +499,57 @@ class MeasuringSession:
                     break
         finally:
             self._cooling = False
+        self._record_pause(start, ratio, last, state, hot_from)
+
+    def _record_pause(self, start: float, ratio: float, last: float, state: bool | None, hot_from: float) -> None:
         self.pauses.append({"at": start, "seconds": round(self.clock() - start, 3), "trigger_ratio": ratio,
                             "after_ratio": last, "throttling": bool(state), "hot_from": hot_from})
         # What was measured while the device was hot gets another round, once it has cooled.
         self._hot_keys |= {k for k, t in self._last_end.items() if t >= hot_from}
         self._anchor_ratios = []
         self.journal.set_meta("pauses", (self.journal.get_meta("pauses") or []) + [self.pauses[-1]])
+
+    def _heat_at_the_end(self) -> bool:
+        """When the last waves ended with the anchors slow (in `readings` readings in a row, too
+        short a stretch for the heat rule's span), idle in steps and read an anchor after each, for
+        at most END_CHECK_STEPS steps (a phone cools within about a minute): a device that then
+        reads normal was hot (or in a slow spell that ended: one more round for what it measured
+        is no loss). On a simulated phone that heated in the
+        build's last 80 s, those rounds set its typical latency 14 % high. The pause is recorded
+        like any other and what was measured hot gets another round (True); once per session."""
+        rule = self.plan.heat
+        idle = getattr(self.dispatcher, "idle", None)
+        if rule is None or idle is None or not self._anchor_jobs or self._end_heat_checked:
+            return False
+        self._end_heat_checked = True
+        slow = []
+        for at, ratio in reversed(self._anchor_ratios):
+            if ratio <= 1 + rule.threshold:
+                break
+            slow.append((at, ratio))
+        if len(slow) < rule.readings:
+            return False
+        throttling = getattr(self.dispatcher, "throttling", None)
+        start, before = self.clock(), slow[0][1]
+        self._cooling = True
+        try:
+            self.progress("cool-down", 0, int(rule.step_s), f"anchors +{before - 1:.0%} at the end: idling to tell heat "
+                                                             "from a slow spell")
+            last, state = None, None
+            for step in range(END_CHECK_STEPS):
+                idle(rule.step_s)
+                self._last_anchor_ratio = None
+                self.dispatcher.execute([], [self._anchor_jobs[step % len(self._anchor_jobs)]], self.plan.anchor_every,
+                                        self._commit)
+                last, state = self._last_anchor_ratio, throttling() if throttling else None
+                if last is not None and rule.cooled(last, state):
+                    break
+        finally:
+            self._cooling = False
+        if last is None or not rule.cooled(last, state):
+            return False
+        self._record_pause(start, before, last, state, slow[-1][0])
+        return True
 
     def slow_periods(self, rows: dict[str, list[JournalRow]], verdicts: dict[str, Verdict]) -> dict[str, float]:
         """Targets whose value was taken only in slow periods (latbench.measuring.periods)."""
@@ -541,14 +595,22 @@ class MeasuringSession:
                               min_runs=int(policy.min_runs * k))
 
     def _separate(self, todo: list[Job], anchor_jobs: list[Job]) -> None:
-        """Before a re-measurement wave, let time pass (measuring anchors) so an entry's new
-        round is not taken in the same burst as its previous one."""
+        """Before a re-measurement wave, let time pass so an entry's new round is not taken in the
+        same burst as its previous one: idle where the device can (measuring anchors all along
+        kept a simulated phone under load until it throttled, and their readings, taken in one
+        stretch, outweighed the rounds in its typical state), else measuring anchors."""
         if not self._last_end or not anchor_jobs:
             return
         # Each further extra round waits twice as long: slow periods can last several rounds.
         wait_until = max(self._last_end.get(j.key, 0.0)
                          + min(MAX_WAIT_S, self.rules.min_separation_s * 2 ** min(max(j.round - self.plan.rounds, 0), 4))
                          for j in todo)
+        idle = getattr(self.dispatcher, "idle", None)
+        if idle is not None:
+            if wait_until > self.clock():
+                self.progress("spacing", 0, 1, f"idle {wait_until - self.clock():.0f} s before the next rounds")
+                idle(wait_until - self.clock())
+            return
         turn = 0
         while self.clock() < wait_until:
             self.dispatcher.execute([], [anchor_jobs[turn % len(anchor_jobs)]], self.plan.anchor_every, self._commit)

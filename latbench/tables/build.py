@@ -43,7 +43,7 @@ from latbench.measuring.noise import HeatRule, MeasuringRules, journal_profile, 
 from latbench.measuring.periods import PeriodRule, confirmed_by_period, journal_slow_periods
 from latbench.measuring.session import MeasuringPlan, MeasuringSession, SessionResult, Target, round_values
 from latbench.measuring.timebase import base_levels, session_factors
-from latbench.tables.overhead import SCALE_GROUPS, OverheadModel, fit_scales
+from latbench.tables.overhead import SCALE_GROUPS, OverheadModel, fit_scales, robust_fit
 from latbench.tables.plausibility import PlausibilityRule, check_trends, entry_of
 from latbench.tables.table import (
     BLOCK_COLUMNS,
@@ -467,9 +467,19 @@ def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, facto
         typical_measured = [typical_measured[i] for i in keep]
     else:
         left_out = []
+    if parts:
+        # Models measured in a slow state the consensus did not see leave the fit too.
+        scales, kept = robust_fit(parts, measured, MIN_CALIBRATION_MODELS)
+        slow_fit = [fit_keys[i] for i in range(len(fit_keys)) if i not in kept]
+        left_out += slow_fit
+        fit_keys, parts, measured = [fit_keys[i] for i in kept], [parts[i] for i in kept], [measured[i] for i in kept]
+        typical_parts = [typical_parts[i] for i in kept]
+        typical_measured = [typical_measured[i] for i in kept]
+        for row in model_rows:
+            if row["key"] in slow_fit:
+                row["flags"] = ",".join(filter(None, [row["flags"], "slow-outlier"]))
     table.models = pd.DataFrame(model_rows, columns=MODEL_COLUMNS)
     if parts:
-        scales = fit_scales(parts, measured)
         names = [r["name"] for r in model_rows if r["key"] in fit_keys]
         fitted = [sum(scales[g] * p[g] for g in p) for p in parts]
         table.meta["overhead"] = {

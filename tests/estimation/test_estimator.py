@@ -143,6 +143,26 @@ def test_fit_scales_recovers_per_group_scales_and_falls_back_to_one():
     assert one["attention"] == one["rest"] == pytest.approx(1.1)
 
 
+def test_a_model_measured_in_a_slow_state_leaves_the_fit():
+    from latbench.tables.overhead import robust_fit
+
+    truth = {"attention": 1.3, "rest": 1.05}
+    parts = [{"attention": a, "rest": r} for a, r in
+             ((1.0, 9.0), (3.0, 7.0), (5.0, 5.0), (2.0, 12.0), (6.0, 4.0), (4.0, 8.0), (2.5, 6.0))]
+    measured = [truth["attention"] * p["attention"] + truth["rest"] * p["rest"] for p in parts]
+    measured = [m * (1 + 0.01 * (i % 3 - 1)) for i, m in enumerate(measured)]  # 1 % of ordinary noise
+    scales, kept = robust_fit(parts, measured, min_models=4)
+    assert kept == list(range(len(parts)))  # nothing is an outlier in ordinary noise
+    slow = list(measured)
+    slow[2] *= 1.33  # three agreeing rounds in one slow state
+    assert fit_scales(parts, slow)["attention"] > 1.38  # one such model drags a plain fit off
+    scales, kept = robust_fit(parts, slow, min_models=4)
+    assert 2 not in kept and len(kept) == len(parts) - 1
+    assert scales["attention"] == pytest.approx(1.3, rel=0.03) and scales["rest"] == pytest.approx(1.05, rel=0.03)
+    # Never below the minimum: with four models nothing is left out, however slow one reads.
+    assert robust_fit(parts[:4], slow[:4], min_models=4)[1] == [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize("depth", [7, 40])
 def test_an_arch_deeper_than_the_tables_space_is_refused(depth):
     from latbench.core.errors import UsageError

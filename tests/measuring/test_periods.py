@@ -158,3 +158,49 @@ def test_an_entry_out_of_rounds_takes_its_rounds_over_the_anchors_slowdown():
     [(key, verdict)] = confirmed_by_period(rows, vals, decided, anchors, rule, RULE).items()
     assert not verdict.agreed  # still flagged: no two rounds agreed
     assert verdict.value == pytest.approx(statistics.median([0.66 / 1.3, 0.70 / 1.3, 0.74 / 1.3]))
+
+
+def _slow_consensus(slow_rounds_seen_by_anchors: bool):
+    """Twelve entries, three rounds each, on a device whose anchors read it 30 % slow from 20 to
+    60 s and from 100 to 140 s; eleven entries have one slow round, one entry ("late") has all
+    three rounds slow, agreeing with each other."""
+    from latbench.measuring.journal import AnchorRow, JournalRow
+    from latbench.measuring.measurement import Measurement
+    from latbench.measuring.periods import confirmed_by_period
+
+    def m(ms):
+        return Measurement("x", [ms] * 20)
+
+    def slow(t):
+        return 20 <= t < 60 or 100 <= t < 140
+
+    anchors = [AnchorRow("s", "d", i, "a", m(1.3 if slow(5.0 * i) else 1.0), 5.0 * i) for i in range(32)]
+    anchors += [AnchorRow("s", "d", 100 + i, "a", m(1.0), 0.5 + 5.0 * i) for i in range(3)]
+    rule = ConsensusRule()
+    plan = {f"k{i}": ([12.0 + i, 32.0 + i, 82.0 + i] if slow_rounds_seen_by_anchors else [12.0 + i, 72.0 + i, 82.0 + i],
+                      [1.0, 1.3, 1.0]) for i in range(11)}
+    plan["late"] = ([27.0, 37.0, 107.0], [1.3, 1.31, 1.3])
+    rows = {k: [JournalRow(k, r, "block", {}, m(0.5 * f), None, t, "d", "s") for r, (t, f) in enumerate(zip(*tf))]
+            for k, tf in plan.items()}
+    vals = {k: [rule.round_value(r.measurement) for r in rs] for k, rs in rows.items()}
+    decided = {k: rule.decide(v) for k, v in vals.items()}
+    assert decided["late"].agreed and decided["late"].value == pytest.approx(0.65, rel=0.01)
+    return confirmed_by_period(rows, vals, decided, anchors, rule, RULE)
+
+
+def test_a_consensus_of_slow_rounds_is_divided_by_the_anchors_where_they_explain_the_device():
+    """All of an entry's rounds fell in slow states that agree with each other (the simulated
+    vm-bursts device): its consensus is the slow state's value. Where the anchors' slowdown
+    explains the scatter of the other entries' rounds, the rounds over it stand instead."""
+    from latbench.measuring.periods import ANCHORS_EXPLAIN
+
+    out = _slow_consensus(True)
+    assert set(out) == {"late"} and out["late"].agreed
+    assert out["late"].value == pytest.approx(0.5, rel=0.01)
+    assert ANCHORS_EXPLAIN < 1
+
+
+def test_a_slow_consensus_stands_where_the_anchors_do_not_explain_the_device():
+    """The others' slow rounds fell while the anchors read fast (slow states of their own, the
+    Xeon VM's trace): dividing by the anchors would make values too fast, so nothing changes."""
+    assert _slow_consensus(False) == {}
