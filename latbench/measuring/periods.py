@@ -157,7 +157,10 @@ def confirmed_by_period(rows: Mapping[str, Sequence[JournalRow]], values: Mappin
         rs, vals = rows.get(key) or [], values.get(key) or []
         if len(rs) != len(vals):
             continue
-        ratios = [_anchor_ratio(timelines.get(r.device) or [], r.measured_at, rule) for r in rs]
+        # Only readings on both sides of a round that agree say what state it was in (a round
+        # between a fast and a slow reading may be in either: taken as slow, such rounds made
+        # simulated entries 10 % too fast).
+        ratios = [_steady_ratio(timelines.get(r.device) or [], r.measured_at, rule, consensus.tolerance) for r in rs]
         if not v.members or any(ratios[i] is None or ratios[i] <= fast_bound for i in v.members):
             continue
         normalised = [x / q for x, q in zip(vals, ratios) if q and math.isfinite(x) and x > 0]
@@ -239,6 +242,17 @@ def _anchor_ratio(anchors: Sequence[Reading], at: float, rule: PeriodRule) -> fl
     i = bisect.bisect_left(times, at)
     near = [a.ratio for a in anchors[max(0, i - 1):i + 1] if abs(a.at - at) <= rule.max_gap_s]
     return statistics.median(near) if near else None
+
+
+def _steady_ratio(anchors: Sequence[Reading], at: float, rule: PeriodRule, tolerance: float) -> float | None:
+    """How slow the device read around `at` when the anchor readings just before and just after
+    it (both, within max_gap_s) agree within 2 x `tolerance`: their mean; None otherwise."""
+    times = [a.at for a in anchors]
+    i = bisect.bisect_left(times, at)
+    near = [a.ratio for a in anchors[max(0, i - 1):i + 1] if abs(a.at - at) <= rule.max_gap_s]
+    if len(near) != 2 or max(near) > min(near) * (1 + 2 * tolerance):
+        return None
+    return statistics.fmean(near)
 
 
 def _anchors_fast(anchors: Sequence[Reading], at: float, rule: PeriodRule, bound: float) -> bool:
