@@ -629,3 +629,120 @@ def mes_report(table: LatencyTable | str | Path, candidates: Iterable[Target], *
 
         report.files = write_report(report, out)
     return report
+
+
+# -- devices and the farm's agents -------------------------------------------------------------------
+def list_devices(**options: Any) -> list[Any]:
+    """Every device this host can see, available or not (DeviceInfo: id, kind, available, reason,
+    provenance); `options` are runner options (e.g. adb_server) discovery passes on."""
+    from device_runners import discover_devices
+
+    return discover_devices(**options)
+
+
+def farm_devices(cluster: str | None = None) -> list[dict[str, Any]]:
+    """Every device the agents of a farm serve (id, host, state, measured, provenance); `cluster`:
+    the Ray address (None: RAY_ADDRESS or a local cluster)."""
+    from latbench.measuring.farm.cluster import cluster_devices, connect
+
+    stop = connect(cluster or None)
+    try:
+        return cluster_devices()
+    finally:
+        stop()
+
+
+def agent_devices(wanted: Sequence[str] | None = None, **options: Any) -> dict[str, dict[str, Any]]:
+    """device id -> provenance of the devices an agent of this host would serve: `wanted`, or every
+    available one; a one-line UsageError for one that is missing or unavailable."""
+    found = {d.id: d for d in list_devices(**options)}
+    out = {}
+    for did in wanted or [i for i, d in found.items() if d.available]:
+        info = found.get(did)
+        if info is None or not info.available:
+            why = "not found" if info is None else info.reason
+            raise UsageError(f"cannot serve {did}: {why} (see `latbench devices`)")
+        out[did] = dict(info.provenance)
+    if not out:
+        raise UsageError("no device to serve on this host (see `latbench devices`)")
+    return out
+
+
+def serve_agent(cluster: str | None, wanted: Sequence[str] | None = None, *, host: str | None = None,
+                options_for: Callable[[str], dict[str, Any]] | None = None,
+                say: Callable[[str], None] = lambda line: None, **discover_options: Any) -> int:
+    """Serve this host's devices (`wanted`, or every available one: agent_devices) to the farm at
+    `cluster` (or RAY_ADDRESS) until stopped (Ctrl-C, SIGTERM): join as a Ray node of this host,
+    start a device actor per device (opened with `options_for(device id)`), wait. `say` gets each
+    line worth printing. Returns 0 when stopped; DeviceError when the node dies."""
+    import json
+    import os
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from latbench.core.errors import DeviceError
+    from latbench.measuring.farm import require_ray
+    from latbench.measuring.farm.names import check_host, clean, farm_id, host_resources, serial_resource
+
+    require_ray("latbench agent")
+    address = cluster or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise UsageError("latbench agent needs the cluster's address: --cluster HOST:PORT (or set RAY_ADDRESS)")
+    host = check_host(host or clean(socket.gethostname().split(".")[0]))
+    devices = agent_devices(wanted, **discover_options)
+    openers = {d: runner_opener(d, options_for(d) if options_for else {}) for d in devices}
+    resources = host_resources({farm_id(d, host): p for d, p in devices.items()})
+    ray_cli = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    node = subprocess.Popen([ray_cli, "start", "--address", address, "--num-cpus", "0", "--resources",
+                             json.dumps(resources), "--block", "--disable-usage-stats"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stop = None
+    actors: dict = {}
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        from latbench.measuring.farm.cluster import connect, node_with, serve_devices
+
+        stop = connect(address)
+        signal.signal(signal.SIGTERM, _interrupt)  # after ray.init, which installs its own handler
+        node_id = node_with(serial_resource(farm_id(next(iter(devices)), host)))
+        actors = serve_devices(list(devices), openers, host, devices, node_id=node_id)
+        for fid in actors:
+            model = devices[fid.rsplit("@", 1)[0]].get("device_model") or ""
+            say(f"serving {fid} {model}".rstrip())
+        say(f"agent of {host} joined {address}; Ctrl-C stops it and its devices")
+        code = node.wait()
+        if code:
+            last = (node.stderr.read() if node.stderr else "").strip().splitlines()[-1:]
+            raise DeviceError(f"the Ray node of this agent stopped (exit {code}){': ' + last[0] if last else ''}")
+        return 0
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the agent's way to stop
+        say(f"agent of {host} stopped")
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _release(actors)  # its devices leave the farm now, not when the node is gone
+        if stop is not None:
+            stop()
+        if node.poll() is None:
+            node.terminate()
+            try:
+                node.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                node.kill()
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _release(actors: dict) -> None:
+    import ray
+
+    for handle in actors.values():
+        try:
+            ray.kill(handle, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass

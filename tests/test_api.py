@@ -160,16 +160,20 @@ def test_build_table_takes_one_model_name_as_one_model(tmp_path):
 @pytest.mark.parametrize("command, function", [
     ("profile", "profile"), ("export", "export_artifacts"), ("search", "run_search"), ("mes report", "mes_report"),
     ("lut build", "build_tables"), ("lut validate", "validate_table"), ("lut check", "check_table"),
-    ("lut diff", "diff_tables"), ("lut repair", "repair_table"), ("lut estimate", "estimate_many")])
+    ("lut diff", "diff_tables"), ("lut repair", "repair_table"), ("lut estimate", "estimate_many"),
+    ("devices", "list_devices"), ("devices --cluster", "farm_devices"), ("devices --probe", "probe_device"),
+    ("agent", "serve_agent")])
 def test_every_command_is_a_function_of_the_api(command, function):
     import inspect
 
     import latbench
-    from latbench.commands import export, lut, mes, profile, search
+    from latbench.commands import agent, devices, export, lut, mes, profile, search
 
     assert function in latbench.__all__ and callable(getattr(latbench, function))
     runs = {"profile": profile.run, "export": export.run, "search": search.search_from_args,
             "mes report": mes.run_report, "lut build": lut.run_build, "lut validate": lut.run_validate,
-            "lut check": lut.run_check, "lut diff": lut.run_diff, "lut repair": lut.run_repair}
+            "lut check": lut.run_check, "lut diff": lut.run_diff, "lut repair": lut.run_repair,
+            "devices": devices.run, "devices --cluster": devices.run_cluster, "devices --probe": devices.run_probe,
+            "agent": agent.run}
     if command in runs:  # the command calls the API rather than repeating it
         assert f"api.{function}(" in inspect.getsource(runs[command])

@@ -37,9 +37,9 @@ def run(args: argparse.Namespace) -> int:
         return run_probe(args)
     if args.cluster is not None:
         return run_cluster(args)
-    from device_runners import discover_devices
+    from latbench import api
 
-    infos = discover_devices()
+    infos = api.list_devices()
     if args.json:
         print_json([i.to_dict() for i in infos])
         return 0
@@ -53,15 +53,11 @@ def run(args: argparse.Namespace) -> int:
 
 def run_cluster(args: argparse.Namespace) -> int:
     """Every device the agents of a cluster serve: farm id, host, state, provenance."""
+    from latbench import api
     from latbench.commands._farm import require_farm
-    from latbench.measuring.farm.cluster import cluster_devices, connect
 
     require_farm(args)
-    stop = connect(args.cluster or None)
-    try:
-        devices = cluster_devices()
-    finally:
-        stop()
+    devices = api.farm_devices(args.cluster)
     if args.json:
         print_json(devices)
         return 0
@@ -73,7 +69,7 @@ def run_cluster(args: argparse.Namespace) -> int:
 
 def run_probe(args: argparse.Namespace) -> int:
     """The noise profile of one device and the rules a build would derive from it."""
-    from latbench.api import probe_device
+    from latbench import api
     from latbench.core.errors import UsageError
     from latbench.measuring.noise import NoiseProfile
 
@@ -81,7 +77,7 @@ def run_probe(args: argparse.Namespace) -> int:
         raise UsageError("--probe needs a device id, e.g. --probe cpu (see `latbench devices`)")
     if args.rounds < 2:
         raise UsageError(f"--rounds must be >= 2 for a probe, got {args.rounds}")
-    out = probe_device(args.probe, rounds=args.rounds, progress=not args.json, **device_options(args.probe, args))
+    out = api.probe_device(args.probe, rounds=args.rounds, progress=not args.json, **device_options(args.probe, args))
     if args.json:
         print_json(out)
         return 0
