@@ -174,6 +174,9 @@ def run_build(args: argparse.Namespace) -> int:
     from latbench import api
 
     extra = {"detach": True} if args.detach else {}
+    if args.upgrade is None and args.space is None and not args.model and not args.arch and args.out \
+            and _adapted(args.out):
+        args.upgrade = 0  # `lut build --out ADAPTED`: measure what the adapted table predicts, all of it
     if args.upgrade is not None:
         return run_upgrade(args, extra)
     results = api.build_tables(
@@ -187,6 +190,17 @@ def run_build(args: argparse.Namespace) -> int:
         cool_down=not args.no_cool_down)
     report_builds(results, args.json)
     return 0
+
+
+def _adapted(out: str) -> bool:
+    """Whether `out` holds an adapted table (its meta.json records the adaptation)."""
+    import json
+    from pathlib import Path
+
+    try:
+        return bool(json.loads((Path(out) / "meta.json").read_text()).get("adapt"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def run_upgrade(args: argparse.Namespace, extra: dict[str, Any]) -> int:

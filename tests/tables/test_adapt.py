@@ -207,6 +207,15 @@ def test_an_interrupted_adapt_resumes_without_re_measuring(source_dir, truth, tm
     assert result.table.meta["adapt"]["measured"] == BUDGET - CALIBRATE
 
 
+def test_an_adapted_table_is_rederived_from_its_journal_alone(adapted, tmp_path):
+    result, _ = adapted
+    shutil.copytree(result.table.path, tmp_path / "t")
+    (tmp_path / "t" / "blocks.csv").write_text("key,kind\n")  # damaged; the sources are not needed to repair
+    repaired = latbench.repair_table(tmp_path / "t")
+    assert repaired.predicted() == pytest.approx(result.table.predicted())
+    assert repaired.latency_ms() == pytest.approx(result.table.latency_ms())
+
+
 def test_lut_build_upgrade_measures_the_least_certain_then_all(adapted, truth, tmp_path, monkeypatch, run_cli):
     result, _ = adapted
     out = tmp_path / "t"
@@ -218,7 +227,8 @@ def test_lut_build_upgrade_measures_the_least_certain_then_all(adapted, truth, t
     assert set(before) - set(upgraded.predicted()) == set(least)
     assert {label for label, _, _ in first.calls} - set(upgraded.meta["anchors"]["keys"]) == \
         set(least) - set(upgraded.meta["anchors"]["keys"])
-    code, _, err = run_cli("lut", "build", "--upgrade", "--out", str(out), "--device", "scripted", "--no-progress")
+    # Plain `lut build --out` on an adapted table measures all that is still predicted.
+    code, _, err = run_cli("lut", "build", "--out", str(out), "--device", "scripted", "--no-progress")
     assert code == 0, err
     final = LatencyTable.load(out)
     assert final.predicted() == {} and set(final.blocks["source"]) == {"measured"}
