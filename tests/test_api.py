@@ -27,7 +27,7 @@ def test_import_latbench_is_light_and_lists_the_api():
     assert heavy == "[]"
     for name in ("load_table", "estimate", "estimate_many", "FastEstimator", "mes", "profile", "build_table",
                  "validate_table", "check_table", "Arch", "LatencyTable", "UsageError", "export_artifacts",
-                 "run_search", "mes_report", "diff_tables", "repair_table"):
+                 "run_search", "mes_report", "diff_tables", "repair_table", "adapt_table", "upgrade_table"):
         assert name in names
 
 
@@ -160,7 +160,8 @@ def test_build_table_takes_one_model_name_as_one_model(tmp_path):
 @pytest.mark.parametrize("command, function", [
     ("profile", "profile"), ("export", "export_artifacts"), ("search", "run_search"), ("mes report", "mes_report"),
     ("lut build", "build_tables"), ("lut validate", "validate_table"), ("lut check", "check_table"),
-    ("lut diff", "diff_tables"), ("lut repair", "repair_table"), ("lut estimate", "estimate_many")])
+    ("lut diff", "diff_tables"), ("lut repair", "repair_table"), ("lut estimate", "estimate_many"),
+    ("lut adapt", "adapt_table")])
 def test_every_command_is_a_function_of_the_api(command, function):
     import inspect
 
@@ -170,6 +171,7 @@ def test_every_command_is_a_function_of_the_api(command, function):
     assert function in latbench.__all__ and callable(getattr(latbench, function))
     runs = {"profile": profile.run, "export": export.run, "search": search.search_from_args,
             "mes report": mes.run_report, "lut build": lut.run_build, "lut validate": lut.run_validate,
-            "lut check": lut.run_check, "lut diff": lut.run_diff, "lut repair": lut.run_repair}
+            "lut check": lut.run_check, "lut diff": lut.run_diff, "lut repair": lut.run_repair,
+            "lut adapt": lut.run_adapt}
     if command in runs:  # the command calls the API rather than repeating it
         assert f"api.{function}(" in inspect.getsource(runs[command])
