@@ -122,6 +122,11 @@ def test_the_adapted_table_is_within_tolerance_of_the_targets_truth(adapted, tru
           f"worst {max(map(abs, errors.values())):.1%}")
     assert within >= WITHIN_5PCT
     assert max(map(abs, errors.values())) <= WORST
+    # The stated uncertainty means something: most predictions are within two sigma of the truth.
+    covered = sum(abs(errors[k]) <= 2 * predicted[k] / 100 for k in predicted) / len(predicted)
+    print(f"predicted entries within 2 sigma: {covered:.0%}; median sigma "
+          f"{sorted(predicted.values())[len(predicted) // 2]:.1f} %")
+    assert covered >= 0.8
     # Measured entries are the device's own values; the budget bounds what was measured.
     measured = [k for k in errors if k not in predicted]
     assert all(abs(errors[k]) < 0.01 for k in measured)
@@ -275,3 +280,17 @@ def test_tables_written_before_adapted_tables_still_load(source_dir, tmp_path):
     (old / "meta.json").write_text(json.dumps(meta))
     table = LatencyTable.load(old)
     assert table.predicted() == {} and not latbench.estimate(table, "efficientformerv2_s0").predicted
+
+
+def test_lut_adapt_from_the_command_line(source_dir, truth, tmp_path, monkeypatch, run_cli):
+    use_devices(monkeypatch, TargetDevice(truth), TargetDevice(truth))
+    args = ("lut", "adapt", str(source_dir), "--device", "scripted", "--budget", "10", "--calibrate", "0",
+            "--out", str(tmp_path / "t"), "--no-progress")
+    code, out, err = run_cli(*args, "--json")
+    assert code == 0, err
+    summary = json.loads(out)["adapt"]
+    assert summary["measured"] == 10 and summary["predicted"] == 102 - 10 and summary["budget"] == 10
+    assert summary["median_uncertainty_pct"] > 0 and len(summary["selected"]) == 10
+    code, out, err = run_cli(*args)  # rerun: resumes, measures nothing more, reports in text
+    assert code == 0, err
+    assert "measured 0 (key, round) pairs now" in out and "92 predicted" in out and "--upgrade" in out
