@@ -118,7 +118,9 @@ def source_entries(sources: Sequence[LatencyTable]) -> tuple[dict[str, Entry], d
 
 
 def _digest(table: LatencyTable) -> str:
-    assert table.path is not None
+    if table.path is None or not (Path(table.path) / "blocks.csv").is_file():
+        raise UsageError(f"source {table.label()} is not saved as a table directory; save it (LatencyTable.save) "
+                         "so the adapted table can name it and its digest")
     return hashlib.sha256((Path(table.path) / "blocks.csv").read_bytes()).hexdigest()
 
 

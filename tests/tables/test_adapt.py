@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import shutil
+import statistics
 from pathlib import Path
 
 import pandas as pd
@@ -133,10 +134,13 @@ def test_the_adapted_table_is_within_tolerance_of_the_targets_truth(adapted, tru
     assert len(measured) == BUDGET - CALIBRATE
     labels = {label for label, _, _ in device.calls}  # the anchors are measured in every session too
     assert labels == set(measured) | set(table.meta["adapt"]["calibration"]) | set(table.meta["anchors"]["keys"])
-    # One factor for the whole table (the median ratio) would be off by whole kinds.
-    one_factor = pd.Series({k: truth[k] / LatencyTable.load(result.table.path).latency_ms()[k] for k in truth
-                            if k in errors}).median()
-    assert one_factor == pytest.approx(1.0, abs=0.05)  # sanity of the comparison itself
+    # The baseline of the issue: the source table times one factor fitted on the same measurements
+    # is off by whole kinds.
+    source = LatencyTable.load(result.table.meta["adapt"]["sources"][0]["path"]).latency_ms()
+    factor = statistics.median(truth[k] / source[k] for k in measured)
+    baseline = sum(abs(factor * source[k] / truth[k] - 1) <= 0.05 for k in errors) / len(errors)
+    print(f"one fitted factor: {baseline:.0%} within +-5 %")
+    assert within > baseline + 0.2
 
 
 def test_the_selection_covers_every_kind_every_stage_and_the_cost_range(source_dir):
@@ -153,8 +157,8 @@ def test_the_selection_covers_every_kind_every_stage_and_the_cost_range(source_d
     assert min(ffn_picked) <= ffn[len(ffn) // 4] and max(ffn_picked) >= ffn[3 * len(ffn) // 4]
     # Deterministic (a resumed adapt must choose the same), and extending keeps what was chosen.
     assert select_entries(list(entries.values()), 12) == chosen
-    assert select_entries(list(entries.values()), 4, already=chosen)[:0] == [] and \
-        not set(select_entries(list(entries.values()), 4, already=chosen)) & set(chosen)
+    more = select_entries(list(entries.values()), 4, already=chosen)
+    assert len(more) == 4 and not set(more) & set(chosen)
 
 
 def test_entries_are_marked_and_meta_records_sources_budget_and_model(adapted, source_dir):
@@ -267,6 +271,8 @@ def test_bad_budgets_and_an_out_holding_another_table_are_refused(source_dir, tm
     assert code == 2 and "holds another table" in err and len(err.strip().splitlines()) == 1
     with pytest.raises(UsageError, match="at least one"):
         plan_adapt([], tmp_path / "t")
+    with pytest.raises(UsageError, match="not saved"):
+        plan_adapt([synthetic_table()], tmp_path / "t")
 
 
 def test_tables_written_before_adapted_tables_still_load(source_dir, tmp_path):
@@ -283,7 +289,7 @@ def test_tables_written_before_adapted_tables_still_load(source_dir, tmp_path):
 
 
 def test_lut_adapt_from_the_command_line(source_dir, truth, tmp_path, monkeypatch, run_cli):
-    use_devices(monkeypatch, TargetDevice(truth), TargetDevice(truth))
+    use_devices(monkeypatch, TargetDevice(truth), TargetDevice(truth), TargetDevice(truth))
     args = ("lut", "adapt", str(source_dir), "--device", "scripted", "--budget", "10", "--calibrate", "0",
             "--out", str(tmp_path / "t"), "--no-progress")
     code, out, err = run_cli(*args, "--json")
@@ -294,3 +300,9 @@ def test_lut_adapt_from_the_command_line(source_dir, truth, tmp_path, monkeypatc
     code, out, err = run_cli(*args)  # rerun: resumes, measures nothing more, reports in text
     assert code == 0, err
     assert "measured 0 (key, round) pairs now" in out and "92 predicted" in out and "--upgrade" in out
+    # A larger budget adds to what was chosen and measured; nothing chosen before is dropped.
+    code, out, err = run_cli(*[a if a != "10" else "12" for a in args], "--json")
+    assert code == 0, err
+    more = json.loads(out)
+    assert more["adapt"]["selected"][:10] == summary["selected"] and more["adapt"]["measured"] == 12
+    assert more["reused"] == 10
