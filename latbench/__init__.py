@@ -3,7 +3,7 @@
 The public API (see latbench.api and the README's "Python API"):
 
     load_table, estimate, estimate_many, FastEstimator, mes, mes_report, profile, build_table,
-    build_tables, validate_table, check_table, repair_table, diff_tables, export_artifacts, run_search,
+    build_tables, adapt_table, upgrade_table, validate_table, check_table, repair_table, diff_tables, export_artifacts, run_search,
     open_device, Arch, SearchSpace, LatencyTable, Estimate, and the error types
     LatbenchError, UsageError, DeviceError, DeviceLost, ExportError.
 
@@ -23,7 +23,7 @@ _EXPORTS = {
                                           "validate_table", "check_table", "open_device", "export_artifacts",
                                           "run_search", "mes_report", "diff_tables", "repair_table",
                                           "build_tables", "probe_device", "list_devices", "farm_devices",
-                                          "serve_agent")},
+                                          "serve_agent", "adapt_table", "upgrade_table")},
     "FastEstimator": "latbench.estimation.fast",
     "Estimate": "latbench.estimation.estimator",
     "LatencyTable": "latbench.tables.table",

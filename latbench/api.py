@@ -32,9 +32,9 @@ from latbench.tables.table import LatencyTable, find_table
 
 Target = str | Path | Arch | dict | Candidate
 
-__all__ = ["FastEstimator", "build_table", "check_table", "diff_tables", "estimate", "estimate_many",
+__all__ = ["FastEstimator", "adapt_table", "build_table", "check_table", "diff_tables", "estimate", "estimate_many",
            "export_artifacts", "load_table", "mes", "mes_report", "open_device", "probe_device", "profile",
-           "repair_table", "run_search", "validate_table"]
+           "repair_table", "run_search", "upgrade_table", "validate_table"]
 
 
 def load_table(path_or_name: str | Path | LatencyTable) -> LatencyTable:
@@ -344,6 +344,59 @@ def build_table(device: str | None = None, *, space: str | Path | SearchSpace | 
     with open_device(device, **device_options) as runner, _progress(progress) as bar:
         [res] = build_planned(runner, [plan], settings, force=force, progress=bar)
     return res.table
+
+
+def adapt_table(sources: LatencyTable | str | Path | Sequence[LatencyTable | str | Path], device: str | None = None,
+                *, out: str | Path, budget: int | None = None, calibrate: int | None = None, rounds: int = 3,
+                max_rounds: int = 8, runs: int | None = None, jobs: int = 1, time_cap: float | None = None,
+                precision: float | str | None = 0.02, seed: int = 0, force: bool = False,
+                progress: bool | ProgressFn = False, **device_options: Any) -> Any:
+    """A complete table for `device` from fully measured `sources` (tables of one space and
+    resolution, paths or names) and `budget` measurements on the device (default 20: blocks the
+    transfer model learns most from, one per kind at least, plus `calibrate` whole models; None:
+    up to 3 as the budget allows). The rest is predicted, each entry with its uncertainty. Resumes
+    an interrupted adapt into the same `out`. Returns the BuildResult (`.table` is the table)."""
+    from latbench.core.config import default_device
+    from latbench.core.fileio import writable_dir
+    from latbench.tables.adapt import TableAdapter, plan_adapt
+
+    if isinstance(sources, (str, Path, LatencyTable)):
+        sources = [sources]
+    tables = [load_table(s) for s in sources]
+    if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool)):
+        raise UsageError(f"--budget is a number of measurements, got {budget!r}")
+    plan = plan_adapt(tables, out, budget=budget, calibrate=calibrate, seed=seed)
+    writable_dir(plan.out, "table directory", create=False)
+    settings = build_settings(rounds=rounds, max_rounds=max_rounds, runs=runs, calibrate=len(plan.calibration),
+                              jobs=jobs, time_cap=time_cap, precision=precision)
+    device = default_device() if device is None else device
+    with open_device(device, **device_options) as runner, _progress(progress) as bar:
+        return TableAdapter(runner, plan.out, settings, force=force, progress=bar).adapt(plan)
+
+
+def upgrade_table(table: LatencyTable | str | Path, device: str | None = None, *, count: int | None = None,
+                  rounds: int = 3, max_rounds: int = 8, runs: int | None = None, jobs: int = 1,
+                  time_cap: float | None = None, precision: float | str | None = 0.02,
+                  progress: bool | ProgressFn = False, **device_options: Any) -> Any:
+    """Measure the predicted entries of an adapted table (all, or the `count` least certain) on
+    its device, refit the transfer model on everything measured and rewrite the table; what
+    `lut build --upgrade [N]` runs. Returns the BuildResult."""
+    from latbench.tables.adapt import upgrade_configs
+    from latbench.tables.build import TableBuilder
+
+    t = load_table(table)
+    configs = upgrade_configs(t, count)
+    settings = build_settings(rounds=rounds, max_rounds=max_rounds, runs=runs, calibrate=0, jobs=jobs,
+                              time_cap=time_cap, precision=precision)
+    resolution = int(t.meta.get("resolution") or configs[0].resolution)
+    items = {c.key: c for c in configs}
+    space = t.space() if (t.meta.get("space") or {}).get("definition") else None
+    with open_device(device, table_device=t.meta.get("device_id"), **device_options) as runner, \
+            _progress(progress) as bar:
+        # Exactly the predicted entries: their empties are entries of the table too, measured
+        # (or predicted) on their own account.
+        return TableBuilder(runner, t.path, settings, progress=bar).measure(items, [], space=space,
+                                                                             resolution=resolution)
 
 
 def probe_device(device: str = "cpu", *, rounds: int = 3, resolution: int = 224, jobs: int = 1,

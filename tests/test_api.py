@@ -27,7 +27,7 @@ def test_import_latbench_is_light_and_lists_the_api():
     assert heavy == "[]"
     for name in ("load_table", "estimate", "estimate_many", "FastEstimator", "mes", "profile", "build_table",
                  "validate_table", "check_table", "Arch", "LatencyTable", "UsageError", "export_artifacts",
-                 "run_search", "mes_report", "diff_tables", "repair_table"):
+                 "run_search", "mes_report", "diff_tables", "repair_table", "adapt_table", "upgrade_table"):
         assert name in names
 
 
@@ -162,7 +162,7 @@ def test_build_table_takes_one_model_name_as_one_model(tmp_path):
     ("lut build", "build_tables"), ("lut validate", "validate_table"), ("lut check", "check_table"),
     ("lut diff", "diff_tables"), ("lut repair", "repair_table"), ("lut estimate", "estimate_many"),
     ("devices", "list_devices"), ("devices --cluster", "farm_devices"), ("devices --probe", "probe_device"),
-    ("agent", "serve_agent")])
+    ("agent", "serve_agent"), ("lut adapt", "adapt_table")])
 def test_every_command_is_a_function_of_the_api(command, function):
     import inspect
 
@@ -174,6 +174,6 @@ def test_every_command_is_a_function_of_the_api(command, function):
             "mes report": mes.run_report, "lut build": lut.run_build, "lut validate": lut.run_validate,
             "lut check": lut.run_check, "lut diff": lut.run_diff, "lut repair": lut.run_repair,
             "devices": devices.run, "devices --cluster": devices.run_cluster, "devices --probe": devices.run_probe,
-            "agent": agent.run}
+            "agent": agent.run, "lut adapt": lut.run_adapt}
     if command in runs:  # the command calls the API rather than repeating it
         assert f"api.{function}(" in inspect.getsource(runs[command])

@@ -74,12 +74,38 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --space: skip measuring MobileNetV2-1.0 whole (the MES latency unit)")
     b.add_argument("--calibrate", type=int, default=8, metavar="N",
                    help="whole models measured end to end to fit the overhead model (space builds; 0: none)")
+    b.add_argument("--upgrade", nargs="?", const=0, type=positive_int, default=None, metavar="N",
+                   help="an adapted table (--out DIR): measure its predicted entries, all of them or the N least "
+                        "certain, and refit the rest (device: the table's unless --device)")
     b.add_argument("--detach", action="store_true",
                    help="remote devices (aihub): submit the jobs and return; run the build again to collect them")
     add_runner_flags(b)
     add_json_flag(b)
     add_progress_flag(b)
     b.set_defaults(func=run_build)
+
+    a = lsub.add_parser("adapt", help="a table for a new device from measured tables of other devices and a few "
+                                      "measurements on it")
+    a.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="fully measured tables of one space and resolution (directories or names under tables/)")
+    add_device_flag(a, what="the target device id")
+    a.add_argument("--budget", type=int, default=None, metavar="N",
+                   help="measurements on the target: blocks and whole models (default 20; at least one per kind)")
+    a.add_argument("--calibrate", type=int, default=None, metavar="N",
+                   help="whole models measured within the budget to calibrate the table (default: up to 3)")
+    a.add_argument("--out", required=True, help="the adapted table's directory (rerun the same command to resume)")
+    a.add_argument("--jobs", type=int, default=2, help="export worker processes")
+    a.add_argument("--rounds", type=int, default=3, help="interleaved rounds per measured entry")
+    a.add_argument("--max-rounds", type=int, default=8, help="bound on the rounds of an entry (default 8)")
+    a.add_argument("--runs", type=int, default=None, help="fixed timed runs per measurement (default adaptive)")
+    a.add_argument("--time-cap", type=positive_seconds, default=1.5, metavar="S",
+                   help="adaptive sampling: at most S seconds per block measurement (default 1.5)")
+    a.add_argument("--precision", default="2%", metavar="P", help="precision each measured entry is held to (default 2%%)")
+    a.add_argument("--seed", type=int, default=0, help="seed of the calibration models drawn")
+    add_runner_flags(a)
+    add_json_flag(a)
+    add_progress_flag(a)
+    a.set_defaults(func=run_adapt)
 
     s = lsub.add_parser("show", help="summarise a table")
     s.add_argument("table", nargs="?", help="latency table: its directory, or a name under tables/ (e.g. cpu/efficientformerv2-r224); default: `table` in latbench.toml")
@@ -148,6 +174,11 @@ def run_build(args: argparse.Namespace) -> int:
     from latbench import api
 
     extra = {"detach": True} if args.detach else {}
+    if args.upgrade is None and args.space is None and not args.model and not args.arch and args.out \
+            and _adapted(args.out):
+        args.upgrade = 0  # `lut build --out ADAPTED`: measure what the adapted table predicts, all of it
+    if args.upgrade is not None:
+        return run_upgrade(args, extra)
     results = api.build_tables(
         args.device, cluster=args.cluster, separate_tables=args.separate_tables, pool_tolerance=args.pool_tolerance,
         space=None if args.space is None else (True if args.space == DEFAULT_SPACE else args.space),
@@ -159,6 +190,73 @@ def run_build(args: argparse.Namespace) -> int:
         cool_down=not args.no_cool_down)
     report_builds(results, args.json)
     return 0
+
+
+def _adapted(out: str) -> bool:
+    """Whether `out` holds an adapted table (its meta.json records the adaptation)."""
+    import json
+    from pathlib import Path
+
+    try:
+        return bool(json.loads((Path(out) / "meta.json").read_text()).get("adapt"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def run_upgrade(args: argparse.Namespace, extra: dict[str, Any]) -> int:
+    """`lut build --upgrade [N] --out DIR`: measure an adapted table's predicted entries."""
+    from latbench import api
+    from latbench.core.errors import UsageError
+
+    if args.out is None:
+        raise UsageError("--upgrade names the adapted table with --out DIR")
+    if args.device and len(args.device) > 1 or args.cluster is not None:
+        raise UsageError("--upgrade measures on one device: give at most one --device, no --cluster")
+    table = api.load_table(args.out)
+    device = args.device[0] if args.device else _config.default_device(table.meta.get("device_id"))
+    result = api.upgrade_table(table, device, count=args.upgrade or None, rounds=args.rounds,
+                               max_rounds=args.max_rounds, runs=args.runs, jobs=args.jobs, time_cap=args.time_cap,
+                               precision=None if args.fixed_rules else args.precision, progress=shows_progress(args),
+                               **device_options(device, args, **extra))
+    report_builds([result], args.json)
+    return 0
+
+
+# -- adapt ------------------------------------------------------------------------------------------
+def run_adapt(args: argparse.Namespace) -> int:
+    from latbench import api
+
+    result = api.adapt_table(args.sources, args.device, out=args.out, budget=args.budget, calibrate=args.calibrate,
+                             rounds=args.rounds, max_rounds=args.max_rounds, runs=args.runs, jobs=args.jobs,
+                             time_cap=args.time_cap, precision=args.precision, seed=args.seed,
+                             progress=shows_progress(args), **device_options(args.device, args))
+    summary = build_summary(result)
+    adapted = result.table.meta.get("adapt") or {}
+    predicted = result.table.predicted()
+    summary["adapt"] = {"sources": adapted.get("sources"), "budget": adapted.get("budget"),
+                        "selected": adapted.get("selected"), "calibration": adapted.get("calibration"),
+                        "measured": adapted.get("measured"), "predicted": adapted.get("predicted"),
+                        "median_uncertainty_pct": _median(list(predicted.values())),
+                        "max_uncertainty_pct": max(predicted.values()) if predicted else None,
+                        "transfer_model": adapted.get("transfer_model")}
+    if args.json:
+        print_json(summary)
+        return 0
+    report_builds([result], False)
+    a = summary["adapt"]
+    console().print(f"adapted from {', '.join(s['path'] for s in a['sources'] or [])}: {a['measured']} entries "
+                    f"measured (budget {a['budget']}, {len(a['calibration'] or [])} whole models among them), "
+                    f"{a['predicted']} predicted", highlight=False)
+    if predicted:
+        console().print(f"predicted entries: median uncertainty +-{a['median_uncertainty_pct']:.1f} %, largest "
+                        f"+-{a['max_uncertainty_pct']:.1f} %; measure them with `latbench lut build --upgrade [N] "
+                        f"--out {result.table.path}`", highlight=False)
+    return 0
+
+
+def _median(values: list[float]) -> float | None:
+    finite = sorted(v for v in values if v == v)
+    return finite[len(finite) // 2] if finite else None
 
 
 #: Flagged entries a build's report names one per line; the rest are counted.
@@ -236,8 +334,9 @@ def run_show(args: argparse.Namespace) -> int:
     table = LatencyTable.load(find_table(_config.table_arg(args.table)))
     blocks = table.blocks.sort_values("latency_ms", ascending=False)
     flagged = table.flagged()
+    predicted = table.predicted()
     if args.json:
-        print_json({"table": str(table.path), "meta": table.meta, "flagged": flagged,
+        print_json({"table": str(table.path), "meta": table.meta, "flagged": flagged, "predicted": predicted,
                     "blocks": _records(blocks), "models": _records(table.models)})
         return 0
     dev = table.device
@@ -246,11 +345,30 @@ def run_show(args: argparse.Namespace) -> int:
                     f"threads {dev.get('threads')}; latbench {table.meta.get('latbench_version')}; "
                     f"updated {table.meta.get('updated')}")
     by_kind = blocks.groupby("kind")["latency_ms"].agg(["count", "median", "min", "max"])
-    print_table("blocks per kind (ms)", ["kind", "count", "median", "min", "max"],
-                [(k, int(r["count"]), r["median"], r["min"], r["max"]) for k, r in by_kind.iterrows()])
-    print_table("slowest blocks", ["key", "latency ms", "agreement", "p5", "p95", "n"],
-                [(r["key"], r["latency_ms"], r["agreement"], r["p5_ms"], r["p95_ms"], r["n"]) for r in
-                 blocks.head(10).to_dict("records")])
+    if predicted:  # an adapted table: say per kind how much is predicted, and mark each predicted entry
+        kinds = dict(zip(blocks["key"], blocks["kind"]))
+        per_kind = {k: sum(1 for key in predicted if kinds[key] == k) for k in by_kind.index}
+        print_table("blocks per kind (ms)", ["kind", "count", "predicted", "median", "min", "max"],
+                    [(k, int(r["count"]), per_kind[k], r["median"], r["min"], r["max"]) for k, r in by_kind.iterrows()])
+    else:
+        print_table("blocks per kind (ms)", ["kind", "count", "median", "min", "max"],
+                    [(k, int(r["count"]), r["median"], r["min"], r["max"]) for k, r in by_kind.iterrows()])
+
+    def source(key: str) -> str:
+        return f"PREDICTED +-{predicted[key]:.1f}%" if key in predicted else "measured"
+
+    print_table("slowest blocks", ["key", "latency ms", "source", "agreement", "p5", "p95", "n"],
+                [(r["key"], r["latency_ms"], source(r["key"]), r["agreement"], r["p5_ms"], r["p95_ms"], r["n"])
+                 for r in blocks.head(10).to_dict("records")])
+    if predicted:
+        adapted = table.meta.get("adapt") or {}
+        least = sorted(predicted, key=lambda k: -predicted[k])[:10]
+        print_table(f"predicted entries ({len(predicted)} of {len(table.blocks)}): from "
+                    f"{', '.join(s.get('path', '?') for s in adapted.get('sources') or [])}, not measured; "
+                    "least certain first", ["key", "latency ms", "uncertainty %"],
+                    [(k, table.latency_ms()[k], predicted[k]) for k in least])
+        console().print(f"measure them with `latbench lut build --upgrade [N] --out {table.path}` "
+                        "(all, or the N least certain)", highlight=False)
     rule = table.meta.get("consensus") or {}
     agreed = int(table.blocks["consensus"].astype(bool).sum())
     console().print(f"consensus: {agreed} of {len(table.blocks)} entries agreed ({rule.get('rule', 'no rule')})",

@@ -37,6 +37,9 @@ class Estimate:
     #: The typical latency (what tools that print averages over runs report on this device);
     #: latency_ms is the fast state. None for tables built before typical latencies were kept.
     typical_ms: float | None = None
+    #: Entries of an adapted table this estimate uses that were predicted, not measured: how many,
+    #: and their one-sigma uncertainties summed in ms and in % of the estimate (None: none used).
+    predicted: dict[str, Any] | None = None
 
     def per_group(self) -> dict[str, float]:
         """Estimated ms per stem/stage/head, scaled so the groups add up to latency_ms
@@ -79,6 +82,7 @@ class LatencyEstimator:
         self.ms = self.model.ms
         self.use_overhead = self.model.use_overhead
         self.flagged = table.flagged()
+        self.predicted = table.predicted()
         self.scale = self.model.scales["rest"]
         self.calibrated = bool(ov.get("calibrated", bool(ov.get("calibrated_on"))))
 
@@ -104,11 +108,12 @@ class LatencyEstimator:
         self.check_covered(name, blocks)
         raw, plain, rows, e_in = self.model.raw(blocks)
         warnings = self.doubtful(self.required_keys(blocks))
+        predicted = self.predicted_share(blocks, rows)
         if all(b.kind == "model" for b in blocks):
             # Measured whole: nothing was summed, so neither overhead nor calibration applies.
             typical = self.typical_model.raw(blocks)[1] if self.typical_model else None
-            return Estimate(name, plain, plain, rows, 0.0, 1.0, "whole model measured end to end", True, warnings,
-                            typical_ms=typical)
+            return self._with_predicted(Estimate(name, plain, plain, rows, 0.0, 1.0, "whole model measured end to end",
+                                                 True, warnings, typical_ms=typical), predicted)
         est = self.model.estimate(blocks)
         method = "sum(block - empty) + empty(input)" if self.use_overhead else "plain sum"
         scales = self.model.scales
@@ -128,8 +133,35 @@ class LatencyEstimator:
             typical = self.typical_model.estimate(blocks)
             if not math.isfinite(typical) or typical <= 0:
                 typical = self.typical_model.raw(blocks)[1]
-        return Estimate(name, est, plain, rows, e_in, self.scale, method, self.calibrated, warnings, dict(scales),
-                        typical)
+        return self._with_predicted(Estimate(name, est, plain, rows, e_in, self.scale, method, self.calibrated,
+                                             warnings, dict(scales), typical), predicted)
+
+    def predicted_share(self, blocks: list[BlockConfig], rows: list[BlockEstimate]) -> tuple[int, float] | None:
+        """(how many predicted entries, their summed one-sigma uncertainty in ms) among the
+        entries an estimate uses; None when it uses none (a measured table always)."""
+        if not self.predicted:
+            return None
+        used = [k for k in self.required_keys(blocks) if k in self.predicted]
+        if not used:
+            return None
+        counts = {r.key: r.count for r in rows}
+        # Summed, not added in quadrature: the errors of one kind move together (one transfer
+        # factor), so the plain sum is the honest bound.
+        ms = sum(counts.get(k, 1) * self.ms[k] * (self.predicted[k] if self.predicted[k] == self.predicted[k]
+                                                  else 100.0) / 100 for k in used)
+        return len(used), ms
+
+    def _with_predicted(self, e: Estimate, predicted: tuple[int, float] | None) -> Estimate:
+        if predicted is None:
+            return e
+        n, ms = predicted
+        pct = 100 * ms / e.latency_ms if e.latency_ms > 0 else math.nan
+        e.predicted = {"entries": n, "uncertainty_ms": ms, "uncertainty_pct": pct}
+        e.warnings.append(f"{n} table entr{'y' if n == 1 else 'ies'} used here {'is' if n == 1 else 'are'} predicted "
+                          f"from other devices' tables, not measured (an adapted table): +-{ms:.3g} ms "
+                          f"(+-{pct:.1f} %) summed uncertainty; measure them with `latbench lut build --upgrade "
+                          f"--out {self.table.label()}`")
+        return e
 
     def doubtful(self, keys: list[str]) -> list[str]:
         """A warning naming the table entries in `keys` whose latency is flagged as doubtful."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,12 +48,14 @@ from latbench.tables.plausibility import PlausibilityRule, check_trends, entry_o
 from latbench.tables.table import (
     BLOCK_COLUMNS,
     FIELD_COLUMNS,
+    MEASURED,
     MODEL_COLUMNS,
     OP_COLUMNS,
     LatencyTable,
     device_diff,
     op_rows,
 )
+from latbench.tables.transfer import predicted_rows
 
 #: Calibration models a fit keeps at least, even when some were measured only in slow periods.
 MIN_CALIBRATION_MODELS = 4
@@ -198,11 +200,23 @@ class TableBuilder:
             items.setdefault(e.key, e)
         e_in = EmptyConfig.for_shape(r, (1, 3, r, r))  # the model-input empty is needed by every estimate
         items.setdefault(e_in.key, e_in)
+        return self.measure(items, calibration, space=space, resolution=r, t_start=t_start)
+
+    def measure(self, items: dict[str, BlockConfig], calibration: Sequence[Candidate], *, space=None,
+                resolution: int, t_start: float | None = None,
+                prepare: Callable[[Journal], None] | None = None) -> BuildResult:
+        """Measure exactly `items` (key -> block) and the `calibration` models into the table's
+        journal, then derive and save the table. `prepare(journal)`: called once the journal is
+        open and checked, before anything is measured (an adapted table records its plan there)."""
+        t_start = time.perf_counter() if t_start is None else t_start
+        r = resolution
         targets = [Target(k, c, "block") for k, c in items.items()]
         # Calibration models are measured in the same interleaved rounds as the blocks, so the
         # overhead fit compares the two under the same host conditions.
         targets += [Target(c.key, c, "model") for c in calibration]
         with self._open_journal() as journal:
+            if prepare is not None:
+                prepare(journal)
             if self.force:
                 journal.forget([t.key for t in targets])
             if space is not None:
@@ -310,7 +324,8 @@ def derive_table(journal: Journal, out_dir: Path, consensus: ConsensusRule | Non
                "params": None if config.kind == "model" else config.params(),
                "macs": None if config.kind == "model" else config.macs(),
                "content_hash": rows[-1].content_hash,
-               **entry_stats(rows, rule, factors, verdicts.get(key), period_factor)}
+               **entry_stats(rows, rule, factors, verdicts.get(key), period_factor),
+               "source": MEASURED, "uncertainty_pct": None}
         block_rows.append(row)
         profiled = next((r.measurement for r in rows if r.measurement.per_op), None)
         if profiled is not None:
@@ -326,6 +341,13 @@ def derive_table(journal: Journal, out_dir: Path, consensus: ConsensusRule | Non
         flags = (([] if row["consensus"] else ["no-consensus"]) + (["implausible"] if c and c.implausible else [])
                  + (["slow-period"] if row["key"] in slow else []))
         row["flags"] = ",".join(flags) or None
+    # An adapted table (latbench.tables.adapt): the entries not measured yet are predicted from
+    # the source tables by the transfer model, fitted again on what is measured now.
+    adapt = journal.get_meta("adapt")
+    adapted = None
+    if adapt:
+        predicted, adapted = predicted_rows(adapt, block_rows)
+        block_rows += predicted
     space_info = journal.get_meta("space")
     base = journal.get_meta("time_base")
     anchors = journal.get_meta("anchors") or []
@@ -355,6 +377,7 @@ def derive_table(journal: Journal, out_dir: Path, consensus: ConsensusRule | Non
         "created": journal.get_meta("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "sessions": journal.get_meta("sessions_report") or [],
         **measured_by(journal),
+        **({"adapt": adapted} if adapted is not None else {}),
     }
     if journal.get_meta("created") is None:
         journal.set_meta("created", meta["created"])

@@ -39,11 +39,16 @@ SCHEMA_VERSION = 2
 CONSENSUS_COLUMNS = ["latency_ms", "typical_ms", "raw_latency_ms", "consensus", "agreement", "round_spread", "rounds"]
 #: Spread statistics of the pooled samples of every round.
 STAT_COLUMNS = ["median_ms", "mean_ms", "std_ms", "p5_ms", "p95_ms", "iqr_ms", "n", "ci_rel"]
+#: Whether an entry was measured on the device or predicted from other devices' tables (an adapted
+#: table, latbench.tables.adapt), and a predicted entry's one-sigma uncertainty in %. Tables
+#: written before adapted tables existed lack both columns: every entry there is measured.
+ENTRY_SOURCE_COLUMNS = ["source", "uncertainty_pct"]
+MEASURED, PREDICTED = "measured", "predicted"
 FIELD_COLUMNS = ["resolution", "stage", "width", "expansion", "width_in", "width_out", "channels", "map_height",
                  "map_width", "num_classes", "name"]
 BLOCK_COLUMNS = (["key", "kind", *FIELD_COLUMNS, "input_shape", "params", "macs", *CONSENSUS_COLUMNS,
                   "trend_ratio", "flags", *STAT_COLUMNS, "session_ms", "first_inference_ms", "content_hash",
-                  "measured_at", "warnings"])
+                  "measured_at", "warnings", *ENTRY_SOURCE_COLUMNS])
 OP_COLUMNS = ["block_key", "op_type", "node_name", "median_ms", "share"]
 MODEL_COLUMNS = ["name", "key", "role", "params", "macs", *CONSENSUS_COLUMNS, "flags", *STAT_COLUMNS,
                  "content_hash", "measured_at", "arch"]
@@ -145,6 +150,16 @@ class LatencyTable:
             return {}
         return {k: f for k, f in zip(self.blocks["key"], self.blocks["flags"]) if isinstance(f, str) and f}
 
+    def predicted(self) -> dict[str, float]:
+        """key -> one-sigma uncertainty in % of the entries predicted rather than measured (an
+        adapted table); empty for a measured table."""
+        if "source" not in self.blocks.columns:
+            return {}
+        unc = pd.to_numeric(self.blocks.get("uncertainty_pct"), errors="coerce") if "uncertainty_pct" in \
+            self.blocks.columns else pd.Series([math.nan] * len(self.blocks))
+        return {k: (float(u) if u == u else math.nan)
+                for k, s, u in zip(self.blocks["key"], self.blocks["source"], unc) if s == PREDICTED}
+
     def has(self, key: str) -> bool:
         return key in set(self.blocks["key"])
 
@@ -206,6 +221,7 @@ class LatencyTable:
             raise damaged(path, "blocks.csv", "has no entries")
         _check_keys(path, "blocks.csv", blocks, "key")
         _check_latencies(path, "blocks.csv", blocks, "key")
+        _check_sources(path, blocks)
         if not frames["models.csv"].empty:
             _check_latencies(path, "models.csv", frames["models.csv"], "name")
         return cls(blocks, frames["ops.csv"], frames["models.csv"], meta, path)
@@ -317,6 +333,22 @@ def _check_keys(path: Path, name: str, frame: pd.DataFrame, col: str) -> None:
     dup = keys[keys.duplicated()]
     if len(dup):
         raise damaged(path, name, f"lists {dup.iloc[0]!r} twice")
+
+
+def _check_sources(path: Path, blocks: pd.DataFrame) -> None:
+    """An entry is measured or predicted, and a predicted one carries its uncertainty."""
+    if "source" not in blocks.columns:
+        return
+    for i, (key, source) in enumerate(zip(blocks["key"], blocks["source"])):
+        if not (source in (MEASURED, PREDICTED) or (isinstance(source, float) and math.isnan(source))):
+            raise damaged(path, "blocks.csv", f"has a source {source!r} that is neither {MEASURED!r} nor "
+                                              f"{PREDICTED!r} (row {i + 2}, {key!r})")
+    unc = pd.to_numeric(blocks["uncertainty_pct"], errors="coerce") if "uncertainty_pct" in blocks.columns \
+        else pd.Series([math.nan] * len(blocks))
+    for i, (key, source, u) in enumerate(zip(blocks["key"], blocks["source"], unc)):
+        if source == PREDICTED and not (u == u and math.isfinite(u) and u >= 0):
+            raise damaged(path, "blocks.csv", f"has a predicted entry without a non-negative uncertainty_pct "
+                                              f"(row {i + 2}, {key!r})")
 
 
 def _check_latencies(path: Path, name: str, frame: pd.DataFrame, label: str) -> None:

@@ -1,0 +1,207 @@
+"""An adapted table: a new device's complete table from known devices' tables and a few measurements.
+
+Flow: source tables of one space and resolution -> every entry's source latency (the geometric
+mean over the sources holding it) and cost -> `select_entries` picks the entries the transfer
+model learns most from (every kind, every stage, the cost range, the least certain), plus a few
+whole models for calibration, within the budget -> they are measured through the normal
+measuring session into the table's journal (consensus, anchors, resume) -> `derive_table` writes
+the complete table: measured entries as measured, the rest predicted by the transfer model
+(latbench.tables.transfer) fitted on what is measured, each with its uncertainty, calibrated on
+the whole models like any table.
+
+The plan (sources, budget, selection, every entry's source latency and cost) is kept in the
+journal's `adapt` record, so a killed adapt resumes without re-measuring, `lut repair` rederives
+the table without the sources, and `lut build` on the table measures predicted entries, after
+which the model is refitted on everything measured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from latbench.blocks.candidates import Candidate, sample_candidates
+from latbench.blocks.configs import BlockConfig, config_from_fields
+from latbench.core.errors import UsageError
+from latbench.measuring.journal import Journal
+from latbench.space import SearchSpace
+from latbench.tables.build import BuildResult, TableBuilder
+from latbench.tables.table import LatencyTable, row_config
+from latbench.tables.transfer import Entry, select_entries
+
+#: Target measurements (blocks and whole models) an adapt takes by default.
+DEFAULT_BUDGET = 20
+#: Whole models measured for calibration by default, at most: one per this many budget units
+#: beyond one entry per kind.
+MAX_DEFAULT_CALIBRATION = 3
+BUDGET_PER_CALIBRATION_MODEL = 4
+
+
+@dataclass
+class AdaptPlan:
+    """What one adapt measures and from what it predicts the rest."""
+
+    out: Path
+    resolution: int
+    space: SearchSpace | None
+    sources: list[dict[str, Any]]  # path, sha256 of blocks.csv, device id, entries
+    entries: dict[str, Entry]
+    fields: dict[str, dict[str, Any]]  # key -> the block's configuration fields
+    budget: int
+    selected: list[str]  # block keys measured on the target
+    calibration: list[Candidate] = field(default_factory=list)  # whole models measured on the target
+
+    def record(self) -> dict[str, Any]:
+        """The journal's `adapt` record (what derive_table and a resumed adapt read)."""
+        return {"sources": self.sources, "budget": self.budget, "selected": self.selected,
+                "calibration": [c.key for c in self.calibration],
+                "source_latency": "geometric mean of the sources' latency_ms over the sources holding the entry",
+                "entries": {k: {**e.to_dict(), "fields": self.fields[k]} for k, e in self.entries.items()}}
+
+
+def check_sources(sources: Sequence[LatencyTable]) -> None:
+    """One-line UsageError unless the sources are tables of one space at one resolution."""
+    if not sources:
+        raise UsageError("lut adapt needs at least one fully measured source table (SOURCE...)")
+    first = sources[0]
+    for t in sources[1:]:
+        if t.meta.get("resolution") != first.meta.get("resolution"):
+            raise UsageError(f"source {t.label()} is at resolution {t.meta.get('resolution')} but {first.label()} "
+                             f"at {first.meta.get('resolution')}: adapt from tables of one resolution")
+        a, b = (first.meta.get("space") or {}).get("digest"), (t.meta.get("space") or {}).get("digest")
+        if a != b:
+            raise UsageError(f"source {t.label()} was built for another search space than {first.label()} "
+                             f"({(t.meta.get('space') or {}).get('name')} {str(b)[:12]} vs "
+                             f"{(first.meta.get('space') or {}).get('name')} {str(a)[:12]}): adapt from tables "
+                             "of one space")
+
+
+def _number(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def source_entries(sources: Sequence[LatencyTable]) -> tuple[dict[str, Entry], dict[str, dict[str, Any]]]:
+    """Every entry of the sources with its source latency (geometric mean over the sources that
+    hold it) and its cost features; and the configuration fields of each."""
+    logs: dict[str, list[float]] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    for t in sources:
+        for r in t.blocks.to_dict("records"):
+            ms = _number(r.get("latency_ms"))
+            if ms is None or ms <= 0:
+                continue
+            logs.setdefault(r["key"], []).append(math.log(ms))
+            rows.setdefault(r["key"], r)
+    entries, fields = {}, {}
+    for key, r in sorted(rows.items()):
+        config = row_config(r)
+        kind = config.kind
+        if kind == "model":  # a whole reference model: its own entry; its cost is its source latency
+            macs, params = 0.0, 0.0
+        else:
+            macs = _number(r.get("macs"))
+            params = _number(r.get("params"))
+            macs = float(config.macs()) if macs is None else macs
+            params = float(config.params()) if params is None else params
+        entries[key] = Entry(key, kind, getattr(config, "stage", None), math.exp(sum(logs[key]) / len(logs[key])),
+                             macs, params, float(math.prod(config.input_shape)))
+        fields[key] = config.fields()
+    return entries, fields
+
+
+def _digest(table: LatencyTable) -> str:
+    if table.path is None or not (Path(table.path) / "blocks.csv").is_file():
+        raise UsageError(f"source {table.label()} is not saved as a table directory; save it (LatencyTable.save) "
+                         "so the adapted table can name it and its digest")
+    return hashlib.sha256((Path(table.path) / "blocks.csv").read_bytes()).hexdigest()
+
+
+def plan_adapt(sources: Sequence[LatencyTable], out: str | Path, *, budget: int | None = None,
+               calibrate: int | None = None, seed: int = 0) -> AdaptPlan:
+    """Check the sources and the out directory, and choose what to measure. A table adapted
+    into `out` before (the same sources) keeps its selection; a larger budget adds to it."""
+    check_sources(sources)
+    out = Path(out)
+    budget = DEFAULT_BUDGET if budget is None else budget
+    entries, fields = source_entries(sources)
+    kinds = sorted({e.kind for e in entries.values()})
+    if budget < len(kinds):
+        raise UsageError(f"--budget {budget} is below the {len(kinds)} block kinds of the sources "
+                         f"({', '.join(kinds)}): every kind needs one measurement; give --budget {len(kinds)} or more")
+    spare = budget - len(kinds)
+    if calibrate is None:
+        calibrate = min(MAX_DEFAULT_CALIBRATION, spare // BUDGET_PER_CALIBRATION_MODEL)
+    if calibrate < 0 or calibrate > spare:
+        raise UsageError(f"--calibrate must be between 0 and {spare} (the budget beyond one entry per kind), "
+                         f"got {calibrate}")
+    described = [{"path": str(t.path), "sha256": _digest(t), "device_id": t.meta.get("device_id"),
+                  "entries": int(len(t.blocks))} for t in sources]
+    previous = _previous_record(out)
+    if previous is not None and [s["sha256"] for s in previous.get("sources") or []] != [s["sha256"] for s in
+                                                                                         described]:
+        raise UsageError(f"{out} holds a table adapted from other sources "
+                         f"({', '.join(s['path'] for s in previous.get('sources') or [])}); adapt into a new --out")
+    resolution = int(sources[0].meta.get("resolution") or 224)
+    space = sources[0].space() if (sources[0].meta.get("space") or {}).get("definition") else None
+    kept = [k for k in (previous or {}).get("selected") or [] if k in entries]
+    blocks = max(budget - calibrate, len(kept))
+    selected = kept + select_entries(list(entries.values()), blocks - len(kept), already=kept)
+    # Models measured by an earlier run with a larger --calibrate stay in the plan (rounds in the journal).
+    calibrate = max(calibrate, len((previous or {}).get("calibration") or []))
+    calibration = sample_candidates(space, resolution, calibrate, seed, purpose="calibration") \
+        if space is not None and calibrate else []
+    return AdaptPlan(out, resolution, space, described, entries, fields, budget, selected, calibration)
+
+
+def _previous_record(out: Path) -> dict[str, Any] | None:
+    """The `adapt` record of a table already in `out`; UsageError when `out` holds another table."""
+    journal_path = out / "journal.sqlite"
+    if not journal_path.is_file():
+        if (out / "meta.json").is_file() or (out / "blocks.csv").is_file():
+            raise UsageError(f"{out} holds another table (without its journal); adapt into a new --out")
+        return None
+    with Journal(journal_path) as journal:
+        record = journal.get_meta("adapt")
+        if record is None and (journal.rows() or (out / "meta.json").is_file()):
+            raise UsageError(f"{out} holds another table (measured by `lut build`, not adapted); adapt into a "
+                             "new --out")
+    return record
+
+
+class TableAdapter(TableBuilder):
+    """Drives one adapt into `out_dir` on an open runner (or dispatcher)."""
+
+    def adapt(self, plan: AdaptPlan) -> BuildResult:
+        items: dict[str, BlockConfig] = {k: config_from_fields(dict(plan.fields[k])) for k in plan.selected}
+
+        def record(journal: Journal) -> None:
+            previous = journal.get_meta("adapt")
+            if previous is None and journal.rows() and not self.force:
+                raise UsageError(f"{self.out_dir} holds another table (measured by `lut build`, not adapted); "
+                                 "adapt into a new --out")
+            journal.set_meta("adapt", plan.record())
+
+        return self.measure(items, plan.calibration, space=plan.space, resolution=plan.resolution, prepare=record)
+
+
+def upgrade_configs(table: LatencyTable, count: int | None = None) -> list[BlockConfig]:
+    """The predicted entries of an adapted table that `lut build --upgrade` measures: all of them,
+    or the `count` least certain (largest uncertainty first)."""
+    predicted = table.predicted()
+    if not predicted:
+        raise UsageError(f"table {table.label()} has no predicted entries to measure (it is not an adapted "
+                         "table, or every entry is measured already)")
+    if count is not None and count < 1:
+        raise UsageError(f"--upgrade must be >= 1, got {count}")
+    order = sorted(predicted, key=lambda k: (-(predicted[k] if predicted[k] == predicted[k] else math.inf), k))
+    keys = order if count is None else order[:count]
+    rows = table.blocks.set_index("key")
+    return [row_config({"key": k, **rows.loc[k].to_dict()}) for k in keys]

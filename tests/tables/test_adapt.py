@@ -1,0 +1,308 @@
+"""`lut adapt`: a new device's table from a known device's table and a few measurements on it.
+
+A scripted pair of devices: the source is the synthetic table (made-up costs that grow with
+MACs), the target a script whose latency is the source's times a factor per kind times a term
+growing with MACs, plus a memory term (input elements) the transfer model's log-linear form only
+approximates. The journal, the measuring session, the exports and the table files are the real
+ones; nothing is timed on this host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from scripted_device import ScriptedRunner
+
+import latbench
+import latbench.api
+from latbench.blocks.candidates import sample_candidates
+from latbench.core.errors import DeviceLost, UsageError
+from latbench.measuring.journal import Journal
+from latbench.space import SearchSpace
+from latbench.tables.adapt import plan_adapt, source_entries
+from latbench.tables.overhead import OverheadModel
+from latbench.tables.synthetic import synthetic_table
+from latbench.tables.table import LatencyTable, row_config
+from latbench.tables.transfer import select_entries
+
+#: Target / source per kind: the ratios between two real CPUs cluster by kind like this (issue 22).
+KIND_FACTOR = {"stem": 1.3, "embed": 1.53, "ffn": 1.61, "mhsa": 1.79, "attndown": 1.86, "head": 2.33,
+               "empty": 1.46, "model": 1.7}
+BUDGET = 20
+CALIBRATE = 1  # S0 whole: its export is small and cached; the rest of the budget goes to blocks
+#: The stated accuracy: the share of entries within +-5 % of the target's truth, and the worst case.
+WITHIN_5PCT = 0.85
+WORST = 0.15
+
+
+def target_truth(source: LatencyTable) -> dict[str, float]:
+    """The target device's latency of every entry of the source table (and of S0 whole)."""
+    truth = {}
+    for row in source.blocks.to_dict("records"):
+        config = row_config(row)
+        macs = 0 if config.kind == "model" else config.macs()
+        elements = math.prod(config.input_shape)
+        truth[row["key"]] = (row["latency_ms"] * KIND_FACTOR[config.kind] * (1 + macs / 5e8) ** 0.15
+                             + 3e-8 * elements)
+    for cand in sample_candidates(SearchSpace.default(), 224, CALIBRATE, 0, purpose="calibration"):
+        truth[cand.key] = 1.05 * OverheadModel(truth).estimate(cand.blocks())
+    return truth
+
+
+class TargetDevice(ScriptedRunner):
+    """The scripted target: its clock advances per measurement and when it idles, never with the
+    host's wall clock, so spacing rules cost no real time."""
+
+    def __init__(self, truth: dict[str, float], **kw):
+        super().__init__(lambda key: truth[key], clock_step_s=0.5, **kw)
+        self.idled = 0.0
+
+    def now(self) -> float:
+        return super().now() + self.idled
+
+    def idle(self, seconds: float) -> None:
+        self.idled += max(0.0, seconds)
+
+    def describe(self):
+        return {**super().describe(), "device_model": "target"}
+
+
+@pytest.fixture(scope="module")
+def source_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("source") / "cpu-table"
+    synthetic_table().save(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def truth(source_dir) -> dict[str, float]:
+    return target_truth(LatencyTable.load(source_dir))
+
+
+def use_devices(monkeypatch, *runners: ScriptedRunner) -> list[ScriptedRunner]:
+    """latbench.api opens these runners, one per call, in order."""
+    queue = list(runners)
+    monkeypatch.setattr(latbench.api, "open_device", lambda device=None, **kw: queue.pop(0))
+    return list(runners)
+
+
+def adapt(source_dir: Path, out: Path, **kw):
+    kw.setdefault("budget", BUDGET)
+    kw.setdefault("calibrate", CALIBRATE)
+    return latbench.adapt_table([source_dir], "scripted", out=out, jobs=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def adapted(source_dir, truth, tmp_path_factory):
+    """One adapt with budget 20; the tests below read it (copies where they change it)."""
+    mp = pytest.MonkeyPatch()
+    try:
+        device = TargetDevice(truth)
+        use_devices(mp, device)
+        result = adapt(source_dir, tmp_path_factory.mktemp("adapted") / "t")
+    finally:
+        mp.undo()
+    return result, device
+
+
+def test_the_adapted_table_is_within_tolerance_of_the_targets_truth(adapted, truth):
+    result, device = adapted
+    table = LatencyTable.load(result.table.path)  # as written, through every integrity check
+    errors = {k: ms / truth[k] - 1 for k, ms in table.latency_ms().items()}
+    predicted = table.predicted()
+    within = sum(abs(e) <= 0.05 for e in errors.values()) / len(errors)
+    print(f"budget {BUDGET}: {within:.0%} of {len(errors)} entries within +-5 % of the target's truth, "
+          f"predicted only {sum(abs(errors[k]) <= 0.05 for k in predicted) / len(predicted):.0%}, "
+          f"worst {max(map(abs, errors.values())):.1%}")
+    assert within >= WITHIN_5PCT
+    assert max(map(abs, errors.values())) <= WORST
+    # The stated uncertainty means something: most predictions are within two sigma of the truth.
+    covered = sum(abs(errors[k]) <= 2 * predicted[k] / 100 for k in predicted) / len(predicted)
+    print(f"predicted entries within 2 sigma: {covered:.0%}; median sigma "
+          f"{sorted(predicted.values())[len(predicted) // 2]:.1f} %")
+    assert covered >= 0.8
+    # Measured entries are the device's own values; the budget bounds what was measured.
+    measured = [k for k in errors if k not in predicted]
+    assert all(abs(errors[k]) < 0.01 for k in measured)
+    assert len(measured) == BUDGET - CALIBRATE
+    labels = {label for label, _, _ in device.calls}  # the anchors are measured in every session too
+    assert labels == set(measured) | set(table.meta["adapt"]["calibration"]) | set(table.meta["anchors"]["keys"])
+    # The baseline of the issue: the source table times one factor fitted on the same measurements
+    # is off by whole kinds.
+    source = LatencyTable.load(result.table.meta["adapt"]["sources"][0]["path"]).latency_ms()
+    factor = statistics.median(truth[k] / source[k] for k in measured)
+    baseline = sum(abs(factor * source[k] / truth[k] - 1) <= 0.05 for k in errors) / len(errors)
+    print(f"one fitted factor: {baseline:.0%} within +-5 %")
+    assert within > baseline + 0.2
+
+
+def test_the_selection_covers_every_kind_every_stage_and_the_cost_range(source_dir):
+    entries, _ = source_entries([LatencyTable.load(source_dir)])
+    chosen = select_entries(list(entries.values()), 12)
+    assert len(chosen) == len(set(chosen)) == 12
+    picked = [entries[k] for k in chosen]
+    assert {e.kind for e in picked} == {e.kind for e in entries.values()}
+    assert {e.stage for e in picked if e.stage is not None} == {e.stage for e in entries.values() if e.stage is not None}
+    ffn = sorted(e.source_ms for e in entries.values() if e.kind == "ffn")
+    ffn_picked = [e.source_ms for e in picked if e.kind == "ffn"]
+    assert len(ffn_picked) >= 2
+    # The picks span the kind's cost range: the cheapest and the dearest quarter are both sampled.
+    assert min(ffn_picked) <= ffn[len(ffn) // 4] and max(ffn_picked) >= ffn[3 * len(ffn) // 4]
+    # Deterministic (a resumed adapt must choose the same), and extending keeps what was chosen.
+    assert select_entries(list(entries.values()), 12) == chosen
+    more = select_entries(list(entries.values()), 4, already=chosen)
+    assert len(more) == 4 and not set(more) & set(chosen)
+
+
+def test_entries_are_marked_and_meta_records_sources_budget_and_model(adapted, source_dir):
+    result, _ = adapted
+    table = LatencyTable.load(result.table.path)
+    blocks = pd.read_csv(Path(result.table.path) / "blocks.csv")
+    assert set(blocks["source"]) == {"measured", "predicted"}
+    pred = blocks[blocks["source"] == "predicted"]
+    assert pred["uncertainty_pct"].notna().all() and (pred["uncertainty_pct"] > 0).all()
+    assert blocks.loc[blocks["source"] == "measured", "uncertainty_pct"].isna().all()
+    assert (pred["rounds"] == 0).all()
+    meta = json.loads((Path(result.table.path) / "meta.json").read_text())
+    [src] = meta["adapt"]["sources"]
+    assert src["path"] == str(source_dir)
+    assert src["sha256"] == hashlib.sha256((source_dir / "blocks.csv").read_bytes()).hexdigest()
+    assert meta["adapt"]["budget"] == BUDGET and meta["adapt"]["predicted"] == len(pred)
+    model = meta["adapt"]["transfer_model"]
+    assert model["fitted_on"] == BUDGET - CALIBRATE and set(model["kinds"]) == set(KIND_FACTOR)
+    assert meta["overhead"]["calibrated"] and meta["overhead"]["calibrated_on"] == ["efficientformerv2_s0"]
+    # It estimates like any table, saying what rests on predictions.
+    est = latbench.estimate(table, "efficientformerv2_s1")
+    assert est.predicted["entries"] > 0 and est.predicted["uncertainty_ms"] > 0
+    assert any("predicted" in w and "lut build --upgrade" in w for w in est.warnings)
+
+
+def test_lut_show_and_estimate_mark_predicted_entries(adapted, run_cli, run_cli_json):
+    result, _ = adapted
+    path = str(result.table.path)
+    shown = run_cli_json("lut", "show", path)
+    assert len(shown["predicted"]) == shown["meta"]["adapt"]["predicted"] > 0
+    code, out, _ = run_cli("lut", "show", path)
+    assert code == 0 and "PREDICTED" in out and "lut build --upgrade" in out
+    [est] = run_cli_json("lut", "estimate", path, "efficientformerv2_s0")
+    assert est["predicted"]["entries"] > 0 and est["predicted"]["uncertainty_pct"] > 0
+    assert any("predicted" in w for w in est["warnings"])
+
+
+def test_an_interrupted_adapt_resumes_without_re_measuring(source_dir, truth, tmp_path, monkeypatch):
+    out = tmp_path / "t"
+    first, second = use_devices(monkeypatch, TargetDevice(truth, lost_after=70), TargetDevice(truth))
+    with pytest.raises(DeviceLost):
+        adapt(source_dir, out)
+    with Journal(out / "journal.sqlite") as journal:
+        done = {k: len(r) for k, r in journal.rows().items()}
+    assert sum(done.values()) > 20 and not (out / "blocks.csv").exists()
+    result = adapt(source_dir, out)
+    with Journal(out / "journal.sqlite") as journal:
+        final = {k: len(r) for k, r in journal.rows().items()}
+    # Every round taken before the interruption is kept; the rerun takes only the rounds missing.
+    anchors = set(result.table.meta["anchors"]["keys"])  # also read as anchors, in every session
+    assert all(final[k] == n + second.measurements_of(k) for k, n in done.items() if k not in anchors), \
+        {k: (n, second.measurements_of(k), final[k]) for k, n in done.items()}
+    assert any(n >= 3 and second.measurements_of(k) == 0 for k, n in done.items())
+    assert result.reused == len([k for k in done if k in result.table.meta["adapt"]["selected"]])
+    assert result.table.meta["adapt"]["measured"] == BUDGET - CALIBRATE
+
+
+def test_an_adapted_table_is_rederived_from_its_journal_alone(adapted, tmp_path):
+    result, _ = adapted
+    shutil.copytree(result.table.path, tmp_path / "t")
+    (tmp_path / "t" / "blocks.csv").write_text("key,kind\n")  # damaged; the sources are not needed to repair
+    repaired = latbench.repair_table(tmp_path / "t")
+    assert repaired.predicted() == pytest.approx(result.table.predicted())
+    assert repaired.latency_ms() == pytest.approx(result.table.latency_ms())
+
+
+def test_lut_build_upgrade_measures_the_least_certain_then_all(adapted, truth, tmp_path, monkeypatch, run_cli):
+    result, _ = adapted
+    out = tmp_path / "t"
+    shutil.copytree(result.table.path, out)
+    before = LatencyTable.load(out).predicted()
+    least = sorted(before, key=lambda k: -before[k])[:3]
+    first, second = use_devices(monkeypatch, TargetDevice(truth), TargetDevice(truth))
+    upgraded = latbench.upgrade_table(out, count=3).table
+    assert set(before) - set(upgraded.predicted()) == set(least)
+    assert {label for label, _, _ in first.calls} - set(upgraded.meta["anchors"]["keys"]) == \
+        set(least) - set(upgraded.meta["anchors"]["keys"])
+    # Plain `lut build --out` on an adapted table measures all that is still predicted.
+    code, _, err = run_cli("lut", "build", "--out", str(out), "--device", "scripted", "--no-progress")
+    assert code == 0, err
+    final = LatencyTable.load(out)
+    assert final.predicted() == {} and set(final.blocks["source"]) == {"measured"}
+    assert all(abs(ms / truth[k] - 1) < 0.01 for k, ms in final.latency_ms().items())
+    code, _, err = run_cli("lut", "build", "--upgrade", "--out", str(out), "--device", "scripted")
+    assert code == 2 and "no predicted entries" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("other", ["space", "resolution"])
+def test_a_source_of_another_space_or_resolution_is_refused_in_one_line(source_dir, tmp_path, run_cli, other):
+    if other == "space":
+        definition = SearchSpace.default().to_dict()
+        definition["stages"][0]["widths"] = [32, 48]
+        table = synthetic_table(SearchSpace.from_dict(definition))
+    else:
+        definition = {**SearchSpace.default().to_dict(), "resolutions": [224, 256]}
+        table = synthetic_table(SearchSpace.from_dict(definition), resolution=256)
+    table.save(tmp_path / "other")
+    code, out, err = run_cli("lut", "adapt", str(source_dir), str(tmp_path / "other"), "--device", "scripted",
+                             "--out", str(tmp_path / "t"))
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and other in err
+    assert not (tmp_path / "t").exists()
+
+
+def test_bad_budgets_and_an_out_holding_another_table_are_refused(source_dir, tmp_path, run_cli):
+    code, _, err = run_cli("lut", "adapt", str(source_dir), "--device", "scripted", "--budget", "5",
+                           "--out", str(tmp_path / "t"))
+    assert code == 2 and "block kinds" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("lut", "adapt", str(source_dir), "--device", "scripted", "--out", str(source_dir))
+    assert code == 2 and "holds another table" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(UsageError, match="at least one"):
+        plan_adapt([], tmp_path / "t")
+    with pytest.raises(UsageError, match="not saved"):
+        plan_adapt([synthetic_table()], tmp_path / "t")
+
+
+def test_tables_written_before_adapted_tables_still_load(source_dir, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(source_dir, old)
+    blocks = pd.read_csv(old / "blocks.csv").drop(columns=["source", "uncertainty_pct"])
+    text = blocks.to_csv(index=False)
+    (old / "blocks.csv").write_text(text)
+    meta = json.loads((old / "meta.json").read_text())
+    meta["files"]["blocks.csv"]["sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    (old / "meta.json").write_text(json.dumps(meta))
+    table = LatencyTable.load(old)
+    assert table.predicted() == {} and not latbench.estimate(table, "efficientformerv2_s0").predicted
+
+
+def test_lut_adapt_from_the_command_line(source_dir, truth, tmp_path, monkeypatch, run_cli):
+    use_devices(monkeypatch, TargetDevice(truth), TargetDevice(truth), TargetDevice(truth))
+    args = ("lut", "adapt", str(source_dir), "--device", "scripted", "--budget", "10", "--calibrate", "0",
+            "--out", str(tmp_path / "t"), "--no-progress")
+    code, out, err = run_cli(*args, "--json")
+    assert code == 0, err
+    summary = json.loads(out)["adapt"]
+    assert summary["measured"] == 10 and summary["predicted"] == 102 - 10 and summary["budget"] == 10
+    assert summary["median_uncertainty_pct"] > 0 and len(summary["selected"]) == 10
+    code, out, err = run_cli(*args)  # rerun: resumes, measures nothing more, reports in text
+    assert code == 0, err
+    assert "measured 0 (key, round) pairs now" in out and "92 predicted" in out and "--upgrade" in out
+    # A larger budget adds to what was chosen and measured; nothing chosen before is dropped.
+    code, out, err = run_cli(*[a if a != "10" else "12" for a in args], "--json")
+    assert code == 0, err
+    more = json.loads(out)
+    assert more["adapt"]["selected"][:10] == summary["selected"] and more["adapt"]["measured"] == 12
+    assert more["reused"] == 10
