@@ -42,8 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="output directory (default: $LATBENCH_CACHE or ~/.cache/latbench/exports)")
     p.add_argument("--resolution", type=positive_int, default=None, metavar="R",
                    help="input resolution (space: one it lists, default all; model: default its own)")
-    p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="for every format (default: fp32 for ONNX and TFLite, fp16 for Core ML; TFLite is fp32 only)")
+    p.add_argument("--precision", "--dtype", dest="precision", choices=PRECISIONS, default=None,
+                   help="for every format (default: fp32 for ONNX and TFLite, fp16 for Core ML; TFLite is fp32 only; "
+                        "int8 is ONNX only: onnxruntime's static QDQ quantization)")
+    p.add_argument("--calibration-seed", type=int, default=None, metavar="N",
+                   help="int8: seed of the calibration batches (default 0); part of the artifact's hash")
+    p.add_argument("--calibration-batches", type=positive_int, default=None, metavar="N",
+                   help="int8: standard-normal calibration batches (default 8); part of the artifact's hash")
     p.add_argument("--deployment-target", default=DEFAULT_DEPLOYMENT_TARGET, metavar="TARGET",
                    help=f"Core ML minimum deployment target (default {DEFAULT_DEPLOYMENT_TARGET})")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
@@ -57,10 +62,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from latbench import api
 
+    recipe = {k: v for k, v in (("calibration_seed", args.calibration_seed),
+                                ("calibration_batches", args.calibration_batches)) if v is not None}
+    if recipe and args.precision != "int8":
+        from latbench.core.errors import UsageError
+
+        raise UsageError("--calibration-seed and --calibration-batches apply to --precision int8")
     report = api.export_artifacts(space=args.space, model=args.model, arch=args.arch, formats=args.format, out=args.out,
                         resolution=args.resolution, precision=args.precision,
                         deployment_target=args.deployment_target, jobs=args.jobs, force=args.force,
-                        progress=shows_progress(args))
+                        progress=shows_progress(args), quantization=recipe or None)
     if args.json:
         print_json(report.to_json())
         return 1 if report.failures else 0
@@ -114,6 +125,8 @@ def _grouped(records: list) -> list[tuple]:
             if fmt == "tflite":
                 full = sum(bool((r.validation.get("xnnpack") or {}).get("fully_delegated")) for r in rs)
                 check += f", {full}/{len(rs)} fully on XNNPACK"
+        elif cosines := [r.validation["parity"]["cosine"] for r in rs if "cosine" in (r.validation.get("parity") or {})]:
+            check = f"int8, min cosine {min(cosines):.4f}"
         elif fmt == "coreml" and status != "failed":
             check = "reloaded"
         else:
@@ -126,6 +139,8 @@ def _grouped(records: list) -> list[tuple]:
 
 def _check(r) -> str:
     parity = r.validation.get("parity") or {}
+    if parity.get("status") in ("passed", "failed") and "cosine" in parity:
+        return f"int8 parity {parity['status']} (cosine {parity['cosine']:.4f}, rel. error {parity['rel_error']:.3f})"
     if parity.get("status") in ("passed", "failed") and "max_abs_diff" in parity:
         return f"parity {parity['status']} ({parity['max_abs_diff']:.0e}){_delegation(r)}"
     if r.format == "coreml" and r.validation.get("reload") == "passed":

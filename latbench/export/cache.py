@@ -1,7 +1,7 @@
 """Content-addressed artifact cache: where an artifact lives and whether an existing one can be trusted.
 
 An artifact's path embeds a hash of everything that determines it: the item (key, kind, fields,
-input shape), format, precision, Core ML deployment target, exporter and opset, weight seed, the
+input shape), format, precision (with int8, the quantization recipe), Core ML deployment target, exporter and opset, weight seed, the
 library versions (torch, onnx, onnxruntime / coremltools / litert-torch, latbench), a digest of the model code
 and the export pipeline version. `manifest.json` in the output directory lists every artifact
 with its sha256; an artifact is reused only when its manifest entry says it validated, its file
@@ -57,7 +57,7 @@ def code_digest() -> str:
     hashed as its syntax tree without docstrings, so comment and documentation edits keep the cache.
     """
     root = Path(latbench.__file__).parent
-    exporters = [root / "export" / n for n in ("common.py", "onnx.py", "coreml.py", "tflite.py")]
+    exporters = [root / "export" / n for n in ("common.py", "onnx.py", "coreml.py", "tflite.py", "quantize.py")]
     files = sorted((root / "models").glob("*.py")) + [root / "blocks.py", *exporters]
     h = hashlib.sha256()
     for f in files:
@@ -107,8 +107,11 @@ def content_descriptor(
     exporter: str,
     opset: int | None,
     seed: int,
+    quantization: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """What an artifact's content hash covers. `quantization` (the int8 recipe's to_dict()) is a
+    key only when given, so the hashes of fp32/fp16 artifacts are as they were."""
+    desc = {
         "pipeline": PIPELINE_VERSION,
         "key": item.key,
         "kind": item.kind,
@@ -123,6 +126,9 @@ def content_descriptor(
         "versions": library_versions(fmt),
         "code": code_digest(),
     }
+    if quantization is not None:
+        desc["quantization"] = quantization
+    return desc
 
 
 def content_hash(descriptor: dict[str, Any]) -> str:

@@ -23,13 +23,14 @@ import latbench
 from latbench.core.errors import LatbenchError, UsageError
 from latbench.core.formats import FORMATS
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 #: Precision used when the caller does not choose one: ONNX artifacts feed CPU runtimes (fp32),
 #: Core ML ones the Neural Engine/GPU, which compute in fp16 anyway. TFLite graphs stay fp32:
 #: XNNPACK picks fp16 arithmetic itself where the CPU has it (latbench.export.tflite).
 DEFAULT_PRECISION = {"onnx": "fp32", "coreml": "fp16", "tflite": "fp32"}
-#: Precisions a format can be exported in (the others take every one of PRECISIONS).
-FORMAT_PRECISIONS = {"tflite": ("fp32",)}
+#: Precisions a format can be exported in (the others take every one of PRECISIONS). int8 is
+#: ONNX only so far (onnxruntime's static QDQ quantization: latbench.export.quantize).
+FORMAT_PRECISIONS = {"tflite": ("fp32",), "coreml": ("fp32", "fp16")}
 DEFAULT_DEPLOYMENT_TARGET = "iOS16"
 ONNX_OPSET = 17
 DEFAULT_SEED = 0
@@ -98,6 +99,7 @@ class ArtifactRecord:
     validation: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     fields: dict[str, Any] = field(default_factory=dict)  # the item's BlockConfig.fields(), if any
+    quantization: dict[str, Any] | None = None  # int8: the recipe (latbench.export.quantize.QuantRecipe)
     error: str | None = None
     traceback: str | None = None
 
@@ -134,6 +136,7 @@ class ArtifactRecord:
             "content_hash": self.content_hash,
             "export_seconds": self.export_seconds,
             "parity": self.validation.get("parity"),
+            "quantization": self.quantization,
         }
 
 
@@ -397,6 +400,10 @@ def fill_record(rec: ArtifactRecord, info: dict[str, Any]) -> None:
 
 
 def parity_error(parity: dict[str, Any]) -> str:
+    if "cosine" in parity or parity.get("metric"):
+        from latbench.export.quantize import quantized_parity_error
+
+        return quantized_parity_error(parity)
     if "reason" in parity:
         return f"parity check failed: {parity['reason']}"
     return (

@@ -26,7 +26,7 @@ class ExportFormat:
         raise NotImplementedError
 
     def export(self, item: Any, final: Path, rec: Any, *, precision: str, exporter: str, opset: int | None,
-               deployment_target: str | None, seed: int) -> None:
+               deployment_target: str | None, seed: int, quantization: dict[str, Any] | None = None) -> None:
         raise NotImplementedError
 
     def check_available(self) -> None:
@@ -44,10 +44,11 @@ class OnnxFormat(ExportFormat):
         return onnx_exporter
 
     def export(self, item: Any, final: Path, rec: Any, *, precision: str, exporter: str, opset: int | None,
-               deployment_target: str | None, seed: int) -> None:
+               deployment_target: str | None, seed: int, quantization: dict[str, Any] | None = None) -> None:
         from latbench.export.onnx import export_onnx
 
-        export_onnx(item, final, rec, precision=precision, exporter=exporter, opset=opset or ONNX_OPSET, seed=seed)
+        export_onnx(item, final, rec, precision=precision, exporter=exporter, opset=opset or ONNX_OPSET, seed=seed,
+                    quantization=quantization)
 
 
 class CoreMLFormat(ExportFormat):
@@ -58,7 +59,7 @@ class CoreMLFormat(ExportFormat):
         return "torch.export+coremltools"
 
     def export(self, item: Any, final: Path, rec: Any, *, precision: str, exporter: str, opset: int | None,
-               deployment_target: str | None, seed: int) -> None:
+               deployment_target: str | None, seed: int, quantization: dict[str, Any] | None = None) -> None:
         from latbench.export.coreml import export_coreml
 
         export_coreml(item, final, rec, precision=precision,
@@ -79,7 +80,7 @@ class TFLiteFormat(ExportFormat):
         return EXPORTER
 
     def export(self, item: Any, final: Path, rec: Any, *, precision: str, exporter: str, opset: int | None,
-               deployment_target: str | None, seed: int) -> None:
+               deployment_target: str | None, seed: int, quantization: dict[str, Any] | None = None) -> None:
         from latbench.export.tflite import export_tflite
 
         export_tflite(item, final, rec, precision=precision, seed=seed)

@@ -26,6 +26,12 @@ activations are fp16 inside. Parity is then checked against the fp32 PyTorch ref
 fp16 tolerance (1e-2 x max(1, max |reference|)). onnxruntime's CPU provider runs ops that lack an
 fp16 kernel in fp32 between casts, so on this host the check covers the rounding of weights and
 intermediate tensors, not fp16 arithmetic inside every kernel; a phone's fp16 kernels differ more.
+
+int8: the fp32 graph (exported as above, to a temp file beside the artifact) is quantized by
+onnxruntime's static QDQ quantizer with the recipe given (latbench.export.quantize: seeded
+calibration batches, per-channel int8 weights, uint8 activations); inputs and outputs stay fp32.
+Parity is cosine similarity and relative error against the fp32 PyTorch reference, and the graph
+must hold quantize/dequantize nodes.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from latbench.export.common import (
     parity_result,
     quiet_libraries,
 )
+from latbench.export.quantize import QUANT_OPS, QuantRecipe, quantize_onnx, quantized_parity
 
 EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_EXPORTER = "torchscript"
@@ -62,8 +69,10 @@ def export_onnx(
     exporter: str = DEFAULT_EXPORTER,
     opset: int = ONNX_OPSET,
     seed: int = 0,
+    quantization: QuantRecipe | dict[str, Any] | None = None,
 ) -> None:
-    """Export `item` to `final` (atomically) and fill `rec`; a parity failure sets rec.error."""
+    """Export `item` to `final` (atomically) and fill `rec`; a parity failure sets rec.error.
+    `quantization`: the int8 recipe (precision "int8" only; None: the default recipe)."""
     import torch
 
     quiet_libraries()
@@ -72,6 +81,8 @@ def export_onnx(
     module, x_trace, x_val, refs, out_names = inp.module, inp.x_trace, inp.x_val, inp.refs, inp.out_names
 
     tmp = tmp_path_for(final)
+    # int8: the fp32 graph goes here first, then is quantized into `tmp`.
+    fp32_tmp = tmp_path_for(final.with_name(f"fp32-{final.name}")) if precision == "int8" else tmp
     try:
         with captured_output(), torch.no_grad():
             if exporter == "torchscript":
@@ -80,13 +91,13 @@ def export_onnx(
                 timings["trace"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 torch.onnx.export(
-                    traced, (x_trace,), str(tmp), dynamo=False, opset_version=opset,
+                    traced, (x_trace,), str(fp32_tmp), dynamo=False, opset_version=opset,
                     input_names=["input"], output_names=out_names, do_constant_folding=True,
                 )  # fmt: skip
             elif exporter == "dynamo":
                 t0 = time.perf_counter()
                 torch.onnx.export(
-                    module, (x_trace,), str(tmp), dynamo=True, opset_version=max(opset, 18),
+                    module, (x_trace,), str(fp32_tmp), dynamo=True, opset_version=max(opset, 18),
                     input_names=["input"], output_names=out_names, external_data=False, verbose=False,
                 )  # fmt: skip
                 timings["trace"] = 0.0  # not separable: torch.export runs inside
@@ -95,9 +106,14 @@ def export_onnx(
             if precision == "fp16":
                 to_fp16(tmp)
             timings["convert"] = time.perf_counter() - t0
+            if precision == "int8":
+                recipe = QuantRecipe.from_value(quantization)
+                rec.quantization = recipe.to_dict()
+                timings["quantize"] = quantize_onnx(fp32_tmp, tmp, "input", tuple(int(d) for d in item.input_shape),
+                                                    recipe)
 
         t0 = time.perf_counter()
-        info = validate_onnx(tmp, x_val, refs, precision)
+        info = validate_onnx(tmp, x_val, refs, precision, kind=item.kind)
         timings["validate"] += time.perf_counter() - t0
         fill_record(rec, info)
         # A parity failure is still placed (to inspect it); the manifest marks it failed, so it is
@@ -105,6 +121,7 @@ def export_onnx(
         place_artifact(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+        fp32_tmp.unlink(missing_ok=True)
 
 
 def to_fp16(path: Path) -> None:
@@ -139,8 +156,10 @@ def toposort(graph: Any) -> None:
     graph.node.extend(ordered)
 
 
-def validate_onnx(path: Path, x: Any, refs: list[Any], precision: str) -> dict[str, Any]:
-    """Full checker, opset and static-shape checks, then onnxruntime vs the PyTorch reference."""
+def validate_onnx(path: Path, x: Any, refs: list[Any], precision: str, kind: str = "block") -> dict[str, Any]:
+    """Full checker, opset and static-shape checks, then onnxruntime vs the PyTorch reference
+    (int8: by cosine similarity and relative error, thresholds by `kind`, and the graph must be
+    quantized)."""
     import onnx
     import onnxruntime as ort
     import torch
@@ -171,13 +190,19 @@ def validate_onnx(path: Path, x: Any, refs: list[Any], precision: str) -> dict[s
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     got = sess.run(None, {inputs[0][0]: x.numpy()})
-    parity = parity_result([r.numpy() for r in refs], got, PARITY_TOLERANCE[precision])
+    op_counts = dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
+    if precision == "int8":
+        parity = quantized_parity([r.numpy() for r in refs], got, kind)
+        if not any(op_counts.get(op) for op in QUANT_OPS):
+            parity = {**parity, "status": "failed", "reason": "the graph holds no quantize/dequantize node"}
+    else:
+        parity = parity_result([r.numpy() for r in refs], got, PARITY_TOLERANCE[precision])
     parity["runtime"] = f"onnxruntime {ort.__version__} CPUExecutionProvider"
     return {
         "checker": "passed",
         "opset": opset,
         "static_shapes": True,
-        "op_counts": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
+        "op_counts": op_counts,
         "parity": parity,
         "inputs": inputs,
         "outputs": outputs,

@@ -41,6 +41,7 @@ from latbench.export.common import (
 )
 from latbench.export.formats import EXPORT_FORMATS
 from latbench.export.onnx import DEFAULT_EXPORTER, EXPORTERS, MIN_OPSET
+from latbench.export.quantize import QuantRecipe
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class ExportTask:
     final: str
     versions: dict[str, str] = field(default_factory=dict)
     fields: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] | None = None  # int8: the recipe (QuantRecipe.to_dict())
 
 
 @dataclass
@@ -117,8 +119,11 @@ def plan_tasks(
     exporter: str,
     opset: int,
     seed: int,
+    quantization: QuantRecipe | dict[str, Any] | None = None,
 ) -> list[ExportTask]:
-    """Unique items x formats, each with its content hash and final path (no I/O)."""
+    """Unique items x formats, each with its content hash and final path (no I/O). int8 tasks
+    carry the quantization recipe (`quantization`, default QuantRecipe()), which their hash covers."""
+    recipe = QuantRecipe.from_value(quantization).to_dict()
     tasks: list[ExportTask] = []
     seen: set[str] = set()
     for item in items:
@@ -132,14 +137,15 @@ def plan_tasks(
             target = deployment_target if form.takes_deployment_target else None
             fmt_exporter = form.exporter(exporter)
             fmt_opset = opset if form.takes_opset else None
-            desc = content_descriptor(item, fmt, prec, target, fmt_exporter, fmt_opset, seed)
+            quant = recipe if prec == "int8" else None
+            desc = content_descriptor(item, fmt, prec, target, fmt_exporter, fmt_opset, seed, quant)
             chash = content_hash(desc)
             tasks.append(
                 ExportTask(
                     item=item, key=key, name=_item_name(item), kind=item.kind, fmt=fmt, precision=prec, deployment_target=target,
                     exporter=fmt_exporter, opset=fmt_opset, seed=seed, content_hash=chash,
                     final=str(out_dir / artifact_relpath(key, fmt, prec, chash)),
-                    versions=desc["versions"], fields=item_fields(item),
+                    versions=desc["versions"], fields=item_fields(item), quantization=quant,
                 )  # fmt: skip
             )
     return tasks
@@ -155,14 +161,15 @@ def run_task(task: ExportTask) -> ArtifactRecord:
     rec = ArtifactRecord(
         key=task.key, name=task.name, kind=task.kind, format=task.fmt, precision=task.precision, status="exported",
         path=task.final, content_hash=task.content_hash, deployment_target=task.deployment_target,
-        exporter=task.exporter, versions=dict(task.versions), fields=dict(task.fields),
+        exporter=task.exporter, versions=dict(task.versions), fields=dict(task.fields), quantization=task.quantization,
     )  # fmt: skip
     final = Path(task.final)
     final.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     try:
         EXPORT_FORMATS[task.fmt].export(task.item, final, rec, precision=task.precision, exporter=task.exporter,
-                                        opset=task.opset, deployment_target=task.deployment_target, seed=task.seed)
+                                        opset=task.opset, deployment_target=task.deployment_target, seed=task.seed,
+                                        quantization=task.quantization)
         rec.sha256 = tree_sha256(final)
         rec.size = tree_size(final)
     except Exception as exc:  # any failure of this one configuration is reported, not raised
@@ -210,7 +217,7 @@ def _failed(task: ExportTask, error: str) -> ArtifactRecord:
     return ArtifactRecord(
         key=task.key, name=task.name, kind=task.kind, format=task.fmt, precision=task.precision, status="failed",
         content_hash=task.content_hash, deployment_target=task.deployment_target, exporter=task.exporter,
-        versions=dict(task.versions), fields=dict(task.fields), error=error,
+        versions=dict(task.versions), fields=dict(task.fields), quantization=task.quantization, error=error,
     )  # fmt: skip
 
 
@@ -228,12 +235,15 @@ def export_items(
     onnx_exporter: str = DEFAULT_EXPORTER,
     opset: int = ONNX_OPSET,
     on_result: Callable[[ArtifactRecord], None] | None = None,
+    quantization: QuantRecipe | dict[str, Any] | None = None,
 ) -> ExportReport:
     """Export BlockConfigs / Candidates (anything with key, kind, input_shape, build()).
 
     - `formats`: "onnx", "coreml", "tflite" or several ("onnx,coreml" or a sequence).
-    - `precision`: "fp32" or "fp16" for every format; None uses each format's default
-      (fp32 for ONNX and TFLite, fp16 for Core ML). TFLite is fp32 only.
+    - `precision`: "fp32", "fp16" or "int8" for every format; None uses each format's default
+      (fp32 for ONNX and TFLite, fp16 for Core ML). TFLite is fp32 only, int8 ONNX only.
+    - `quantization`: the int8 recipe (a QuantRecipe or a mapping of its fields; None: the default
+      one); it is recorded in the manifest and part of each int8 artifact's content hash.
     - `out_dir`: None means default_cache_dir() ($LATBENCH_CACHE or ~/.cache/latbench/exports).
     - `jobs`: worker processes (None: min(2, CPUs)); 1 exports in this process.
     - `progress`: a ProgressFn (phase "export"), True for bars on stderr, False for none.
@@ -246,7 +256,8 @@ def export_items(
     if progress is True:
         with phase_progress() as bars:
             return export_items(items, formats, out_dir, precision, deployment_target, jobs, bars, seed=seed,
-                                force=force, onnx_exporter=onnx_exporter, opset=opset, on_result=on_result)
+                                force=force, onnx_exporter=onnx_exporter, opset=opset, on_result=on_result,
+                                quantization=quantization)
     t_start = time.perf_counter()
     fmts = parse_formats(formats)
     check_precision(precision, fmts)
@@ -263,7 +274,7 @@ def export_items(
     out = writable_dir(out_dir if out_dir is not None else default_cache_dir()).resolve()
     remove_stale_temps(out)
 
-    tasks = plan_tasks(items, fmts, out, precision, target, onnx_exporter, opset, seed)
+    tasks = plan_tasks(items, fmts, out, precision, target, onnx_exporter, opset, seed, quantization)
     manifest = Manifest(out)
     known = manifest.load()
     results: dict[int, ArtifactRecord] = {}
@@ -416,6 +427,7 @@ def export_one(
     *,
     seed: int = DEFAULT_SEED,
     force: bool = False,
+    quantization: QuantRecipe | dict[str, Any] | None = None,
 ) -> ArtifactRecord:
     """Export (or find in the cache) one item in one format, in this process.
 
@@ -423,7 +435,7 @@ def export_one(
     LatbenchError.
     """
     report = export_items([item], (fmt,), out_dir, precision, deployment_target, jobs=1, progress=False,
-                          seed=seed, force=force)
+                          seed=seed, force=force, quantization=quantization)
     return report[(item.key, parse_formats(fmt)[0])]
 
 
@@ -435,12 +447,13 @@ def find_artifact(
     deployment_target: str = DEFAULT_DEPLOYMENT_TARGET,
     *,
     seed: int = DEFAULT_SEED,
+    quantization: QuantRecipe | dict[str, Any] | None = None,
 ) -> ArtifactRecord | None:
     """The trusted cached artifact for `item`, or None; never exports."""
     fmt = parse_formats(fmt)[0]
     out = Path(out_dir if out_dir is not None else default_cache_dir()).expanduser()
     task = plan_tasks([item], (fmt,), out, check_precision(precision),
-                      check_deployment_target(deployment_target), DEFAULT_EXPORTER, ONNX_OPSET, seed)[0]
+                      check_deployment_target(deployment_target), DEFAULT_EXPORTER, ONNX_OPSET, seed, quantization)[0]
     manifest = Manifest(out)
     rec = manifest.load().get(task.content_hash)
     if not manifest.trusted(rec):
