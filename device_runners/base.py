@@ -62,6 +62,8 @@ class Runner(abc.ABC):
 
     kind: ClassVar[str]  # "cpu", "litert", "android", "iphone", "mac", "aihub"; also the device id prefix
     artifact_format: ClassVar[str]  # a key of latbench.core.formats.FORMAT_SUFFIXES
+    #: Artifact precisions the runner measures (latbench.export.common.PRECISIONS); others are refused.
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16")
 
     device_id: str
 
@@ -83,6 +85,14 @@ class Runner(abc.ABC):
     def open(cls, device_id: str, **options: Any) -> Runner:
         """Open `device_id`; DeviceError (one line, with the reason) if it is unavailable."""
 
+    @classmethod
+    def check_precision(cls, precision: str | None) -> None:
+        """A one-line UsageError when this kind cannot run artifacts of `precision` (None: the default)."""
+        if precision is not None and precision not in cls.precisions:
+            hint = "; int8 runs on the cpu device so far" if precision == "int8" else ""
+            raise UsageError(f"{cls.kind} devices cannot run {precision} artifacts (they run "
+                             f"{', '.join(cls.precisions)}){hint}")
+
     # -- per-artifact work --------------------------------------------------------------------
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
@@ -99,6 +109,12 @@ class Runner(abc.ABC):
             )
         if not artifact.exists():
             raise UsageError(f"artifact not found: {artifact}")
+        if "int8" not in self.precisions and artifact.suffix.lower() == ".onnx":
+            from latbench.export.inspect import onnx_precision
+
+            if onnx_precision(artifact) == "int8":  # a quantized file given directly (profile FILE.onnx)
+                raise UsageError(f"{self.kind} devices cannot run int8 artifacts ({artifact.name} is quantized); "
+                                 f"int8 runs on the cpu device so far")
         content_hash = content_hash or tree_sha256(artifact)
         label = label or artifact.stem
         cached = self._prepared.get(content_hash)

@@ -30,7 +30,7 @@ from device_runners.base import DeviceInfo, Prepared, Runner, mask_hex, parse_co
 from device_runners.ort_common import artifact_info, parse_ort_profile, random_feeds, session_inputs
 from latbench.core.errors import DeviceError, UsageError
 from latbench.core.text import first_line
-from latbench.export.inspect import onnx_inputs
+from latbench.export.inspect import onnx_inputs, onnx_precision
 from latbench.measuring.measurement import Measurement, SamplingPolicy
 
 
@@ -145,6 +145,7 @@ def host_provenance() -> dict[str, Any]:
 class CpuRunner(Runner):
     kind = "cpu"
     artifact_format = "onnx"
+    precisions = ("fp32", "fp16", "int8")  # int8: QDQ graphs on onnxruntime's CPU kernels (MLAS)
 
     def __init__(
         self,
@@ -220,7 +221,8 @@ class CpuRunner(Runner):
         t0 = time.perf_counter_ns()
         self._run(session, feeds)
         first_ms = (time.perf_counter_ns() - t0) / 1e6
-        return Prepared(label, content_hash, artifact, (session, feeds), artifact_info(specs), session_ms, first_ms)
+        info = artifact_info(specs, onnx_precision(artifact))
+        return Prepared(label, content_hash, artifact, (session, feeds), info, session_ms, first_ms)
 
     def renew(self, prepared: Prepared) -> Prepared:
         fresh = self._prepare(prepared.artifact, prepared.content_hash, prepared.label)

@@ -82,6 +82,7 @@ def litert_version() -> str | None:
 class LiteRTRunner(Runner):
     kind = "litert"
     artifact_format = "tflite"
+    precisions = ("fp32",)  # the tflite format is exported in fp32 only (XNNPACK picks fp16 itself)
 
     def __init__(
         self,

@@ -96,10 +96,12 @@ def random_feeds(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray
     return feeds
 
 
-def artifact_info(specs: list[TensorSpec]) -> dict[str, Any]:
-    """What every measurement records about its inputs."""
+def artifact_info(specs: list[TensorSpec], precision: str | None = None) -> dict[str, Any]:
+    """What every measurement records about its inputs; `precision` when the graph says more than
+    its inputs do (latbench.export.inspect.onnx_precision: fp16 and int8 graphs take fp32 inputs)."""
     dtypes = {s.dtype for s in specs}
-    precision = "fp16" if dtypes == {"float16"} else "fp32" if dtypes <= {"float32"} else ",".join(sorted(dtypes))
+    precision = precision or ("fp16" if dtypes == {"float16"} else "fp32" if dtypes <= {"float32"}
+                              else ",".join(sorted(dtypes)))
     first = specs[0] if specs else None
     return {
         "input_shape": list(first.shape) if first else None,

@@ -46,6 +46,28 @@ def onnx_inputs(path: Path) -> list[TensorSpec]:
     return specs
 
 
+#: Node types only a quantized ONNX graph holds (QDQ pairs, or the integer operators).
+_QUANT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                        "MatMulInteger", "DynamicQuantizeLinear"})
+
+
+def onnx_precision(path: Path) -> str:
+    """The precision an ONNX file computes in, read from its graph (not its inputs: latbench's
+    fp16 and int8 graphs take fp32 inputs): "int8" when it holds quantization nodes, "fp16" when
+    its weights are float16, else "fp32". UsageError when the file is not a readable ONNX model."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise UsageError(f"{Path(path).name} is not a readable ONNX model: {first_line(e)}") from e
+    if any(n.op_type in _QUANT_OPS for n in model.graph.node):
+        return "int8"
+    if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
 #: TFLite schema TensorType codes -> numpy dtype names (the ones vision models use).
 _TFLITE_DTYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 6: "bool", 7: "int16", 9: "int8",
                   10: "float64"}

@@ -304,6 +304,10 @@ class MeasuringSession:
         self.progress = progress or no_progress
         self.export_jobs = export_jobs
         self.precision = precision
+        # A device that cannot run artifacts of this precision says so before anything is exported.
+        check_precision = getattr(getattr(self.dispatcher, "runner", None), "check_precision", None)
+        if precision is not None and callable(check_precision):
+            check_precision(precision)
         self.time_base = time_base or (lambda journal, session: {})
         self.recheck = recheck
         self.timings: dict[str, float] = {"export_s": 0.0, "prepare_s": 0.0, "measure_wall_s": 0.0,
