@@ -115,10 +115,11 @@ def _progress(progress: bool | ProgressFn):
 
 def profile(target: Target, device: str | None = None, *, runs: int | None = None, rounds: int = 3, warmup: int = 10,
             resolution: int | None = None, progress: bool | ProgressFn = False, out: str | Path | None = None,
-            **device_options: Any) -> ProfileResult:
+            dtype: str | None = None, **device_options: Any) -> ProfileResult:
     """Measure one model (or an .onnx / .mlpackage / .tflite file) on a device: latency by consensus of
     rounds, pooled sample statistics, per-op and per-block breakdowns, provenance. With `out`, the
-    profile files (profile.json, CSVs, breakdown plot) are written there (`result.files`)."""
+    profile files (profile.json, CSVs, breakdown plot) are written there (`result.files`). `dtype`:
+    the precision a model is exported in (fp32, fp16, int8; None: the device's default)."""
     from latbench.core.fileio import writable_dir
     from latbench.measuring.profile import profile as run_profile
 
@@ -126,12 +127,17 @@ def profile(target: Target, device: str | None = None, *, runs: int | None = Non
         raise UsageError(f"--runs must be >= 1, got {runs}")
     if rounds < 1 or warmup < 0:
         raise UsageError("--rounds must be >= 1 and --warmup >= 0")
+    from latbench.core.formats import format_of
+    from latbench.export.common import check_precision
+
+    if check_precision(dtype) is not None and isinstance(target, (str, Path)) and format_of(target) is not None:
+        raise UsageError("--dtype chooses how a model is exported; an artifact file already has its precision")
     if out is not None:
         writable_dir(out, create=False)
     spec = str(target) if isinstance(target, (str, Path)) else to_candidate(target, resolution)
     with open_device(device, **device_options) as runner, _progress(progress) as bar:
         result = run_profile(spec, runner, runs=runs, warmup=warmup, resolution=resolution, rounds=rounds,
-                             progress=bar)
+                             progress=bar, precision=dtype)
     if out is not None:
         from latbench.report.profile_files import write_profile
 
@@ -141,11 +147,13 @@ def profile(target: Target, device: str | None = None, *, runs: int | None = Non
 
 def build_settings(*, rounds: int = 3, max_rounds: int = 8, runs: int | None = None, calibrate: int = 8,
                    jobs: int = 1, time_cap: float | None = None, precision: float | str | None = 0.02,
-                   budget: float | str | None = None, cool_down: bool = True) -> Any:
-    """The BuildSettings of a build, with its options checked (one-line UsageErrors). `precision`:
+                   budget: float | str | None = None, cool_down: bool = True, dtype: str | None = None) -> Any:
+    """The BuildSettings of a build, with its options checked (one-line UsageErrors). `dtype`: the
+    artifacts' precision (fp32, fp16, int8; None: the device format's default). `precision`:
     what entries are held to where the device's noise allows (rules derived from its profile;
     None: the consensus rule as given, at 2 %); `budget`: device seconds (or "10m") after which no
     new round starts; `cool_down`: pause while the device is hot."""
+    from latbench.export.common import check_precision
     from latbench.measuring.consensus import ConsensusRule
     from latbench.measuring.noise import parse_duration, parse_precision
     from latbench.tables.build import BuildSettings
@@ -161,7 +169,7 @@ def build_settings(*, rounds: int = 3, max_rounds: int = 8, runs: int | None = N
     if runs is not None and runs < 1:
         raise UsageError(f"--runs must be >= 1, got {runs}")
     caps = {} if time_cap is None else {"block_time_cap_s": time_cap, "model_time_cap_s": max(time_cap, 4.0)}
-    return BuildSettings(rounds=rounds, runs=runs, calibration_models=calibrate, jobs=jobs,
+    return BuildSettings(rounds=rounds, runs=runs, calibration_models=calibrate, jobs=jobs, precision=check_precision(dtype),
                          consensus=ConsensusRule.for_rounds(rounds, max_rounds, tolerance=target or 0.02),
                          **caps, **rules)
 
@@ -169,9 +177,10 @@ def build_settings(*, rounds: int = 3, max_rounds: int = 8, runs: int | None = N
 def plan_builds(device: str | None = None, *, space: str | Path | SearchSpace | bool | None = None,
                 models: Sequence[str] | str = (), archs: Sequence[str | Path] | str | Path = (),
                 resolutions: Sequence[int] | None = None, out: str | Path | None = None, calibrate: int = 8,
-                reference: bool = True) -> list[Any]:
+                reference: bool = True, dtype: str | None = None) -> list[Any]:
     """The tables a build makes (one TablePlan per resolution), every input checked and every
-    table directory proven writable before any device is opened."""
+    table directory proven writable before any device is opened. A `dtype` other than the device
+    format's default names the default directory apart (tables/cpu/efficientformerv2-r224-int8)."""
     from latbench.core.config import default_device
     from latbench.core.fileio import writable_dir
     from latbench.tables.build import plan_tables
@@ -186,12 +195,29 @@ def plan_builds(device: str | None = None, *, space: str | Path | SearchSpace | 
         space = SearchSpace.load(space)
     elif space is False:
         space = None
+    device_id = default_device() if device is None else device
     plans = plan_tables(space=space, models=list(models), archs=[str(a) for a in archs], resolutions=resolutions,
-                        out=out, device_id=default_device() if device is None else device, calibrate=calibrate,
-                        reference=reference)
+                        out=out, device_id=device_id, calibrate=calibrate, reference=reference,
+                        precision=_named_precision(device_id, dtype))
     for plan in plans:
         writable_dir(plan.out, "table directory", create=False)
     return plans
+
+
+def _named_precision(device_id: str, dtype: str | None) -> str | None:
+    """The precision a default table directory is named by: `dtype` unless it is what the device's
+    artifact format defaults to (fp32 ONNX / TFLite, fp16 Core ML), so those keep their names."""
+    from latbench.export.common import DEFAULT_PRECISION, check_precision
+
+    if check_precision(dtype) is None:
+        return None
+    try:
+        from device_runners import runner_class
+
+        fmt = runner_class(device_id).artifact_format
+    except Exception:  # a farm pattern names no one kind: name the directory by the dtype
+        return dtype
+    return None if DEFAULT_PRECISION.get(fmt) == dtype else dtype
 
 
 def build_planned(runner: Any, plans: Sequence[Any], settings: Any, *, force: bool = False,
@@ -214,10 +240,12 @@ def build_tables(devices: str | Sequence[str] | None = None, *, cluster: str | N
                  force: bool = False, progress: bool | ProgressFn = False,
                  device_options: Callable[[str], dict[str, Any]] | dict[str, Any] | None = None,
                  precision: float | str | None = 0.02, budget: float | str | None = None,
-                 cool_down: bool = True) -> list[Any]:
+                 cool_down: bool = True, dtype: str | None = None) -> list[Any]:
     """Build (resume, extend) tables on one device, or on a device farm: several `devices` of one
     model on this host, or `cluster` (a Ray address; "" for $RAY_ADDRESS) whose agents serve them,
-    pooled into one table (`separate_tables`: one per device). `device_options`: the runner options,
+    pooled into one table (`separate_tables`: one per device). `dtype`: the artifacts' precision
+    (fp32, fp16, int8; None: the device's default), recorded in meta.json; a non-default one gets
+    its own default directory. `device_options`: the runner options,
     one dict for all devices or a function of the device id. Returns a BuildResult per table; what
     `lut build` runs."""
     from latbench.core.config import default_device
@@ -233,14 +261,15 @@ def build_tables(devices: str | Sequence[str] | None = None, *, cluster: str | N
                          "(see `latbench devices --cluster`)")
     devices = given or [default_device()]
     settings = build_settings(rounds=rounds, max_rounds=max_rounds, runs=runs, calibrate=calibrate, jobs=jobs,
-                              time_cap=time_cap, precision=precision, budget=budget, cool_down=cool_down)
+                              time_cap=time_cap, precision=precision, budget=budget, cool_down=cool_down,
+                              dtype=dtype)
 
     def options_for(device_id: str) -> dict[str, Any]:
         return dict(device_options(device_id) if callable(device_options) else (device_options or {}))
 
     def plans_for(device_id: str, where: str | Path | None) -> list[Any]:
         return plan_builds(device_id, space=space, models=models, archs=archs, resolutions=resolutions, out=where,
-                           calibrate=calibrate, reference=reference)
+                           calibrate=calibrate, reference=reference, dtype=dtype)
 
     if separate_tables and not farm:
         raise UsageError("--separate-tables needs several --device (or --cluster)")
@@ -323,7 +352,7 @@ def build_table(device: str | None = None, *, space: str | Path | SearchSpace | 
                 models: Sequence[str] = (), archs: Sequence[str | Path] = (), out: str | Path | None = None,
                 resolution: int | None = None, rounds: int = 3, max_rounds: int = 8, runs: int | None = None,
                 calibrate: int = 8, force: bool = False, jobs: int = 1, progress: bool | ProgressFn = False,
-                precision: float | str | None = 0.02, budget: float | str | None = None,
+                precision: float | str | None = 0.02, budget: float | str | None = None, dtype: str | None = None,
                 **device_options: Any) -> LatencyTable:
     """Build (or resume, or extend) the latency table of a device: for a search space (`space`:
     True for the default one, a YAML path or a SearchSpace) and/or named models and arch files.
@@ -331,16 +360,17 @@ def build_table(device: str | None = None, *, space: str | Path | SearchSpace | 
     unless `jobs` > 1 (worker processes re-import a script's main module: guard it with
     `if __name__ == "__main__":` then). Without `device`: latbench.toml's, else cpu. `precision`
     (0.02 or "2%") is what entries are held to where the device's noise allows (None: the fixed
-    consensus rule); `budget` (seconds or "10m") stops new rounds after that much measuring."""
+    consensus rule); `budget` (seconds or "10m") stops new rounds after that much measuring.
+    `dtype`: the artifacts' precision ("int8": quantized ONNX on cpu; None: the device's default)."""
     from latbench.core.config import default_device
 
     device = default_device() if device is None else device
     settings = build_settings(rounds=rounds, max_rounds=max_rounds, runs=runs, calibrate=calibrate, jobs=jobs,
-                              precision=precision, budget=budget)
+                              precision=precision, budget=budget, dtype=dtype)
     naming = SearchSpace.load(space) if isinstance(space, (str, Path)) else space
     naming = naming if isinstance(naming, SearchSpace) else SearchSpace.default()
     [plan] = plan_builds(device, space=space, models=models, archs=archs, out=out, calibrate=calibrate,
-                         resolutions=[resolution or naming.resolutions[0]])
+                         resolutions=[resolution or naming.resolutions[0]], dtype=dtype)
     with open_device(device, **device_options) as runner, _progress(progress) as bar:
         [res] = build_planned(runner, [plan], settings, force=force, progress=bar)
     return res.table
@@ -387,7 +417,8 @@ def upgrade_table(table: LatencyTable | str | Path, device: str | None = None, *
     t = load_table(table)
     configs = upgrade_configs(t, count)
     settings = build_settings(rounds=rounds, max_rounds=max_rounds, runs=runs, calibrate=0, jobs=jobs,
-                              time_cap=time_cap, precision=precision)
+                              time_cap=time_cap, precision=precision,
+                              dtype=(t.meta.get("settings") or {}).get("precision"))
     resolution = int(t.meta.get("resolution") or configs[0].resolution)
     items = {c.key: c for c in configs}
     space = t.space() if (t.meta.get("space") or {}).get("definition") else None
@@ -542,9 +573,12 @@ def export_targets(*, space: str | Path | SearchSpace | bool | None = None, mode
 def export_artifacts(*, space: str | Path | SearchSpace | bool | None = None, model: str | None = None,
            arch: str | Path | None = None, formats: str | Sequence[str] = ("onnx",), out: str | Path | None = None,
            resolution: int | None = None, precision: str | None = None, deployment_target: str | None = None,
-           jobs: int | None = 1, force: bool = False, progress: bool | ProgressFn = False) -> Any:
+           jobs: int | None = 1, force: bool = False, progress: bool | ProgressFn = False,
+           quantization: Any = None) -> Any:
     """Export a space's block configurations, a model or an arch file to ONNX / Core ML / TFLite,
     content-addressed in the export cache (and copied to `out`), each checked against PyTorch.
+    `precision`: fp32, fp16 or int8 (ONNX: onnxruntime's static QDQ quantization with the recipe
+    `quantization`, a QuantRecipe or a mapping of its fields; None: the default recipe).
     Returns the ExportReport (records, failures, manifest)."""
     from latbench.core.fileio import writable_dir
     from latbench.export import export_items, parse_formats
@@ -557,7 +591,8 @@ def export_artifacts(*, space: str | Path | SearchSpace | bool | None = None, mo
     items = export_targets(space=space, model=model, arch=arch, resolution=resolution)
     if out is not None:
         writable_dir(out, create=False)
-    return export_items(items, fmts, out, precision, target, jobs=jobs, progress=progress, force=force)
+    return export_items(items, fmts, out, precision, target, jobs=jobs, progress=progress, force=force,
+                        quantization=quantization)
 
 
 def _mes_config(config: str | Path | None, **overrides: Any) -> Any:

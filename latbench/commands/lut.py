@@ -65,6 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--budget", default=None, metavar="DURATION",
                    help="stop starting new rounds after this much measuring (e.g. 10m, 90s); the build states the "
                         "precision it reached")
+    b.add_argument("--dtype", choices=_dtypes(), default=None,
+                   help="precision of the artifacts measured (default: the device's, fp32 on cpu); int8 is onnxruntime's "
+                        "static QDQ quantization (cpu only so far) and gets its own default directory (...-r224-int8)")
     b.add_argument("--fixed-rules", action="store_true",
                    help="use the consensus rule as given (--max-rounds, 2%% tolerance) instead of rules derived "
                         "from the device's noise")
@@ -169,6 +172,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=run_check)
 
 
+def _dtypes() -> tuple[str, ...]:
+    from latbench.export.common import PRECISIONS
+
+    return PRECISIONS
+
+
 # -- build ------------------------------------------------------------------------------------------
 def run_build(args: argparse.Namespace) -> int:
     from latbench import api
@@ -187,7 +196,7 @@ def run_build(args: argparse.Namespace) -> int:
         jobs=args.jobs, time_cap=args.time_cap, force=args.force, progress=shows_progress(args),
         device_options=lambda device_id: device_options(device_id, args, **extra),
         precision=None if args.fixed_rules else args.precision, budget=args.budget,
-        cool_down=not args.no_cool_down)
+        cool_down=not args.no_cool_down, dtype=args.dtype)
     report_builds(results, args.json)
     return 0
 

@@ -17,6 +17,8 @@ from latbench.commands._types import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from latbench.export.common import PRECISIONS
+
     p = sub.add_parser("profile", help="measure a model on a device with a per-op and per-block breakdown")
     p.add_argument("target", metavar="MODEL|ARCH_FILE|FILE.onnx|FILE.mlpackage|FILE.tflite",
                    help="a registered model (e.g. efficientformerv2_s0), an arch file, or an exported artifact")
@@ -26,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=3, help="measurement rounds (more until they agree; default 3)")
     p.add_argument("--resolution", type=positive_int, default=None)
     p.add_argument("--out", default=None, help="write profile.json, CSVs and breakdown.png here")
+    p.add_argument("--dtype", choices=PRECISIONS, default=None,
+                   help="precision a model is exported in (default: the device's, fp32 on cpu); int8: quantized ONNX")
     add_runner_flags(p)
     add_json_flag(p)
     add_progress_flag(p)
@@ -36,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from latbench import api
 
     result = api.profile(args.target, args.device, runs=args.runs, rounds=args.rounds, warmup=args.warmup,
-                         resolution=args.resolution, progress=shows_progress(args), out=args.out,
+                         resolution=args.resolution, progress=shows_progress(args), out=args.out, dtype=args.dtype,
                          **device_options(args.device, args))
     files = getattr(result, "files", None) or []
     if args.json:

@@ -129,7 +129,7 @@ def breakdowns(m: Measurement, candidate: Candidate | None) -> tuple[list[dict],
 
 def profile(spec: str | Candidate, runner, *, runs: int | None = None, warmup: int = 10, resolution: int | None = None,
             rounds: int = 3, jobs: int = 1,
-            progress: ProgressFn | None = None) -> ProfileResult:
+            progress: ProgressFn | None = None, precision: str | None = None) -> ProfileResult:
     """Measure one model (or artifact) on an open runner: a measuring session of `rounds`
     rounds (more until they agree), per-op times from the first round's profiling run."""
     from latbench.measuring.models import model_plan
@@ -148,7 +148,8 @@ def profile(spec: str | Candidate, runner, *, runs: int | None = None, warmup: i
     else:
         target = Target(candidate.key, candidate, "model")
     plan = model_plan(rounds, runs, warmup, time_cap_s=4.0, seed=0, profile=True)
-    session = MeasuringSession(runner, plan, purpose="profile", export_jobs=jobs, progress=progress)
+    session = MeasuringSession(runner, plan, purpose="profile", export_jobs=jobs, progress=progress,
+                               precision=precision)
     res = session.run([target])
     ms = res.measurements(target.key)
     m = merge_measurements(ms, label=candidate.name if candidate else artifact.name)

@@ -166,7 +166,10 @@ class TableBuilder:
         self.settings = settings
         self.force = force
         self.progress = progress or no_progress
-        self.device = runner.describe()
+        # The artifacts' precision is part of what the table describes: a table of int8 artifacts
+        # never takes fp32 rounds (and the other way round); `lut diff` shows it.
+        self.precision = artifact_precision(runner, settings.precision)
+        self.device = {**runner.describe(), "precision": self.precision}
 
     def _open_journal(self) -> Journal:
         # A table shared without its journal (tables/ is git-ignored) would be rederived from an
@@ -178,6 +181,9 @@ class TableBuilder:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         journal = Journal(self.out_dir / "journal.sqlite")
         previous = journal.get_meta("device")
+        if previous is not None and "precision" not in previous:  # a table from before precisions were recorded
+            previous = {**previous, "precision": artifact_precision(self.runner, (journal.get_meta("settings") or {})
+                                                                    .get("precision"))}
         if previous is not None and not self.force:
             diffs = device_diff(previous, self.device)
             if diffs:
@@ -186,6 +192,10 @@ class TableBuilder:
                                  f"({'; '.join(diffs)}); pass --force to re-measure it or --out another directory")
         journal.set_meta("device", self.device)
         journal.set_meta("device_id", getattr(self.runner, "device_id", None))
+        if self.precision == "int8":  # the recipe the session's exports use (the default one)
+            from latbench.export.quantize import QuantRecipe
+
+            journal.set_meta("quantization", QuantRecipe().to_dict())
         if self.force or journal.get_meta("settings") is None:  # later: only once this build measures
             journal.set_meta("settings", self.settings.to_dict())
         return journal
@@ -244,6 +254,13 @@ class TableBuilder:
             _refuse_to_shrink(self.out_dir, len(table.blocks))
         table.save()
         return BuildResult(table, result.measured, reused, timings, result)
+
+
+def artifact_precision(runner: Any, precision: str | None) -> str:
+    """The precision a build's artifacts have: the one asked for, else the device format's default."""
+    from latbench.export.common import DEFAULT_PRECISION
+
+    return precision or DEFAULT_PRECISION.get(getattr(runner, "artifact_format", "onnx"), "fp32")
 
 
 def _refuse_to_shrink(out_dir: Path, rows: int) -> None:
@@ -355,6 +372,9 @@ def derive_table(journal: Journal, out_dir: Path, consensus: ConsensusRule | Non
         "name": out_dir.name,
         "device_id": journal.get_meta("device_id"),
         "device": journal.get_meta("device") or {},
+        # The artifacts' precision and, for int8, how they were quantized (latbench.export.quantize).
+        "precision": (journal.get_meta("device") or {}).get("precision") or settings.get("precision"),
+        "quantization": journal.get_meta("quantization"),
         "latbench_version": latbench.__version__,
         "space": space_info,
         "resolution": resolution,
@@ -558,12 +578,14 @@ class TablePlan:
 
 def plan_tables(*, space: Any = None, models: Sequence[str] = (), archs: Sequence[str] = (),
                 resolutions: Sequence[int] | None = None, out: str | Path | None = None, device_id: str = "cpu",
-                calibrate: int = 8, seed: int = 0, reference: bool = True) -> list[TablePlan]:
+                calibrate: int = 8, seed: int = 0, reference: bool = True,
+                precision: str | None = None) -> list[TablePlan]:
     """The tables a build makes: one per resolution, for a search space (every block it can
     produce, S0 plus random subnets as calibration, MobileNetV2-1.0 whole as the MES unit unless
     `reference` is off) and/or named models and arch files (their blocks; measured whole as
     calibration, so every table is calibrated). `space` None means no space table; then the
-    default space only names the table directory."""
+    default space only names the table directory; `precision` (a non-default artifact precision)
+    names the default directory apart."""
     from latbench.blocks.candidates import resolve_candidates, sample_candidates
     from latbench.blocks.configs import space_blocks
     from latbench.space import SearchSpace
@@ -601,6 +623,6 @@ def plan_tables(*, space: Any = None, models: Sequence[str] = (), archs: Sequenc
             # Models that decompose into blocks, measured whole, tell how the block sum relates
             # to the model: they calibrate a --model/--arch table.
             calib = [t for t in at_r if t.arch is not None]
-        path = Path(out) if out is not None else default_table_dir(device_id, naming.name, r)
+        path = Path(out) if out is not None else default_table_dir(device_id, naming.name, r, precision=precision)
         plans.append(TablePlan(path, r, configs, calib, space))
     return plans

@@ -93,9 +93,13 @@ def find_table(path_or_name: str | Path) -> Path:
                      f"({', '.join(known) or 'none built yet'}); build one with `latbench lut build`")
 
 
-def default_table_dir(device_id: str, space_name: str, resolution: int, root: str | Path = "tables") -> Path:
+def default_table_dir(device_id: str, space_name: str, resolution: int, root: str | Path = "tables",
+                      precision: str | None = None) -> Path:
+    """tables/<device>/<space>-r<resolution>, with -<precision> for a non-default artifact precision
+    (tables/cpu/efficientformerv2-r224-int8), so tables of two precisions never share a directory."""
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in device_id)
-    return Path(root) / safe / f"{space_name}-r{resolution}"
+    name = f"{space_name}-r{resolution}" + ("" if precision is None else f"-{precision}")
+    return Path(root) / safe / name
 
 
 def op_rows(key: str, m: Measurement) -> list[dict[str, Any]]:
