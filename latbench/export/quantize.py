@@ -10,25 +10,30 @@ Parity: max-abs tolerances (fp32, fp16) do not fit quantization, whose error is 
 element at the scale of one quantization step. An int8 graph is compared with the fp32 PyTorch
 output by cosine similarity and by relative L2 error (||int8 - fp32|| / ||fp32||), over the
 whole output. Measured with the default recipe (onnxruntime 1.31.1, x86, the validation input
-of the export; `tests/export/test_int8.py` re-measures the block kinds):
+of the export, calibration seed 0; `tests/export/test_int8.py` checks one block of every kind):
 
-    block kind / size                 cosine    rel. L2 error
-    stem  c32 / c40                   0.99953 / 0.99950   0.031 / 0.032
-    ffn   s1-c32-e4 / s3-c144-e3 / s4-c384-e2   0.99961 / 0.99963 / 0.99962   0.028 / 0.027 / 0.028
-    mhsa  s3-c96 / s3-c192 / s4-c384          0.99954 / 0.99951 / 0.99957   0.031 / 0.031 / 0.029
-    embed s1-c32-o48 / s2-c80-o192            0.99985 / 0.99983   0.018 / 0.018
-    attndown c96-o176 / c192-o384             0.99941 / 0.99939   0.034 / 0.035
-    head  c176 / c384                         0.99974 / 0.99977   0.024 / 0.021
-    empty c32-56x56 / c3-224x224              0.99994 / 0.99994   0.011 / 0.011
+    block kind: configurations          cosine              rel. L2 error
+    stem: c32, c40                       0.99949, 0.99949    0.032, 0.032
+    ffn: s1-c32-e4, s3-c144-e3,          0.99959, 0.99963,   0.029, 0.027,
+         s4-c176-e2, s4-c384-e2          0.99968, 0.99967    0.025, 0.026
+    mhsa: s3-c96, s3-c192, s4-c176,      0.99950, 0.99943,   0.032, 0.034,
+          s4-c384                        0.99962, 0.99958    0.028, 0.029
+    embed: s1-c32-o48, s2-c48-o96,       0.99984, 0.99986,   0.018, 0.016,
+           s2-c80-o192                   0.99986             0.017
+    attndown: c96-o176, c192-o384        0.99942, 0.99939    0.034, 0.035
+    head: c176, c384                     0.99981, 0.99980    0.020, 0.020
+    empty: c32 56x56, c3 224x224         0.99995, 0.99994    0.010, 0.011
 
 Blocks are held to cosine >= 0.998 and relative error <= 0.08 (about three times the worst
 1 - cosine and twice the worst error seen); a wrong or missing op gives a cosine far below that.
 Whole models accumulate the error of every block, and with latbench's random (not trained)
 weights more so: EfficientFormerV2 S0 0.966 / 0.27, S1 0.977 / 0.21, S2 0.895 / 0.52, L 0.984 /
 0.22, two random subnets 0.982 / 0.20 and 0.949 / 0.32, MobileNetV2-1.0 0.99992 / 0.012.
-Percentile calibration (99.99) or 32 batches moved S2 only to 0.933 / 0.927. Whole models are
-therefore held to cosine >= 0.85 and relative error <= 0.6: that still fails a structurally wrong
-graph, not a merely imprecise one.
+Percentile calibration (99.99) or 32 batches moved S2 only to cosine 0.933 / 0.927. (The
+whole-model figures were taken with calibration seed 1000; the block figures differ from seed
+1000's by at most 0.0001 in cosine; with the default seed 0, S0 is 0.988 / 0.17 and S2 0.931 /
+0.37: whole-model figures move with the calibration data.) Whole models are therefore held to cosine >= 0.85 and
+relative error <= 0.6: that still fails a structurally wrong graph, not a merely imprecise one.
 """
 
 from __future__ import annotations
@@ -105,6 +110,7 @@ def calibration_batches(input_name: str, shape: tuple[int, ...], recipe: QuantRe
 
 def quantize_onnx(src: Path, dst: Path, input_name: str, shape: tuple[int, ...], recipe: QuantRecipe) -> float:
     """Write the int8 (QDQ) graph of the fp32 ONNX file `src` to `dst`; returns the seconds it took."""
+    import onnxruntime
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -113,6 +119,8 @@ def quantize_onnx(src: Path, dst: Path, input_name: str, shape: tuple[int, ...],
         quantize_static,
     )
 
+    # The calibration sessions would print onnxruntime's graph-cleaning warnings straight to fd 2.
+    onnxruntime.set_default_logger_severity(3)
     batches = iter(calibration_batches(input_name, shape, recipe))
 
     class Reader(CalibrationDataReader):
