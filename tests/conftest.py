@@ -15,6 +15,14 @@ if str(FAKES) not in sys.path:
 os.environ["QAIHUB_CLIENT_INI"] = str(Path(os.environ.get("TMPDIR", "/tmp")) / "latbench-tests-no-aihub-token.ini")
 os.environ.setdefault("LATBENCH_CACHE", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"latbench-test-cache-{os.getuid()}"))
 
+# Under pytest-xdist (`make test`: -n 2) the workers share the cores: torch and numpy's BLAS would
+# each start one OpenMP thread per core and spin-wait against the other worker's (the exports ran
+# 2-5x slower on a 2-core VM). Each worker gets its share of the cores; set before torch is
+# imported, and inherited by the processes a test starts. A value already set is kept.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(share))
+
 
 @pytest.fixture
 def run_cli(capsys):

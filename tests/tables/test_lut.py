@@ -86,8 +86,8 @@ def test_build_small_space_then_incremental(run_cli_json, tiny_space, tmp_path):
 def test_resume_after_sigkill_loses_and_duplicates_nothing(tiny_space, tmp_path):
     out = tmp_path / "t"
     args = [sys.executable, "-m", "latbench", "lut", "build", "--space",
-            str(tiny_space), "--out", str(out), "--calibrate", "0", "--runs", "400", "--rounds", "2", "--jobs", "1",
-            "--no-reference", "--json"]
+            str(tiny_space), "--out", str(out), "--calibrate", "0", "--runs", "400", "--rounds", "2", "--max-rounds", "3",
+            "--jobs", "1", "--no-reference", "--json"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
     deadline = time.time() + 240
     try:
@@ -250,29 +250,31 @@ def test_check_fix_repairs_a_planted_bad_entry(run_cli_json, tiny_space, tmp_pat
 
     out = tmp_path / "t"
     run_cli_json("lut", "build", "--space", str(tiny_space), "--out", str(out), "--calibrate", "0",
-                 "--no-reference", "--runs", "30", "--rounds", "2", "--jobs", "1")
+                 "--no-reference", "--runs", "30", "--rounds", "2", "--max-rounds", "4", "--jobs", "1")
     before = pd.read_csv(out / "blocks.csv").set_index("key")["latency_ms"]
     bad = "mhsa-r224-s3-c96"
     # Plant a value 2.5x too slow whose rounds agree (a burst over all of them): consensus cannot see
-    # it. (Large, so a re-measurement on a loaded test machine still tells it apart.)
+    # it. (Large, so a re-measurement on a loaded test machine still tells it apart.) The rounds keep
+    # their times, so the slow-period view of them (their neighbours in time) is the one they had.
     with Journal(out / "journal.sqlite") as j:
         for row in j.rows(keys=[bad])[bad]:
             m = row.measurement
             m.samples_ms = [x * 2.5 for x in m.samples_ms]
             j.record(bad, row.round, row.role, row.fields, m, row.content_hash, device=row.device,
-                     session=row.session)
+                     session=row.session, at=row.measured_at)
         derive_table(j, out).save()
     planted = pd.read_csv(out / "blocks.csv").set_index("key")["latency_ms"][bad]
     assert planted == pytest.approx(2.5 * before[bad], rel=0.02)
 
     others = ["ffn-r224-s3-c96-e4", "stem-r224-c32"]
-    res = run_cli_json("lut", "check", str(out), "--key", bad, "--key", others[0], "--key", others[1])
+    # Two rounds plus the confirming ones fit the table's bound of 4 (bounded: each later wave waits longer).
+    res = run_cli_json("lut", "check", str(out), "--rounds", "2", "--key", bad, "--key", others[0], "--key", others[1])
     by = {r["key"]: r for r in res["entries"]}
     assert bad in res["moved"] and by[bad]["ratio"] < 0.7 and res["fixed"] == []
     assert set(by) == {bad, *others} and all(by[k]["noise"] > 0 for k in by)
     assert pd.read_csv(out / "blocks.csv").set_index("key")["latency_ms"][bad] == planted  # untouched
 
-    res = run_cli_json("lut", "check", str(out), "--key", bad, "--fix")
+    res = run_cli_json("lut", "check", str(out), "--rounds", "2", "--key", bad, "--fix")
     assert res["fixed"] == [bad]
     after = pd.read_csv(out / "blocks.csv").set_index("key")
     assert after["latency_ms"][bad] < 0.7 * planted and after["rounds"][bad] > 2
