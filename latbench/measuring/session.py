@@ -363,13 +363,7 @@ class MeasuringSession:
             while True:
                 while todo:
                     if self._over_budget():
-                        # A build's calibration models go on to their consensus: every estimate's
-                        # scale rests on these few (on this VM, five of eight cut at three rounds read 4-12 %
-                        # slow and put a budgeted demo's estimates 11 % high).
-                        models = [j for j in todo if j.role == "model" and self.purpose == "build"]
-                        if not models:
-                            break
-                        todo = models
+                        break
                     # A later wave may re-open an entry finished by an earlier session (slow periods,
                     # plausibility): its artifact was not part of the first wave's.
                     self._make_ready(todo)
