@@ -531,7 +531,9 @@ class MeasuringSession:
             if ratio <= 1 + rule.threshold:
                 break
             slow.append((at, ratio))
-        if len(slow) < rule.readings:
+        # A third of the rule's span at least: this VM's slow spells (10-15 s) end by themselves,
+        # and idling for them cost CI builds up to 90 s and a round more for what they measured.
+        if len(slow) < rule.readings or slow[0][0] - slow[-1][0] < rule.span_s / 3:
             return False
         throttling = getattr(self.dispatcher, "throttling", None)
         start, before = self.clock(), slow[0][1]

@@ -198,15 +198,15 @@ def test_a_throttling_device_is_left_to_cool_and_its_hot_rounds_never_set_a_valu
 
 
 def test_a_device_that_heats_in_the_last_rounds_is_caught_when_the_build_ends(monkeypatch):
-    """Too short a heat for the rule's 90 s before the work runs out (a simulated phone that heated
-    in a build's last 80 s set its typical latency 14 % high): the session idles at the end, sees
+    """Too short a heat for the rule's span before the work runs out, though a third of it (a
+    simulated phone that heated in a build's last 80 s set its typical latency 14 % high): the session idles at the end, sees
     the device read normal again, records the pause and measures the hot entries again."""
     from latbench.measuring import session as session_module
 
     def run():
         runner = HotRunner(BASE.__getitem__, reports=False, heat_after_s=12.0, cool_s=20.0)
         with Journal(":memory:") as journal:
-            res = hot_session(runner, journal, heat=HeatRule(step_s=10.0, max_pause_s=120.0, span_s=90.0)).run(
+            res = hot_session(runner, journal, heat=HeatRule(step_s=10.0, max_pause_s=120.0, span_s=15.0)).run(
                 [Target.of(c, "block") for c in BLOCKS], [Target.of(ANCHOR, "anchor")])
             return res, journal.get_meta("pauses") or [], runner
 
