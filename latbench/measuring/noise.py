@@ -368,13 +368,18 @@ class HeatRule:
             raise UsageError("heat rule needs 0 < threshold < 1, readings >= 2, span >= 0 and 0 < step <= max pause "
                              f"(got {self})")
 
-    def hot_since(self, readings: Sequence[tuple[float, float]], throttling: bool | None) -> float | None:
-        """When the device became hot, from (time, anchor ratio) readings in order; None if it is not."""
+    def trailing_slow(self, readings: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+        """The last unbroken run of (time, anchor ratio) readings above the threshold, newest first."""
         slow = []
         for at, ratio in reversed(readings):
             if ratio <= 1 + self.threshold:
                 break
-            slow.append(at)
+            slow.append((at, ratio))
+        return slow
+
+    def hot_since(self, readings: Sequence[tuple[float, float]], throttling: bool | None) -> float | None:
+        """When the device became hot, from (time, anchor ratio) readings in order; None if it is not."""
+        slow = [at for at, _ in self.trailing_slow(readings)]
         if len(slow) >= self.readings and slow[0] - slow[-1] >= self.span_s:
             return slow[-1]
         if throttling:

@@ -238,18 +238,14 @@ def _anchor_ratio(anchors: Sequence[Reading], at: float, rule: PeriodRule) -> fl
     slow-state entries than requiring both readings slow (99 against 93 % of vm-bursts entries
     within 3 %); its cost is extra rounds where single anchor readings are noisy (rounds of a few
     runs)."""
-    times = [a.at for a in anchors]
-    i = bisect.bisect_left(times, at)
-    near = [a.ratio for a in anchors[max(0, i - 1):i + 1] if abs(a.at - at) <= rule.max_gap_s]
+    near = _near_anchors(anchors, at, rule)
     return statistics.median(near) if near else None
 
 
 def _steady_ratio(anchors: Sequence[Reading], at: float, rule: PeriodRule, tolerance: float) -> float | None:
     """How slow the device read around `at` when the anchor readings just before and just after
     it (both, within max_gap_s) agree within 2 x `tolerance`: their mean; None otherwise."""
-    times = [a.at for a in anchors]
-    i = bisect.bisect_left(times, at)
-    near = [a.ratio for a in anchors[max(0, i - 1):i + 1] if abs(a.at - at) <= rule.max_gap_s]
+    near = _near_anchors(anchors, at, rule)
     if len(near) != 2 or max(near) > min(near) * (1 + 2 * tolerance):
         return None
     return statistics.fmean(near)
@@ -258,10 +254,15 @@ def _steady_ratio(anchors: Sequence[Reading], at: float, rule: PeriodRule, toler
 def _anchors_fast(anchors: Sequence[Reading], at: float, rule: PeriodRule, bound: float) -> bool:
     """Whether the anchor readings just before and just after `at` (both, within rule.max_gap_s)
     read within `bound` of their levels: the device was fast on both sides of the round."""
-    times = [a.at for a in anchors]
-    i = bisect.bisect_left(times, at)
-    near = [a for a in anchors[max(0, i - 1):i + 1] if abs(a.at - at) <= rule.max_gap_s]
-    return len(near) == 2 and all(a.ratio <= bound for a in near)
+    near = _near_anchors(anchors, at, rule)
+    return len(near) == 2 and all(ratio <= bound for ratio in near)
+
+
+def _near_anchors(anchors: Sequence[Reading], at: float, rule: PeriodRule) -> list[float]:
+    """The ratios of the anchor readings just before and just after `at` (in time order) that
+    lie within rule.max_gap_s of it: none, one or two."""
+    i = bisect.bisect_left([a.at for a in anchors], at)
+    return [a.ratio for a in anchors[max(0, i - 1):i + 1] if abs(a.at - at) <= rule.max_gap_s]
 
 
 def _journal_readings(rows: Mapping[str, Sequence[JournalRow]], values: Mapping[str, Sequence[float]],

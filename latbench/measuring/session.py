@@ -518,19 +518,15 @@ class MeasuringSession:
         short a stretch for the heat rule's span), idle in steps and read an anchor after each, for
         at most END_CHECK_STEPS steps (a phone cools within about a minute): a device that then
         reads normal was hot (or in a slow spell that ended: one more round for what it measured
-        is no loss). On a simulated phone that heated in the
-        build's last 80 s, those rounds set its typical latency 14 % high. The pause is recorded
-        like any other and what was measured hot gets another round (True); once per session."""
+        is no loss). On a simulated phone that heated in the build's last 80 s, those rounds set
+        its typical latency 14 % high. The pause is recorded like any other and what was measured
+        hot gets another round (True); once per session."""
         rule = self.plan.heat
         idle = getattr(self.dispatcher, "idle", None)
         if rule is None or idle is None or not self._anchor_jobs or self._end_heat_checked:
             return False
         self._end_heat_checked = True
-        slow = []
-        for at, ratio in reversed(self._anchor_ratios):
-            if ratio <= 1 + rule.threshold:
-                break
-            slow.append((at, ratio))
+        slow = rule.trailing_slow(self._anchor_ratios)
         # A third of the rule's span at least: this VM's slow spells (10-15 s) end by themselves,
         # and idling for them cost CI builds up to 90 s and a round more for what they measured.
         if len(slow) < rule.readings or slow[0][0] - slow[-1][0] < rule.span_s / 3:

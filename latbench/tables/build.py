@@ -513,9 +513,8 @@ def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, facto
     left_out = [k for k in fit_keys if k in slow]
     if left_out and len(fit_keys) - len(left_out) >= MIN_CALIBRATION_MODELS:
         keep = [i for i, k in enumerate(fit_keys) if k not in slow]
-        fit_keys, parts, measured = [fit_keys[i] for i in keep], [parts[i] for i in keep], [measured[i] for i in keep]
-        typical_parts = [typical_parts[i] for i in keep]
-        typical_measured = [typical_measured[i] for i in keep]
+        fit_keys, parts, measured, typical_parts, typical_measured = _take(
+            keep, fit_keys, parts, measured, typical_parts, typical_measured)
     else:
         left_out = []
     if parts:
@@ -523,9 +522,8 @@ def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, facto
         scales, kept = robust_fit(parts, measured, MIN_CALIBRATION_MODELS)
         slow_fit = [fit_keys[i] for i in range(len(fit_keys)) if i not in kept]
         left_out += slow_fit
-        fit_keys, parts, measured = [fit_keys[i] for i in kept], [parts[i] for i in kept], [measured[i] for i in kept]
-        typical_parts = [typical_parts[i] for i in kept]
-        typical_measured = [typical_measured[i] for i in kept]
+        fit_keys, parts, measured, typical_parts, typical_measured = _take(
+            kept, fit_keys, parts, measured, typical_parts, typical_measured)
         for row in model_rows:
             if row["key"] in slow_fit:
                 row["flags"] = ",".join(filter(None, [row["flags"], "slow-outlier"]))
@@ -543,6 +541,11 @@ def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, facto
             # The typical latency is calibrated the same way, on the models' typical latencies.
             "typical_scales": fit_scales(typical_parts, typical_measured),
         }
+
+
+def _take(indices: Sequence[int], *columns: Sequence[Any]) -> tuple[list[Any], ...]:
+    """The items at `indices` of each of several parallel lists."""
+    return tuple([column[i] for i in indices] for column in columns)
 
 
 def repair_table(path: str | Path) -> LatencyTable:
