@@ -85,11 +85,23 @@ class Runner(abc.ABC):
     def open(cls, device_id: str, **options: Any) -> Runner:
         """Open `device_id`; DeviceError (one line, with the reason) if it is unavailable."""
 
+    @staticmethod
+    def devices_running(precision: str) -> str:
+        """"the cpu and litert devices": the kinds that measure `precision`, for refusals. Read from
+        the registry when asked (it imports this module, so not at import time)."""
+        from device_runners import runner_classes
+
+        kinds = [c.kind for c in runner_classes() if precision in c.precisions]
+        if not kinds:
+            return "no device"
+        listed = kinds[0] if len(kinds) == 1 else f"{', '.join(kinds[:-1])} and {kinds[-1]}"
+        return f"the {listed} device{'s' if len(kinds) > 1 else ''}"
+
     @classmethod
     def check_precision(cls, precision: str | None) -> None:
         """A one-line UsageError when this kind cannot run artifacts of `precision` (None: the default)."""
         if precision is not None and precision not in cls.precisions:
-            hint = "; int8 runs on the cpu device so far" if precision == "int8" else ""
+            hint = f"; int8 runs on {cls.devices_running('int8')}" if precision == "int8" else ""
             raise UsageError(f"{cls.kind} devices cannot run {precision} artifacts (they run "
                              f"{', '.join(cls.precisions)}){hint}")
 
@@ -109,12 +121,12 @@ class Runner(abc.ABC):
             )
         if not artifact.exists():
             raise UsageError(f"artifact not found: {artifact}")
-        if "int8" not in self.precisions and artifact.suffix.lower() == ".onnx":
-            from latbench.export.inspect import onnx_precision
+        if "int8" not in self.precisions:
+            from latbench.export.inspect import file_precision
 
-            if onnx_precision(artifact) == "int8":  # a quantized file given directly (profile FILE.onnx)
+            if file_precision(artifact) == "int8":  # a quantized file given directly (profile FILE.onnx)
                 raise UsageError(f"{self.kind} devices cannot run int8 artifacts ({artifact.name} is quantized); "
-                                 f"int8 runs on the cpu device so far")
+                                 f"int8 runs on {self.devices_running('int8')}")
         content_hash = content_hash or tree_sha256(artifact)
         label = label or artifact.stem
         cached = self._prepared.get(content_hash)

@@ -13,6 +13,10 @@ built-in kernels is recorded with every measurement; a graph with ops of which X
 gets a warning (its samples are of the built-in kernels). A graph without ops (the `empty`
 block) is timed as it is: the interpreter's own overhead.
 
+int8: full-integer graphs (float32 in and out, latbench.export.tflite_quant) run on XNNPACK's
+int8 (QS8) kernels where it takes the op, the built-in int8 kernels elsewhere (or everywhere with
+xnnpack off); the precision recorded with every measurement is read from the graph.
+
 Sampling, clock and pinning are those of the `cpu` device (device_runners.cpu): with one thread
 XNNPACK runs on the calling thread, so samples are that thread's CPU time.
 
@@ -40,7 +44,7 @@ from device_runners.cpu import check_cores, host_provenance, host_state, pinned,
 from device_runners.ort_common import artifact_info, random_feeds
 from latbench.core.errors import DeviceError, UsageError
 from latbench.core.text import first_line
-from latbench.export.inspect import tflite_inputs
+from latbench.export.inspect import tflite_inputs, tflite_precision
 from latbench.measuring.measurement import Measurement, OpTime, SamplingPolicy
 
 BENCHMARK_MODEL_ENV = "LATBENCH_BENCHMARK_MODEL"
@@ -82,7 +86,9 @@ def litert_version() -> str | None:
 class LiteRTRunner(Runner):
     kind = "litert"
     artifact_format = "tflite"
-    precisions = ("fp32",)  # the tflite format is exported in fp32 only (XNNPACK picks fp16 itself)
+    # No fp16 tflite (XNNPACK picks fp16 itself); int8: full-integer graphs (latbench.export.tflite_quant)
+    # on XNNPACK's QS8 kernels, or the built-in int8 kernels with xnnpack off.
+    precisions = ("fp32", "int8")
 
     def __init__(
         self,
@@ -176,7 +182,8 @@ class LiteRTRunner(Runner):
         t0 = time.perf_counter_ns()
         self._run(invoke)
         first_ms = (time.perf_counter_ns() - t0) / 1e6
-        info = {**artifact_info(specs), "delegation": delegation if self.xnnpack else None}
+        # The precision is the graph's: an int8 graph takes the fp32 inputs of the fp32 one.
+        info = {**artifact_info(specs, tflite_precision(artifact)), "delegation": delegation if self.xnnpack else None}
         return Prepared(label, content_hash, artifact, invoke, info, session_ms, first_ms)
 
     def renew(self, prepared: Prepared) -> Prepared:

@@ -361,7 +361,8 @@ def build_table(device: str | None = None, *, space: str | Path | SearchSpace | 
     `if __name__ == "__main__":` then). Without `device`: latbench.toml's, else cpu. `precision`
     (0.02 or "2%") is what entries are held to where the device's noise allows (None: the fixed
     consensus rule); `budget` (seconds or "10m") stops new rounds after that much measuring.
-    `dtype`: the artifacts' precision ("int8": quantized ONNX on cpu; None: the device's default)."""
+    `dtype`: the artifacts' precision ("int8": quantized ONNX on cpu, full-integer TFLite on litert;
+    None: the device's default)."""
     from latbench.core.config import default_device
 
     device = default_device() if device is None else device
@@ -578,7 +579,8 @@ def export_artifacts(*, space: str | Path | SearchSpace | bool | None = None, mo
     """Export a space's block configurations, a model or an arch file to ONNX / Core ML / TFLite,
     content-addressed in the export cache (and copied to `out`), each checked against PyTorch.
     `precision`: fp32, fp16 or int8 (ONNX: onnxruntime's static QDQ quantization with the recipe
-    `quantization`, a QuantRecipe or a mapping of its fields; None: the default recipe).
+    `quantization`, a QuantRecipe or a mapping of its fields, None: the default recipe; TFLite:
+    ai-edge-quantizer's full-integer quantization with the recipe's calibration).
     Returns the ExportReport (records, failures, manifest)."""
     from latbench.core.fileio import writable_dir
     from latbench.export import export_items, parse_formats

@@ -66,8 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stop starting new rounds after this much measuring (e.g. 10m, 90s); the build states the "
                         "precision it reached")
     b.add_argument("--dtype", choices=_dtypes(), default=None,
-                   help="precision of the artifacts measured (default: the device's, fp32 on cpu); int8 is onnxruntime's "
-                        "static QDQ quantization (cpu only so far) and gets its own default directory (...-r224-int8)")
+                   help="precision of the artifacts measured (default: the device's, fp32 on cpu); int8 is "
+                        "quantized ONNX on cpu, full-integer TFLite on litert, and gets its own default directory "
+                        "(...-r224-int8)")
     b.add_argument("--fixed-rules", action="store_true",
                    help="use the consensus rule as given (--max-rounds, 2%% tolerance) instead of rules derived "
                         "from the device's noise")

@@ -57,7 +57,8 @@ def code_digest() -> str:
     hashed as its syntax tree without docstrings, so comment and documentation edits keep the cache.
     """
     root = Path(latbench.__file__).parent
-    exporters = [root / "export" / n for n in ("common.py", "onnx.py", "coreml.py", "tflite.py", "quantize.py")]
+    exporters = [root / "export" / n for n in ("common.py", "onnx.py", "coreml.py", "tflite.py", "quantize.py",
+                                                 "tflite_quant.py")]
     files = sorted((root / "models").glob("*.py")) + [root / "blocks.py", *exporters]
     h = hashlib.sha256()
     for f in files:

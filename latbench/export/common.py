@@ -28,9 +28,10 @@ PRECISIONS = ("fp32", "fp16", "int8")
 #: Core ML ones the Neural Engine/GPU, which compute in fp16 anyway. TFLite graphs stay fp32:
 #: XNNPACK picks fp16 arithmetic itself where the CPU has it (latbench.export.tflite).
 DEFAULT_PRECISION = {"onnx": "fp32", "coreml": "fp16", "tflite": "fp32"}
-#: Precisions a format can be exported in (the others take every one of PRECISIONS). int8 is
-#: ONNX only so far (onnxruntime's static QDQ quantization: latbench.export.quantize).
-FORMAT_PRECISIONS = {"tflite": ("fp32",), "coreml": ("fp32", "fp16")}
+#: Precisions a format can be exported in (the others take every one of PRECISIONS). int8: ONNX by
+#: onnxruntime's static QDQ quantization (latbench.export.quantize), TFLite by ai-edge-quantizer's
+#: full-integer quantization (latbench.export.tflite_quant).
+FORMAT_PRECISIONS = {"tflite": ("fp32", "int8"), "coreml": ("fp32", "fp16")}
 DEFAULT_DEPLOYMENT_TARGET = "iOS16"
 ONNX_OPSET = 17
 DEFAULT_SEED = 0

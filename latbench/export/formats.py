@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from latbench.export.common import DEFAULT_DEPLOYMENT_TARGET, DEFAULT_PRECISION, ONNX_OPSET
+from latbench.export.quantize import QuantRecipe
 
 
 class ExportFormat:
@@ -28,6 +29,11 @@ class ExportFormat:
     def export(self, item: Any, final: Path, rec: Any, *, precision: str, exporter: str, opset: int | None,
                deployment_target: str | None, seed: int, quantization: dict[str, Any] | None = None) -> None:
         raise NotImplementedError
+
+    def quant_recipe(self, recipe: QuantRecipe) -> dict[str, Any]:
+        """The int8 recipe recorded in an artifact's manifest entry and hashed with it (default:
+        onnxruntime's static QDQ recipe as it is)."""
+        return recipe.to_dict()
 
     def check_available(self) -> None:
         """A one-line error naming what to install, before any work starts (default: always there)."""
@@ -83,7 +89,12 @@ class TFLiteFormat(ExportFormat):
                deployment_target: str | None, seed: int, quantization: dict[str, Any] | None = None) -> None:
         from latbench.export.tflite import export_tflite
 
-        export_tflite(item, final, rec, precision=precision, seed=seed)
+        export_tflite(item, final, rec, precision=precision, seed=seed, quantization=quantization)
+
+    def quant_recipe(self, recipe: QuantRecipe) -> dict[str, Any]:
+        from latbench.export.tflite_quant import litert_recipe
+
+        return litert_recipe(recipe)
 
     def check_available(self) -> None:
         from latbench.export.tflite import check_available

@@ -99,3 +99,32 @@ def tflite_inputs(path: Path) -> list[TensorSpec]:
     except Exception as e:
         raise UsageError(f"{name} is not a readable TFLite model: {first_line(e)}") from e
     return specs
+
+
+def tflite_precision(path: Path) -> str:
+    """The precision a .tflite computes in, read from its graph (latbench's int8 graphs take fp32
+    inputs): "int8" when it holds a QUANTIZE op or int8 tensors, "fp16" when its tensors are
+    float16, else "fp32". UsageError when the file is not a readable TFLite model."""
+    tflite_inputs(path)  # the readable-file check and its one-line error
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(Path(path).read_bytes(), 0)
+    for i in range(model.OperatorCodesLength()):
+        oc = model.OperatorCodes(i)
+        if max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode())) == schema.BuiltinOperator.QUANTIZE:
+            return "int8"
+    types = {int(sg.Tensors(t).Type()) for sg in (model.Subgraphs(g) for g in range(model.SubgraphsLength()))
+             for t in range(sg.TensorsLength())}
+    if schema.TensorType.INT8 in types:
+        return "int8"
+    return "fp16" if schema.TensorType.FLOAT16 in types else "fp32"
+
+
+#: artifact suffix -> how its precision is read from the file (formats whose files say it).
+FILE_PRECISION = {".onnx": onnx_precision, ".tflite": tflite_precision}
+
+
+def file_precision(path: Path) -> str | None:
+    """The precision an artifact file computes in, or None when its format does not say."""
+    read = FILE_PRECISION.get(Path(path).suffix.lower())
+    return read(path) if read else None

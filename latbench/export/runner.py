@@ -123,7 +123,7 @@ def plan_tasks(
 ) -> list[ExportTask]:
     """Unique items x formats, each with its content hash and final path (no I/O). int8 tasks
     carry the quantization recipe (`quantization`, default QuantRecipe()), which their hash covers."""
-    recipe = QuantRecipe.from_value(quantization).to_dict()
+    recipe = QuantRecipe.from_value(quantization)
     tasks: list[ExportTask] = []
     seen: set[str] = set()
     for item in items:
@@ -137,7 +137,7 @@ def plan_tasks(
             target = deployment_target if form.takes_deployment_target else None
             fmt_exporter = form.exporter(exporter)
             fmt_opset = opset if form.takes_opset else None
-            quant = recipe if prec == "int8" else None
+            quant = form.quant_recipe(recipe) if prec == "int8" else None
             desc = content_descriptor(item, fmt, prec, target, fmt_exporter, fmt_opset, seed, quant)
             chash = content_hash(desc)
             tasks.append(
@@ -241,7 +241,7 @@ def export_items(
 
     - `formats`: "onnx", "coreml", "tflite" or several ("onnx,coreml" or a sequence).
     - `precision`: "fp32", "fp16" or "int8" for every format; None uses each format's default
-      (fp32 for ONNX and TFLite, fp16 for Core ML). TFLite is fp32 only, int8 ONNX only.
+      (fp32 for ONNX and TFLite, fp16 for Core ML). TFLite is fp32 or int8, Core ML fp32 or fp16.
     - `quantization`: the int8 recipe (a QuantRecipe or a mapping of its fields; None: the default
       one); it is recorded in the manifest and part of each int8 artifact's content hash.
     - `out_dir`: None means default_cache_dir() ($LATBENCH_CACHE or ~/.cache/latbench/exports).

@@ -25,8 +25,13 @@ part of the exporter name, hence of the content hash.
 
 Validation: the flatbuffer's op inventory (op name -> count), then the LiteRT Interpreter with its
 default XNNPACK delegate on one thread: how the graph was delegated (`xnnpack_delegation`) and
-parity with PyTorch at the fp32 tolerance. fp32 only: XNNPACK computes in fp16 on its own where
+parity with PyTorch at the fp32 tolerance. No fp16: XNNPACK computes in fp16 on its own where
 the CPU supports it, so an fp16 graph would measure nothing different.
+
+int8: the fp32 graph (converted as above, to a temp file beside the artifact) is quantized to full
+integer by ai-edge-quantizer with the recipe's calibration (latbench.export.tflite_quant); input
+and output stay float32. Parity is cosine similarity and relative error against the fp32 PyTorch
+reference (latbench.export.quantize.quantized_parity), and the graph must be quantized.
 """
 
 from __future__ import annotations
@@ -55,12 +60,14 @@ from latbench.export.common import (
     parity_result,
     quiet_libraries,
 )
+from latbench.export.quantize import QuantRecipe, quantized_parity
 
 POOL_SUBSTITUTES = ("dwconv", "slice", "none")
 DEFAULT_POOL_SUBSTITUTE = "dwconv"
 INSTALL_HINT = "pip install 'latbench[litert]'"
-#: Import names the format needs: the converter and the runtime.
+#: Import names the format needs: the converter and the runtime (int8: and the quantizer).
 REQUIRED_MODULES = ("litert_torch", "ai_edge_litert")
+INT8_MODULES = (*REQUIRED_MODULES, "ai_edge_quantizer")
 
 
 def exporter_name(pool_substitute: str = DEFAULT_POOL_SUBSTITUTE) -> str:
@@ -216,14 +223,17 @@ def export_tflite(
     precision: str = "fp32",
     pool_substitute: str = DEFAULT_POOL_SUBSTITUTE,
     seed: int = 0,
+    quantization: QuantRecipe | dict[str, Any] | None = None,
 ) -> None:
     """Convert `item` to a .tflite at `final` (atomically) and fill `rec`; a parity failure sets
-    rec.error (the file is still placed, to inspect, and the manifest marks it failed)."""
+    rec.error (the file is still placed, to inspect, and the manifest marks it failed).
+    `quantization`: the int8 recipe's calibration (precision "int8" only; None: the default)."""
     import torch
 
-    if precision != "fp32":
-        raise ValueError(f"TFLite export is fp32 only (got {precision}); XNNPACK picks fp16 arithmetic itself")
-    check_available()
+    if precision not in ("fp32", "int8"):
+        raise ValueError(f"TFLite export is fp32 or int8 (got {precision}); XNNPACK picks fp16 arithmetic itself")
+    check_available("int8 tflite" if precision == "int8" else "the tflite format",
+                    INT8_MODULES if precision == "int8" else REQUIRED_MODULES)
     litert_torch = import_litert()
     timings = rec.timings
     inp = export_inputs(item, seed, timings)
@@ -238,26 +248,35 @@ def export_tflite(
     timings["substitute"] = time.perf_counter() - t0
 
     tmp = tmp_path_for(final)
+    # int8: the fp32 graph goes here first, then is quantized into `tmp`.
+    fp32_tmp = tmp_path_for(final.with_name(f"fp32-{final.name}")) if precision == "int8" else tmp
     try:
         with captured_output(), fd_silenced() as native_log, torch.no_grad():
             t0 = time.perf_counter()
             try:
-                litert_torch.convert(to_convert, (x_trace,)).export(str(tmp))
+                litert_torch.convert(to_convert, (x_trace,)).export(str(fp32_tmp))
             except Exception as exc:
                 raise RuntimeError(f"litert-torch conversion failed: {exc}{_last_line(native_log())}") from exc
             timings["convert"] = time.perf_counter() - t0
             timings["trace"] = 0.0  # torch.export runs inside litert_torch.convert
-        if not tmp.is_file() or tmp.stat().st_size == 0:
+        if not fp32_tmp.is_file() or fp32_tmp.stat().st_size == 0:
             raise RuntimeError("litert-torch wrote no model")
+        if precision == "int8":
+            from latbench.export.tflite_quant import litert_recipe, quantize_tflite
+
+            recipe = QuantRecipe.from_value(quantization)
+            rec.quantization = litert_recipe(recipe)
+            timings["quantize"] = quantize_tflite(fp32_tmp, tmp, tuple(int(d) for d in item.input_shape), recipe)
 
         t0 = time.perf_counter()
-        info = validate_tflite(tmp, x_val.numpy(), [r.numpy() for r in refs])
+        info = validate_tflite(tmp, x_val.numpy(), [r.numpy() for r in refs], precision=precision, kind=item.kind)
         timings["validate"] += time.perf_counter() - t0
         info["pool_substitution"] = substitution
         fill_record(rec, info)  # a parity failure is placed too, to inspect; the manifest marks it failed
         place_artifact(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+        fp32_tmp.unlink(missing_ok=True)
 
 
 def _last_line(log: str) -> str:
@@ -352,8 +371,10 @@ def runtime_version() -> str:
         return "missing"
 
 
-def validate_tflite(path: Path, x: Any, refs: list[Any], num_threads: int = 1) -> dict[str, Any]:
-    """Op inventory, XNNPACK delegation and parity with the PyTorch reference (numpy arrays)."""
+def validate_tflite(path: Path, x: Any, refs: list[Any], num_threads: int = 1, *, precision: str = "fp32",
+                    kind: str = "block") -> dict[str, Any]:
+    """Op inventory, XNNPACK delegation and parity with the PyTorch reference (numpy arrays); int8
+    by cosine similarity and relative error, thresholds by `kind`, and the graph must be quantized."""
     from ai_edge_litert.interpreter import Interpreter
 
     inventory = op_inventory(path)
@@ -388,7 +409,16 @@ def validate_tflite(path: Path, x: Any, refs: list[Any], num_threads: int = 1) -
 
     with fd_silenced():
         got = runner(**{in_names[0]: x.astype(in_details[in_names[0]]["dtype"])})
-    parity = parity_result(refs, [got[n] for n in out_names], PARITY_TOLERANCE["fp32"])
+    outputs = [got[n] for n in out_names]
+    if precision == "int8":
+        from latbench.export.inspect import tflite_precision
+        from latbench.export.tflite_quant import LITERT_INT8_PARITY
+
+        parity = quantized_parity(refs, outputs, kind, LITERT_INT8_PARITY)
+        if tflite_precision(path) != "int8":
+            parity = {**parity, "status": "failed", "reason": "the graph holds no QUANTIZE op or int8 tensor"}
+    else:
+        parity = parity_result(refs, outputs, PARITY_TOLERANCE["fp32"])
     parity["runtime"] = f"ai-edge-litert {runtime_version()} Interpreter, XNNPACK, {num_threads} thread(s)"
     return {
         "op_counts": inventory,

@@ -192,10 +192,12 @@ class TableBuilder:
                                  f"({'; '.join(diffs)}); pass --force to re-measure it or --out another directory")
         journal.set_meta("device", self.device)
         journal.set_meta("device_id", getattr(self.runner, "device_id", None))
-        if self.precision == "int8":  # the recipe the session's exports use (the default one)
+        if self.precision == "int8":  # the recipe the session's exports use (the default one, in the device's format)
+            from latbench.export.formats import EXPORT_FORMATS
             from latbench.export.quantize import QuantRecipe
 
-            journal.set_meta("quantization", QuantRecipe().to_dict())
+            fmt = getattr(self.runner, "artifact_format", "onnx")
+            journal.set_meta("quantization", EXPORT_FORMATS[fmt].quant_recipe(QuantRecipe()))
         if self.force or journal.get_meta("settings") is None:  # later: only once this build measures
             journal.set_meta("settings", self.settings.to_dict())
         return journal

@@ -9,31 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _support import TINY_BUILD, assert_int8_block_record, manifest_recipes, one_block_per_kind
 
-from latbench.blocks.configs import (
-    AttnConfig,
-    AttnDownConfig,
-    EmbedConfig,
-    EmptyConfig,
-    FFNConfig,
-    HeadConfig,
-    StemConfig,
-)
 from latbench.core.errors import ExportError, UsageError
 from latbench.export import export_items, export_one
 from latbench.export.quantize import INT8_PARITY, QuantRecipe, quantized_parity
+from latbench.export.tflite import INT8_MODULES
 from latbench.measuring.measurement import SamplingPolicy
 
-#: One small configuration of every block kind of the default space.
-KINDS = {
-    "stem": StemConfig(224, 32),
-    "ffn": FFNConfig(224, 4, 176, 2),
-    "mhsa": AttnConfig(224, 4, 176),
-    "embed": EmbedConfig(224, 2, 48, 96),
-    "attndown": AttnDownConfig(224, 96, 176),
-    "head": HeadConfig(224, 176),
-    "empty": EmptyConfig(224, 32, 56, 56),
-}
+KINDS = one_block_per_kind()
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +30,7 @@ def test_every_block_kind_quantizes_and_passes_parity(int8_report, kind):
     import onnx
 
     rec = int8_report[(KINDS[kind].key, "onnx")]
-    assert rec.ok and rec.precision == "int8", rec.error
-    parity = rec.validation["parity"]
-    limits = INT8_PARITY["block"]
-    assert parity["status"] == "passed"
-    assert parity["cosine"] >= limits["min_cosine"] and parity["rel_error"] <= limits["max_rel_error"]
-    assert parity["cosine"] < 1.0  # really quantized: not bit-identical with fp32
-    assert Path(rec.path).name.startswith(f"{KINDS[kind].key}-int8-")
+    assert_int8_block_record(rec, KINDS[kind].key, INT8_PARITY["block"])
     model = onnx.load(rec.path)
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -63,11 +41,9 @@ def test_every_block_kind_quantizes_and_passes_parity(int8_report, kind):
 
 
 def test_manifest_records_the_recipe(int8_report):
-    manifest = json.loads(int8_report.manifest_path.read_text())
-    entries = [e for e in manifest["artifacts"] if e["precision"] == "int8"]
-    assert len(entries) == len(KINDS)
-    for e in entries:
-        q = e["quantization"]
+    recipes = manifest_recipes(int8_report, "onnx")
+    assert len(recipes) == len(KINDS)
+    for q in recipes:
         assert q["calibration_seed"] == 0 and q["calibration_batches"] == 8 and q["calibrate_method"] == "minmax"
         assert q["per_channel"] is True and q["quant_format"] == "QDQ" and q["activation_type"] == "uint8"
 
@@ -98,24 +74,32 @@ def test_parity_failure_is_loud_per_artifact(tmp_path, monkeypatch):
         export_artifacts([item], "onnx", 1, "int8")
 
 
-def test_the_recipe_is_in_the_cache_key(tmp_path):
-    item = FFNConfig(224, 4, 176, 2)
-    base = export_one(item, "onnx", tmp_path, precision="int8")
+def _litert_missing() -> bool:
+    from latbench.export.tflite import missing_modules
+
+    return bool(missing_modules(INT8_MODULES))
+
+
+@pytest.mark.parametrize("fmt", ["onnx", pytest.param("tflite", marks=pytest.mark.skipif(
+    _litert_missing(), reason="int8 LiteRT needs litert-torch, ai-edge-litert and ai-edge-quantizer"))])
+def test_the_recipe_is_in_the_cache_key(tmp_path, fmt):
+    item = KINDS["ffn"]
+    base = export_one(item, fmt, tmp_path, precision="int8")
     assert base.status == "exported"
-    assert export_one(item, "onnx", tmp_path, precision="int8").status == "cached"
-    seed = export_one(item, "onnx", tmp_path, precision="int8", quantization={"calibration_seed": 1})
-    batches = export_one(item, "onnx", tmp_path, precision="int8", quantization=QuantRecipe(calibration_batches=2))
+    assert export_one(item, fmt, tmp_path, precision="int8").status == "cached"
+    seed = export_one(item, fmt, tmp_path, precision="int8", quantization={"calibration_seed": 1})
+    batches = export_one(item, fmt, tmp_path, precision="int8", quantization=QuantRecipe(calibration_batches=2))
     assert seed.status == batches.status == "exported"  # a changed recipe exports again
     assert len({base.content_hash, seed.content_hash, batches.content_hash}) == 3
     assert len({base.path, seed.path, batches.path}) == 3
     assert seed.sha256 != base.sha256  # other calibration data, other scales
     assert seed.quantization["calibration_seed"] == 1 and batches.quantization["calibration_batches"] == 2
-    again = export_one(item, "onnx", tmp_path, precision="int8", quantization={"calibration_seed": 1})
+    again = export_one(item, fmt, tmp_path, precision="int8", quantization={"calibration_seed": 1})
     assert again.status == "cached" and again.content_hash == seed.content_hash
     # fp32 artifacts carry no recipe, and a recipe does not touch their hash.
-    fp32 = export_one(item, "onnx", tmp_path)
+    fp32 = export_one(item, fmt, tmp_path)
     assert fp32.quantization is None
-    assert export_one(item, "onnx", tmp_path, quantization={"calibration_seed": 5}).content_hash == fp32.content_hash
+    assert export_one(item, fmt, tmp_path, quantization={"calibration_seed": 5}).content_hash == fp32.content_hash
 
 
 def test_bad_recipes_and_formats_are_one_line():
@@ -123,8 +107,8 @@ def test_bad_recipes_and_formats_are_one_line():
         QuantRecipe(calibration_batches=0)
     with pytest.raises(UsageError, match="unknown calibration method"):
         QuantRecipe.from_value({"calibrate_method": "guess"})
-    with pytest.raises(UsageError, match="the tflite format is fp32 only, not int8"):
-        export_items([KINDS["empty"]], "tflite", precision="int8")
+    with pytest.raises(UsageError, match="the tflite format is fp32 or int8 only, not fp16"):
+        export_items([KINDS["empty"]], "tflite", precision="fp16")
     with pytest.raises(UsageError, match="the coreml format is fp32 or fp16 only, not int8"):
         export_items([KINDS["empty"]], "coreml", precision="int8")
 
@@ -148,16 +132,20 @@ def test_runners_without_int8_refuse_in_one_line(int8_report):
 
     from device_runners import runner_classes
 
-    refusing = [cls for cls in runner_classes() if cls.kind != "cpu"]
-    assert {cls.kind for cls in refusing} == {"litert", "android", "iphone", "mac", "aihub"}
+    accepting = {cls.kind for cls in runner_classes() if "int8" in cls.precisions}
+    refusing = [cls for cls in runner_classes() if cls.kind not in accepting]
+    assert {"cpu", "litert"} <= accepting
     for cls in refusing:
         with pytest.raises(UsageError) as err:
             cls.check_precision("int8")
         msg = str(err.value)
         assert "\n" not in msg and msg.startswith(f"{cls.kind} devices cannot run int8 artifacts")
+        assert msg.endswith(f"int8 runs on {cls.devices_running('int8')}") and "cpu" in msg
     from device_runners.cpu import CpuRunner
+    from device_runners.litert import LiteRTRunner
 
     CpuRunner.check_precision("int8")  # accepted
+    LiteRTRunner.check_precision("int8")
     # A session on such a device refuses before exporting anything ...
     from latbench.measuring.session import MeasuringSession
 
@@ -187,8 +175,7 @@ def test_tiny_int8_table_beside_fp32_and_their_diff(tmp_path):
     from latbench.tables.build import BuildSettings, TableBuilder, default_anchors
 
     configs = default_anchors(224)
-    settings = dict(rounds=1, runs=5, warmup=2, jobs=1, calibration_models=0, target_precision=None,
-                    probe_rounds=1, profile=False, cool_down=False, min_separation_s=0.0)
+    settings = TINY_BUILD
     tables = {}
     for dtype in ("int8", "fp32"):
         with CpuRunner() as runner:
