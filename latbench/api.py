@@ -517,20 +517,21 @@ def repair_table(path: str | Path) -> LatencyTable:
 
 
 def diff_tables(a: LatencyTable | str | Path, b: LatencyTable | str | Path) -> dict[str, Any]:
-    """Per-key latency ratios B/A of two tables (devices, runtime versions): the common keys with
-    both latencies and the ratio, the keys only one has, the median ratio, and how the two
-    devices' provenance differs."""
+    """Per-key latency ratios B/A of two tables (devices, runtime versions, fp32 and int8 of one
+    device): the common keys with kind, both latencies, the ratio and the speedup A/B, the keys
+    only one has, the median ratio, per block kind the median, min and max ratio and the count
+    (`kinds`), what the ratio compares (`ratio`: "int8/fp32" across precisions, else "B/A"), and
+    how the two devices' provenance differs."""
+    from latbench.tables.compare import block_ratios, kind_ratios, ratio_label
+
     ta, tb = load_table(a), load_table(b)
     ma, mb = ta.latency_ms(), tb.latency_ms()
-    common = sorted(set(ma) & set(mb))
-    if not common:
-        raise UsageError(f"tables {ta.label()} and {tb.label()} share no block keys")
-    rows = [{"key": k, "a_ms": ma[k], "b_ms": mb[k], "ratio": mb[k] / ma[k] if ma[k] else None} for k in common]
+    rows = block_ratios(ta, tb)
     ratios = sorted(r["ratio"] for r in rows if r["ratio"])
-    return {"a": str(ta.path), "b": str(tb.path), "common": len(common),
+    return {"a": str(ta.path), "b": str(tb.path), "common": len(rows),
             "only_a": sorted(set(ma) - set(mb)), "only_b": sorted(set(mb) - set(ma)),
-            "median_ratio": ratios[len(ratios) // 2] if ratios else None,
-            "provenance_diff": ta.provenance_diff(tb.device), "rows": rows}
+            "median_ratio": ratios[len(ratios) // 2] if ratios else None, "ratio": ratio_label(ta, tb),
+            "kinds": kind_ratios(rows), "provenance_diff": ta.provenance_diff(tb.device), "rows": rows}
 
 
 def export_targets(*, space: str | Path | SearchSpace | bool | None = None, model: str | None = None,

@@ -116,7 +116,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_flag(s)
     s.set_defaults(func=run_show)
 
-    d = lsub.add_parser("diff", help="per-key latency ratios B/A (compare devices or runtime versions)")
+    d = lsub.add_parser("diff", help="per-key latency ratios B/A and their median per block kind (compare devices, runtime "
+                             "versions, or an fp32 and an int8 table)")
     d.add_argument("a", help="the first table (directory or name), e.g. tables/cpu/efficientformerv2-r224")
     d.add_argument("b", help="the second table, e.g. tables/android_R5CT/efficientformerv2-r224")
     add_json_flag(d)
@@ -431,8 +432,12 @@ def run_diff(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
         return 0
-    print_table(f"B/A ratios ({common} common keys)", ["key", "A ms", "B ms", "B/A"],
-                [(r["key"], r["a_ms"], r["b_ms"], r["ratio"]) for r in sorted(rows, key=lambda r: -r["ratio"])])
+    label = summary["ratio"]
+    print_table(f"{label} ratios ({common} common keys; speedup = A/B)", ["key", "A ms", "B ms", label, "speedup"],
+                [(r["key"], r["a_ms"], r["b_ms"], r["ratio"], r["speedup"])
+                 for r in sorted(rows, key=lambda r: -r["ratio"])])
+    print_table(f"{label} per block kind", ["kind", "blocks", f"median {label}", "min", "max"],
+                [(k["kind"], k["count"], k["median_ratio"], k["min_ratio"], k["max_ratio"]) for k in summary["kinds"]])
     console().print(f"median ratio {summary['median_ratio']:.3f}; only in A: {len(summary['only_a'])}, "
                     f"only in B: {len(summary['only_b'])}")
     for d in summary["provenance_diff"]:
