@@ -380,16 +380,18 @@ def build_table(device: str | None = None, *, space: str | Path | SearchSpace | 
 def adapt_table(sources: LatencyTable | str | Path | Sequence[LatencyTable | str | Path], device: str | None = None,
                 *, out: str | Path, budget: int | None = None, calibrate: int | None = None, rounds: int = 3,
                 max_rounds: int = 8, runs: int | None = None, jobs: int = 1, time_cap: float | None = None,
-                precision: float | str | None = 0.02, seed: int = 0, force: bool = False,
+                precision: float | str | None = 0.02, seed: int = 0, force: bool = False, dtype: str | None = None,
                 progress: bool | ProgressFn = False, **device_options: Any) -> Any:
     """A complete table for `device` from fully measured `sources` (tables of one space and
     resolution, paths or names) and `budget` measurements on the device (default 20: blocks the
     transfer model learns most from, one per kind at least, plus `calibrate` whole models; None:
     up to 3 as the budget allows). The rest is predicted, each entry with its uncertainty. Resumes
-    an interrupted adapt into the same `out`. Returns the BuildResult (`.table` is the table)."""
+    an interrupted adapt into the same `out`. `dtype`: the precision of what is measured on the
+    target (None: int8 when the sources are int8 tables, else the device's default); the adapted
+    table records it. Returns the BuildResult (`.table` is the table)."""
     from latbench.core.config import default_device
     from latbench.core.fileio import writable_dir
-    from latbench.tables.adapt import TableAdapter, plan_adapt
+    from latbench.tables.adapt import TableAdapter, plan_adapt, sources_dtype
 
     if isinstance(sources, (str, Path, LatencyTable)):
         sources = [sources]
@@ -399,7 +401,8 @@ def adapt_table(sources: LatencyTable | str | Path | Sequence[LatencyTable | str
     plan = plan_adapt(tables, out, budget=budget, calibrate=calibrate, seed=seed)
     writable_dir(plan.out, "table directory", create=False)
     settings = build_settings(rounds=rounds, max_rounds=max_rounds, runs=runs, calibrate=len(plan.calibration),
-                              jobs=jobs, time_cap=time_cap, precision=precision)
+                              jobs=jobs, time_cap=time_cap, precision=precision,
+                              dtype=dtype if dtype is not None else sources_dtype(tables))
     device = default_device() if device is None else device
     with open_device(device, **device_options) as runner, _progress(progress) as bar:
         return TableAdapter(runner, plan.out, settings, force=force, progress=bar).adapt(plan)
@@ -419,7 +422,7 @@ def upgrade_table(table: LatencyTable | str | Path, device: str | None = None, *
     configs = upgrade_configs(t, count)
     settings = build_settings(rounds=rounds, max_rounds=max_rounds, runs=runs, calibrate=0, jobs=jobs,
                               time_cap=time_cap, precision=precision,
-                              dtype=(t.meta.get("settings") or {}).get("precision"))
+                              dtype=t.dtype)
     resolution = int(t.meta.get("resolution") or configs[0].resolution)
     items = {c.key: c for c in configs}
     space = t.space() if (t.meta.get("space") or {}).get("definition") else None
@@ -650,14 +653,16 @@ def mes_report(table: LatencyTable | str | Path, candidates: Iterable[Target], *
                measure: str | None = None, rounds: int = 3, out: str | Path | None = None,
                mes_config: str | Path | None = None, latency_unit: str | None = None,
                size_unit: str | None = None, alpha_latency: float | None = None, alpha_size: float | None = None,
-               metrics: str | Path | None = None, progress: bool | ProgressFn = False,
+               metrics: str | Path | None = None, progress: bool | ProgressFn = False, dtype: str | None = None,
                **device_options: Any) -> Any:
     """Rank candidates by MES (params, MACs, latency from the table, accuracy, Pareto flags); with
-    `measure`, also measure each end to end on that device; with `out`, write the report files
-    (md, html, csv, json, plots) there. Returns the MESReport (`json_rows()` for plain data)."""
+    `measure`, also measure each end to end on that device, exported in `dtype` (None: the table's
+    precision); with `out`, write the report files (md, html, csv, json, plots) there. Returns the
+    MESReport (`json_rows()` for plain data)."""
     from latbench.blocks.candidates import resolve_candidate, resolve_candidates
     from latbench.core.fileio import writable_dir
     from latbench.efficiency.score import REFERENCE, read_metrics_csv, resolve
+    from latbench.export.common import check_precision
     from latbench.measuring.models import measure_candidates
     from latbench.report.model import build_report
     from latbench.search.oracles import published_accuracy, read_accuracy_file
@@ -706,7 +711,8 @@ def mes_report(table: LatencyTable | str | Path, candidates: Iterable[Target], *
                 ref = Candidate(f"{REFERENCE_MODEL} (MES unit)", base.resolution, model_name=base.model_name)
                 to_measure.append(ref)
         with open_device(measure, **device_options) as runner, _progress(progress) as bar:
-            measured, desc = measure_candidates(to_measure, runner, rounds=rounds, progress=bar)
+            measured, desc = measure_candidates(to_measure, runner, rounds=rounds, progress=bar,
+                                                precision=check_precision(dtype) or t.dtype)
         model = desc.get("device_model") or desc.get("cpu_model")
         device = f"{measure} ({model})" if model else measure
         mes_measured = scorer

@@ -106,6 +106,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="adaptive sampling: at most S seconds per block measurement (default 1.5)")
     a.add_argument("--precision", default="2%", metavar="P", help="precision each measured entry is held to (default 2%%)")
     a.add_argument("--seed", type=int, default=0, help="seed of the calibration models drawn")
+    a.add_argument("--dtype", choices=_dtypes(), default=None,
+                   help="precision of the artifacts measured on the target (default: int8 when the sources are "
+                        "int8 tables, else the device's)")
     add_runner_flags(a)
     add_json_flag(a)
     add_progress_flag(a)
@@ -239,7 +242,7 @@ def run_adapt(args: argparse.Namespace) -> int:
 
     result = api.adapt_table(args.sources, args.device, out=args.out, budget=args.budget, calibrate=args.calibrate,
                              rounds=args.rounds, max_rounds=args.max_rounds, runs=args.runs, jobs=args.jobs,
-                             time_cap=args.time_cap, precision=args.precision, seed=args.seed,
+                             time_cap=args.time_cap, precision=args.precision, seed=args.seed, dtype=args.dtype,
                              progress=shows_progress(args), **device_options(args.device, args))
     summary = build_summary(result)
     adapted = result.table.meta.get("adapt") or {}

@@ -33,6 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--measure", default=None, metavar="DEVICE",
                    help="also measure every candidate end to end on DEVICE (e.g. cpu)")
     r.add_argument("--rounds", type=int, default=3, help="measurement rounds with --measure (samples pooled)")
+    from latbench.export.common import PRECISIONS
+
+    r.add_argument("--dtype", choices=PRECISIONS, default=None,
+                   help="with --measure: the precision models are exported in (default: the table's, so an int8 "
+                        "table is compared with int8 models)")
     add_runner_flags(r)
     r.add_argument("--out", default=None, metavar="DIR",
                    help="write the report files here (default mes-report; with --json only when given)")
@@ -81,7 +86,7 @@ def run_report(args: argparse.Namespace) -> int:
                             rounds=args.rounds, out=args.out, mes_config=args.mes_config,
                             latency_unit=args.latency_unit, size_unit=args.size_unit,
                             alpha_latency=args.alpha_latency, alpha_size=args.alpha_size, metrics=args.metrics,
-                            progress=shows_progress(args), **options)
+                            dtype=args.dtype, progress=shows_progress(args), **options)
     if args.json:
         print_json(report.json_rows())
         return 0

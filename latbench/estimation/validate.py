@@ -111,7 +111,7 @@ def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate],
     if not levels:
         warnings.append("the table records no anchor levels: measurements are not put on its time base")
     timings = measure_models(candidates, runner, rounds=rounds, passes=passes, warmup=warmup, seed=seed, jobs=jobs,
-                             precision=(table.meta.get("settings") or {}).get("precision"), time_cap_s=time_cap_s,
+                             precision=table.dtype, time_cap_s=time_cap_s,
                              progress=progress, anchors=anchors,
                              anchor_levels_ms=levels, journal_dir=journal_dir, budget_s=budget_s)
     rate = macs_rate(table)

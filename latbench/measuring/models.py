@@ -131,10 +131,11 @@ def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, 
 
 
 def measure_candidates(candidates: Sequence[Candidate], runner: Any, *, rounds: int = 3, warmup: int = 10,
-                       runs: int | None = None, seed: int = 0,
+                       runs: int | None = None, seed: int = 0, precision: str | None = None,
                        progress: ProgressFn | None = None) -> tuple[dict[str, float], dict[str, Any]]:
     """End-to-end latency (ms) of each candidate on an open device runner, keyed by candidate name,
-    and the device's provenance (one measuring session: interleaved rounds until they agree)."""
+    and the device's provenance (one measuring session: interleaved rounds until they agree).
+    `precision`: the artifacts' (None: the device's default)."""
     timings = measure_models(candidates, runner, rounds=rounds, warmup=warmup, runs=runs, seed=seed,
-                             progress=progress)
+                             precision=precision, progress=progress)
     return {c.name: timings.passes[0][c.key] for c in candidates}, timings.device

@@ -41,6 +41,17 @@ MAX_DEFAULT_CALIBRATION = 3
 BUDGET_PER_CALIBRATION_MODEL = 4
 
 
+def sources_dtype(sources: Sequence[LatencyTable]) -> str | None:
+    """The artifact precision an adapt from `sources` measures in by default: int8 when they are
+    int8 tables (an int8 table predicts int8 entries), None (the device's default) when none is.
+    Tables of int8 and of another precision together are refused: the transfer model would mix
+    two kinds of latency in one source latency."""
+    int8 = [t.dtype == "int8" for t in sources]
+    if any(int8) and not all(int8):
+        raise UsageError("the source tables mix int8 and other precisions; adapt from tables of one precision")
+    return "int8" if int8 and all(int8) else None
+
+
 @dataclass
 class AdaptPlan:
     """What one adapt measures and from what it predicts the rest."""

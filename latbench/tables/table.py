@@ -130,6 +130,13 @@ class LatencyTable:
     def overhead(self) -> dict[str, Any]:
         return self.meta.get("overhead") or {}
 
+    @property
+    def dtype(self) -> str | None:
+        """The artifact precision the build was asked for (settings; None: the device's default).
+        What re-measures of the table (validate, check, mes report --measure, adapt) export in,
+        so an int8 table is never checked against fp32 models."""
+        return (self.meta.get("settings") or {}).get("precision")
+
     def latency_ms(self) -> dict[str, float]:
         """key -> the latency estimates use (the consensus of the entry's rounds)."""
         return dict(zip(self.blocks["key"], self.blocks["latency_ms"].astype(float)))

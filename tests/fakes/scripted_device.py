@@ -43,6 +43,7 @@ class ScriptedRunner(Runner):
         self.sleep_s = sleep_s
         self.calls: list[tuple[str, SamplingPolicy, bool]] = []
         self.renewed: list[str] = []
+        self.artifacts: list[Path] = []  # every file prepared, in order (kept after close)
         #: A slow period of the whole device: indices of calls (in order) slowed by period_factor.
         self.period_calls: set[int] = set()
         self.period_factor = 1.3
@@ -70,6 +71,7 @@ class ScriptedRunner(Runner):
                 "threads": 1}
 
     def _prepare(self, artifact: Path, content_hash: str, label: str) -> Prepared:
+        self.artifacts.append(artifact)
         return Prepared(label, content_hash, artifact, handle=label)
 
     def renew(self, prepared: Prepared) -> Prepared:
@@ -102,3 +104,9 @@ class ScriptedRunner(Runner):
         samples = [base * (1 + 0.002 * (i % 10)) for i in range(n)]  # a narrow, repeatable spread
         return Measurement(label, samples, provenance=self.provenance_for(
             prepared, {"timed_runs": n, "timed_wall_s": sum(samples) / 1e3}))
+
+
+class ScriptedInt8Runner(ScriptedRunner):
+    """The scripted device measuring int8 artifacts too (the real int8 files are prepared, not read)."""
+
+    precisions = ("fp32", "fp16", "int8")

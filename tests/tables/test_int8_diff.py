@@ -6,7 +6,7 @@ exports (real int8 ONNX), journals and tables are the real ones."""
 from __future__ import annotations
 
 import pytest
-from scripted_device import ScriptedRunner, latency_following_macs
+from scripted_device import ScriptedInt8Runner, ScriptedRunner, latency_following_macs
 
 from latbench.blocks.configs import AttnConfig, FFNConfig
 from latbench.tables.build import BuildSettings, TableBuilder
@@ -15,12 +15,6 @@ BLOCKS = [FFNConfig(224, 3, w, e) for w in (96, 144) for e in (2, 4)] + [AttnCon
 #: int8 time / fp32 time by kind, as this scripted device runs them (one kind slower in int8).
 FACTORS = {"ffn": 0.6, "mhsa": 1.25, "attndown": 0.8, "empty": 1.1}
 fp32_cost = latency_following_macs(BLOCKS, other_ms=0.05)
-
-
-class ScriptedInt8Runner(ScriptedRunner):
-    """The scripted device measuring int8 artifacts (the real int8 files are prepared, not read)."""
-
-    precisions = ("fp32", "fp16", "int8")
 
 
 def _kind(key: str) -> str:
