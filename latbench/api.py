@@ -601,11 +601,28 @@ def export_artifacts(*, space: str | Path | SearchSpace | bool | None = None, mo
                         quantization=quantization)
 
 
-def _mes_config(config: str | Path | None, **overrides: Any) -> Any:
-    from latbench.efficiency.score import MESConfig, config_with_overrides
+def _mes_config(config: str | Path | None, precision: str | None = None, **overrides: Any) -> Any:
+    """The MES config of a file (or the defaults, as they apply to a table of `precision`) with
+    the command line's overrides."""
+    from latbench.efficiency.score import MESConfig, config_with_overrides, for_precision
 
-    cfg = MESConfig.load(config) if config is not None else MESConfig()
+    cfg = MESConfig.load(config) if config is not None else for_precision(MESConfig(), precision)
     return config_with_overrides(cfg, **overrides)
+
+
+def model_file_mb(candidates: Sequence[Candidate], table: LatencyTable) -> dict[str, dict[str, float]]:
+    """candidate name -> {"model_mb": its model file's size in 10^6 bytes}, exported (or found in the
+    export cache) in the format of the table's device and the table's precision."""
+    from device_runners import runner_class
+    from latbench.core.hashing import tree_size
+    from latbench.measuring.session import export_artifacts
+
+    try:
+        fmt = runner_class(str(table.meta.get("device_id"))).artifact_format
+    except UsageError:  # a device this host does not know (a synthetic table): the portable format
+        fmt = "onnx"
+    artifacts = export_artifacts(candidates, fmt, 1, table.dtype)
+    return {c.name: {"model_mb": tree_size(artifacts[c.key].path) / 1e6} for c in candidates}
 
 
 def run_search(table: LatencyTable | str | Path, accuracy: str, *, target_latency: str | float | None = None,
@@ -671,8 +688,8 @@ def mes_report(table: LatencyTable | str | Path, candidates: Iterable[Target], *
     if out is not None:
         writable_dir(out, create=False)
     t = load_table(table)
-    config = _mes_config(mes_config, latency_unit=latency_unit, size_unit=size_unit, alpha_latency=alpha_latency,
-                         alpha_size=alpha_size)
+    config = _mes_config(mes_config, t.dtype, latency_unit=latency_unit, size_unit=size_unit,
+                         alpha_latency=alpha_latency, alpha_size=alpha_size)
     scorer = resolve(config, t)
     if isinstance(candidates, (str, Path, Arch, dict, Candidate)):
         candidates = [candidates]
@@ -691,6 +708,9 @@ def mes_report(table: LatencyTable | str | Path, candidates: Iterable[Target], *
         missing = [c.name for c in cands if columns and c.name not in values]
         if missing:
             raise UsageError(f"metrics file {metrics} has no row for candidate {missing[0]!r}")
+    if any(m.getter == "model_mb" for m in config.metrics):  # sizes of the model files themselves
+        sizes = model_file_mb(cands, t)
+        values = {c.name: {**(values or {}).get(c.name, {}), **sizes[c.name]} for c in cands}
 
     def top1(c: Candidate):
         hit = user.lookup(c.name, c.arch) if user else None

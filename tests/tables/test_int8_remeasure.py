@@ -128,3 +128,22 @@ def test_adapt_refuses_sources_of_mixed_precision(tmp_path):
     synthetic_table().save(fp32)
     with pytest.raises(UsageError, match="^the source tables mix int8 and other precisions"):
         latbench.api.adapt_table([_int8_source(tmp_path), fp32], "scripted", out=tmp_path / "a", budget=8)
+
+
+def test_mes_of_an_int8_table_scores_the_quantized_model_file(int8_table):
+    from latbench.export import export_one
+    from latbench.export.cache import default_cache_dir
+
+    report = latbench.api.mes_report(int8_table, ["efficientformerv2_s0"], latency_unit="1ms")
+    [row] = report.json_rows()
+    size = report.mes.metric("size")
+    assert size.getter == "model_mb" and size.unit == 3.0
+    int8_file = Path(export_one(S0, "onnx", default_cache_dir(), precision="int8").path)
+    fp32_file = Path(export_one(S0, "onnx", default_cache_dir()).path)
+    assert row["metric_values"]["model_mb"] == pytest.approx(int8_file.stat().st_size / 1e6)
+    assert int8_file.stat().st_size < 0.35 * fp32_file.stat().st_size  # really the quantized file
+    assert row["mes"] == pytest.approx(100 * (row["metric_values"]["model_mb"] / 3.0) ** -0.5
+                                       * row["latency_ms"] ** -1.0)
+    # fp32 tables keep the paper's size: the parameter count.
+    fp32_report = latbench.api.mes_report(synthetic_table(), ["efficientformerv2_s0"], latency_unit="1ms")
+    assert fp32_report.mes.metric("size").getter == "params" and not fp32_report.json_rows()[0]["metric_values"]
