@@ -71,7 +71,7 @@ from device_runners.aihub_dispatcher import MODELS_META, AIHubDispatcher
 from device_runners.base import DeviceInfo, Prepared, Runner
 from device_runners.ort_common import artifact_info
 from latbench.core.errors import DeviceError, UsageError
-from latbench.export.inspect import onnx_inputs
+from latbench.export.inspect import onnx_inputs, onnx_precision
 from latbench.measuring.measurement import Measurement, OpTime, SamplingPolicy
 from latbench.measuring.session import Job
 
@@ -147,6 +147,10 @@ class AIHubRunner(Runner):
 
     kind = "aihub"
     artifact_format = "onnx"
+    # int8: the QDQ ONNX is uploaded as it is and profiled by the service's ONNX Runtime (QDQ
+    # graphs are what its QNN execution provider runs in int8 on the NPU); no quantize job: the
+    # artifact, its recipe and its parity check stay latbench's.
+    precisions = ("fp32", "fp16", "int8")
 
     def __init__(self, device: str, *, compute_units: str = "cpu", detach: bool = False, config: Any = None,
                  client_ini: str | Path | None = None, max_attempts: int = 3, max_outstanding: int = 500) -> None:
@@ -258,7 +262,7 @@ class AIHubRunner(Runner):
 
     # -- artifacts ------------------------------------------------------------------------------
     def _prepare(self, artifact: Path, content_hash: str, label: str) -> Prepared:
-        info = artifact_info(onnx_inputs(artifact))
+        info = artifact_info(onnx_inputs(artifact), onnx_precision(artifact))  # the graph's precision
         model = None
         known = self._models.get(content_hash)
         if known:

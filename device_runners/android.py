@@ -73,7 +73,7 @@ from device_runners.ort_common import artifact_info, parse_ort_profile
 from device_runners.perf_test_output import PerfTestReport, parse_perf_test_output, parse_result_file
 from latbench.core.errors import DeviceError, DeviceLost, UsageError
 from latbench.core.text import first_line
-from latbench.export.inspect import onnx_inputs, tflite_inputs
+from latbench.export.inspect import file_precision, onnx_inputs, tflite_inputs
 from latbench.measuring.measurement import THROTTLING_WARNING, Measurement, SamplingPolicy
 
 DEFAULT_PERF_TEST = "/data/local/tmp/onnxruntime_perf_test"
@@ -253,6 +253,9 @@ class LiteRTBenchmarkModel(AndroidRuntime):
 class AndroidRunner(Runner):
     kind = "android"
     artifact_format = "onnx"
+    # int8: QDQ ONNX on onnxruntime's ARM kernels (perf_test), full-integer .tflite on XNNPACK's or
+    # the built-in int8 kernels (benchmark_model); both take the fp32 inputs of the fp32 graph.
+    precisions = ("fp32", "fp16", "int8")
 
     def __init__(
         self,
@@ -504,7 +507,8 @@ class AndroidRunner(Runner):
     def _prepare(self, artifact: Path, content_hash: str, label: str) -> Prepared:
         if not _HASH_RE.match(content_hash):
             raise UsageError(f"content hash must be letters/digits/_/-, got {content_hash!r}")
-        info = artifact_info(self.tool.inputs(artifact))
+        # The precision is the graph's (latbench's int8 graphs take fp32 inputs).
+        info = artifact_info(self.tool.inputs(artifact), file_precision(artifact))
         remote = f"{self.remote_dir}/{content_hash}{artifact.suffix.lower()}"
         size = artifact.stat().st_size
         st = self._stat(remote)

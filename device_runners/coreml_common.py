@@ -90,6 +90,17 @@ def spec_inputs(model: Any) -> list[TensorSpec]:
     return specs
 
 
+def spec_precision(model: Any) -> str | None:
+    """"int8" when the model's ML Program holds quantize ops (W8A8: latbench.export.coreml_quant
+    quantizes activations), else None: the inputs' dtype then says fp16 or fp32."""
+    from latbench.export.coreml import mil_op_counts
+
+    spec = model.get_spec()
+    if not getattr(spec, "mlProgram", None):  # a neural network spec: no quantized activations here
+        return None
+    return "int8" if mil_op_counts(spec).get("quantize") else None
+
+
 def readable_model(api: Any, artifact: Path, compute_units: str) -> tuple[Any, list[TensorSpec]]:
     """The artifact opened without compiling it, and its inputs. UsageError when the file is not
     a readable Core ML model (the user's to fix); loading it on a device is the runner's step."""

@@ -36,6 +36,7 @@ from device_runners.coreml_common import (
     ops_from_execution_info,
     readable_model,
     run_async,
+    spec_precision,
 )
 from device_runners.ort_common import artifact_info
 from latbench.core.errors import DeviceError, DeviceLost, UsageError
@@ -76,6 +77,9 @@ def _linux_reason(system: str) -> str:
 
 
 class IPhoneRunner(Runner):
+    #: int8: W8A8 ML Programs (quantized activations, int8 weights) run on Core ML as they are.
+    precisions = ("fp32", "fp16", "int8")
+
     kind = "iphone"
     artifact_format = "coreml"
 
@@ -203,7 +207,7 @@ class IPhoneRunner(Runner):
     # -- artifacts ----------------------------------------------------------------------------
     def _prepare(self, artifact: Path, content_hash: str, label: str) -> Prepared:
         model, specs = readable_model(self.api, artifact, self.compute_units)
-        info = artifact_info(specs)
+        info = artifact_info(specs, spec_precision(model))
         bench = self.api.MLModelBenchmarker(model=model, device=self.device)
         loads = self._call("load", label, lambda: bench.benchmark_load(iterations=self.load_iterations))
         return Prepared(label, content_hash, artifact, bench, info, session_ms=statistics.median(loads.samples))

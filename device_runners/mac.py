@@ -25,6 +25,7 @@ from device_runners.coreml_common import (
     ops_from_execution_info,
     readable_model,
     spec_inputs,
+    spec_precision,
 )
 from device_runners.ort_common import artifact_info, random_feeds
 from latbench.core.errors import DeviceError, UsageError
@@ -45,6 +46,9 @@ def _sysctl(name: str) -> str | None:
 
 
 class MacRunner(Runner):
+    #: int8: W8A8 ML Programs (quantized activations, int8 weights) run on Core ML as they are.
+    precisions = ("fp32", "fp16", "int8")
+
     kind = "mac"
     artifact_format = "coreml"
 
@@ -112,7 +116,8 @@ class MacRunner(Runner):
         t0 = time.perf_counter_ns()
         self._predict(model, feeds)
         first_ms = (time.perf_counter_ns() - t0) / 1e6
-        return Prepared(label, content_hash, artifact, (model, feeds), artifact_info(specs), session_ms, first_ms)
+        return Prepared(label, content_hash, artifact, (model, feeds), artifact_info(specs, spec_precision(model)),
+                        session_ms, first_ms)
 
     def renew(self, prepared: Prepared) -> Prepared:
         fresh = self._prepare(prepared.artifact, prepared.content_hash, prepared.label)

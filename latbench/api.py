@@ -361,8 +361,8 @@ def build_table(device: str | None = None, *, space: str | Path | SearchSpace | 
     `if __name__ == "__main__":` then). Without `device`: latbench.toml's, else cpu. `precision`
     (0.02 or "2%") is what entries are held to where the device's noise allows (None: the fixed
     consensus rule); `budget` (seconds or "10m") stops new rounds after that much measuring.
-    `dtype`: the artifacts' precision ("int8": quantized ONNX on cpu, full-integer TFLite on litert;
-    None: the device's default)."""
+    `dtype`: the artifacts' precision ("int8": quantized in the device's format: QDQ ONNX,
+    full-integer TFLite, W8A8 Core ML; None: the device's default)."""
     from latbench.core.config import default_device
 
     device = default_device() if device is None else device

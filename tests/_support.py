@@ -60,3 +60,10 @@ def manifest_recipes(report, fmt: str) -> list[dict]:
 
     manifest = json.loads(report.manifest_path.read_text())
     return [e["quantization"] for e in manifest["artifacts"] if e["precision"] == "int8" and e["format"] == fmt]
+
+
+def export_every_kind(fmt: str, out):
+    """One block of every kind exported to int8 `fmt` into `out` (the int8 tests' module fixtures)."""
+    from latbench.export import export_items
+
+    return export_items(list(one_block_per_kind().values()), fmt, out, precision="int8", jobs=1)

@@ -43,9 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=positive_int, default=None, metavar="R",
                    help="input resolution (space: one it lists, default all; model: default its own)")
     p.add_argument("--precision", "--dtype", dest="precision", choices=PRECISIONS, default=None,
-                   help="for every format (default: fp32 for ONNX and TFLite, fp16 for Core ML; TFLite is fp32 or int8; "
+                   help="for every format (default: fp32 for ONNX and TFLite, fp16 for Core ML; TFLite has no fp16; "
                         "int8: onnxruntime's static QDQ quantization for ONNX, ai-edge-quantizer's full-integer one "
-                        "for TFLite)")
+                        "for TFLite, W8A8 by coremltools' PyTorch quantizer for Core ML, at iOS17 or later)")
     p.add_argument("--calibration-seed", type=int, default=None, metavar="N",
                    help="int8: seed of the calibration batches (default 0); part of the artifact's hash")
     p.add_argument("--calibration-batches", type=positive_int, default=None, metavar="N",

@@ -67,8 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "precision it reached")
     b.add_argument("--dtype", choices=_dtypes(), default=None,
                    help="precision of the artifacts measured (default: the device's, fp32 on cpu); int8 is "
-                        "quantized ONNX on cpu, full-integer TFLite on litert, and gets its own default directory "
-                        "(...-r224-int8)")
+                        "quantized in the device's format (QDQ ONNX, full-integer TFLite, W8A8 Core ML) and gets its "
+                        "own default directory (...-r224-int8)")
     b.add_argument("--fixed-rules", action="store_true",
                    help="use the consensus rule as given (--max-rounds, 2%% tolerance) instead of rules derived "
                         "from the device's noise")

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=positive_int, default=None)
     p.add_argument("--out", default=None, help="write profile.json, CSVs and breakdown.png here")
     p.add_argument("--dtype", choices=PRECISIONS, default=None,
-                   help="precision a model is exported in (default: the device's, fp32 on cpu); int8: quantized ONNX or TFLite")
+                   help="precision a model is exported in (default: the device's, fp32 on cpu); int8: quantized ONNX, TFLite or Core ML")
     add_runner_flags(p)
     add_json_flag(p)
     add_progress_flag(p)

@@ -58,7 +58,7 @@ def code_digest() -> str:
     """
     root = Path(latbench.__file__).parent
     exporters = [root / "export" / n for n in ("common.py", "onnx.py", "coreml.py", "tflite.py", "quantize.py",
-                                                 "tflite_quant.py")]
+                                                 "tflite_quant.py", "coreml_quant.py")]
     files = sorted((root / "models").glob("*.py")) + [root / "blocks.py", *exporters]
     h = hashlib.sha256()
     for f in files:

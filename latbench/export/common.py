@@ -30,8 +30,9 @@ PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_PRECISION = {"onnx": "fp32", "coreml": "fp16", "tflite": "fp32"}
 #: Precisions a format can be exported in (the others take every one of PRECISIONS). int8: ONNX by
 #: onnxruntime's static QDQ quantization (latbench.export.quantize), TFLite by ai-edge-quantizer's
-#: full-integer quantization (latbench.export.tflite_quant).
-FORMAT_PRECISIONS = {"tflite": ("fp32", "int8"), "coreml": ("fp32", "fp16")}
+#: full-integer quantization (latbench.export.tflite_quant), Core ML as W8A8 by coremltools'
+#: PyTorch-side quantizer (latbench.export.coreml_quant). Core ML has every precision.
+FORMAT_PRECISIONS = {"tflite": ("fp32", "int8")}
 DEFAULT_DEPLOYMENT_TARGET = "iOS16"
 ONNX_OPSET = 17
 DEFAULT_SEED = 0

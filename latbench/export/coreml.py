@@ -11,6 +11,10 @@ Validation works on any OS: the saved package is reloaded with coremltools, its 
 checked against the PyTorch reference, and the MIL op inventory (op type -> count) is recorded,
 which is what the device will run. On macOS the package is also run (`predict`, CPU only, for
 reproducible numbers) and compared with PyTorch; elsewhere that step is skipped with the reason.
+
+int8 (W8A8): quantized in PyTorch before conversion and converted from a trace
+(latbench.export.coreml_quant); its parity is by cosine and relative error, and off macOS it is
+taken on the reference-quantized PyTorch module that was converted.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from latbench.export.common import (
     parity_result,
     quiet_libraries,
 )
+from latbench.export.quantize import QuantRecipe
 
 EXPORTER = "torch.export+coremltools"
 
@@ -54,8 +59,10 @@ def export_coreml(
     precision: str = "fp16",
     deployment_target: str = DEFAULT_DEPLOYMENT_TARGET,
     seed: int = 0,
+    quantization: QuantRecipe | dict[str, Any] | None = None,
 ) -> None:
-    """Convert `item` to an .mlpackage at `final` (atomically) and fill `rec`."""
+    """Convert `item` to an .mlpackage at `final` (atomically) and fill `rec`. `quantization`: the
+    int8 recipe's calibration (precision "int8" only; None: the default)."""
     import shutil
 
     import numpy as np
@@ -69,19 +76,33 @@ def export_coreml(
     tmp = tmp_path_for(final)
     try:
         target = getattr(ct.target, deployment_target)
+        quantized = None
         with captured_output():
+            if precision == "int8":
+                from latbench.export.coreml_quant import coreml_recipe, min_target, w8a8_module
+
+                if min_target(deployment_target) != deployment_target:
+                    raise ValueError(f"int8 Core ML needs {min_target(deployment_target)} or later, "
+                                     f"got {deployment_target}")
+                recipe = QuantRecipe.from_value(quantization)
+                rec.quantization = coreml_recipe(recipe)
+                t0 = time.perf_counter()
+                quantized = w8a8_module(module, x_trace, recipe)
+                timings["quantize"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            program = torch.export.export(module, (x_trace,)).run_decompositions({})
+            program = (torch.jit.trace(quantized, (x_trace,)) if quantized is not None
+                       else torch.export.export(module, (x_trace,)).run_decompositions({}))
             timings["trace"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            dtype = np.float16 if precision == "fp16" else np.float32
+            # int8 programs compute in fp16 between their quantized ops, with fp16 I/O like fp16 ones.
+            dtype = np.float32 if precision == "fp32" else np.float16
             mlmodel = ct.convert(
                 program,
                 inputs=[ct.TensorType(name="input", shape=tuple(x_trace.shape), dtype=dtype)],
                 outputs=[ct.TensorType(name=n, dtype=dtype) for n in out_names],
                 convert_to="mlprogram",
                 minimum_deployment_target=target,
-                compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+                compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
                 skip_model_load=True,  # loading compiles, which only works (and is only needed) on macOS
             )
             try:
@@ -94,7 +115,12 @@ def export_coreml(
             timings["convert"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        info = validate_coreml(ct, tmp, x_val, refs, precision)
+        simulated = None
+        if quantized is not None:
+            with torch.no_grad():
+                out = quantized(x_val)
+            simulated = [o.numpy() for o in (out if isinstance(out, (tuple, list)) else [out])]
+        info = validate_coreml(ct, tmp, x_val, refs, precision, kind=item.kind, simulated=simulated)
         timings["validate"] += time.perf_counter() - t0
         info["deployment_target"] = deployment_target
         info["compute_precision"] = precision
@@ -130,8 +156,11 @@ def _feature_dtype(ct: Any, feature: Any) -> str:
     return array_type.ArrayDataType.Name(feature.type.multiArrayType.dataType).lower()
 
 
-def validate_coreml(ct: Any, path: Path, x: Any, refs: list[Any], precision: str) -> dict[str, Any]:
-    """Reload the package, check its I/O against the reference, record its ops; predict on macOS."""
+def validate_coreml(ct: Any, path: Path, x: Any, refs: list[Any], precision: str, *, kind: str = "block",
+                    simulated: list[Any] | None = None) -> dict[str, Any]:
+    """Reload the package, check its I/O against the reference, record its ops; predict on macOS.
+    int8: parity by cosine and relative error (of `simulated`, the quantized PyTorch module's
+    outputs, off macOS), and the program must hold quantize ops."""
     model = ct.models.MLModel(str(path), skip_model_load=True)
     spec = model.get_spec()
     if spec.WhichOneof("Type") != "mlProgram":
@@ -147,7 +176,10 @@ def validate_coreml(ct: Any, path: Path, x: Any, refs: list[Any], precision: str
     outputs = (outputs[0], [s or e for s, e in zip(outputs[1], expected)])
 
     dtypes = {f.name: _feature_dtype(ct, f) for f in [*desc.input, *desc.output]}
-    if is_macos():
+    ops = mil_op_counts(spec)
+    if precision == "int8":
+        parity = _int8_parity(ct, path, x, refs, kind, simulated, inputs[0][0], outputs[0], dtypes, ops)
+    elif is_macos():
         parity = _predict_parity(ct, path, x, refs, precision, inputs[0][0], outputs[0], dtypes)
     else:
         parity = {"status": "skipped",
@@ -156,11 +188,30 @@ def validate_coreml(ct: Any, path: Path, x: Any, refs: list[Any], precision: str
         "reload": "passed",
         "spec_version": int(spec.specificationVersion),
         "io_dtypes": dtypes,
-        "mil_ops": mil_op_counts(spec),
+        "mil_ops": ops,
         "parity": parity,
         "inputs": inputs,
         "outputs": outputs,
     }
+
+
+def _int8_parity(ct: Any, path: Path, x: Any, refs: list[Any], kind: str, simulated: list[Any] | None,
+                 in_name: str, out_names: list[str], dtypes: dict[str, str], ops: dict[str, int]) -> dict[str, Any]:
+    from latbench.export.quantize import quantized_parity
+
+    refs_np = [r.numpy() for r in refs]
+    if is_macos():
+        model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
+        got = model.predict({in_name: x.numpy().astype(dtypes[in_name])})
+        parity = quantized_parity(refs_np, [got[n] for n in out_names], kind)
+        parity["runtime"] = "Core ML (CPU_ONLY)"
+    else:
+        parity = quantized_parity(refs_np, simulated or [], kind)
+        parity["runtime"] = ("the reference-quantized PyTorch module that was converted "
+                             f"(Core ML prediction needs macOS; this is {platform.system() or 'unknown OS'})")
+    if not ops.get("quantize"):
+        parity = {**parity, "status": "failed", "reason": "the program holds no quantize op"}
+    return parity
 
 
 def _predict_parity(

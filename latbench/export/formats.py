@@ -30,6 +30,10 @@ class ExportFormat:
                deployment_target: str | None, seed: int, quantization: dict[str, Any] | None = None) -> None:
         raise NotImplementedError
 
+    def deployment_target(self, target: str, precision: str) -> str:
+        """The deployment target an artifact of `precision` is made for (default: as asked)."""
+        return target
+
     def quant_recipe(self, recipe: QuantRecipe) -> dict[str, Any]:
         """The int8 recipe recorded in an artifact's manifest entry and hashed with it (default:
         onnxruntime's static QDQ recipe as it is)."""
@@ -69,7 +73,20 @@ class CoreMLFormat(ExportFormat):
         from latbench.export.coreml import export_coreml
 
         export_coreml(item, final, rec, precision=precision,
-                      deployment_target=deployment_target or DEFAULT_DEPLOYMENT_TARGET, seed=seed)
+                      deployment_target=deployment_target or DEFAULT_DEPLOYMENT_TARGET, seed=seed,
+                      quantization=quantization)
+
+    def quant_recipe(self, recipe: QuantRecipe) -> dict[str, Any]:
+        from latbench.export.coreml_quant import coreml_recipe
+
+        return coreml_recipe(recipe)
+
+    def deployment_target(self, target: str, precision: str) -> str:
+        if precision != "int8":
+            return target
+        from latbench.export.coreml_quant import min_target
+
+        return min_target(target)
 
     def warm_worker(self) -> None:
         from latbench.export.coreml import import_coremltools

@@ -100,6 +100,19 @@ class QuantRecipe:
         raise UsageError(f"a quantization recipe is a QuantRecipe or a mapping, got {type(value).__name__}")
 
 
+def minmax_recipe(recipe: QuantRecipe, what: str, method: str, **tool_versions: str) -> dict[str, Any]:
+    """The recorded fields of another format's int8 recipe that uses `recipe`'s min/max
+    calibration (the same seeded batches) with int8 weights; `what` names the format in the
+    one-line refusal of other calibration methods (refused rather than silently replaced). The
+    tool versions are recorded, hence hashed, with int8 artifacts only (hashing them with every
+    artifact of the format would re-export the fp32 ones). Callers add their activation fields."""
+    if recipe.calibrate_method != "minmax":
+        raise UsageError(f"int8 {what} calibrates by minmax only, not {recipe.calibrate_method!r}")
+    return {"method": method, **tool_versions, "calibration_seed": recipe.calibration_seed,
+            "calibration_batches": recipe.calibration_batches, "calibrate_method": "minmax", "weight_type": "int8",
+            "per_channel": recipe.per_channel, "calibration_source": QuantRecipe().to_dict()["calibration_source"]}
+
+
 def calibration_batches(input_name: str, shape: tuple[int, ...], recipe: QuantRecipe) -> list[dict[str, Any]]:
     import numpy as np
 

@@ -134,7 +134,7 @@ def plan_tasks(
         for fmt in formats:
             form = EXPORT_FORMATS[fmt]
             prec = precision or form.default_precision
-            target = deployment_target if form.takes_deployment_target else None
+            target = form.deployment_target(deployment_target, prec) if form.takes_deployment_target else None
             fmt_exporter = form.exporter(exporter)
             fmt_opset = opset if form.takes_opset else None
             quant = form.quant_recipe(recipe) if prec == "int8" else None

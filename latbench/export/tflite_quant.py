@@ -55,8 +55,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from latbench.core.errors import UsageError
-from latbench.export.quantize import QuantRecipe, calibration_batches
+from latbench.export.quantize import QuantRecipe, calibration_batches, minmax_recipe
 
 #: Thresholds of the int8 LiteRT parity check, by what is exported (see the module docstring).
 LITERT_INT8_PARITY = {
@@ -78,26 +77,11 @@ def litert_recipe(recipe: QuantRecipe) -> dict[str, Any]:
     TFLite's int8 kernels take int8 activations only, so the ONNX recipe's activation type is not
     used (recorded as int8); other calibration methods than min/max are refused rather than
     silently replaced."""
-    if recipe.calibrate_method != "minmax":
-        raise UsageError(f"int8 LiteRT calibrates by minmax only, not {recipe.calibrate_method!r}")
     from importlib import metadata
 
-    return {
-        "method": METHOD,
-        # Only int8 artifacts depend on the quantizer: its version is hashed with their recipe, not
-        # with every .tflite's library versions (which would re-export the fp32 ones).
-        "quantizer_version": metadata.version("ai-edge-quantizer"),
-        "calibration_seed": recipe.calibration_seed,
-        "calibration_batches": recipe.calibration_batches,
-        "calibrate_method": "minmax",
-        "activation_type": "int8",
-        "activation_granularity": "per tensor, asymmetric",
-        "weight_type": "int8",
-        "per_channel": recipe.per_channel,
-        "io": "float32 (QUANTIZE after the input, DEQUANTIZE before the output)",
-        "float_ops": list(FLOAT_OPS),
-        "calibration_source": "standard normal at the input shape, numpy.random.default_rng(calibration_seed)",
-    }
+    return {**minmax_recipe(recipe, "LiteRT", METHOD, quantizer_version=metadata.version("ai-edge-quantizer")),
+            "activation_type": "int8", "activation_granularity": "per tensor, asymmetric",
+            "io": "float32 (QUANTIZE after the input, DEQUANTIZE before the output)", "float_ops": list(FLOAT_OPS)}
 
 
 def quantize_tflite(src: Path, dst: Path, shape: tuple[int, ...], recipe: QuantRecipe) -> float:

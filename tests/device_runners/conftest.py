@@ -87,3 +87,18 @@ def benchmark_model_bin(tmp_path) -> Path:
                     '"$@"\n')
     path.chmod(0o755)
     return path
+
+
+@pytest.fixture(scope="session")
+def int8_models() -> dict[str, Path]:
+    """A small FFN quantized to int8: {"onnx": QDQ .onnx, "tflite": full-integer .tflite (when the
+    LiteRT packages are there)}, from the test export cache when an earlier run made them."""
+    from latbench.blocks.configs import FFNConfig
+    from latbench.export import export_items
+    from latbench.export.tflite import INT8_MODULES, missing_modules
+
+    fmts = "onnx" if missing_modules(INT8_MODULES) else "onnx,tflite"
+    records = export_items([FFNConfig(224, 1, 32, 2)], fmts, None, precision="int8", jobs=1, progress=False)
+    for r in records:
+        assert r.ok, r.error
+    return {r.format: Path(r.path) for r in records}

@@ -192,6 +192,22 @@ def test_measure_reads_samples_per_op_and_provenance_from_the_finished_job(hub, 
     assert any("fallback" in w for w in m.warnings)
 
 
+def test_an_int8_qdq_model_is_uploaded_as_it_is_and_profiled(hub, int8_models):
+    """The service runs the QDQ graph in its ONNX Runtime (the fake: really, here), which fuses the
+    quantize/dequantize pairs into integer kernels: the per-layer detail shows them."""
+    aihub.AIHubRunner.check_precision("int8")
+    with open_runner(DEVICE) as r:
+        p = r.prepare(int8_models["onnx"])
+        m = r.measure(p, SamplingPolicy(runs=5, time_cap_s=5), profile=True)
+    [job_id] = hub.job_ids()
+    model = hub._models[hub._jobs[job_id].model_id]
+    assert model.path.read_bytes() == int8_models["onnx"].read_bytes()  # uploaded as it is, no quantize job
+    assert len(m.samples_ms) == 5 and all(s > 0 for s in m.samples_ms)
+    assert m.provenance["precision"] == "int8" and m.provenance["input_dtype"] == "float32"
+    ops = {o.op_type for o in m.per_op}
+    assert any(t.startswith("QLinear") or t in ("QuantizeLinear", "DequantizeLinear") for t in ops), ops
+
+
 def test_upload_once_per_content_hash_remembered_in_the_journal(hub, models, tmp_path):
     journal = Journal(tmp_path / "journal.sqlite")
     art = {"a": Artifact("a", models["small"], "h-small"), "b": Artifact("b", models["small"], "h-small"),

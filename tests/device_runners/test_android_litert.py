@@ -233,3 +233,15 @@ def test_lut_build_on_android_with_litert_end_to_end(adb_server, make_phone, run
     calls = len(bm_commands(adbd))
     [again] = run_cli_json(*args)
     assert again["measured_now"] == 0 and len(bm_commands(adbd)) == calls
+
+
+@pytest.mark.parametrize("xnnpack", ["on", "off"])
+def test_int8_tflite_is_measured_and_its_precision_recorded(adb_server, make_phone, int8_models, xnnpack):
+    if "tflite" not in int8_models:
+        pytest.skip("int8 LiteRT needs litert-torch, ai-edge-litert and ai-edge-quantizer")
+    adbd = litert_phone(make_phone)
+    with open_phone(adb_server, adbd, xnnpack=xnnpack) as runner:
+        m = runner.measure(runner.prepare(int8_models["tflite"]), SamplingPolicy.fixed(4, 1))
+    assert m.n == 4 and all(s > 0 for s in m.samples_ms)  # the fake ran the int8 graph in LiteRT
+    assert m.provenance["precision"] == "int8" and m.provenance["input_dtype"] == "float32"
+    assert f"--use_xnnpack={'true' if xnnpack == 'on' else 'false'}" in bm_commands(adbd)[0]

@@ -263,3 +263,12 @@ def test_a_phone_reporting_throttling_is_left_to_cool_before_it_is_measured(adb_
     assert slept and pause["throttling"] is False  # resumed once the phone said it was cool
     blocks = res.rows[block.key]
     assert len(blocks) == 2 and not any(r.measurement.throttled for r in blocks)  # measured cool
+
+
+def test_int8_onnx_is_measured_and_its_precision_recorded(adb_server, make_phone, int8_models):
+    AndroidRunner.check_precision("int8")  # accepted up front, by sessions too
+    adbd = make_phone()
+    with open_phone(adb_server, adbd) as runner:
+        m = runner.measure(runner.prepare(int8_models["onnx"]), SamplingPolicy.fixed(8, 1))
+    assert m.n == 8 and all(s > 0 for s in m.samples_ms)  # the fake ran the QDQ graph in onnxruntime
+    assert m.provenance["precision"] == "int8" and m.provenance["input_dtype"] == "float32"

@@ -134,3 +134,20 @@ def test_coreml_runners_reject_onnx_artifacts(world, models):
     with open_runner("mac", coreml_api=fake, host_os_name="Darwin") as runner:
         with pytest.raises(UsageError, match="coreml"):
             runner.prepare(models["small"])
+
+
+def test_coreml_runners_measure_w8a8_and_record_int8(world, mlpackage, tmp_path):
+    from device_runners.iphone import IPhoneRunner
+    from device_runners.mac import MacRunner
+
+    IPhoneRunner.check_precision("int8")
+    MacRunner.check_precision("int8")
+    w8a8 = fake.write_fake_model(tmp_path / "w8a8.mlpackage", latency_ms=1.0, w8a8=True)
+    with open_runner("mac", coreml_api=fake, host_os_name="Darwin", compute_units="CPU_ONLY") as runner:
+        m = runner.measure(runner.prepare(w8a8), SamplingPolicy.fixed(5, 1))
+        plain = runner.measure(runner.prepare(mlpackage), SamplingPolicy.fixed(3, 1))
+    assert m.n == 5 and m.provenance["precision"] == "int8"
+    assert plain.provenance["precision"] == "fp32"  # no quantize op: the inputs' dtype says it
+    with open_iphone() as runner:
+        m = runner.measure(runner.prepare(w8a8), SamplingPolicy.fixed(5, 1))
+    assert m.n == 5 and m.provenance["precision"] == "int8"

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _support import TINY_BUILD, assert_int8_block_record, manifest_recipes, one_block_per_kind
+from _support import (
+    TINY_BUILD,
+    assert_int8_block_record,
+    export_every_kind,
+    manifest_recipes,
+    one_block_per_kind,
+)
 
 from latbench.core.errors import UsageError
 from latbench.export import export_items, export_one
@@ -24,8 +30,7 @@ KINDS = one_block_per_kind()
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    return export_items(list(KINDS.values()), "tflite", tmp_path_factory.mktemp("int8-tflite"), precision="int8",
-                        jobs=1)
+    return export_every_kind("tflite", tmp_path_factory.mktemp("int8-tflite"))
 
 
 def _tensor_types(path: str) -> set[int]:

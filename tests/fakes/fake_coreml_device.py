@@ -115,12 +115,18 @@ def reset(devices: list[Device] | None = None, **settings: Any) -> World:
     return WORLD
 
 
-def write_fake_model(path: Path, *, shape=(1, 3, 32, 32), latency_ms: float = 1.5, data_type: int = 65568) -> Path:
-    """Create a model directory the fake MLModel understands."""
+def write_fake_model(path: Path, *, shape=(1, 3, 32, 32), latency_ms: float = 1.5, data_type: int = 65568,
+                     w8a8: bool = False) -> Path:
+    """Create a model directory the fake MLModel understands; `w8a8`: with the quantize /
+    dequantize pair and int8 weights a W8A8 ML Program holds (latbench.export.coreml_quant)."""
     path.mkdir(parents=True, exist_ok=True)
+    quantized = [{"type": "quantize", "output": "q_0", "weight": 0.02},
+                 {"type": "constexpr_affine_dequantize", "output": "w_0", "weight": 0.01},
+                 {"type": "dequantize", "output": "dq_0", "weight": 0.02}] if w8a8 else []
     manifest = {
         "inputs": [{"name": "x", "shape": list(shape), "dataType": data_type}],
         "ops": [
+            *quantized,
             {"type": "conv", "output": "conv_0", "weight": 0.55},
             {"type": "relu", "output": "relu_0", "weight": 0.05},
             {"type": "reduce_mean", "output": "pool_0", "weight": 0.4},
@@ -224,7 +230,11 @@ class MLModel:
             )
             for i in self._manifest["inputs"]
         ]
-        return SimpleNamespace(description=SimpleNamespace(input=inputs))
+        # The ML Program as the real spec nests it: functions -> block specializations -> operations.
+        block = SimpleNamespace(operations=[SimpleNamespace(type=op["type"], blocks=[])
+                                            for op in self._manifest["ops"]])
+        program = SimpleNamespace(functions={"main": SimpleNamespace(block_specializations={"CoreML7": block})})
+        return SimpleNamespace(description=SimpleNamespace(input=inputs), mlProgram=program)
 
     def latency_ms(self) -> float:
         return float(self._manifest["latency_ms"]) * _CU_FACTOR[self.compute_unit]
