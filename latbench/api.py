@@ -615,12 +615,14 @@ def model_file_mb(candidates: Sequence[Candidate], table: LatencyTable) -> dict[
     export cache) in the format of the table's device and the table's precision."""
     from device_runners import runner_class
     from latbench.core.hashing import tree_size
+    from latbench.export.formats import format_of_recipe
     from latbench.measuring.session import export_artifacts
 
-    try:
-        fmt = runner_class(str(table.meta.get("device_id"))).artifact_format
-    except UsageError:  # a device this host does not know (a synthetic table): the portable format
-        fmt = "onnx"
+    # An int8 table's recipe names its format (an android device measures ONNX or TFLite);
+    # otherwise the device kind's format, and ONNX for a table without a device id.
+    device_id = table.meta.get("device_id")
+    fmt = (format_of_recipe(table.meta.get("quantization"))
+           or (runner_class(device_id).artifact_format if device_id else "onnx"))
     artifacts = export_artifacts(candidates, fmt, 1, table.dtype)
     return {c.name: {"model_mb": tree_size(artifacts[c.key].path) / 1e6} for c in candidates}
 

@@ -10,11 +10,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from latbench.export.common import DEFAULT_DEPLOYMENT_TARGET, DEFAULT_PRECISION, ONNX_OPSET
-from latbench.export.quantize import QuantRecipe
+from latbench.export.coreml_quant import METHOD as COREML_METHOD
+from latbench.export.quantize import QUANTIZE_STATIC, QuantRecipe
+from latbench.export.tflite_quant import METHOD as LITERT_METHOD
 
 
 class ExportFormat:
     name: ClassVar[str]
+    #: The "method" its int8 recipes record (what tells a table's format from its recipe).
+    recipe_method: ClassVar[str]
     takes_deployment_target: ClassVar[bool] = False
     takes_opset: ClassVar[bool] = False
 
@@ -48,6 +52,7 @@ class ExportFormat:
 
 class OnnxFormat(ExportFormat):
     name = "onnx"
+    recipe_method = QUANTIZE_STATIC
     takes_opset = True
 
     def exporter(self, onnx_exporter: str) -> str:
@@ -63,6 +68,7 @@ class OnnxFormat(ExportFormat):
 
 class CoreMLFormat(ExportFormat):
     name = "coreml"
+    recipe_method = COREML_METHOD
     takes_deployment_target = True
 
     def exporter(self, onnx_exporter: str) -> str:
@@ -96,6 +102,7 @@ class CoreMLFormat(ExportFormat):
 
 class TFLiteFormat(ExportFormat):
     name = "tflite"
+    recipe_method = LITERT_METHOD
 
     def exporter(self, onnx_exporter: str) -> str:
         from latbench.export.tflite import EXPORTER
@@ -126,3 +133,9 @@ class TFLiteFormat(ExportFormat):
 
 #: format name -> its object (the names of latbench.core.formats.FORMATS)
 EXPORT_FORMATS: dict[str, ExportFormat] = {f.name: f for f in (OnnxFormat(), CoreMLFormat(), TFLiteFormat())}
+
+
+def format_of_recipe(recipe: dict[str, Any] | None) -> str | None:
+    """The format whose int8 recipe `recipe` (a recorded one, e.g. a table's meta) is, if any."""
+    method = (recipe or {}).get("method")
+    return next((f.name for f in EXPORT_FORMATS.values() if method and f.recipe_method == method), None)

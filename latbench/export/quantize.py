@@ -55,6 +55,8 @@ INT8_PARITY = {
 QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
              "DynamicQuantizeLinear")
 CALIBRATE_METHODS = ("minmax", "entropy", "percentile")
+#: The "method" ONNX int8 recipes record.
+QUANTIZE_STATIC = "onnxruntime.quantization.quantize_static"
 ACTIVATION_TYPES = ("uint8", "int8")
 
 
@@ -84,7 +86,7 @@ class QuantRecipe:
             raise UsageError("int8 artifacts have int8 weights in QDQ format")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": "onnxruntime.quantization.quantize_static", **dataclasses.asdict(self),
+        return {"method": QUANTIZE_STATIC, **dataclasses.asdict(self),
                 "calibration_source": "standard normal at the input shape, numpy.random.default_rng(calibration_seed)"}
 
     @classmethod

@@ -129,3 +129,15 @@ def test_tiny_int8_litert_table(tmp_path):
     assert table.meta["quantization"]["method"].startswith("ai_edge_quantizer")
     assert {c.key for c in configs} <= set(table.blocks["key"])
     assert (table.blocks["latency_ms"] > 0).all()
+
+
+def test_a_recorded_recipe_names_its_format():
+    from latbench.export.coreml_quant import coreml_recipe
+    from latbench.export.formats import format_of_recipe
+    from latbench.export.tflite_quant import litert_recipe
+
+    recipe = QuantRecipe()
+    assert format_of_recipe(litert_recipe(recipe)) == "tflite"
+    assert format_of_recipe(coreml_recipe(recipe)) == "coreml"
+    assert format_of_recipe(recipe.to_dict()) == "onnx"
+    assert format_of_recipe(None) is None and format_of_recipe({"method": "something else"}) is None
