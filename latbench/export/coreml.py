@@ -200,17 +200,25 @@ def _int8_parity(ct: Any, path: Path, x: Any, refs: list[Any], kind: str, simula
     from latbench.export.quantize import quantized_parity
 
     refs_np = [r.numpy() for r in refs]
+    why = f"Core ML prediction needs macOS; this is {platform.system() or 'unknown OS'}"
     if is_macos():
-        model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
-        got = model.predict({in_name: x.numpy().astype(dtypes[in_name])})
-        parity = quantized_parity(refs_np, [got[n] for n in out_names], kind)
-        parity["runtime"] = "Core ML (CPU_ONLY)"
-    else:
-        parity = quantized_parity(refs_np, simulated or [], kind)
-        parity["runtime"] = ("the reference-quantized PyTorch module that was converted "
-                             f"(Core ML prediction needs macOS; this is {platform.system() or 'unknown OS'})")
+        try:
+            model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
+        except Exception as exc:  # e.g. a deployment target newer than this Mac's OS
+            why = f"this Mac cannot load the package: {first_line(exc, with_type=True)}"
+        else:
+            got = model.predict({in_name: x.numpy().astype(dtypes[in_name])})
+            parity = quantized_parity(refs_np, [got[n] for n in out_names], kind)
+            parity["runtime"] = "Core ML (CPU_ONLY)"
+            return _require_quantize(parity, ops)
+    parity = quantized_parity(refs_np, simulated or [], kind)
+    parity["runtime"] = f"the reference-quantized PyTorch module that was converted ({why})"
+    return _require_quantize(parity, ops)
+
+
+def _require_quantize(parity: dict[str, Any], ops: dict[str, int]) -> dict[str, Any]:
     if not ops.get("quantize"):
-        parity = {**parity, "status": "failed", "reason": "the program holds no quantize op"}
+        return {**parity, "status": "failed", "reason": "the program holds no quantize op"}
     return parity
 
 
