@@ -123,7 +123,7 @@ def test_unwritable_output_directory_exit_2(run_cli, tmp_path: Path) -> None:
 
 
 def test_argparse_errors_are_one_line_exit_2(run_cli, tmp_path: Path) -> None:
-    for args in (["--space", "--precision", "int8"], ["--model", "efficientformerv2_s0", "--arch", "a.yaml"]):
+    for args in (["--space", "--precision", "int4"], ["--model", "efficientformerv2_s0", "--arch", "a.yaml"]):
         code, _, err = run_cli("export", *args, "--out", str(tmp_path))
         assert code == 2 and err.count("\n") == 1 and "error:" in err
 
