@@ -25,6 +25,7 @@ import bisect
 import csv
 import functools
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -345,6 +346,27 @@ def typical_factor(profile: NoiseProfile, trials: int = 2000, seed: int = 20_26)
         proc.begin_round()
         medians[i] = np.median(proc.draw(float(rng.uniform(0, horizon)), TYPICAL_RUNS, 1.0))
     return float(medians.mean())
+
+
+def oracle_typical_errors(profile: NoiseProfile, seconds: float, windows: int = 200, passes: int = 300,
+                          seed: int = 7) -> np.ndarray:
+    """How well *any* estimator could know the typical latency from `seconds` of measuring: per
+    window (a fresh device of the profile, its own seed), the mean of `passes` benchmark passes'
+    medians taken at random moments inside the window, against the long-run `typical_factor`
+    (relative errors). An oracle that sees the device's state at every moment does no better than
+    the window lets it: slow states lasting tens of seconds leave a few minutes' average unsure."""
+    truth = typical_factor(profile)
+    out = np.empty(windows)
+    for w in range(windows):
+        proc = NoiseProcess(profile, seed * 100_003 + w)
+        rng = np.random.default_rng([seed, w])
+        start = float(rng.uniform(0, proc.trace.period)) if proc.trace is not None else 0.0
+        medians = []
+        for _ in range(passes):
+            proc.begin_round()
+            medians.append(float(np.median(proc.draw(start + float(rng.uniform(0, seconds)), TYPICAL_RUNS, 1.0))))
+        out[w] = statistics.fmean(medians) / truth - 1
+    return out
 
 
 # -- the runner -------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from noisy_device import PROFILES, NoisyRunner, load_trace, typical_factor
+from noisy_device import PROFILES, NoisyRunner, load_trace, oracle_typical_errors, typical_factor
 
 from device_runners.base import Prepared
 from latbench.measuring.measurement import SamplingPolicy, percentile
@@ -226,3 +226,13 @@ def test_a_measuring_session_runs_on_the_virtual_clock(tmp_path):
     extra = [(rows[-2].measured_at, rows[-1].measured_at) for rows in res.rows.values() if len(rows) > 3]
     assert extra
     assert all(after - before >= 2.0 for before, after in extra)
+
+
+def test_an_oracle_knows_a_quiet_device_but_not_a_slowly_changing_one_from_minutes():
+    # A few minutes of a device whose slow state comes in 10-50 s spans 60 % of the time leave
+    # even an estimator that sees every moment unsure of its long-run average.
+    quiet = oracle_typical_errors(PROFILES["quiet"], 300.0, windows=20, passes=40)
+    bursts = oracle_typical_errors(PROFILES["vm-bursts"], 300.0, windows=40, passes=100)
+    assert np.all(np.abs(quiet) < 0.01)
+    assert np.mean(np.abs(bursts) > 0.03) > 0.1
+    assert abs(np.mean(bursts)) < 0.03  # unsure, not biased

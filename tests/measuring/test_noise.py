@@ -20,6 +20,7 @@ from latbench.measuring.noise import (
     parse_precision,
     profile_of,
     rounds_for,
+    typical_uncertainty,
 )
 from latbench.measuring.session import MeasuringPlan, MeasuringSession, Target, probe_noise
 
