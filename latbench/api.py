@@ -393,8 +393,6 @@ def adapt_table(sources: LatencyTable | str | Path | Sequence[LatencyTable | str
     if isinstance(sources, (str, Path, LatencyTable)):
         sources = [sources]
     tables = [load_table(s) for s in sources]
-    if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool)):
-        raise UsageError(f"--budget is a number of measurements, got {budget!r}")
     plan = plan_adapt(tables, out, budget=budget, calibrate=calibrate, seed=seed)
     writable_dir(plan.out, "table directory", create=False)
     settings = build_settings(rounds=rounds, max_rounds=max_rounds, runs=runs, calibrate=len(plan.calibration),

@@ -93,7 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fully measured tables of one space and resolution (directories or names under tables/)")
     add_device_flag(a, what="the target device id")
     a.add_argument("--budget", type=int, default=None, metavar="N",
-                   help="measurements on the target: blocks and whole models (default 20; at least one per kind)")
+                   help="measurements on the target: blocks and whole models (default 20; below one per kind, the kinds "
+                        "carrying most of a typical model's latency are measured first)")
     a.add_argument("--calibrate", type=int, default=None, metavar="N",
                    help="whole models measured within the budget to calibrate the table (default: up to 3)")
     a.add_argument("--out", required=True, help="the adapted table's directory (rerun the same command to resume)")
@@ -245,6 +246,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     summary["adapt"] = {"sources": adapted.get("sources"), "budget": adapted.get("budget"),
                         "selected": adapted.get("selected"), "calibration": adapted.get("calibration"),
                         "measured": adapted.get("measured"), "predicted": adapted.get("predicted"),
+                        "unmeasured_kinds": adapted.get("unmeasured_kinds") or [],
                         "median_uncertainty_pct": _median(list(predicted.values())),
                         "max_uncertainty_pct": max(predicted.values()) if predicted else None,
                         "transfer_model": adapted.get("transfer_model")}
@@ -256,6 +258,9 @@ def run_adapt(args: argparse.Namespace) -> int:
     console().print(f"adapted from {', '.join(s['path'] for s in a['sources'] or [])}: {a['measured']} entries "
                     f"measured (budget {a['budget']}, {len(a['calibration'] or [])} whole models among them), "
                     f"{a['predicted']} predicted", highlight=False)
+    if a["unmeasured_kinds"]:
+        console().print(f"kinds not measured (budget below one entry per kind; predicted from the pooled ratio): "
+                        f"{', '.join(a['unmeasured_kinds'])}", highlight=False)
     if predicted:
         console().print(f"predicted entries: median uncertainty +-{a['median_uncertainty_pct']:.1f} %, largest "
                         f"+-{a['max_uncertainty_pct']:.1f} %; measure them with `latbench lut build --upgrade [N] "

@@ -26,7 +26,7 @@ from latbench.blocks.candidates import sample_candidates
 from latbench.core.errors import DeviceLost, UsageError
 from latbench.measuring.journal import Journal
 from latbench.space import SearchSpace
-from latbench.tables.adapt import plan_adapt, source_entries
+from latbench.tables.adapt import kind_priority, plan_adapt, source_entries
 from latbench.tables.overhead import OverheadModel
 from latbench.tables.synthetic import synthetic_table
 from latbench.tables.table import LatencyTable, row_config
@@ -263,10 +263,43 @@ def test_a_source_of_another_space_or_resolution_is_refused_in_one_line(source_d
     assert not (tmp_path / "t").exists()
 
 
+def test_a_budget_below_the_number_of_kinds_measures_the_heaviest_kinds(source_dir, truth, tmp_path, monkeypatch):
+    source = LatencyTable.load(source_dir)
+    entries, _ = source_entries([source])
+    kinds = {e.kind for e in entries.values()}
+    order = kind_priority(entries, source.space(), 224)
+    assert set(order) == kinds and len(kinds) > 5
+    # The order follows the kinds' share of typical models (FFNs carry most of them here); the
+    # whole reference model is in none of them.
+    assert order[0] == "ffn" and order[-1] == "model"
+    first, second = use_devices(monkeypatch, TargetDevice(truth), TargetDevice(truth))
+    result = adapt(source_dir, tmp_path / "t", budget=5, calibrate=None)
+    table = LatencyTable.load(result.table.path)
+    meta = table.meta["adapt"]
+    assert meta["measured"] == 5 and meta["calibration"] == []
+    assert [entries[k].kind for k in meta["selected"]] == order[:5]
+    assert meta["unmeasured_kinds"] == sorted(order[5:])
+    # An unmeasured kind borrows the pooled ratio: its predictions say they are less certain than
+    # those of the measured kinds, and that larger uncertainty still covers most of the truth.
+    predicted = table.predicted()
+    borrowed = [k for k in predicted if entries[k].kind in meta["unmeasured_kinds"]]
+    own = [k for k in predicted if entries[k].kind not in meta["unmeasured_kinds"]]
+    assert borrowed and own
+    assert statistics.median(predicted[k] for k in borrowed) > 1.5 * statistics.median(predicted[k] for k in own)
+    errors = {k: abs(ms / truth[k] - 1) for k, ms in table.latency_ms().items()}
+    assert sum(errors[k] <= 2 * predicted[k] / 100 for k in borrowed) / len(borrowed) >= 0.8
+    # A larger budget keeps the five and covers every kind.
+    more = adapt(source_dir, tmp_path / "t", budget=10, calibrate=None).table.meta["adapt"]
+    assert more["selected"][:5] == meta["selected"] and more["unmeasured_kinds"] == []
+    assert {entries[k].kind for k in more["selected"]} == kinds
+
+
 def test_bad_budgets_and_an_out_holding_another_table_are_refused(source_dir, tmp_path, run_cli):
-    code, _, err = run_cli("lut", "adapt", str(source_dir), "--device", "scripted", "--budget", "5",
-                           "--out", str(tmp_path / "t"))
-    assert code == 2 and "block kinds" in err and len(err.strip().splitlines()) == 1
+    for bad in ("0", "-3"):
+        code, _, err = run_cli("lut", "adapt", str(source_dir), "--device", "scripted", "--budget", bad,
+                               "--out", str(tmp_path / "t"))
+        assert code == 2 and "--budget" in err and "at least 1" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "t").exists()
     code, _, err = run_cli("lut", "adapt", str(source_dir), "--device", "scripted", "--out", str(source_dir))
     assert code == 2 and "holds another table" in err and len(err.strip().splitlines()) == 1
     with pytest.raises(UsageError, match="at least one"):
