@@ -22,6 +22,7 @@ from latbench.commands._output import (
 from latbench.commands._runner import (
     add_device_flag,
     add_runner_flags,
+    device_list,
     device_options,
 )
 from latbench.commands._types import positive_int, positive_seconds
@@ -91,7 +92,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "measurements on it")
     a.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="fully measured tables of one space and resolution (directories or names under tables/)")
-    add_device_flag(a, what="the target device id")
+    add_device_flag(a, what="the target device id", multiple=True)
+    add_cluster_flag(a, "measure")
+    a.add_argument("--pool-tolerance", type=float, default=None, metavar="FRACTION",
+                   help="several devices: how much slower than the fastest a device may be and still share "
+                        "the table (default 0.05)")
     a.add_argument("--budget", type=int, default=None, metavar="N",
                    help="measurements on the target: blocks and whole models (default 20; below one per kind, the kinds "
                         "carrying most of a typical model's latency are measured first)")
@@ -106,6 +111,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="adaptive sampling: at most S seconds per block measurement (default 1.5)")
     a.add_argument("--precision", default="2%", metavar="P", help="precision each measured entry is held to (default 2%%)")
     a.add_argument("--seed", type=int, default=0, help="seed of the calibration models drawn")
+    a.add_argument("--dtype", choices=_dtypes(), default=None,
+                   help="precision of the artifacts measured on the target (default: the device's); the sources "
+                        "may be of another precision")
+    a.add_argument("--detach", action="store_true",
+                   help="remote devices (aihub): submit the jobs and return; run the adapt again to collect them")
     add_runner_flags(a)
     add_json_flag(a)
     add_progress_flag(a)
@@ -236,10 +246,13 @@ def run_upgrade(args: argparse.Namespace, extra: dict[str, Any]) -> int:
 def run_adapt(args: argparse.Namespace) -> int:
     from latbench import api
 
-    result = api.adapt_table(args.sources, args.device, out=args.out, budget=args.budget, calibrate=args.calibrate,
+    devices = device_list(args)
+    extra = {"detach": True} if args.detach else {}
+    result = api.adapt_table(args.sources, devices, out=args.out, budget=args.budget, calibrate=args.calibrate,
                              rounds=args.rounds, max_rounds=args.max_rounds, runs=args.runs, jobs=args.jobs,
-                             time_cap=args.time_cap, precision=args.precision, seed=args.seed,
-                             progress=shows_progress(args), **device_options(args.device, args))
+                             time_cap=args.time_cap, precision=args.precision, seed=args.seed, dtype=args.dtype,
+                             cluster=args.cluster, pool_tolerance=args.pool_tolerance, progress=shows_progress(args),
+                             **device_options(devices[0], args, **extra))
     summary = build_summary(result)
     adapted = result.table.meta.get("adapt") or {}
     predicted = result.table.predicted()

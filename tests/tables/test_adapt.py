@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import statistics
 from pathlib import Path
@@ -339,3 +340,53 @@ def test_lut_adapt_from_the_command_line(source_dir, truth, tmp_path, monkeypatc
     more = json.loads(out)
     assert more["adapt"]["selected"][:10] == summary["selected"] and more["adapt"]["measured"] == 12
     assert more["reused"] == 10
+
+
+def test_lut_validate_and_mes_report_work_on_an_adapted_table(adapted, truth, monkeypatch, run_cli, run_cli_json):
+    result, _ = adapted
+    path = str(result.table.path)
+    table = LatencyTable.load(path)
+    # The scripted target times whole subnets as its truth says (its blocks, with overhead, 5 % slower
+    # end to end, like the calibration model it was adapted with).
+    cands = latbench.api.validation_candidates(table, 3, 0, named=False)
+    whole = {c.key: 1.05 * OverheadModel(truth).estimate(c.blocks()) for c in cands}
+    use_devices(monkeypatch, TargetDevice({**truth, **whole}))
+    v = run_cli_json("lut", "validate", path, "--device", "scripted", "--samples", "3", "--no-named", "--rounds",
+                     "2", "--passes", "2", "--jobs", "1")
+    assert v["n"] == 3 and [m["name"] for m in v["models"]] == [c.name for c in cands]
+    # Its estimates rest on 19 measured entries and 83 predicted ones, and still land near the truth.
+    assert v["mean_abs_pct_error"] < 5 and v["within_10pct"] == 1.0
+    [row] = run_cli_json("mes", "report", "--lut", path, "efficientformerv2_s0")
+    est = latbench.estimate(table, "efficientformerv2_s0")
+    assert row["latency_ms"] == pytest.approx(est.latency_ms) and row["mes"] > 0
+
+
+def test_lut_adapt_measures_on_a_device_farm(source_dir, tmp_path, monkeypatch, run_cli_json):
+    pytest.importorskip("ray", reason="the device farm needs the 'cluster' extra")
+    from latbench.measuring.farm.names import apply_ray_environment
+
+    apply_ray_environment(loopback=True)
+    from farm_devices import scripted
+
+    from latbench.measuring.farm.cluster import start_local
+
+    fakes = Path(__file__).resolve().parents[1] / "fakes"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(fakes), os.environ.get("PYTHONPATH")) if p))
+    # Each device actor opens its scripted device itself, as it opens a real one.
+    monkeypatch.setattr(latbench.api, "runner_opener", lambda device_id, options: scripted(device_id, sleep_s=0.0))
+    stop = start_local()
+    try:
+        out = tmp_path / "t"
+        summary = run_cli_json("lut", "adapt", str(source_dir), "--device", "scripted:A", "--device", "scripted:B",
+                               "--budget", "6", "--calibrate", "0", "--out", str(out), "--jobs", "1", "--no-progress")
+    finally:
+        stop()
+    assert summary["adapt"]["measured"] == 6 and summary["adapt"]["predicted"] == 102 - 6
+    with Journal(out / "journal.sqlite") as journal:
+        rows = [r for rs in journal.rows().values() for r in rs]
+    # Both devices measured rounds of the chosen entries, and nothing else was measured.
+    assert {r.device for r in rows} == {"scripted:A", "scripted:B"}
+    assert {r.key for r in rows} == set(summary["adapt"]["selected"])
+    meta = json.loads((out / "meta.json").read_text())
+    assert set(meta["devices"]) == {"scripted:A", "scripted:B"} and meta["pool"]["fastest"] in meta["devices"]
+    assert len(LatencyTable.load(out).predicted()) == 102 - 6
