@@ -390,3 +390,17 @@ def test_lut_adapt_measures_on_a_device_farm(source_dir, tmp_path, monkeypatch, 
     meta = json.loads((out / "meta.json").read_text())
     assert set(meta["devices"]) == {"scripted:A", "scripted:B"} and meta["pool"]["fastest"] in meta["devices"]
     assert len(LatencyTable.load(out).predicted()) == 102 - 6
+
+
+def test_lut_adapt_measures_artifacts_of_the_dtype_asked_for(source_dir, truth, tmp_path, monkeypatch, run_cli,
+                                                             run_cli_json):
+    use_devices(monkeypatch, TargetDevice(truth), TargetDevice(truth))
+    out = tmp_path / "t"
+    args = ("lut", "adapt", str(source_dir), "--device", "scripted", "--budget", "3", "--calibrate", "0",
+            "--out", str(out), "--jobs", "1", "--no-progress")
+    run_cli_json(*args, "--dtype", "fp16")
+    meta = json.loads((out / "meta.json").read_text())
+    # fp32 sources, an fp16 target: the table says what it measured.
+    assert meta["precision"] == "fp16" and meta["adapt"]["measured"] == 3
+    code, _, err = run_cli(*args)  # the same table in fp32 artifacts: another runtime, refused in one line
+    assert code == 2 and "another device or runtime" in err and len(err.strip().splitlines()) == 1
