@@ -20,7 +20,8 @@ entries' summed latency over their summed MACs); and the full target table's own
 The adapted tables are put on the full target table's time base by their anchors (the same three
 blocks, measured in every session of both), as `lut validate` puts its measurements on the table's
 time base; the factor is printed. Measuring time is the sum over a table's journal sessions of
-first start to last record (device clock; exports made inside a session count), for the full table
+first to last record (device clock; the exports before a session's first record are left out, so
+a cold export cache counts against neither side), for the full table
 and, per budget, for the adapt sessions up to that budget (each session starts with its own anchor
 probe, so budget N grown in steps costs a little more than one adapt straight to N: an upper
 bound); measured rounds are printed beside it (on AI Hub, one round is one job).
@@ -94,23 +95,28 @@ def pinned(backend: Backend, table_dir: Path, core_mask: str | None) -> dict[str
 
 
 def measuring_seconds(journal_path: Path, sessions: set[str] | None = None) -> tuple[float, int]:
-    """(seconds, rounds) a table's journal spent measuring: per session, its start to its last
-    record on the device's clock, summed over `sessions` (all when None); and the rounds recorded."""
+    """(seconds, rounds) a table's journal spent measuring: per session, its first record to its
+    last on the device's clock (anchor readings, idle spacing and pauses inside; the exports made
+    before the first record left out, so a cold export cache does not count against the full
+    build), summed over `sessions` (all when None); and the rounds recorded."""
     from latbench.measuring.journal import Journal
 
-    ends: dict[str, float] = {}
+    spans: dict[str, tuple[float, float]] = {}
     rounds = 0
+
+    def seen(session: str | None, at: float) -> None:
+        if session is not None and (sessions is None or session in sessions):
+            first, last = spans.get(session, (at, at))
+            spans[session] = (min(first, at), max(last, at))
+
     with Journal(journal_path) as journal:
         for rows in journal.rows().values():
             for r in rows:
-                if r.session is not None and (sessions is None or r.session in sessions):
-                    ends[r.session] = max(ends.get(r.session, r.measured_at), r.measured_at)
-                    rounds += 1
+                seen(r.session, r.measured_at)
+                rounds += sessions is None or r.session in sessions
         for a in journal.anchors():
-            if sessions is None or a.session in sessions:
-                ends[a.session] = max(ends.get(a.session, a.measured_at), a.measured_at)
-        starts = {s["session"]: s["started"] for s in journal.sessions()}
-    return sum(end - starts[s] for s, end in ends.items() if s in starts), rounds
+            seen(a.session, a.measured_at)
+    return sum(last - first for first, last in spans.values()), rounds
 
 
 def full_table(work: Path, name: str, space: Any, args: argparse.Namespace):
