@@ -76,6 +76,7 @@ class Backend:
 
 
 SOURCE = "cpu"
+MOVE_TO: str | None = None  # --move-to
 BACKENDS = {"cpu": Backend("cpu"), "litert": Backend("litert"), "litert-noxnn": Backend("litert", {"xnnpack": "off"}),
             "cpu-t2": Backend("cpu", {"threads": 2}), "cpu-fp16": Backend("cpu", dtype="fp16")}
 TARGETS = ("litert", "litert-noxnn", "cpu-t2", "cpu-fp16")
@@ -90,7 +91,7 @@ def pinned(backend: Backend, table_dir: Path, core_mask: str | None) -> dict[str
     meta = table_dir / "meta.json"
     if meta.is_file():
         recorded = (json.loads(meta.read_text()).get("device") or {}).get("core_mask")
-    mask = recorded or core_mask
+    mask = MOVE_TO or recorded or core_mask
     return {**backend.options, **({"core_mask": mask} if mask else {})}
 
 
@@ -326,9 +327,14 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the random subnets")
     ap.add_argument("--core-mask", default="1", help="hex core mask for builds, adapts and end-to-end runs "
                                                      "(a full table's recorded mask wins for its pair; '' none)")
+    ap.add_argument("--move-to", default=None, metavar="MASK",
+                    help="time truths and adapts on these cores instead of the full table's (a host whose other "
+                         "cores are busy: the same cores' model, a move of the work, not of the device)")
     ap.add_argument("--space", default=None, help="space YAML of tables built here (default: the default space)")
     ap.add_argument("--jobs", type=int, default=2, help="export worker processes")
     args = ap.parse_args()
+    global MOVE_TO
+    MOVE_TO = args.move_to
     pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
     unknown = [p for p in pairs if p not in TARGETS]
     if unknown or not pairs:
