@@ -248,18 +248,7 @@ def build_tables(devices: str | Sequence[str] | None = None, *, cluster: str | N
     its own default directory. `device_options`: the runner options,
     one dict for all devices or a function of the device id. Returns a BuildResult per table; what
     `lut build` runs."""
-    from latbench.core.config import default_device
-
-    given = [devices] if isinstance(devices, str) else list(devices or [])
-    farm = cluster is not None or len(given) > 1
-    if farm:
-        from latbench.measuring.farm import require_ray
-
-        require_ray("--cluster" if cluster is not None else "several --device in one build")
-    if cluster is not None and not given:
-        raise UsageError("--cluster needs --device: farm device ids, device ids, globs or model:KIND:MODEL "
-                         "(see `latbench devices --cluster`)")
-    devices = given or [default_device()]
+    devices, farm = _farm_devices(devices, cluster, "build")
     settings = build_settings(rounds=rounds, max_rounds=max_rounds, runs=runs, calibrate=calibrate, jobs=jobs,
                               time_cap=time_cap, precision=precision, budget=budget, cool_down=cool_down,
                               dtype=dtype)
@@ -285,6 +274,24 @@ def build_tables(devices: str | Sequence[str] | None = None, *, cluster: str | N
             return _build_separately(pool, lambda part, fid, prog: build_planned(
                 part, plans_for(fid, _per_device_out(out, fid)), settings, force=force, progress=prog), bar)
         return build_planned(pool, plans_for(pool.device_id, out), settings, force=force, progress=bar)
+
+
+def _farm_devices(devices: str | Sequence[str] | None, cluster: str | None, what: str) -> tuple[list[str], bool]:
+    """The device ids a build or adapt measures on (the default device when none is given) and
+    whether they make a device farm (several ids, or a cluster); one-line errors for a farm
+    without Ray and a cluster without devices."""
+    from latbench.core.config import default_device
+
+    given = [devices] if isinstance(devices, str) else list(devices or [])
+    farm = cluster is not None or len(given) > 1
+    if farm:
+        from latbench.measuring.farm import require_ray
+
+        require_ray("--cluster" if cluster is not None else f"several --device in one {what}")
+    if cluster is not None and not given:
+        raise UsageError("--cluster needs --device: farm device ids, device ids, globs or model:KIND:MODEL "
+                         "(see `latbench devices --cluster`)")
+    return given or [default_device()], farm
 
 
 def runner_opener(device_id: str, options: dict[str, Any]) -> Callable[[], Any]:
@@ -377,34 +384,40 @@ def build_table(device: str | None = None, *, space: str | Path | SearchSpace | 
     return res.table
 
 
-def adapt_table(sources: LatencyTable | str | Path | Sequence[LatencyTable | str | Path], device: str | None = None,
-                *, out: str | Path, budget: int | None = None, calibrate: int | None = None, rounds: int = 3,
-                max_rounds: int = 8, runs: int | None = None, jobs: int = 1, time_cap: float | None = None,
-                precision: float | str | None = 0.02, seed: int = 0, force: bool = False, dtype: str | None = None,
-                progress: bool | ProgressFn = False, **device_options: Any) -> Any:
+def adapt_table(sources: LatencyTable | str | Path | Sequence[LatencyTable | str | Path],
+                device: str | Sequence[str] | None = None, *, out: str | Path, budget: int | None = None,
+                calibrate: int | None = None, rounds: int = 3, max_rounds: int = 8, runs: int | None = None,
+                jobs: int = 1, time_cap: float | None = None, precision: float | str | None = 0.02, seed: int = 0,
+                force: bool = False, progress: bool | ProgressFn = False, dtype: str | None = None,
+                cluster: str | None = None, pool_tolerance: float | None = None, **device_options: Any) -> Any:
     """A complete table for `device` from fully measured `sources` (tables of one space and
     resolution, paths or names) and `budget` measurements on the device (default 20: blocks the
-    transfer model learns most from, one per kind at least, plus `calibrate` whole models; None:
-    up to 3 as the budget allows). The rest is predicted, each entry with its uncertainty. Resumes
-    an interrupted adapt into the same `out`. `dtype`: the precision of what is measured on the
-    target (None: int8 when the sources are int8 tables, else the device's default); the adapted
-    table records it. Returns the BuildResult (`.table` is the table)."""
-    from latbench.core.config import default_device
+    transfer model learns most from, one per kind as far as the budget goes, the heaviest kinds
+    first, plus `calibrate` whole models; None: up to 3 as the budget allows). The rest is
+    predicted, each entry with its uncertainty. `dtype`: the target's artifact precision (None:
+    int8 when the sources are int8 tables, else the device's default; fp32 sources may adapt to an
+    fp16 target); the adapted table records it. Several `device` ids (or a
+    `cluster`) measure on a device farm as `build_tables` does, pooled into the one table; the
+    device options apply to each. Resumes an interrupted adapt into the same `out`. Returns the
+    BuildResult (`.table` is the table)."""
     from latbench.core.fileio import writable_dir
     from latbench.tables.adapt import TableAdapter, plan_adapt, sources_dtype
 
     if isinstance(sources, (str, Path, LatencyTable)):
         sources = [sources]
     tables = [load_table(s) for s in sources]
-    if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool)):
-        raise UsageError(f"--budget is a number of measurements, got {budget!r}")
     plan = plan_adapt(tables, out, budget=budget, calibrate=calibrate, seed=seed)
     writable_dir(plan.out, "table directory", create=False)
     settings = build_settings(rounds=rounds, max_rounds=max_rounds, runs=runs, calibrate=len(plan.calibration),
                               jobs=jobs, time_cap=time_cap, precision=precision,
                               dtype=dtype if dtype is not None else sources_dtype(tables))
-    device = default_device() if device is None else device
-    with open_device(device, **device_options) as runner, _progress(progress) as bar:
+    devices, farm = _farm_devices(device, cluster, "adapt")
+    if not farm:
+        opened = open_device(devices[0], **device_options)
+    else:
+        opened = _open_farm(devices, cluster, rule=settings.consensus, separate=False, tolerance=pool_tolerance,
+                            options_for=lambda _: dict(device_options))
+    with opened as runner, _progress(progress) as bar:
         return TableAdapter(runner, plan.out, settings, force=force, progress=bar).adapt(plan)
 
 

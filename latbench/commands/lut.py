@@ -22,6 +22,7 @@ from latbench.commands._output import (
 from latbench.commands._runner import (
     add_device_flag,
     add_runner_flags,
+    device_list,
     device_options,
 )
 from latbench.commands._types import positive_int, positive_seconds
@@ -92,9 +93,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "measurements on it")
     a.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="fully measured tables of one space and resolution (directories or names under tables/)")
-    add_device_flag(a, what="the target device id")
+    add_device_flag(a, what="the target device id", multiple=True)
+    add_cluster_flag(a, "measure")
+    a.add_argument("--pool-tolerance", type=float, default=None, metavar="FRACTION",
+                   help="several devices: how much slower than the fastest a device may be and still share "
+                        "the table (default 0.05)")
     a.add_argument("--budget", type=int, default=None, metavar="N",
-                   help="measurements on the target: blocks and whole models (default 20; at least one per kind)")
+                   help="measurements on the target: blocks and whole models (default 20; below one per kind, the kinds "
+                        "carrying most of a typical model's latency are measured first)")
     a.add_argument("--calibrate", type=int, default=None, metavar="N",
                    help="whole models measured within the budget to calibrate the table (default: up to 3)")
     a.add_argument("--out", required=True, help="the adapted table's directory (rerun the same command to resume)")
@@ -108,7 +114,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--seed", type=int, default=0, help="seed of the calibration models drawn")
     a.add_argument("--dtype", choices=_dtypes(), default=None,
                    help="precision of the artifacts measured on the target (default: int8 when the sources are "
-                        "int8 tables, else the device's)")
+                        "int8 tables, else the device's); fp32 sources may adapt to an fp16 target")
+    a.add_argument("--detach", action="store_true",
+                   help="remote devices (aihub): submit the jobs and return; run the adapt again to collect them")
     add_runner_flags(a)
     add_json_flag(a)
     add_progress_flag(a)
@@ -240,16 +248,20 @@ def run_upgrade(args: argparse.Namespace, extra: dict[str, Any]) -> int:
 def run_adapt(args: argparse.Namespace) -> int:
     from latbench import api
 
-    result = api.adapt_table(args.sources, args.device, out=args.out, budget=args.budget, calibrate=args.calibrate,
+    devices = device_list(args)
+    extra = {"detach": True} if args.detach else {}
+    result = api.adapt_table(args.sources, devices, out=args.out, budget=args.budget, calibrate=args.calibrate,
                              rounds=args.rounds, max_rounds=args.max_rounds, runs=args.runs, jobs=args.jobs,
                              time_cap=args.time_cap, precision=args.precision, seed=args.seed, dtype=args.dtype,
-                             progress=shows_progress(args), **device_options(args.device, args))
+                             cluster=args.cluster, pool_tolerance=args.pool_tolerance, progress=shows_progress(args),
+                             **device_options(devices[0], args, **extra))
     summary = build_summary(result)
     adapted = result.table.meta.get("adapt") or {}
     predicted = result.table.predicted()
     summary["adapt"] = {"sources": adapted.get("sources"), "budget": adapted.get("budget"),
                         "selected": adapted.get("selected"), "calibration": adapted.get("calibration"),
                         "measured": adapted.get("measured"), "predicted": adapted.get("predicted"),
+                        "unmeasured_kinds": adapted.get("unmeasured_kinds") or [],
                         "median_uncertainty_pct": _median(list(predicted.values())),
                         "max_uncertainty_pct": max(predicted.values()) if predicted else None,
                         "transfer_model": adapted.get("transfer_model")}
@@ -261,6 +273,9 @@ def run_adapt(args: argparse.Namespace) -> int:
     console().print(f"adapted from {', '.join(s['path'] for s in a['sources'] or [])}: {a['measured']} entries "
                     f"measured (budget {a['budget']}, {len(a['calibration'] or [])} whole models among them), "
                     f"{a['predicted']} predicted", highlight=False)
+    if a["unmeasured_kinds"]:
+        console().print(f"kinds not measured (budget below one entry per kind; predicted from the pooled ratio): "
+                        f"{', '.join(a['unmeasured_kinds'])}", highlight=False)
     if predicted:
         console().print(f"predicted entries: median uncertainty +-{a['median_uncertainty_pct']:.1f} %, largest "
                         f"+-{a['max_uncertainty_pct']:.1f} %; measure them with `latbench lut build --upgrade [N] "

@@ -20,6 +20,9 @@ from latbench.core.errors import UsageError
 from latbench.tables.overhead import SCALE_GROUPS, BlockEstimate, OverheadModel
 from latbench.tables.table import LatencyTable
 
+#: Above this 95 % uncertainty of the table's typical latency, estimates say so in a warning.
+TYPICAL_WARNING_PCT = 5.0
+
 
 @dataclass
 class Estimate:
@@ -40,6 +43,9 @@ class Estimate:
     #: Entries of an adapted table this estimate uses that were predicted, not measured: how many,
     #: and their one-sigma uncertainties summed in ms and in % of the estimate (None: none used).
     predicted: dict[str, Any] | None = None
+    #: 95 % relative uncertainty of typical_ms, in %, from how the device's average state moved
+    #: during the build (the table's noise profile; None where the table does not say).
+    typical_uncertainty_pct: float | None = None
 
     def per_group(self) -> dict[str, float]:
         """Estimated ms per stem/stage/head, scaled so the groups add up to latency_ms
@@ -83,6 +89,8 @@ class LatencyEstimator:
         self.use_overhead = self.model.use_overhead
         self.flagged = table.flagged()
         self.predicted = table.predicted()
+        stated = float((table.meta.get("noise_profile") or {}).get("typical_uncertainty") or 0.0)
+        self.typical_uncertainty_pct = 100 * stated if stated > 0 and self.typical_model is not None else None
         self.scale = self.model.scales["rest"]
         self.calibrated = bool(ov.get("calibrated", bool(ov.get("calibrated_on"))))
 
@@ -152,6 +160,11 @@ class LatencyEstimator:
         return len(used), ms
 
     def _with_predicted(self, e: Estimate, predicted: tuple[int, float] | None) -> Estimate:
+        e.typical_uncertainty_pct = self.typical_uncertainty_pct
+        if self.typical_uncertainty_pct is not None and self.typical_uncertainty_pct > TYPICAL_WARNING_PCT:
+            e.warnings.append(f"typical latency +-{self.typical_uncertainty_pct:.1f} % (95 %): the device's average "
+                              f"state moved during the table's build more than its minutes could pin down (slow "
+                              f"spells, core migration); the fast-state latency_ms is not affected")
         if predicted is None:
             return e
         n, ms = predicted

@@ -85,6 +85,8 @@ class NoiseProfile:
     precision: float = 0.02  # the precision fast_share was counted against
     runs_per_round: float = 0.0  # median timed runs of a round
     second_gap: float = 0.0  # median over keys of the second-fastest of the first rounds / the fastest - 1
+    #: 95 % relative uncertainty of typical_factor from how its readings scatter in time (0: unknown)
+    typical_uncertainty: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -99,8 +101,11 @@ class NoiseProfile:
         return (f"noise: rounds spread {self.round_spread:.1%} (fastest pair {self.fast_agreement:.1%}), "
                 f"{self.fast_share:.0%} of rounds in the fast state, slow stretches {self.slow_share:.0%} of runs "
                 f"(~{self.slow_run:.0f} runs long, slow spans ~{self.slow_span_s:.0f} s), typical/fast "
-                f"{self.typical_factor:.3f}, trend {self.trend_per_min:+.1%}/min{heat} "
+                f"{self.typical_factor:.3f}{self._typical_pm()}, trend {self.trend_per_min:+.1%}/min{heat} "
                 f"[{self.readings} rounds]")
+
+    def _typical_pm(self) -> str:
+        return f" +-{self.typical_uncertainty:.1%}" if self.typical_uncertainty > 0 else ""
 
 
 def p2(m: Measurement) -> float:
@@ -152,6 +157,7 @@ def profile_of(readings: Sequence[Reading], *, precision: float = 0.02, floor_ms
     if not fastest:
         return None
     spreads, pairs, others, within, typical, states, gaps = [], [], [], [], [], [], []
+    typical_at: list[tuple[float, float]] = []
     samples_slow, samples_all, runs = 0, 0, []
     for key, low in fastest.items():
         vals = sorted(stat[id(r)] for r in by_key[key])
@@ -173,6 +179,7 @@ def profile_of(readings: Sequence[Reading], *, precision: float = 0.02, floor_ms
             # they disagreed: an entry's first rounds, and every anchor reading (at fixed intervals).
             if n < FIRST_ROUNDS or by_key[key][0].anchor:
                 typical.append(med / low)
+                typical_at.append((r.at, med / low))
                 states.append(stat[id(r)] / low)
             slow = [x > floor * (1 + SLOW_STATE) for x in s]
             samples_slow += sum(slow)
@@ -205,7 +212,37 @@ def profile_of(readings: Sequence[Reading], *, precision: float = 0.02, floor_ms
         slow_span_s=statistics.fmean(spans) if spans else 0.0,
         trend_per_min=_slope_per_min(anchors), throttling=throttling, precision=precision,
         runs_per_round=statistics.median(len(r.measurement.samples_ms) for k in fastest for r in by_key[k]),
-        second_gap=statistics.median(gaps))
+        second_gap=statistics.median(gaps), typical_uncertainty=typical_uncertainty(typical_at))
+
+
+#: The typical factor's uncertainty: its readings, in time order, fall into this many batches of
+#: equal duration, and the batch means scatter as the device's slow states come and go. Readings
+#: a few seconds apart share a state, so their own spread would claim far too much; batches as long
+#: as a sixth of the build see whole slow spans (vm-bursts: 10-50 s, big/little: 1-4 s).
+TYPICAL_BATCHES = 6
+#: Student's t at 95 % (two-sided) by degrees of freedom: few batches, wide interval.
+T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
+
+
+def typical_uncertainty(points: Sequence[tuple[float, float]]) -> float:
+    """95 % relative uncertainty of the mean of (time, ratio) readings by batch means over time
+    (0 when there are too few readings or batches to say). A device whose average state a build
+    cannot pin down (slow spans of tens of seconds, a quarter of the time on a little core) gets
+    a wide one, and the build says so: no estimator sees the long-run average in a few minutes."""
+    if len(points) < 2 * TYPICAL_BATCHES:
+        return 0.0
+    t0, t1 = min(t for t, _ in points), max(t for t, _ in points)
+    if t1 <= t0:
+        return 0.0
+    width = (t1 - t0) / TYPICAL_BATCHES
+    batches: dict[int, list[float]] = {}
+    for t, v in points:
+        batches.setdefault(min(int((t - t0) / width), TYPICAL_BATCHES - 1), []).append(v)
+    means = [statistics.fmean(v) for v in batches.values()]
+    if len(means) < 3:
+        return 0.0
+    se = statistics.stdev(means) / math.sqrt(len(means))
+    return T_95[len(means) - 1] * se / statistics.fmean(v for _, v in points)
 
 
 def _run_lengths(flags: Sequence[bool]) -> list[int]:

@@ -30,6 +30,7 @@ from latbench.core.errors import UsageError
 from latbench.measuring.journal import Journal
 from latbench.space import SearchSpace
 from latbench.tables.build import BuildResult, TableBuilder
+from latbench.tables.overhead import empty_key
 from latbench.tables.table import LatencyTable, row_config
 from latbench.tables.transfer import Entry, select_entries
 
@@ -142,12 +143,13 @@ def plan_adapt(sources: Sequence[LatencyTable], out: str | Path, *, budget: int 
     check_sources(sources)
     out = Path(out)
     budget = DEFAULT_BUDGET if budget is None else budget
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise UsageError(f"--budget is a number of measurements, at least 1; got {budget!r}")
     entries, fields = source_entries(sources)
     kinds = sorted({e.kind for e in entries.values()})
-    if budget < len(kinds):
-        raise UsageError(f"--budget {budget} is below the {len(kinds)} block kinds of the sources "
-                         f"({', '.join(kinds)}): every kind needs one measurement; give --budget {len(kinds)} or more")
-    spare = budget - len(kinds)
+    # Below one measurement per kind, the kinds left unmeasured borrow the pooled ratio (with a
+    # larger uncertainty), so no whole model is measured: every unit of the budget goes to a kind.
+    spare = max(0, budget - len(kinds))
     if calibrate is None:
         calibrate = min(MAX_DEFAULT_CALIBRATION, spare // BUDGET_PER_CALIBRATION_MODEL)
     if calibrate < 0 or calibrate > spare:
@@ -164,12 +166,39 @@ def plan_adapt(sources: Sequence[LatencyTable], out: str | Path, *, budget: int 
     space = sources[0].space() if (sources[0].meta.get("space") or {}).get("definition") else None
     kept = [k for k in (previous or {}).get("selected") or [] if k in entries]
     blocks = max(budget - calibrate, len(kept))
-    selected = kept + select_entries(list(entries.values()), blocks - len(kept), already=kept)
+    order = kind_priority(entries, space, resolution, seed)
+    selected = kept + select_entries(list(entries.values()), blocks - len(kept), already=kept, kind_order=order)
     # Models measured by an earlier run with a larger --calibrate stay in the plan (rounds in the journal).
     calibrate = max(calibrate, len((previous or {}).get("calibration") or []))
     calibration = sample_candidates(space, resolution, calibrate, seed, purpose="calibration") \
         if space is not None and calibrate else []
     return AdaptPlan(out, resolution, space, described, entries, fields, budget, selected, calibration)
+
+
+#: Whole models (S0 and the calibration stream's random subnets: never the validation ones) whose
+#: blocks rank the kinds by how much of a typical model's latency they carry.
+PRIORITY_MODELS = 16
+
+
+def kind_priority(entries: dict[str, Entry], space: SearchSpace | None, resolution: int, seed: int = 0
+                  ) -> list[str]:
+    """The kinds in the order a small budget measures them: by their share of the source latency
+    of typical models of the space (an empty model counts by what it subtracts, once per block),
+    largest first; without a space, by their total source latency. Kinds no model uses (the
+    whole reference model) come last."""
+    share = {e.kind: 0.0 for e in entries.values()}
+    if space is None:
+        for e in entries.values():
+            share[e.kind] += e.source_ms
+    else:
+        for cand in sample_candidates(space, resolution, PRIORITY_MODELS, seed, purpose="calibration"):
+            blocks = cand.blocks()
+            keys = [b.key for b in blocks] + [empty_key(b.resolution, b.input_shape) for b in blocks]
+            keys.append(empty_key(resolution, (1, 3, resolution, resolution)))
+            for key in keys:
+                if key in entries:
+                    share[entries[key].kind] += entries[key].source_ms
+    return sorted(share, key=lambda kind: (-share[kind], kind))
 
 
 def _previous_record(out: Path) -> dict[str, Any] | None:

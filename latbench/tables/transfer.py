@@ -153,12 +153,18 @@ def fit_transfer(entries: Sequence[Entry], measured: Mapping[str, float]) -> Tra
     return TransferFit(design, coef, inverse, sigma, len(points), math.exp(prior_ratio))
 
 
-def select_entries(entries: Sequence[Entry], count: int, already: Sequence[str] = ()) -> list[str]:
+def select_entries(entries: Sequence[Entry], count: int, already: Sequence[str] = (),
+                   kind_order: Sequence[str] | None = None) -> list[str]:
     """The `count` entries whose measurement tells the transfer model most, in the order chosen:
-    one per kind (the kind's median-cost entry: its level), then one per stage not yet covered,
-    then greedily the entry whose prediction is least certain given those chosen (posterior
-    variance), which spreads the choice over the cost range of each kind. Deterministic."""
+    one per kind (the kind's median-cost entry: its level) in `kind_order` (default: by name;
+    kinds it leaves out come after it), then one per stage not yet covered, then greedily the
+    entry whose prediction is least certain given those chosen (posterior variance), which
+    spreads the choice over the cost range of each kind. Deterministic. With fewer than one
+    entry per kind, the kinds first in `kind_order` are measured and the rest borrow the
+    pooled ratio (the intercept prior) with the larger uncertainty the posterior gives them."""
     design = Design(entries)
+    order = [k for k in (kind_order or ()) if k in design.kinds]
+    order += [k for k in design.kinds if k not in order]
     rows = {e.key: design.row(e) for e in entries}
     a = np.diag(design.precision).astype(float)
     chosen: list[str] = []
@@ -177,7 +183,7 @@ def select_entries(entries: Sequence[Entry], count: int, already: Sequence[str] 
     def variance(key: str, inverse: np.ndarray) -> float:
         return float(rows[key] @ inverse @ rows[key])
 
-    for kind in design.kinds:
+    for kind in order:
         if len(chosen) >= goal:
             break
         members = sorted((e for e in entries if e.kind == kind), key=lambda e: (e.source_ms, e.key))
@@ -231,6 +237,9 @@ def predicted_rows(adapt: Mapping[str, Any], measured_rows: Sequence[Mapping[str
                      "latency_ms": ms, "typical_ms": ms * (statistics.median(typical) if typical else 1.0),
                      "consensus": False, "rounds": 0, "flags": None, "trend_ratio": None, "source": PREDICTED, "uncertainty_pct": uncertainty})
     summary = {k: adapt.get(k) for k in ("sources", "budget", "selected", "calibration", "source_latency")}
+    # Kinds without one measured entry (a budget below the number of kinds): their entries rest
+    # on the pooled ratio alone, and their uncertainty says so.
+    unmeasured = sorted({e.kind for e in entries} - {e.kind for e in entries if e.key in measured})
     summary.update({"measured": sum(1 for e in entries if e.key in measured), "predicted": len(rows),
-                    "transfer_model": fit.to_dict()})
+                    "unmeasured_kinds": unmeasured, "transfer_model": fit.to_dict()})
     return rows, summary

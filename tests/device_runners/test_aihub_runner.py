@@ -333,6 +333,53 @@ def test_lut_build_end_to_end_then_validate(hub, run_cli, run_cli_json, tiny_spa
     assert_no_token(hub, stdout, err, vout, verr, directory=out)
 
 
+def test_lut_adapt_on_aihub_submits_jobs_only_for_what_it_measures(hub, run_cli_json, tiny_space, tmp_path):
+    from latbench.space import SearchSpace
+    from latbench.tables.synthetic import synthetic_table
+    from latbench.tables.table import LatencyTable
+
+    source = tmp_path / "source"
+    synthetic_table(SearchSpace.load(tiny_space)).save(source)
+    entries = len(LatencyTable.load(source).blocks)
+    out = tmp_path / "t"
+    args = ("lut", "adapt", str(source), "--device", DEVICE, "--budget", "4", "--calibrate", "0", "--out", str(out),
+            "--runs", "5", "--rounds", "2", "--max-rounds", "2", "--jobs", "1")
+    summary = run_cli_json(*args)
+    # The point of adapting on AI Hub: jobs for the chosen entries' rounds only (plus the anchors),
+    # each submitted once, against one per round of every entry for a full table.
+    jobs = jobs_per_round(hub)
+    assert {key for key, _ in jobs} == set(summary["adapt"]["selected"]) and set(jobs.values()) == {1}
+    assert len(jobs) == 2 * 4 < 2 * entries
+    table = LatencyTable.load(out)
+    assert table.meta["device"]["device_kind"] == "aihub" and len(table.predicted()) == entries - 4
+    n_jobs = len(hub.job_ids())
+    again = run_cli_json(*args)  # resumes: nothing left to measure, no job submitted
+    assert again["measured_now"] == 0 and len(hub.job_ids()) == n_jobs
+
+
+def test_lut_adapt_detach_submits_and_returns_then_a_later_run_collects(held_hub, run_cli_json, tiny_space,
+                                                                        tmp_path):
+    from latbench.space import SearchSpace
+    from latbench.tables.synthetic import synthetic_table
+    from latbench.tables.table import LatencyTable
+
+    source = tmp_path / "source"
+    synthetic_table(SearchSpace.load(tiny_space)).save(source)
+    out = tmp_path / "t"
+    args = ("lut", "adapt", str(source), "--device", DEVICE, "--budget", "3", "--calibrate", "0", "--out", str(out),
+            "--runs", "5", "--rounds", "2", "--max-rounds", "2", "--jobs", "1", "--detach")
+    first = run_cli_json(*args)
+    assert first["measured_now"] == 0 and len(first["pending"]) == 2 * 3
+    n = len(held_hub.job_ids())
+    for job_id in held_hub.job_ids():
+        held_hub.complete(job_id)
+    second = run_cli_json(*args)
+    assert second["pending"] == [] and second["adapt"]["measured"] == 3
+    assert len(held_hub.job_ids()) == n  # collected, never resubmitted
+    table = LatencyTable.load(out)
+    assert len(table.blocks) - len(table.predicted()) == 3
+
+
 def test_profile_and_mes_report_measure_on_aihub(hub, run_cli, run_cli_json, models, tmp_path):
     res = run_cli_json("profile", str(models["medium"]), "--device", DEVICE, "--runs", "4", "--rounds", "2",
                        "--compute-units", "gpu", "--out", str(tmp_path / "prof"))

@@ -25,8 +25,9 @@ import bisect
 import csv
 import functools
 import math
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -347,6 +348,50 @@ def typical_factor(profile: NoiseProfile, trials: int = 2000, seed: int = 20_26)
     return float(medians.mean())
 
 
+def oracle_typical_errors(profile: NoiseProfile, seconds: float, windows: int = 200, passes: int = 300,
+                          seed: int = 7) -> np.ndarray:
+    """How well *any* estimator could know the typical latency from `seconds` of measuring: per
+    window (a fresh device of the profile, its own seed), the mean of `passes` benchmark passes'
+    medians taken at random moments inside the window, against the long-run `typical_factor`
+    (relative errors). An oracle that sees the device's state at every moment does no better than
+    the window lets it: slow states lasting tens of seconds leave a few minutes' average unsure."""
+    truth = typical_factor(profile)
+    out = np.empty(windows)
+    for w in range(windows):
+        proc = NoiseProcess(profile, seed * 100_003 + w)
+        rng = np.random.default_rng([seed, w])
+        start = float(rng.uniform(0, proc.trace.period)) if proc.trace is not None else 0.0
+        medians = []
+        for _ in range(passes):
+            proc.begin_round()
+            medians.append(float(np.median(proc.draw(start + float(rng.uniform(0, seconds)), TYPICAL_RUNS, 1.0))))
+        out[w] = statistics.fmean(medians) / truth - 1
+    return out
+
+
+def best_of_rounds_within(profile: NoiseProfile, rounds: Sequence[int], within: float = 0.03, entries: int = 300,
+                          runs: int = 300, seconds: float = 400.0, seed: int = 11) -> dict[int, float]:
+    """The most any rule can get from k rounds of an entry, for each k in `rounds`: the share of
+    entries whose fastest round (2nd percentile) lies within `within` of the true fast state, rounds
+    taken at random moments of `seconds` (the trace's period for a trace). Noise here only slows a
+    round down, so the fastest round bounds every rule that reads its value from rounds; a rule
+    that must also *know* a round is fast (two agreeing, or anchors reading fast around it) does
+    worse unless the anchors explain the device."""
+    counts = dict.fromkeys(rounds, 0)
+    for e in range(entries):
+        proc = NoiseProcess(profile, seed * 100_003 + e)
+        rng = np.random.default_rng([seed, e])
+        horizon = proc.trace.period if proc.trace is not None else seconds
+        start = float(rng.uniform(0, horizon))
+        p2s = []
+        for _ in range(max(rounds)):
+            proc.begin_round()
+            p2s.append(float(np.percentile(proc.draw(start + float(rng.uniform(0, horizon)), runs, 1.0), 2.0)))
+        for k in rounds:
+            counts[k] += min(p2s[:k]) <= 1.0 + within
+    return {k: c / entries for k, c in counts.items()}
+
+
 # -- the runner -------------------------------------------------------------------------------------
 class NoisyRunner(Runner):
     kind = "noisy"
@@ -502,3 +547,4 @@ class NoisyRunner(Runner):
                 view = ordered
             stopped_by = policy.stop_reason(view, elapsed, check=check)
         return samples, elapsed, stopped_by
+

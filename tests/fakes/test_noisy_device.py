@@ -6,7 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from noisy_device import PROFILES, NoisyRunner, load_trace, typical_factor
+from noisy_device import (
+    PROFILES,
+    NoisyRunner,
+    best_of_rounds_within,
+    load_trace,
+    oracle_typical_errors,
+    typical_factor,
+)
 
 from device_runners.base import Prepared
 from latbench.measuring.measurement import SamplingPolicy, percentile
@@ -226,3 +233,21 @@ def test_a_measuring_session_runs_on_the_virtual_clock(tmp_path):
     extra = [(rows[-2].measured_at, rows[-1].measured_at) for rows in res.rows.values() if len(rows) > 3]
     assert extra
     assert all(after - before >= 2.0 for before, after in extra)
+
+
+def test_an_oracle_knows_a_quiet_device_but_not_a_slowly_changing_one_from_minutes():
+    # A few minutes of a device whose slow state comes in 10-50 s spans 60 % of the time leave
+    # even an estimator that sees every moment unsure of its long-run average.
+    quiet = oracle_typical_errors(PROFILES["quiet"], 300.0, windows=20, passes=40)
+    bursts = oracle_typical_errors(PROFILES["vm-bursts"], 300.0, windows=40, passes=100)
+    assert np.all(np.abs(quiet) < 0.01)
+    assert np.mean(np.abs(bursts) > 0.03) > 0.1
+    assert abs(np.mean(bursts)) < 0.03  # unsure, not biased
+
+
+def test_a_round_is_rarely_fast_on_the_xeon_trace_so_few_rounds_cannot_pin_the_fast_state():
+    # A third of the Xeon VM's rounds sit within 3 % of the fast state; the quiet device's all.
+    xeon = best_of_rounds_within(PROFILES["xeon-trace"], [1, 3, 12], entries=60, runs=100)
+    quiet = best_of_rounds_within(PROFILES["quiet"], [1], entries=20, runs=100)
+    assert quiet[1] == 1.0
+    assert xeon[1] < 0.5 < xeon[3] < xeon[12]

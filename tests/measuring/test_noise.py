@@ -20,6 +20,7 @@ from latbench.measuring.noise import (
     parse_precision,
     profile_of,
     rounds_for,
+    typical_uncertainty,
 )
 from latbench.measuring.session import MeasuringPlan, MeasuringSession, Target, probe_noise
 
@@ -100,6 +101,20 @@ def test_the_profile_keeps_the_typical_state_and_the_trend():
     assert profile.typical_factor > profile.period_factor > 1.0
     short = profile_of(rounds("anchor:a", [1.0, 1.2, 1.4], anchor=True))  # 20 s of readings: no trend read
     assert short.trend_per_min == 0.0
+
+
+def test_the_typical_state_is_as_uncertain_as_its_slow_spans_are_long():
+    # 60 readings 5 s apart. Alternating fast/slow every reading: each sixth of the build sees
+    # both states equally, the average is pinned. Slow for 50 s then fast for 50 s: each sixth
+    # sits mostly in one state, and the average of 5 minutes is a guess of a few percent.
+    flicker = [(5.0 * i, 1.3 if i % 2 else 1.0) for i in range(60)]
+    spans = [(5.0 * i, 1.3 if (i // 10) % 2 else 1.0) for i in range(60)]
+    assert typical_uncertainty(flicker) < 0.005
+    assert typical_uncertainty(spans) > 0.05
+    assert typical_uncertainty(flicker[:5]) == 0.0  # too few readings to say
+    profile = profile_of(rounds("anchor:a", [1.3 if (i // 10) % 2 else 1.0 for i in range(60)], anchor=True)
+                         + rounds("k", [1.0, 1.01, 1.3]))
+    assert profile.typical_uncertainty > 0.05 and "+-" in profile.summary()
 
 
 @pytest.mark.parametrize("text, value", [("2%", 0.02), ("0.5%", 0.005), ("0.03", 0.03), ("3", 0.03)])

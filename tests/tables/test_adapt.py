@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import statistics
 from pathlib import Path
@@ -26,7 +27,7 @@ from latbench.blocks.candidates import sample_candidates
 from latbench.core.errors import DeviceLost, UsageError
 from latbench.measuring.journal import Journal
 from latbench.space import SearchSpace
-from latbench.tables.adapt import plan_adapt, source_entries
+from latbench.tables.adapt import kind_priority, plan_adapt, source_entries
 from latbench.tables.overhead import OverheadModel
 from latbench.tables.synthetic import synthetic_table
 from latbench.tables.table import LatencyTable, row_config
@@ -263,10 +264,43 @@ def test_a_source_of_another_space_or_resolution_is_refused_in_one_line(source_d
     assert not (tmp_path / "t").exists()
 
 
+def test_a_budget_below_the_number_of_kinds_measures_the_heaviest_kinds(source_dir, truth, tmp_path, monkeypatch):
+    source = LatencyTable.load(source_dir)
+    entries, _ = source_entries([source])
+    kinds = {e.kind for e in entries.values()}
+    order = kind_priority(entries, source.space(), 224)
+    assert set(order) == kinds and len(kinds) > 5
+    # The order follows the kinds' share of typical models (FFNs carry most of them here); the
+    # whole reference model is in none of them.
+    assert order[0] == "ffn" and order[-1] == "model"
+    first, second = use_devices(monkeypatch, TargetDevice(truth), TargetDevice(truth))
+    result = adapt(source_dir, tmp_path / "t", budget=5, calibrate=None)
+    table = LatencyTable.load(result.table.path)
+    meta = table.meta["adapt"]
+    assert meta["measured"] == 5 and meta["calibration"] == []
+    assert [entries[k].kind for k in meta["selected"]] == order[:5]
+    assert meta["unmeasured_kinds"] == sorted(order[5:])
+    # An unmeasured kind borrows the pooled ratio: its predictions say they are less certain than
+    # those of the measured kinds, and that larger uncertainty still covers most of the truth.
+    predicted = table.predicted()
+    borrowed = [k for k in predicted if entries[k].kind in meta["unmeasured_kinds"]]
+    own = [k for k in predicted if entries[k].kind not in meta["unmeasured_kinds"]]
+    assert borrowed and own
+    assert statistics.median(predicted[k] for k in borrowed) > 1.5 * statistics.median(predicted[k] for k in own)
+    errors = {k: abs(ms / truth[k] - 1) for k, ms in table.latency_ms().items()}
+    assert sum(errors[k] <= 2 * predicted[k] / 100 for k in borrowed) / len(borrowed) >= 0.8
+    # A larger budget keeps the five and covers every kind.
+    more = adapt(source_dir, tmp_path / "t", budget=10, calibrate=None).table.meta["adapt"]
+    assert more["selected"][:5] == meta["selected"] and more["unmeasured_kinds"] == []
+    assert {entries[k].kind for k in more["selected"]} == kinds
+
+
 def test_bad_budgets_and_an_out_holding_another_table_are_refused(source_dir, tmp_path, run_cli):
-    code, _, err = run_cli("lut", "adapt", str(source_dir), "--device", "scripted", "--budget", "5",
-                           "--out", str(tmp_path / "t"))
-    assert code == 2 and "block kinds" in err and len(err.strip().splitlines()) == 1
+    for bad in ("0", "-3"):
+        code, _, err = run_cli("lut", "adapt", str(source_dir), "--device", "scripted", "--budget", bad,
+                               "--out", str(tmp_path / "t"))
+        assert code == 2 and "--budget" in err and "at least 1" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "t").exists()
     code, _, err = run_cli("lut", "adapt", str(source_dir), "--device", "scripted", "--out", str(source_dir))
     assert code == 2 and "holds another table" in err and len(err.strip().splitlines()) == 1
     with pytest.raises(UsageError, match="at least one"):
@@ -306,3 +340,67 @@ def test_lut_adapt_from_the_command_line(source_dir, truth, tmp_path, monkeypatc
     more = json.loads(out)
     assert more["adapt"]["selected"][:10] == summary["selected"] and more["adapt"]["measured"] == 12
     assert more["reused"] == 10
+
+
+def test_lut_validate_and_mes_report_work_on_an_adapted_table(adapted, truth, monkeypatch, run_cli, run_cli_json):
+    result, _ = adapted
+    path = str(result.table.path)
+    table = LatencyTable.load(path)
+    # The scripted target times whole subnets as its truth says (its blocks, with overhead, 5 % slower
+    # end to end, like the calibration model it was adapted with).
+    cands = latbench.api.validation_candidates(table, 3, 0, named=False)
+    whole = {c.key: 1.05 * OverheadModel(truth).estimate(c.blocks()) for c in cands}
+    use_devices(monkeypatch, TargetDevice({**truth, **whole}))
+    v = run_cli_json("lut", "validate", path, "--device", "scripted", "--samples", "3", "--no-named", "--rounds",
+                     "2", "--passes", "2", "--jobs", "1")
+    assert v["n"] == 3 and [m["name"] for m in v["models"]] == [c.name for c in cands]
+    # Its estimates rest on 19 measured entries and 83 predicted ones, and still land near the truth.
+    assert v["mean_abs_pct_error"] < 5 and v["within_10pct"] == 1.0
+    [row] = run_cli_json("mes", "report", "--lut", path, "efficientformerv2_s0")
+    est = latbench.estimate(table, "efficientformerv2_s0")
+    assert row["latency_ms"] == pytest.approx(est.latency_ms) and row["mes"] > 0
+
+
+def test_lut_adapt_measures_on_a_device_farm(source_dir, tmp_path, monkeypatch, run_cli_json):
+    pytest.importorskip("ray", reason="the device farm needs the 'cluster' extra")
+    from latbench.measuring.farm.names import apply_ray_environment
+
+    apply_ray_environment(loopback=True)
+    from farm_devices import scripted
+
+    from latbench.measuring.farm.cluster import start_local
+
+    fakes = Path(__file__).resolve().parents[1] / "fakes"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(fakes), os.environ.get("PYTHONPATH")) if p))
+    # Each device actor opens its scripted device itself, as it opens a real one.
+    monkeypatch.setattr(latbench.api, "runner_opener", lambda device_id, options: scripted(device_id, sleep_s=0.0))
+    stop = start_local()
+    try:
+        out = tmp_path / "t"
+        summary = run_cli_json("lut", "adapt", str(source_dir), "--device", "scripted:A", "--device", "scripted:B",
+                               "--budget", "6", "--calibrate", "0", "--out", str(out), "--jobs", "1", "--no-progress")
+    finally:
+        stop()
+    assert summary["adapt"]["measured"] == 6 and summary["adapt"]["predicted"] == 102 - 6
+    with Journal(out / "journal.sqlite") as journal:
+        rows = [r for rs in journal.rows().values() for r in rs]
+    # Both devices measured rounds of the chosen entries, and nothing else was measured.
+    assert {r.device for r in rows} == {"scripted:A", "scripted:B"}
+    assert {r.key for r in rows} == set(summary["adapt"]["selected"])
+    meta = json.loads((out / "meta.json").read_text())
+    assert set(meta["devices"]) == {"scripted:A", "scripted:B"} and meta["pool"]["fastest"] in meta["devices"]
+    assert len(LatencyTable.load(out).predicted()) == 102 - 6
+
+
+def test_lut_adapt_measures_artifacts_of_the_dtype_asked_for(source_dir, truth, tmp_path, monkeypatch, run_cli,
+                                                             run_cli_json):
+    use_devices(monkeypatch, TargetDevice(truth), TargetDevice(truth))
+    out = tmp_path / "t"
+    args = ("lut", "adapt", str(source_dir), "--device", "scripted", "--budget", "3", "--calibrate", "0",
+            "--out", str(out), "--jobs", "1", "--no-progress")
+    run_cli_json(*args, "--dtype", "fp16")
+    meta = json.loads((out / "meta.json").read_text())
+    # fp32 sources, an fp16 target: the table says what it measured.
+    assert meta["precision"] == "fp16" and meta["adapt"]["measured"] == 3
+    code, _, err = run_cli(*args)  # the same table in fp32 artifacts: another runtime, refused in one line
+    assert code == 2 and "another device or runtime" in err and len(err.strip().splitlines()) == 1

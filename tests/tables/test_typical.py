@@ -76,6 +76,20 @@ def test_the_calibration_fits_both_and_estimates_give_both(built, run_cli_json):
     assert frame["typical_ms"].iloc[0] == pytest.approx(e.typical_ms)
 
 
+def test_estimates_carry_the_typical_latency_s_uncertainty_and_warn_when_it_is_wide(built, tmp_path):
+    from latbench.tables.table import LatencyTable
+
+    stated = built.meta["noise_profile"]["typical_uncertainty"]
+    e = latbench.estimate(built, "efficientformerv2_s0")
+    assert e.typical_uncertainty_pct == pytest.approx(100 * stated) and e.to_dict()["typical_uncertainty_pct"] is not None
+    for value, warned in ((0.02, False), (0.09, True)):
+        meta = dict(built.meta) | {"noise_profile": dict(built.meta["noise_profile"], typical_uncertainty=value)}
+        table = LatencyTable(built.blocks, built.ops, built.models, meta, tmp_path)
+        e = latbench.estimate(table, "efficientformerv2_s0")
+        assert e.typical_uncertainty_pct == pytest.approx(100 * value)
+        assert any("typical latency +-9.0 %" in w for w in e.warnings) is warned
+
+
 def test_a_table_without_typical_latencies_still_estimates(built, tmp_path):
     old = built.blocks.drop(columns=["typical_ms"])
     from latbench.tables.table import LatencyTable
@@ -83,6 +97,7 @@ def test_a_table_without_typical_latencies_still_estimates(built, tmp_path):
     table = LatencyTable(old, built.ops, built.models, dict(built.meta), tmp_path)
     e = latbench.estimate(table, "efficientformerv2_s0")
     assert e.typical_ms is None and e.latency_ms == pytest.approx(latbench.estimate(built, "efficientformerv2_s0").latency_ms)
+    assert e.typical_uncertainty_pct is None
 
 
 class NoisyBlocksRunner(ScriptedRunner):

@@ -1,0 +1,359 @@
+"""`lut adapt` against full tables on genuinely different backends (issue 22; prints figures, asserts nothing).
+
+Source: the `cpu` table (onnxruntime, 1 thread, fp32). Targets, each a pair with the source:
+
+    litert        litert (XNNPACK kernels)
+    litert-noxnn  litert --xnnpack off (built-in kernels)
+    cpu-t2        cpu --threads 2
+    cpu-fp16      cpu with fp16 artifacts (--dtype fp16)
+
+The truth of a pair is its target's FULL table and, timed end to end on the target, `--samples`
+random subnets (seeded: the same for every target) plus S0-L, measured once by `lut validate` on
+the full target table (two separated passes, on that table's time base). Per budget (5 -> 10 ->
+20 -> 40, one adapt growing into DIR/adapt-<target>: each budget keeps what the smaller one
+measured and adds to it) the bench prints the subnets' accuracy within +-5 / +-10 %, mean |error|,
+Kendall tau and the measuring time against the full build's, beside two baselines on the same
+truth and the same measured entries: (a) the source table's estimate times one factor (the median
+target/source ratio of the measured entries), (b) MACs-proportional (c x MACs, c = the measured
+entries' summed latency over their summed MACs); and the full target table's own accuracy.
+
+The adapted tables are put on the full target table's time base by their anchors (the same three
+blocks, measured in every session of both), as `lut validate` puts its measurements on the table's
+time base; the factor is printed. Measuring time is the sum over a table's journal sessions of
+first to last record (device clock; the exports before a session's first record are left out, so
+a cold export cache counts against neither side), for the full table
+and, per budget, for the adapt sessions up to that budget (each session starts with its own anchor
+probe, so budget N grown in steps costs a little more than one adapt straight to N: an upper
+bound); measured rounds are printed beside it (on AI Hub, one round is one job).
+
+Everything expensive is kept in --work DIR and reused, and resumes when interrupted:
+
+    DIR/cpu, DIR/litert, DIR/litert-noxnn, DIR/cpu-t2, DIR/cpu-fp16   full tables (lut build --space);
+                                       a missing or incomplete one is built / resumed here
+    DIR/truth-<target>.json            the end-to-end truth (lut validate of the full target table)
+    DIR/adapt-<target>/                the adapted table, grown budget by budget
+    DIR/adapt-<target>-budgets/bN/     a copy of the adapted table as it was at budget N, and
+    DIR/adapt-<target>-budgets/budgets.json   the journal sessions that made it
+    DIR/bench-adapt.json               the figures printed
+
+Budgets must grow within one DIR (a budget below one already measured there cannot be taken back:
+remove DIR/adapt-<target>* to redo a pair). Builds, adapts and end-to-end runs are pinned to the
+cores of --core-mask (hex, as `lut build --core-mask`), unless a full table records its own mask,
+which its pair then uses throughout.
+
+    .venv/bin/python benchmarks/bench_adapt.py --work DIR [--pairs litert,cpu-t2] [--budgets 5 10 20 40]
+        [--samples 30] [--seed 0] [--core-mask 1] [--space FILE] [--jobs 2]
+
+Smoke run (minutes; a tiny space of your own, small budgets): --space tiny.yaml --samples 2 --budgets 5 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A device as the bench opens it: device id, runner options, artifact precision."""
+
+    device: str
+    options: dict[str, Any] = field(default_factory=dict)
+    dtype: str | None = None
+
+    def describe(self) -> str:
+        extra = [f"--{k.replace('_', '-')} {v}" for k, v in self.options.items()]
+        extra += [f"--dtype {self.dtype}"] if self.dtype else []
+        return " ".join([self.device, *extra])
+
+
+SOURCE = "cpu"
+MOVE_TO: str | None = None  # --move-to
+BACKENDS = {"cpu": Backend("cpu"), "litert": Backend("litert"), "litert-noxnn": Backend("litert", {"xnnpack": "off"}),
+            "cpu-t2": Backend("cpu", {"threads": 2}), "cpu-fp16": Backend("cpu", dtype="fp16")}
+TARGETS = ("litert", "litert-noxnn", "cpu-t2", "cpu-fp16")
+#: The issue's goals, read off the output.
+GOAL_BUDGET, GOAL_WITHIN_5, GOAL_WITHIN_10, GOAL_TAU, GOAL_TIME_SHARE = 20, 0.90, 1.0, 0.95, 0.20
+
+
+def pinned(backend: Backend, table_dir: Path, core_mask: str | None) -> dict[str, Any]:
+    """The runner options of a backend: its own, pinned to the full table's recorded cores (so
+    truth and adapt run where the table was measured), else to --core-mask."""
+    recorded = None
+    meta = table_dir / "meta.json"
+    if meta.is_file():
+        recorded = (json.loads(meta.read_text()).get("device") or {}).get("core_mask")
+    mask = MOVE_TO or recorded or core_mask
+    return {**backend.options, **({"core_mask": mask} if mask else {})}
+
+
+def measuring_seconds(journal_path: Path, sessions: set[str] | None = None) -> tuple[float, int]:
+    """(seconds, rounds) a table's journal spent measuring: per session, its first record to its
+    last on the device's clock (anchor readings, idle spacing and pauses inside; the exports made
+    before the first record left out, so a cold export cache does not count against the full
+    build), summed over `sessions` (all when None); and the rounds recorded."""
+    from latbench.measuring.journal import Journal
+
+    spans: dict[str, tuple[float, float]] = {}
+    rounds = 0
+
+    def seen(session: str | None, at: float) -> None:
+        if session is not None and (sessions is None or session in sessions):
+            first, last = spans.get(session, (at, at))
+            spans[session] = (min(first, at), max(last, at))
+
+    with Journal(journal_path) as journal:
+        for rows in journal.rows().values():
+            for r in rows:
+                seen(r.session, r.measured_at)
+                rounds += sessions is None or r.session in sessions
+        for a in journal.anchors():
+            seen(a.session, a.measured_at)
+    return sum(last - first for first, last in spans.values()), rounds
+
+
+def full_table(work: Path, name: str, space: Any, args: argparse.Namespace):
+    """The full table of `name` in DIR/name: loaded when complete, else built or resumed."""
+    from latbench import api
+    from latbench.core.errors import UsageError
+    from latbench.tables.table import LatencyTable
+
+    backend, out = BACKENDS[name], work / name
+    [plan] = api.plan_builds(backend.device, space=space, out=out, dtype=backend.dtype)
+    try:
+        table = LatencyTable.load(out)
+        complete = {c.key for c in plan.configs} <= set(table.blocks["key"]) \
+            and len(table.models) >= len(plan.calibration)
+    except UsageError:
+        complete = False
+    if not complete:
+        print(f"[{name}] full table in {out} missing or incomplete: building / resuming ({backend.describe()})",
+              flush=True)
+        api.build_tables(backend.device, space=space, out=out, dtype=backend.dtype, jobs=args.jobs, progress=True,
+                         device_options=pinned(backend, out, args.core_mask))
+        table = LatencyTable.load(out)
+    return table
+
+
+def truth(work: Path, name: str, table: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The end-to-end truth of target `name` (cached in DIR/truth-<name>.json): `lut validate`
+    of its full table on its backend."""
+    from latbench import api
+    from latbench.core.fileio import atomic_write_json
+
+    path = work / f"truth-{name}.json"
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("samples") == args.samples and cached.get("seed") == args.seed:
+            return cached
+    backend = BACKENDS[name]
+    print(f"[{name}] timing {args.samples} random subnets + S0-L end to end on {backend.describe()}", flush=True)
+    v = api.validate_table(table, backend.device, samples=args.samples, seed=args.seed, jobs=args.jobs,
+                           progress=True, **pinned(backend, work / name, args.core_mask))
+    data = {"samples": args.samples, "seed": args.seed, "table": str(table.path), "backend": backend.describe(),
+            "validation": v.to_dict()}
+    atomic_write_json(path, data)
+    return data
+
+
+def adapt_budgets(work: Path, name: str, source: Path, args: argparse.Namespace) -> dict[int, dict[str, Any]]:
+    """Adapt the source to target `name`, budget by budget (ascending) into DIR/adapt-<name>;
+    after each, a copy of the table and the sessions that made it. Budgets done are reused."""
+    from latbench import api
+    from latbench.core.fileio import atomic_write_json
+    from latbench.measuring.journal import Journal
+    from latbench.tables.table import LatencyTable
+
+    backend, out, snaps = BACKENDS[name], work / f"adapt-{name}", work / f"adapt-{name}-budgets"
+    record_path = snaps / "budgets.json"
+    records = {int(k): v for k, v in json.loads(record_path.read_text()).items()} if record_path.is_file() else {}
+    for budget in sorted(args.budgets):
+        snap = snaps / f"b{budget}"
+        if budget in records and (snap / "meta.json").is_file():
+            continue
+        if any(done > budget for done in records):
+            print(f"[{name}] budget {budget} skipped: {out} already holds a larger budget "
+                  f"({max(records)}); remove {out}* to measure it", flush=True)
+            continue
+        print(f"[{name}] adapt with budget {budget} ({backend.describe()})", flush=True)
+        api.adapt_table([source], backend.device, out=out, budget=budget, dtype=backend.dtype, jobs=args.jobs,
+                        progress=True, **pinned(backend, work / name, args.core_mask))
+        with Journal(out / "journal.sqlite") as journal:
+            sessions = [s["session"] for s in journal.sessions()]
+        LatencyTable.load(out).save(snap)
+        records[budget] = {"sessions": sessions, "table": str(snap)}
+        atomic_write_json(record_path, {str(k): v for k, v in sorted(records.items())})
+    return {b: {**r, "journal": str(out / "journal.sqlite")} for b, r in records.items() if b in args.budgets}
+
+
+def measured_items(adapted: Any, source: Any) -> list[tuple[float, float, float]]:
+    """(target ms, source ms, MACs) of everything the adapt measured: its measured blocks and
+    whole models, where the source table has them too (MACs 0 where a block has none)."""
+    from latbench.tables.table import PREDICTED
+
+    src = source.latency_ms()
+    src_models = dict(zip(source.models["key"], source.models["latency_ms"])) if len(source.models) else {}
+    out = []
+    for r in adapted.blocks.to_dict("records"):
+        if r.get("source") != PREDICTED and r["key"] in src:
+            macs = float(r["macs"]) if r.get("macs") == r.get("macs") and r.get("macs") is not None else 0.0
+            out.append((float(r["latency_ms"]), src[r["key"]], macs))
+    for r in adapted.models.to_dict("records"):
+        if r["key"] in src_models and r.get("latency_ms") == r.get("latency_ms"):
+            out.append((float(r["latency_ms"]), float(src_models[r["key"]]), float(r.get("macs") or 0.0)))
+    return out
+
+
+def evaluate(adapted: Any, source: Any, full: Any, cands: list[Any], measured: list[float],
+             source_ms: list[float], macs: list[float]) -> dict[str, Any]:
+    """The adapted table and the two baselines fitted on its measurements, against the truth."""
+    from latbench import api
+    from latbench.estimation.validate import accuracy_figures
+    from latbench.measuring.timebase import session_factor
+
+    levels = [(t.meta.get("anchors") or {}).get("levels_ms") or {} for t in (adapted, full)]
+    align = session_factor(*levels) or 1.0
+    items = measured_items(adapted, source)
+    factor = statistics.median(t / s for t, s, _ in items)
+    with_macs = [(t, m) for t, _, m in items if m > 0]
+    rate = sum(t for t, _ in with_macs) / sum(m for _, m in with_macs) if with_macs else math.nan
+    estimates = list(api.estimate_many(adapted, cands)["latency_ms"] * align)
+    return {"align": align, "measured_items": len(items),
+            "adapted": accuracy_figures(estimates, measured),
+            "source_factor": accuracy_figures([s * factor * align for s in source_ms], measured),
+            "macs": accuracy_figures([m * rate * align for m in macs], measured),
+            "factor": factor, "ms_per_gmac": rate * 1e9}
+
+
+def fmt(f: dict[str, float]) -> str:
+    return (f"{f['within_5pct']:4.0%} {f['within_10pct']:5.0%} {f['mean_abs_pct_error']:6.1f} "
+            f"{f['kendall_tau']:5.3f}")
+
+
+def run_pair(work: Path, name: str, source: Any, space: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from latbench import api
+    from latbench.tables.table import LatencyTable
+
+    full = full_table(work, name, space, args)
+    data = truth(work, name, full, args)
+    cands = api.validation_candidates(source, args.samples, args.seed)
+    rows = {r["name"]: r for r in data["validation"]["models"]}
+    if [c.name for c in cands] != list(rows):
+        raise SystemExit(f"{work / f'truth-{name}.json'} holds other models than --samples {args.samples} "
+                         f"--seed {args.seed} draw from the source's space; remove it to measure again")
+    measured = [rows[c.name]["measured_ms"] for c in cands]
+    source_ms = list(api.estimate_many(source, cands)["latency_ms"])
+    macs = [float(c.macs()) for c in cands]
+    full_s, full_rounds = measuring_seconds(Path(full.path) / "journal.sqlite")
+    budgets = adapt_budgets(work, name, Path(source.path), args)
+    print(f"\n== cpu -> {name} ({BACKENDS[name].describe()}): {len(cands)} models end to end; full table "
+          f"{len(full.blocks)} entries, {full_rounds} rounds, {full_s:.0f} s measuring; pass-to-pass noise median "
+          f"{data['validation']['noise']['median_pct']:.2f} %")
+    figures = f"{'+-5%':>4} {'+-10%':>5} {'|err|%':>6} {'tau':>5}"
+    print(f"{'':6} {'':6} {'':6} {'':5} | {'adapted':22} | {'source x one factor':22} | {'MACs-proportional':22} |")
+    print(f"{'budget':>6} {'rounds':>6} {'time':>6} {'%full':>5} | {figures} | {figures} | {figures} | align")
+    result: dict[str, Any] = {"full": {"measuring_s": full_s, "rounds": full_rounds,
+                                       "figures": {k: data["validation"][k] for k in
+                                                   ("within_5pct", "within_10pct", "mean_abs_pct_error",
+                                                    "kendall_tau")}},
+                              "budgets": {}}
+    for budget, rec in sorted(budgets.items()):
+        adapted = LatencyTable.load(rec["table"])
+        seconds, rounds = measuring_seconds(Path(rec["journal"]), set(rec["sessions"]))
+        e = evaluate(adapted, source, full, cands, measured, source_ms, macs)
+        e.update({"measuring_s": seconds, "rounds": rounds, "time_share": seconds / full_s if full_s else math.nan,
+                  "unmeasured_kinds": (adapted.meta.get("adapt") or {}).get("unmeasured_kinds") or []})
+        result["budgets"][budget] = e
+        print(f"{budget:6d} {rounds:6d} {seconds:5.0f}s {e['time_share']:5.0%} | {fmt(e['adapted'])} | "
+              f"{fmt(e['source_factor'])} | {fmt(e['macs'])} | {e['align']:.3f}"
+              + (f"  (kinds not measured: {', '.join(e['unmeasured_kinds'])})" if e["unmeasured_kinds"] else ""))
+    print(f"{'full':>6} {full_rounds:6d} {full_s:5.0f}s {1:5.0%} | {fmt(result['full']['figures'])} |"
+          "  (the full target table on the same subnets)")
+    return result
+
+
+def summary(results: dict[str, dict[str, Any]]) -> None:
+    """One line per goal: met or not, with the figures per pair (at the largest budget <= 20)."""
+    print("\n== goals (the largest budget <= 20 of each pair)")
+    picked = {}
+    for name, r in results.items():
+        small = [b for b in r["budgets"] if b <= GOAL_BUDGET]
+        if small:
+            picked[name] = (max(small), r["budgets"][max(small)])
+    if not picked:
+        print("no budget <= 20 was run")
+        return
+
+    def line(label: str, value, ok) -> None:
+        met = all(ok(e) for _, e in picked.values())
+        print(f"{'MET ' if met else 'NOT '} {label}: " + ", ".join(f"{n} (b{b}) {value(e)}" for n, (b, e) in
+                                                                   picked.items()))
+
+    line(f">= {GOAL_WITHIN_5:.0%} of subnets within +-5 %", lambda e: f"{e['adapted']['within_5pct']:.0%}",
+         lambda e: e["adapted"]["within_5pct"] >= GOAL_WITHIN_5)
+    line("100 % within +-10 %", lambda e: f"{e['adapted']['within_10pct']:.0%}",
+         lambda e: e["adapted"]["within_10pct"] >= GOAL_WITHIN_10)
+    line(f"Kendall tau >= {GOAL_TAU}", lambda e: f"{e['adapted']['kendall_tau']:.3f}",
+         lambda e: e["adapted"]["kendall_tau"] >= GOAL_TAU)
+    line(f"measuring time <= {GOAL_TIME_SHARE:.0%} of a full build", lambda e: f"{e['time_share']:.0%}",
+         lambda e: e["time_share"] <= GOAL_TIME_SHARE)
+    # Ahead of a baseline: a smaller mean |error| and no fewer subnets within +-5 %, at every budget.
+    every = [(n, b, e) for n, r in results.items() for b, e in r["budgets"].items()]
+
+    def ahead(e: dict[str, Any], base: str) -> bool:
+        return (e["adapted"]["mean_abs_pct_error"] < e[base]["mean_abs_pct_error"]
+                and e["adapted"]["within_5pct"] >= e[base]["within_5pct"])
+
+    behind = [f"{n} b{b} vs {base}" for n, b, e in every for base in ("source_factor", "macs") if not ahead(e, base)]
+    print(f"{'MET ' if not behind else 'NOT '} ahead of both baselines at every pair and budget (smaller mean "
+          f"|error|, no fewer within +-5 %)" + (f"; behind: {', '.join(behind)}" if behind else ""))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--work", required=True, help="directory of the full tables, truths and adapts (reused)")
+    ap.add_argument("--pairs", default=",".join(TARGETS), help=f"targets, comma-separated ({', '.join(TARGETS)})")
+    ap.add_argument("--budgets", type=int, nargs="+", default=[5, 10, 20, 40])
+    ap.add_argument("--samples", type=int, default=30, help="random subnets timed end to end (plus S0-L)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random subnets")
+    ap.add_argument("--core-mask", default="1", help="hex core mask for builds, adapts and end-to-end runs "
+                                                     "(a full table's recorded mask wins for its pair; '' none)")
+    ap.add_argument("--move-to", default=None, metavar="MASK",
+                    help="time truths and adapts on these cores instead of the full table's (a host whose other "
+                         "cores are busy: the same cores' model, a move of the work, not of the device)")
+    ap.add_argument("--space", default=None, help="space YAML of tables built here (default: the default space)")
+    ap.add_argument("--jobs", type=int, default=2, help="export worker processes")
+    args = ap.parse_args()
+    global MOVE_TO
+    MOVE_TO = args.move_to
+    pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
+    unknown = [p for p in pairs if p not in TARGETS]
+    if unknown or not pairs:
+        ap.error(f"unknown pair(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(TARGETS)}")
+    if any(b < 1 for b in args.budgets) or args.samples < 0:
+        ap.error("budgets must be >= 1 and --samples >= 0")
+    args.core_mask = args.core_mask or None
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    space = True if args.space is None else args.space
+    source = full_table(work, SOURCE, space, args)
+    results = {name: run_pair(work, name, source, space, args) for name in pairs}
+    summary(results)
+    from latbench.core.fileio import atomic_write_json
+
+    atomic_write_json(work / "bench-adapt.json", {"pairs": results, "samples": args.samples, "seed": args.seed})
+    print(json.dumps({"work": str(work), "figures": str(work / "bench-adapt.json")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
