@@ -160,8 +160,11 @@ def confirmed_by_period(rows: Mapping[str, Sequence[JournalRow]], values: Mappin
         # Only readings on both sides of a round that agree say what state it was in (a round
         # between a fast and a slow reading may be in either: taken as slow, such rounds made
         # simulated entries 10 % too fast).
+        # A member round of unknown state agrees with the others, so it shares their state: a
+        # quorum of members read steadily slow (and none fast) is enough.
         ratios = [_steady_ratio(timelines.get(r.device) or [], r.measured_at, rule, consensus.tolerance) for r in rs]
-        if not v.members or any(ratios[i] is None or ratios[i] <= fast_bound for i in v.members):
+        known = [ratios[i] for i in v.members if ratios[i] is not None]
+        if len(known) < consensus.quorum or any(q <= fast_bound for q in known):
             continue
         normalised = [x / q for x, q in zip(vals, ratios) if q and math.isfinite(x) and x > 0]
         if len(normalised) >= consensus.min_rounds:
