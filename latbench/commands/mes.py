@@ -53,7 +53,8 @@ def add_mes_flags(p: argparse.ArgumentParser, columns: bool = False) -> None:
     g.add_argument("--latency-unit", default=None, metavar="reference|MS",
                    help="latency unit: 'reference' (MobileNetV2-1.0 on the same table; default) or a fixed "
                         "value such as 1ms (the paper's)")
-    g.add_argument("--size-unit", default=None, metavar="N", help="size unit in parameters (default 3M)")
+    g.add_argument("--size-unit", default=None, metavar="N",
+                   help="size unit in parameters (default 3M); for an int8 table in MB of the model file (default 3)")
     g.add_argument("--alpha-latency", type=float, default=None, metavar="A", help="latency exponent (default 1.0)")
     g.add_argument("--alpha-size", type=float, default=None, metavar="A", help="size exponent (default 0.5)")
     if columns:  # column metrics exist only for listed candidates, not for subnets a search invents

@@ -54,6 +54,8 @@ from latbench.core.userfiles import check_keys
 from latbench.tables.table import REFERENCE_KEY, REFERENCE_MODEL, REFERENCE_RESOLUTION
 
 REFERENCE = "reference"  # the latency unit spelled in configs/CLI
+#: The getter of an int8 table's size metric: the model file, in MB.
+MODEL_MB = "model_mb"
 BUILTIN_GETTERS = {"params": "parameters", "macs": "MACs", "latency": "ms", "weights_mb": "MB", "model_mb": "MB"}
 #: The int8 size metric: the quantized model file in MB against 3M weights at one byte each.
 INT8_SIZE_UNIT_MB = 3.0
@@ -142,7 +144,7 @@ def for_precision(config: MESConfig, precision: str | None) -> MESConfig:
     quantized model file (model_mb, U = INT8_SIZE_UNIT_MB). A config from a file is kept as written."""
     if precision != "int8" or config.source != "defaults" or config.metric("size") is None:
         return config
-    return config.with_metric("size", getter="model_mb", unit=INT8_SIZE_UNIT_MB,
+    return config.with_metric("size", getter=MODEL_MB, unit=INT8_SIZE_UNIT_MB,
                               unit_label="MB (int8 model file)")
 
 
@@ -323,6 +325,16 @@ def resolve(config: MESConfig, table=None) -> MES:
     return MES(tuple(metrics), config.score)
 
 
+def parse_megabytes(value: Any, what: str) -> float:
+    """A positive size in MB ("3", "3MB", 2.5) for a size metric read from model files: a count
+    suffix (3M) would mean millions of MB, so it is refused."""
+    text = str(value).strip()
+    number = re.sub(r"(?i)\s*mb$", "", text) if isinstance(value, str) else value
+    if isinstance(number, str) and re.search(r"[kKmMgG]$", number):
+        raise UsageError(f"{what} is in MB of the model file for an int8 table (e.g. 3 or 3MB), got {shown(value)}")
+    return parse_count(number, what)
+
+
 def config_with_overrides(config: MESConfig, *, latency_unit: str | None = None, size_unit: str | None = None,
                           alpha_latency: float | None = None, alpha_size: float | None = None) -> MESConfig:
     """Apply the CLI flags (which win over the config file)."""
@@ -332,7 +344,10 @@ def config_with_overrides(config: MESConfig, *, latency_unit: str | None = None,
             latency_unit, "--latency-unit")
         config = config.with_metric("latency", unit=unit)
     if size_unit is not None:
-        config = config.with_metric("size", unit=parse_count(size_unit, "--size-unit"))
+        size = config.metric("size")
+        in_mb = size is not None and size.getter == MODEL_MB
+        config = config.with_metric("size", unit=parse_megabytes(size_unit, "--size-unit") if in_mb
+                                    else parse_count(size_unit, "--size-unit"))
     if alpha_latency is not None:
         config = config.with_metric("latency", alpha=parse_alpha(alpha_latency, "--alpha-latency"))
     if alpha_size is not None:

@@ -55,6 +55,18 @@ def test_custom_exponents_and_units():
         assert text in line
 
 
+def test_an_int8_table_s_size_unit_is_megabytes_of_the_model_file():
+    from latbench.efficiency.score import for_precision
+
+    int8 = for_precision(MESConfig(), "int8")
+    assert int8.metric("size").getter == "model_mb"
+    for given in ("4", "4MB", "4 mb", 4):
+        assert config_with_overrides(int8, size_unit=given).metric("size").unit == pytest.approx(4.0)
+    with pytest.raises(UsageError, match="in MB of the model file"):
+        config_with_overrides(int8, size_unit="3M")  # three million MB
+    assert config_with_overrides(MESConfig(), size_unit="3M").metric("size").unit == pytest.approx(3e6)
+
+
 def test_reference_unit_comes_from_the_table_and_makes_mobilenetv2_score_its_size_term():
     table = table_with({REFERENCE_KEY: 4.0, EMPTY_IN: 0.1})
     mes = resolve(MESConfig(), table)
