@@ -628,6 +628,7 @@ def model_file_mb(candidates: Sequence[Candidate], table: LatencyTable) -> dict[
     export cache) in the format of the table's device and the table's precision."""
     from device_runners import runner_class
     from latbench.core.hashing import tree_size
+    from latbench.efficiency.score import MODEL_MB
     from latbench.export.formats import format_of_recipe
     from latbench.measuring.session import export_artifacts
 
@@ -637,7 +638,7 @@ def model_file_mb(candidates: Sequence[Candidate], table: LatencyTable) -> dict[
     fmt = (format_of_recipe(table.meta.get("quantization"))
            or (runner_class(device_id).artifact_format if device_id else "onnx"))
     artifacts = export_artifacts(candidates, fmt, 1, table.dtype)
-    return {c.name: {"model_mb": tree_size(artifacts[c.key].path) / 1e6} for c in candidates}
+    return {c.name: {MODEL_MB: tree_size(artifacts[c.key].path) / 1e6} for c in candidates}
 
 
 def run_search(table: LatencyTable | str | Path, accuracy: str, *, target_latency: str | float | None = None,
@@ -693,7 +694,7 @@ def mes_report(table: LatencyTable | str | Path, candidates: Iterable[Target], *
     MESReport (`json_rows()` for plain data)."""
     from latbench.blocks.candidates import resolve_candidate, resolve_candidates
     from latbench.core.fileio import writable_dir
-    from latbench.efficiency.score import REFERENCE, read_metrics_csv, resolve
+    from latbench.efficiency.score import MODEL_MB, REFERENCE, read_metrics_csv, resolve
     from latbench.export.common import check_precision
     from latbench.measuring.models import measure_candidates
     from latbench.report.model import build_report
@@ -723,7 +724,7 @@ def mes_report(table: LatencyTable | str | Path, candidates: Iterable[Target], *
         missing = [c.name for c in cands if columns and c.name not in values]
         if missing:
             raise UsageError(f"metrics file {metrics} has no row for candidate {missing[0]!r}")
-    if any(m.getter == "model_mb" for m in config.metrics):  # sizes of the model files themselves
+    if any(m.getter == MODEL_MB for m in config.metrics):  # sizes of the model files themselves
         sizes = model_file_mb(cands, t)
         values = {c.name: {**(values or {}).get(c.name, {}), **sizes[c.name]} for c in cands}
 

@@ -56,7 +56,7 @@ from latbench.tables.table import REFERENCE_KEY, REFERENCE_MODEL, REFERENCE_RESO
 REFERENCE = "reference"  # the latency unit spelled in configs/CLI
 #: The getter of an int8 table's size metric: the model file, in MB.
 MODEL_MB = "model_mb"
-BUILTIN_GETTERS = {"params": "parameters", "macs": "MACs", "latency": "ms", "weights_mb": "MB", "model_mb": "MB"}
+BUILTIN_GETTERS = {"params": "parameters", "macs": "MACs", "latency": "ms", "weights_mb": "MB", MODEL_MB: "MB"}
 #: The int8 size metric: the quantized model file in MB against 3M weights at one byte each.
 INT8_SIZE_UNIT_MB = 3.0
 COLUMN_PREFIX = "column:"
@@ -328,8 +328,7 @@ def resolve(config: MESConfig, table=None) -> MES:
 def parse_megabytes(value: Any, what: str) -> float:
     """A positive size in MB ("3", "3MB", 2.5) for a size metric read from model files: a count
     suffix (3M) would mean millions of MB, so it is refused."""
-    text = str(value).strip()
-    number = re.sub(r"(?i)\s*mb$", "", text) if isinstance(value, str) else value
+    number = re.sub(r"(?i)\s*mb$", "", value.strip()) if isinstance(value, str) else value
     if isinstance(number, str) and re.search(r"[kKmMgG]$", number):
         raise UsageError(f"{what} is in MB of the model file for an int8 table (e.g. 3 or 3MB), got {shown(value)}")
     return parse_count(number, what)

@@ -120,7 +120,7 @@ class LatencyEstimator:
         if all(b.kind == "model" for b in blocks):
             # Measured whole: nothing was summed, so neither overhead nor calibration applies.
             typical = self.typical_model.raw(blocks)[1] if self.typical_model else None
-            return self._with_predicted(Estimate(name, plain, plain, rows, 0.0, 1.0, "whole model measured end to end",
+            return self._annotated(Estimate(name, plain, plain, rows, 0.0, 1.0, "whole model measured end to end",
                                                  True, warnings, typical_ms=typical), predicted)
         est = self.model.estimate(blocks)
         method = "sum(block - empty) + empty(input)" if self.use_overhead else "plain sum"
@@ -141,7 +141,7 @@ class LatencyEstimator:
             typical = self.typical_model.estimate(blocks)
             if not math.isfinite(typical) or typical <= 0:
                 typical = self.typical_model.raw(blocks)[1]
-        return self._with_predicted(Estimate(name, est, plain, rows, e_in, self.scale, method, self.calibrated,
+        return self._annotated(Estimate(name, est, plain, rows, e_in, self.scale, method, self.calibrated,
                                              warnings, dict(scales), typical), predicted)
 
     def predicted_share(self, blocks: list[BlockConfig], rows: list[BlockEstimate]) -> tuple[int, float] | None:
@@ -159,7 +159,9 @@ class LatencyEstimator:
                                                   else 100.0) / 100 for k in used)
         return len(used), ms
 
-    def _with_predicted(self, e: Estimate, predicted: tuple[int, float] | None) -> Estimate:
+    def _annotated(self, e: Estimate, predicted: tuple[int, float] | None) -> Estimate:
+        """The estimate with what the table says of its certainty: the typical latency's stated
+        uncertainty, and the predicted entries it uses (an adapted table)."""
         e.typical_uncertainty_pct = self.typical_uncertainty_pct
         if self.typical_uncertainty_pct is not None and self.typical_uncertainty_pct > TYPICAL_WARNING_PCT:
             e.warnings.append(f"typical latency +-{self.typical_uncertainty_pct:.1f} % (95 %): the device's average "

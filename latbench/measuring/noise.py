@@ -156,8 +156,8 @@ def profile_of(readings: Sequence[Reading], *, precision: float = 0.02, floor_ms
     fastest = {k: v for k, v in fastest.items() if v > 0 and math.isfinite(v)}
     if not fastest:
         return None
-    spreads, pairs, others, within, typical, states, gaps = [], [], [], [], [], [], []
-    typical_at: list[tuple[float, float]] = []
+    spreads, pairs, others, within, states, gaps = [], [], [], [], [], []
+    typical: list[tuple[float, float]] = []  # (time, round median / key's fastest p2)
     samples_slow, samples_all, runs = 0, 0, []
     for key, low in fastest.items():
         vals = sorted(stat[id(r)] for r in by_key[key])
@@ -178,8 +178,7 @@ def profile_of(readings: Sequence[Reading], *, precision: float = 0.02, floor_ms
             # The device's average state from rounds taken when the schedule said, not because
             # they disagreed: an entry's first rounds, and every anchor reading (at fixed intervals).
             if n < FIRST_ROUNDS or by_key[key][0].anchor:
-                typical.append(med / low)
-                typical_at.append((r.at, med / low))
+                typical.append((r.at, med / low))
                 states.append(stat[id(r)] / low)
             slow = [x > floor * (1 + SLOW_STATE) for x in s]
             samples_slow += sum(slow)
@@ -205,14 +204,14 @@ def profile_of(readings: Sequence[Reading], *, precision: float = 0.02, floor_ms
         readings=sum(len(by_key[k]) for k in fastest), keys=len(fastest),
         round_spread=statistics.median(spreads), fast_agreement=_quantile(pairs, 0.25),
         fast_share=sum(others) / len(others) if others else 1.0,
-        within_ratio=statistics.median(within), typical_factor=statistics.fmean(typical),
+        within_ratio=statistics.median(within), typical_factor=statistics.fmean(v for _, v in typical),
         period_factor=statistics.fmean(states),
         slow_share=samples_slow / samples_all if samples_all else 0.0,
         slow_run=statistics.fmean(runs) if runs else 0.0,
         slow_span_s=statistics.fmean(spans) if spans else 0.0,
         trend_per_min=_slope_per_min(anchors), throttling=throttling, precision=precision,
         runs_per_round=statistics.median(len(r.measurement.samples_ms) for k in fastest for r in by_key[k]),
-        second_gap=statistics.median(gaps), typical_uncertainty=typical_uncertainty(typical_at))
+        second_gap=statistics.median(gaps), typical_uncertainty=typical_uncertainty(typical))
 
 
 #: The typical factor's uncertainty: its readings, in time order, fall into this many batches of
