@@ -76,7 +76,6 @@ class Backend:
 
 
 SOURCE = "cpu"
-MOVE_TO: str | None = None  # --move-to
 BACKENDS = {"cpu": Backend("cpu"), "litert": Backend("litert"), "litert-noxnn": Backend("litert", {"xnnpack": "off"}),
             "cpu-t2": Backend("cpu", {"threads": 2}), "cpu-fp16": Backend("cpu", dtype="fp16")}
 TARGETS = ("litert", "litert-noxnn", "cpu-t2", "cpu-fp16")
@@ -84,14 +83,14 @@ TARGETS = ("litert", "litert-noxnn", "cpu-t2", "cpu-fp16")
 GOAL_BUDGET, GOAL_WITHIN_5, GOAL_WITHIN_10, GOAL_TAU, GOAL_TIME_SHARE = 20, 0.90, 1.0, 0.95, 0.20
 
 
-def pinned(backend: Backend, table_dir: Path, core_mask: str | None) -> dict[str, Any]:
+def pinned(backend: Backend, table_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The runner options of a backend: its own, pinned to the full table's recorded cores (so
-    truth and adapt run where the table was measured), else to --core-mask."""
+    truth and adapt run where the table was measured), else to --core-mask; --move-to wins over both."""
     recorded = None
     meta = table_dir / "meta.json"
     if meta.is_file():
         recorded = (json.loads(meta.read_text()).get("device") or {}).get("core_mask")
-    mask = MOVE_TO or recorded or core_mask
+    mask = args.move_to or recorded or args.core_mask
     return {**backend.options, **({"core_mask": mask} if mask else {})}
 
 
@@ -138,7 +137,7 @@ def full_table(work: Path, name: str, space: Any, args: argparse.Namespace):
         print(f"[{name}] full table in {out} missing or incomplete: building / resuming ({backend.describe()})",
               flush=True)
         api.build_tables(backend.device, space=space, out=out, dtype=backend.dtype, jobs=args.jobs, progress=True,
-                         device_options=pinned(backend, out, args.core_mask))
+                         device_options=pinned(backend, out, args))
         table = LatencyTable.load(out)
     return table
 
@@ -157,7 +156,7 @@ def truth(work: Path, name: str, table: Any, args: argparse.Namespace) -> dict[s
     backend = BACKENDS[name]
     print(f"[{name}] timing {args.samples} random subnets + S0-L end to end on {backend.describe()}", flush=True)
     v = api.validate_table(table, backend.device, samples=args.samples, seed=args.seed, jobs=args.jobs,
-                           progress=True, **pinned(backend, work / name, args.core_mask))
+                           progress=True, **pinned(backend, work / name, args))
     data = {"samples": args.samples, "seed": args.seed, "table": str(table.path), "backend": backend.describe(),
             "validation": v.to_dict()}
     atomic_write_json(path, data)
@@ -185,7 +184,7 @@ def adapt_budgets(work: Path, name: str, source: Path, args: argparse.Namespace)
             continue
         print(f"[{name}] adapt with budget {budget} ({backend.describe()})", flush=True)
         api.adapt_table([source], backend.device, out=out, budget=budget, dtype=backend.dtype, jobs=args.jobs,
-                        progress=True, **pinned(backend, work / name, args.core_mask))
+                        progress=True, **pinned(backend, work / name, args))
         with Journal(out / "journal.sqlite") as journal:
             sessions = [s["session"] for s in journal.sessions()]
         LatencyTable.load(out).save(snap)
@@ -333,8 +332,6 @@ def main() -> int:
     ap.add_argument("--space", default=None, help="space YAML of tables built here (default: the default space)")
     ap.add_argument("--jobs", type=int, default=2, help="export worker processes")
     args = ap.parse_args()
-    global MOVE_TO
-    MOVE_TO = args.move_to
     pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
     unknown = [p for p in pairs if p not in TARGETS]
     if unknown or not pairs:
