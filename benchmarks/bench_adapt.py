@@ -9,9 +9,8 @@ Source: the `cpu` table (onnxruntime, 1 thread, fp32). Targets, each a pair with
 
 The truth of a pair is its target's FULL table and, timed end to end on the target, `--samples`
 random subnets (seeded: the same for every target) plus S0-L, measured once by `lut validate` on
-the full target table (two separated passes, on that table's time base). Per budget (5 -> 10 ->
-20 -> 40, one adapt growing into DIR/adapt-<target>: each budget keeps what the smaller one
-measured and adds to it) the bench prints the subnets' accuracy within +-5 / +-10 %, mean |error|,
+the full target table (two separated passes, on that table's time base). Per budget (5, 10, 20,
+40: each its own adapt straight from the source, as a user runs it) the bench prints the subnets' accuracy within +-5 / +-10 %, mean |error|,
 Kendall tau and the measuring time against the full build's, beside two baselines on the same
 truth and the same measured entries: (a) the source table's estimate times one factor (the median
 target/source ratio of the measured entries), (b) MACs-proportional (c x MACs, c = the measured
@@ -21,25 +20,21 @@ The adapted tables are put on the full target table's time base by their anchors
 blocks, measured in every session of both), as `lut validate` puts its measurements on the table's
 time base; the factor is printed. Measuring time is the sum over a table's journal sessions of
 first to last record (device clock; the exports before a session's first record are left out, so
-a cold export cache counts against neither side), for the full table
-and, per budget, for the adapt sessions up to that budget (each session starts with its own anchor
-probe, so budget N grown in steps costs a little more than one adapt straight to N: an upper
-bound); measured rounds are printed beside it (on AI Hub, one round is one job).
+a cold export cache counts against neither side), for the full table and, per budget, for that
+adapt (its anchor probe included); measured rounds are printed beside it (on AI Hub, one round is
+one job).
 
 Everything expensive is kept in --work DIR and reused, and resumes when interrupted:
 
     DIR/cpu, DIR/litert, DIR/litert-noxnn, DIR/cpu-t2, DIR/cpu-fp16   full tables (lut build --space);
                                        a missing or incomplete one is built / resumed here
     DIR/truth-<target>.json            the end-to-end truth (lut validate of the full target table)
-    DIR/adapt-<target>/                the adapted table, grown budget by budget
-    DIR/adapt-<target>-budgets/bN/     a copy of the adapted table as it was at budget N, and
-    DIR/adapt-<target>-budgets/budgets.json   the journal sessions that made it
+    DIR/adapt-<target>-bN/             the adapted table of budget N (with its journal)
     DIR/bench-adapt.json               the figures printed
 
-Budgets must grow within one DIR (a budget below one already measured there cannot be taken back:
-remove DIR/adapt-<target>* to redo a pair). Builds, adapts and end-to-end runs are pinned to the
-cores of --core-mask (hex, as `lut build --core-mask`), unless a full table records its own mask,
-which its pair then uses throughout.
+Remove DIR/adapt-<target>-bN to measure a budget again. Builds, adapts and end-to-end runs are
+pinned to the cores of --core-mask (hex, as `lut build --core-mask`), unless a full table records
+its own mask, which its pair then uses throughout.
 
     .venv/bin/python benchmarks/bench_adapt.py --work DIR [--pairs litert,cpu-t2] [--budgets 5 10 20 40]
         [--samples 30] [--seed 0] [--core-mask 1] [--space FILE] [--jobs 2]
@@ -164,33 +159,20 @@ def truth(work: Path, name: str, table: Any, args: argparse.Namespace) -> dict[s
 
 
 def adapt_budgets(work: Path, name: str, source: Path, args: argparse.Namespace) -> dict[int, dict[str, Any]]:
-    """Adapt the source to target `name`, budget by budget (ascending) into DIR/adapt-<name>;
-    after each, a copy of the table and the sessions that made it. Budgets done are reused."""
+    """One adapt per budget, straight from the source into DIR/adapt-<name>-b<N>, as a user runs
+    it (one session with its own probe). A finished one is reused; an interrupted one resumes."""
     from latbench import api
-    from latbench.core.fileio import atomic_write_json
-    from latbench.measuring.journal import Journal
-    from latbench.tables.table import LatencyTable
 
-    backend, out, snaps = BACKENDS[name], work / f"adapt-{name}", work / f"adapt-{name}-budgets"
-    record_path = snaps / "budgets.json"
-    records = {int(k): v for k, v in json.loads(record_path.read_text()).items()} if record_path.is_file() else {}
+    backend, done = BACKENDS[name], {}
     for budget in sorted(args.budgets):
-        snap = snaps / f"b{budget}"
-        if budget in records and (snap / "meta.json").is_file():
-            continue
-        if any(done > budget for done in records):
-            print(f"[{name}] budget {budget} skipped: {out} already holds a larger budget "
-                  f"({max(records)}); remove {out}* to measure it", flush=True)
-            continue
-        print(f"[{name}] adapt with budget {budget} ({backend.describe()})", flush=True)
-        api.adapt_table([source], backend.device, out=out, budget=budget, dtype=backend.dtype, jobs=args.jobs,
-                        progress=True, **pinned(backend, work / name, args))
-        with Journal(out / "journal.sqlite") as journal:
-            sessions = [s["session"] for s in journal.sessions()]
-        LatencyTable.load(out).save(snap)
-        records[budget] = {"sessions": sessions, "table": str(snap)}
-        atomic_write_json(record_path, {str(k): v for k, v in sorted(records.items())})
-    return {b: {**r, "journal": str(out / "journal.sqlite")} for b, r in records.items() if b in args.budgets}
+        out = work / f"adapt-{name}-b{budget}"
+        meta = out / "meta.json"
+        if not (meta.is_file() and (json.loads(meta.read_text()).get("adapt") or {}).get("budget") == budget):
+            print(f"[{name}] adapt with budget {budget} ({backend.describe()})", flush=True)
+            api.adapt_table([source], backend.device, out=out, budget=budget, dtype=backend.dtype, jobs=args.jobs,
+                            progress=True, **pinned(backend, work / name, args))
+        done[budget] = {"table": str(out), "journal": str(out / "journal.sqlite")}
+    return done
 
 
 def measured_items(adapted: Any, source: Any) -> list[tuple[float, float, float]]:
@@ -266,7 +248,7 @@ def run_pair(work: Path, name: str, source: Any, space: Any, args: argparse.Name
                               "budgets": {}}
     for budget, rec in sorted(budgets.items()):
         adapted = LatencyTable.load(rec["table"])
-        seconds, rounds = measuring_seconds(Path(rec["journal"]), set(rec["sessions"]))
+        seconds, rounds = measuring_seconds(Path(rec["journal"]))
         e = evaluate(adapted, source, full, cands, measured, source_ms, macs)
         e.update({"measuring_s": seconds, "rounds": rounds, "time_share": seconds / full_s if full_s else math.nan,
                   "unmeasured_kinds": (adapted.meta.get("adapt") or {}).get("unmeasured_kinds") or []})

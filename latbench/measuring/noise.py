@@ -37,6 +37,10 @@ from latbench.core.errors import UsageError
 from latbench.measuring.consensus import ConsensusRule
 from latbench.measuring.measurement import Measurement, percentile
 
+#: Marks (in Measurement.extra) an anchor read while an entry's next round waited for the device to
+#: leave a slow state: such readings are taken more often the longer the device stays slow, so
+#: the profile, which reads the device's average state from anchors at fixed intervals, skips them.
+SPACING_POLL = "spacing_poll"
 #: A reading this much above its key's fastest is in a slow state (profile statistics only).
 SLOW_STATE = 0.10
 #: Rounds an entry may get at most, whatever the profile says.
@@ -133,7 +137,7 @@ def journal_profile(rows: Mapping[str, Sequence[Any]], anchors: Sequence[Any], *
 
     readings = [Reading(r.measured_at, k, r.measurement) for k, rs in rows.items() for r in rs if normal(r.measured_at)]
     readings += [Reading(a.measured_at, f"anchor:{a.key}@{a.session}", a.measurement, True) for a in anchors
-                 if normal(a.measured_at)]
+                 if normal(a.measured_at) and not a.measurement.extra.get(SPACING_POLL)]
     return profile_of(readings, precision=precision, floor_ms=floor_ms, throttling=throttling)
 
 

@@ -34,12 +34,22 @@ from latbench.core.progress import ProgressFn, no_progress
 from latbench.measuring.consensus import ConsensusRule, Verdict
 from latbench.measuring.journal import AnchorRow, Journal, JournalRow
 from latbench.measuring.measurement import Measurement, SamplingPolicy
-from latbench.measuring.noise import HeatRule, MeasuringRules, NoiseProfile, derive_rules, journal_profile
+from latbench.measuring.noise import (
+    SPACING_POLL,
+    HeatRule,
+    MeasuringRules,
+    NoiseProfile,
+    derive_rules,
+    journal_profile,
+)
 from latbench.measuring.periods import PeriodRule, confirmed_by_period, journal_slow_periods
 from latbench.measuring.timebase import anchor_levels, timebase_key
 
 #: The longest an extra round waits after the entry's previous one (the doubling stops there).
 MAX_WAIT_S = 16.0
+#: While waiting to space an entry's rounds, an anchor is read this often to see whether the
+#: device is still slow (on a phone: a round of well under a second per two idle seconds).
+POLL_S = 2.0
 #: Idle steps (of HeatRule.step_s) a build ending with slow anchors waits to see it cool.
 END_CHECK_STEPS = 6
 
@@ -333,6 +343,7 @@ class MeasuringSession:
         self._cooling = False
         self._started_at = 0.0
         self._last_anchor_ratio: float | None = None
+        self._polling = False
         self._anchor_jobs: list[Job] = []
 
     # -- the session --------------------------------------------------------------------------
@@ -610,13 +621,34 @@ class MeasuringSession:
         idle = getattr(self.dispatcher, "idle", None)
         if idle is not None:
             if wait_until > self.clock():
-                self.progress("spacing", 0, 1, f"idle {wait_until - self.clock():.0f} s before the next rounds")
-                idle(wait_until - self.clock())
+                self.progress("spacing", 0, 1, f"idle up to {wait_until - self.clock():.0f} s before the next rounds")
+                self._idle_until_fast(wait_until, anchor_jobs, idle)
             return
         turn = 0
         while self.clock() < wait_until:
             self.dispatcher.execute([], [anchor_jobs[turn % len(anchor_jobs)]], self.plan.anchor_every, self._commit)
             turn += 1
+
+    def _idle_until_fast(self, wait_until: float, anchor_jobs: list[Job], idle: Callable[[float], None]) -> None:
+        """Idle until `wait_until`, reading one anchor every POLL_S: the wait is there to outlast
+        a slow state, so once an anchor reads within the tolerance of its level the device has
+        left it and the next rounds start. (Small sessions, an adapt's or a build's last waves,
+        otherwise idled out every doubled wait: on this VM two thirds of an adapt's time.)"""
+        turn = 0
+        while (left := wait_until - self.clock()) > 0:
+            idle(min(POLL_S, left))
+            if self.clock() >= wait_until:
+                return
+            self._last_anchor_ratio, self._polling = None, True
+            try:
+                self.dispatcher.execute([], [anchor_jobs[turn % len(anchor_jobs)]], self.plan.anchor_every,
+                                        self._commit)
+            finally:
+                self._polling = False
+            turn += 1
+            ratio = self._last_anchor_ratio
+            if ratio is not None and ratio <= 1 + self.rules.consensus.tolerance:
+                return
 
     def _anchor_ratio(self, key: str, m: Measurement) -> float | None:
         """An anchor reading against the anchor's level in this session so far."""
@@ -636,10 +668,12 @@ class MeasuringSession:
         if m.throttled:
             self._throttled.append(res.job.key)
         if is_anchor:
+            if self._polling:  # read because the device was slow: kept out of its noise profile
+                m.extra[SPACING_POLL] = True
             self.journal.record_anchor(self.session, res.device, self._anchor_seq, res.job.key, m, at=self.clock())
             self._anchor_seq += 1
+            self._last_anchor_ratio = self._anchor_ratio(res.job.key, m)
             if self.plan.heat is not None:
-                self._last_anchor_ratio = self._anchor_ratio(res.job.key, m)
                 self._heat_check(self._last_anchor_ratio)
             return
         target = self._targets[res.job.key]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 from scripted_device import ScriptedRunner
@@ -10,19 +11,21 @@ from scripted_device import ScriptedRunner
 from latbench.blocks.configs import AttnConfig, FFNConfig
 from latbench.core.errors import UsageError
 from latbench.measuring.consensus import ConsensusRule
-from latbench.measuring.journal import Journal
+from latbench.measuring.journal import AnchorRow, Journal
 from latbench.measuring.measurement import THROTTLING_WARNING, Measurement
 from latbench.measuring.noise import (
+    SPACING_POLL,
     HeatRule,
     Reading,
     derive_rules,
+    journal_profile,
     parse_duration,
     parse_precision,
     profile_of,
     rounds_for,
     typical_uncertainty,
 )
-from latbench.measuring.session import MeasuringPlan, MeasuringSession, Target, probe_noise
+from latbench.measuring.session import POLL_S, MeasuringPlan, MeasuringSession, Target, probe_noise
 
 BLOCKS = [FFNConfig(224, 3, 96, 2), FFNConfig(224, 3, 96, 3), FFNConfig(224, 4, 176, 4), AttnConfig(224, 4, 176)]
 ANCHOR = FFNConfig(224, 3, 96, 4)
@@ -237,18 +240,66 @@ def test_a_device_that_heats_in_the_last_rounds_is_caught_when_the_build_ends(mo
     assert pauses == [] and res.report["noise_profile"]["typical_factor"] > 1.05
 
 
-def test_extra_rounds_wait_with_the_device_idle():
-    """Spacing between an entry's rounds leaves the device idle (measuring anchors meanwhile kept a
-    simulated phone under load until it throttled)."""
-    runner = HotRunner(BASE.__getitem__, heat_after_s=10**9)
-    runner.slow(BLOCKS[0].key, 1.3, 1.0, 1.5, 1.0)  # needs a fourth round
+class SpellRunner(HotRunner):
+    """A device that a busy neighbour slows `factor` times for `spell_s` seconds from the moment
+    it first goes idle (whatever runs on it meanwhile); it never heats."""
+
+    def __init__(self, *args, spell_s: float, **kw) -> None:
+        super().__init__(*args, heat_after_s=10**9, **kw)
+        self.spell_s, self.spell_until = spell_s, None
+
+    def idle(self, seconds: float) -> None:
+        if self.spell_until is None:
+            self.spell_until = self.t + self.spell_s
+        super().idle(seconds)
+
+    def measure(self, prepared, policy=None, *, profile=False):
+        slow = self.spell_until is not None and self.t < self.spell_until
+        m = super().measure(prepared, policy, profile=profile)
+        return Measurement(m.label, [x * self.factor for x in m.samples_ms], provenance=m.provenance) if slow else m
+
+
+def spaced_run(spell_s: float):
+    """BLOCKS[0] needs a fourth round, to be taken 30 s after its third; the device idles meanwhile
+    (anchors measured all along kept a simulated phone under load until it throttled)."""
+    runner = SpellRunner(BASE.__getitem__, spell_s=spell_s)
+    runner.slow(BLOCKS[0].key, 1.3, 1.0, 1.5, 1.0)
     with Journal(":memory:") as journal:
-        res = hot_session(runner, journal, precision=None, min_separation_s=30.0, probe_rounds=0).run(
+        res = hot_session(runner, journal, precision=None, min_separation_s=30.0, probe_rounds=0, heat=None).run(
             [Target.of(c, "block") for c in BLOCKS], [Target.of(ANCHOR, "anchor")])
-        readings = len(journal.anchors())
+        polls = [a for a in journal.anchors() if a.measurement.extra.get(SPACING_POLL)]
     assert res.verdicts[BLOCKS[0].key].rounds == 4 and res.verdicts[BLOCKS[0].key].agreed
-    assert runner.idled and sum(runner.idled) >= 10.0  # the 30 s, less what the waves took meanwhile
-    assert readings <= 10  # the interleaved anchors only, none to pass the time
+    for c in BLOCKS:
+        assert res.verdicts[c.key].value == pytest.approx(BASE[c.key], rel=0.02)
+    return runner, polls
+
+
+def test_an_extra_round_waits_with_the_device_idle_until_an_anchor_reads_fast():
+    # The device is in its fast state: one idle step, one anchor that reads at its level, go.
+    runner, polls = spaced_run(spell_s=0.0)
+    assert runner.idled == [POLL_S] and len(polls) == 1
+    # A neighbour slows the whole device for 9 s: the wait goes on while the anchors read slow
+    # and ends with the first that reads fast, long before the 30 s.
+    runner, polls = spaced_run(spell_s=9.0)
+    assert runner.idled == [POLL_S] * 4 and len(polls) == 4
+    level = polls[-1].measurement.median
+    assert [round(p.measurement.median / level, 2) for p in polls] == [1.35, 1.35, 1.35, 1.0]
+
+
+def test_anchors_read_while_waiting_stay_out_of_the_noise_profile():
+    """They are read more often the longer the device stays slow: counted, they would make its
+    average state look slower than it is."""
+    def anchor(seq: int, at: float, factor: float, poll: bool = False) -> AnchorRow:
+        m = Measurement(ANCHOR.key, [0.4 * factor * (1 + 0.002 * (j % 10)) for j in range(50)],
+                        extra={SPACING_POLL: True} if poll else {})
+        return AnchorRow("s", None, seq, ANCHOR.key, m, at)
+
+    steady = [anchor(i, 10.0 * i, 1.0 if i % 2 else 1.1) for i in range(8)]
+    polls = [anchor(8 + i, 80.0 + 2 * i, 1.3, poll=True) for i in range(10)]
+    alone = journal_profile({}, steady)
+    assert journal_profile({}, steady + polls) == alone
+    assert journal_profile({}, steady + [replace(p, measurement=Measurement(p.key, p.measurement.samples_ms))
+                                         for p in polls]).typical_factor > alone.typical_factor + 0.05
 
 
 def test_a_device_that_never_cools_is_paused_at_most_the_rule_allows():
