@@ -52,6 +52,12 @@ MAX_WAIT_S = 16.0
 POLL_S = 2.0
 #: Idle steps (of HeatRule.step_s) a build ending with slow anchors waits to see it cool.
 END_CHECK_STEPS = 6
+#: ... when its anchors read slow for this share of the heat rule's span at least (15 s of the
+#: default 90 s). A simulated phone that began to throttle in a build's last 16 s (four anchor
+#: readings) set its typical latency 4 % high when this was a third (seeds 1 and 2 of
+#: bench_noise); this VM's slow spells of 10-15 s stay under it, and a longer one that ends by
+#: itself costs one idle step and a round for what it measured.
+END_SLOW_SHARE = 1 / 6
 
 #: Default sampling per role: many short measurements beat one long one on a drifting device.
 DEFAULT_POLICIES: dict[str, SamplingPolicy] = {
@@ -538,9 +544,7 @@ class MeasuringSession:
             return False
         self._end_heat_checked = True
         slow = rule.trailing_slow(self._anchor_ratios)
-        # A third of the rule's span at least: this VM's slow spells (10-15 s) end by themselves,
-        # and idling for them cost CI builds up to 90 s and a round more for what they measured.
-        if len(slow) < rule.readings or slow[0][0] - slow[-1][0] < rule.span_s / 3:
+        if len(slow) < rule.readings or slow[0][0] - slow[-1][0] < rule.span_s * END_SLOW_SHARE:
             return False
         throttling = getattr(self.dispatcher, "throttling", None)
         start, before = self.clock(), slow[0][1]

@@ -274,6 +274,27 @@ def spaced_run(spell_s: float):
     return runner, polls
 
 
+def test_a_slowdown_over_a_sixth_of_the_heat_span_at_the_end_is_looked_at():
+    """With the default heat rule (90 s span), a device that begins to throttle some 20 s before
+    the work runs out (the heat rule itself never fires) is still caught at the end: with a third
+    of the span as the bar, a simulated phone like it kept its typical latency 4 % high."""
+    def run(heat_after_s):
+        runner = HotRunner(BASE.__getitem__, reports=False, heat_after_s=heat_after_s, cool_s=20.0)
+        with Journal(":memory:") as journal:
+            res = hot_session(runner, journal, rounds=6, heat=HeatRule(step_s=10.0)).run(
+                [Target.of(c, "block") for c in BLOCKS], [Target.of(ANCHOR, "anchor")])
+            return res, journal.get_meta("pauses") or []
+
+    res, pauses = run(heat_after_s=22.0)
+    [pause] = pauses
+    assert 15.0 <= pause["at"] - pause["hot_from"] < 30.0  # slow for between a sixth and a third of the span
+    assert res.report["noise_profile"]["typical_factor"] < 1.05
+    for c in BLOCKS:
+        assert res.verdicts[c.key].value == pytest.approx(BASE[c.key], rel=0.02)
+    res, pauses = run(heat_after_s=10**9)  # a device that never heats: no idling at the end
+    assert pauses == []
+
+
 def test_an_extra_round_waits_with_the_device_idle_until_an_anchor_reads_fast():
     # The device is in its fast state: one idle step, one anchor that reads at its level, go.
     runner, polls = spaced_run(spell_s=0.0)
