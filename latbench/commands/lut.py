@@ -551,6 +551,12 @@ def print_validation(result) -> None:
     console().print(f"noise floor (pass to pass): median {n['median_pct']:.2f} %, max {n['max_pct']:.2f} %; "
                     f"{n['within_noise']:.0%} of the models' estimation errors are within their own pass-to-pass "
                     "spread", highlight=False)
+    factors = ", ".join("-" if f is None else f"x{f:.3f}" for f in n.get("time_base_factors") or [])
+    if n.get("time_base") == "models":
+        console().print(f"time base: the table's models {', '.join(n['reference_models'])} measured again ({factors})",
+                        highlight=False)
+    elif n.get("time_base") == "anchors":
+        console().print(f"time base: the table's anchor blocks ({factors})", highlight=False)
     for w in result.warnings:
         console().print(f"[yellow]warning:[/] {w}", highlight=False)
 

@@ -1,8 +1,9 @@
 """Check a latency table against end-to-end measurements of whole models on the device.
 
 Random subnets of the table's space plus the published S0-L are exported and measured end to end
-in at least two separated passes (each a measuring session: interleaved rounds until they agree,
-the table's anchors measured alongside to put the pass on the table's time base). Three
+in at least two separated passes (each a measuring session: interleaved rounds until they agree).
+Each pass is put on the table's time base by three of the table's own calibration models measured
+again alongside (S0 among them), or, for a table without them, by its anchor blocks. Three
 estimates computed in the same run are compared with the mean of the passes: latbench's
 estimator, the plain sum of isolated block latencies (the usual lookup-table method) and a
 MACs-proportional estimate. The pass-to-pass spread of each model is the noise floor: an
@@ -86,6 +87,27 @@ def macs_rate(table: LatencyTable) -> float:
     return total_ms / total_macs
 
 
+#: Calibration models of the table measured again in every pass (those validated anyway count):
+#: what puts a pass on the table's time base. On this project's 2-core VM the three small anchor
+#: blocks read 10 % slower in a validation pass than at build while the table's S0 ran within 2 %
+#: of its table value; by the anchors, 41 % of 34 models were within 5 % of an fp16 table, by the
+#: models 91 %.
+REFERENCE_MODELS = 3
+#: A pass whose anchors' factor is this far from its models' is named in the warnings.
+ANCHOR_DISAGREEMENT = 0.05
+
+
+def reference_models(table: LatencyTable, candidates: Sequence[Candidate]) -> list[tuple[Candidate, float]]:
+    """Up to REFERENCE_MODELS of the table's calibration models with their table latencies: the
+    ones validated anyway first (S0), then the others in the table's order; none when fewer than
+    two (a pass is then put on the time base by the anchors)."""
+    from latbench.measuring.models import MIN_REFERENCE_MODELS
+
+    keys = {c.key for c in candidates}
+    refs = sorted(table.reference_models(), key=lambda cm: cm[0].key not in keys)[:REFERENCE_MODELS]
+    return refs if len(refs) >= MIN_REFERENCE_MODELS else []
+
+
 def table_anchors_and_levels(table: LatencyTable) -> tuple[list[Any], dict[str, float]]:
     """The table's anchor blocks and their levels on its time base (empty when it has none)."""
     from latbench.blocks.configs import config_from_fields
@@ -108,12 +130,15 @@ def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate],
         est.check_covered(c.name, c.blocks())
     warnings = [f"table provenance differs: {d}" for d in table.check_provenance(runner.describe())]
     anchors, levels = table_anchors_and_levels(table)
-    if not levels:
+    references = reference_models(table, candidates)
+    if not levels and not references:
         warnings.append("the table records no anchor levels: measurements are not put on its time base")
-    timings = measure_models(candidates, runner, rounds=rounds, passes=passes, warmup=warmup, seed=seed, jobs=jobs,
+    timings = measure_models([*candidates, *[c for c, _ in references if c.key not in {x.key for x in candidates}]],
+                             runner, rounds=rounds, passes=passes, warmup=warmup, seed=seed, jobs=jobs,
                              precision=table.dtype, time_cap_s=time_cap_s,
                              progress=progress, anchors=anchors,
-                             anchor_levels_ms=levels, journal_dir=journal_dir, budget_s=budget_s)
+                             anchor_levels_ms=levels, journal_dir=journal_dir, budget_s=budget_s,
+                             reference_ms={c.key: ms for c, ms in references})
     rate = macs_rate(table)
     rows = []
     for c in candidates:
@@ -146,7 +171,14 @@ def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate],
     noises = [r["pass_noise_pct"] for r in rows if r["pass_noise_pct"] is not None]
     noise_floor = {"passes": passes, "median_pct": statistics.median(noises), "max_pct": max(noises),
                    "within_noise": sum(abs(r["error_pct"]) <= max(r["pass_noise_pct"], 0.0) for r in rows) / len(rows),
-                   "time_base_factors": timings.factors}
+                   "time_base_factors": timings.factors, "time_base": timings.time_base,
+                   "reference_models": [c.name for c, _ in references] if timings.time_base == "models" else [],
+                   "anchor_factors": timings.anchor_factors}
+    for p, (f, fa) in enumerate(zip(timings.factors, timings.anchor_factors)):
+        if timings.time_base == "models" and f and fa and abs(fa / f - 1) > ANCHOR_DISAGREEMENT:
+            warnings.append(f"pass {p + 1}: the table's anchors read the device {abs(f / fa - 1):.0%} "
+                            f"{'slower' if fa < f else 'faster'} than its whole models show; put on the table's time "
+                            f"base by the models (x{f:.3f}, the anchors said x{fa:.3f})")
     if timings.no_consensus:
         warnings.append(f"{len(timings.no_consensus)} model(s) never reached consensus between rounds "
                         f"(their figures are less reliable): {', '.join(timings.no_consensus[:4])}")

@@ -8,7 +8,7 @@ pass measures the anchors too and its results are put on that time base.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,10 @@ class ModelTimings:
     #: per pass: key -> the typical latency as a benchmark tool prints it (the mean over the key's
     #: rounds of each round's median run), on the time base
     typical_passes: list[dict[str, float]] = field(default_factory=list)
+    #: per pass: the factor the anchors alone gave (None: none); `factors` holds what was applied
+    anchor_factors: list[float | None] = field(default_factory=list)
+    #: what put the passes on the time base: "models" (the reference models), "anchors" or None
+    time_base: str | None = None
 
     def typical_mean(self, key: str) -> float | None:
         values = [p[key] for p in self.typical_passes if key in p]
@@ -73,14 +77,18 @@ def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, 
                    runs: int | None = None, seed: int = 0, jobs: int = 1, precision: str | None = None,
                    time_cap_s: float = 4.0, progress: ProgressFn | None = None, anchors: Sequence[Any] = (),
                    anchor_levels_ms: dict[str, float] | None = None,
-                   journal_dir: str | Path | None = None, budget_s: float | None = None) -> ModelTimings:
+                   journal_dir: str | Path | None = None, budget_s: float | None = None,
+                   reference_ms: Mapping[str, float] | None = None) -> ModelTimings:
     """Measure whole models end to end: `passes` measuring sessions one after the other, each
     interleaved rounds until every model's rounds agree.
 
     With `anchors` (BlockConfigs, e.g. a table's anchor blocks) and their `anchor_levels_ms` on a
     table's time base, every pass also measures the anchors and its results are put on that
-    time base; without, results are taken as measured. With `journal_dir`, pass p keeps its raw
-    measurements in journal_dir/pass{p}.sqlite (else in memory).
+    time base; without, results are taken as measured. With `reference_ms` (candidate key -> its
+    latency on that time base, for at least MIN_REFERENCE_MODELS of the candidates: a table's
+    calibration models measured again), a pass is put on the time base by those whole models
+    instead (the median of reference / measured), the anchors' factor kept beside it. With
+    `journal_dir`, pass p keeps its raw measurements in journal_dir/pass{p}.sqlite (else in memory).
     """
     if rounds < 1 or passes < 1:
         raise UsageError(f"measurement rounds and passes must be >= 1, got {rounds} and {passes}")
@@ -96,6 +104,9 @@ def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, 
     slow_period: list[str] = []
     sessions = []
     typical: list[dict[str, float]] = []
+    anchor_factors: list[float | None] = []
+    by_models = bool(reference_ms) and len({c.key for c in candidates} & set(reference_ms or {})) >= \
+        MIN_REFERENCE_MODELS
     dispatcher = as_dispatcher(runner)
     for p in range(passes):
         applied: list[float | None] = [None]
@@ -117,17 +128,35 @@ def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, 
                                    export_jobs=jobs, precision=precision, time_base=time_base)
         res = session.run(targets, anchor_targets)
         sessions.append(res)
-        out.append({k: v.value for k, v in res.verdicts.items()})
-        f = applied[0] or 1.0
+        # The anchors' factor is one number per session: taken back out, the same values as measured.
+        values = {k: v.value / (applied[0] or 1.0) for k, v in res.verdicts.items()}
+        chosen = applied[0]
+        if by_models:
+            chosen = reference_factor(values, reference_ms or {})
+        values = {k: v * (chosen or 1.0) for k, v in values.items()}
+        out.append(values)
+        f = chosen or 1.0
         typical.append({k: f * statistics.fmean(percentile(sorted(r.measurement.samples_ms), 50.0) for r in rows)
                         for k, rows in res.rows.items() if rows and all(r.measurement.samples_ms for r in rows)})
-        factors.append(applied[0])
+        factors.append(chosen)
+        anchor_factors.append(applied[0])
         no_consensus += [k for k in res.report.get("no_consensus", []) if k not in no_consensus]
         slow_period += [k for k in res.report.get("slow_period", []) if k not in slow_period]
         if res.report.get("max_drift") is not None:
             drifts.append(res.report["max_drift"])
+    base = "models" if by_models else "anchors" if any(f is not None for f in anchor_factors) else None
     return ModelTimings(out, dispatcher.describe(), max(drifts, key=abs) if drifts else None, factors,
-                        no_consensus, sessions, slow_period, typical)
+                        no_consensus, sessions, slow_period, typical, anchor_factors, base)
+
+
+#: Whole models a pass needs in common with the reference to be put on its time base by them.
+MIN_REFERENCE_MODELS = 2
+
+
+def reference_factor(values: Mapping[str, float], reference_ms: Mapping[str, float]) -> float | None:
+    """The median over reference models measured in a pass of reference / measured (None without)."""
+    ratios = [reference_ms[k] / v for k, v in values.items() if k in reference_ms and v > 0 and reference_ms[k] > 0]
+    return statistics.median(ratios) if ratios else None
 
 
 def measure_candidates(candidates: Sequence[Candidate], runner: Any, *, rounds: int = 3, warmup: int = 10,

@@ -171,6 +171,33 @@ class LatencyTable:
         return {k: (float(u) if u == u else math.nan)
                 for k, s, u in zip(self.blocks["key"], self.blocks["source"], unc) if s == PREDICTED}
 
+    def reference_models(self) -> list[tuple[Any, float]]:
+        """The EfficientFormerV2 models this table measured whole (its calibration models), each as
+        a Candidate with its latency on the table's time base: what a later session can measure
+        again to see how fast the device runs now. Rows whose architecture cannot be read back
+        (tables written before it was kept) are left out."""
+        import ast
+
+        from latbench.blocks.candidates import Candidate
+        from latbench.space import Arch
+
+        out = []
+        if not len(self.models) or "arch" not in self.models.columns:
+            return out
+        for row in self.models.to_dict("records"):
+            data, ms = row.get("arch"), row.get("latency_ms")
+            if row.get("role") != "calibration" or not isinstance(data, (str, dict)) or not (ms == ms and ms and ms > 0):
+                continue
+            try:  # on disk, pandas wrote the dict's repr: read back as a literal, never evaluated
+                arch = Arch.from_dict(ast.literal_eval(data) if isinstance(data, str) else data,
+                                      source=f"{self.label()}/models.csv")
+            except (ValueError, SyntaxError, UsageError):
+                continue
+            cand = Candidate(str(row["name"]), arch.resolution, arch=arch)
+            if cand.key == row["key"]:
+                out.append((cand, float(ms)))
+        return out
+
     def has(self, key: str) -> bool:
         return key in set(self.blocks["key"])
 
