@@ -16,9 +16,10 @@ truth and the same measured entries: (a) the source table's estimate times one f
 target/source ratio of the measured entries), (b) MACs-proportional (c x MACs, c = the measured
 entries' summed latency over their summed MACs); and the full target table's own accuracy.
 
-The adapted tables are put on the full target table's time base by their anchors (the same three
-blocks, measured in every session of both), as `lut validate` puts its measurements on the table's
-time base; the factor is printed. Measuring time is the sum over a table's journal sessions of
+The adapted tables are put on the full target table's time base as `lut validate` puts its
+passes on it: by the whole models both measured (an adapt's calibration models are the full
+build's first ones), or, below two of them (budgets 5 and 10), by their anchors (the same three
+blocks, measured in every session of both); the factor is printed. Measuring time is the sum over a table's journal sessions of
 first to last record (device clock; the exports before a session's first record are left out, so
 a cold export cache counts against neither side), for the full table and, per budget, for that
 adapt (its anchor probe included); measured rounds are printed beside it (on AI Hub, one round is
@@ -200,8 +201,13 @@ def evaluate(adapted: Any, source: Any, full: Any, cands: list[Any], measured: l
     from latbench.estimation.validate import accuracy_figures
     from latbench.measuring.timebase import session_factor
 
+    # On the full table's time base as `lut validate` puts a pass on it: by the whole models both
+    # measured (an adapt's calibration models are the full build's first ones), else the anchors.
+    full_models = dict(zip(full.models["key"], full.models["latency_ms"])) if len(full.models) else {}
+    shared = [full_models[k] / ms for k, ms in zip(adapted.models["key"], adapted.models["latency_ms"])
+              if k in full_models and ms > 0] if len(adapted.models) else []
     levels = [(t.meta.get("anchors") or {}).get("levels_ms") or {} for t in (adapted, full)]
-    align = session_factor(*levels) or 1.0
+    align = statistics.median(shared) if len(shared) >= 2 else session_factor(*levels) or 1.0
     items = measured_items(adapted, source)
     factor = statistics.median(t / s for t, s, _ in items)
     with_macs = [(t, m) for t, _, m in items if m > 0]
