@@ -553,8 +553,8 @@ def print_validation(result) -> None:
                     "spread", highlight=False)
     factors = ", ".join("-" if f is None else f"x{f:.3f}" for f in n.get("time_base_factors") or [])
     if n.get("time_base") == "models":
-        console().print(f"time base: the table's models {', '.join(n['reference_models'])} measured again, with its "
-                        f"anchors ({factors}; x1.000: they disagreed, taken as measured)", highlight=False)
+        console().print(f"time base: the table's models {', '.join(n['reference_models'])} measured again ({factors})",
+                        highlight=False)
     elif n.get("time_base") == "anchors":
         console().print(f"time base: the table's anchor blocks ({factors})", highlight=False)
     for w in result.warnings:

@@ -7,7 +7,6 @@ pass measures the anchors too and its results are put on that time base.
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,8 +45,7 @@ class ModelTimings:
     typical_passes: list[dict[str, float]] = field(default_factory=list)
     #: per pass: the factor the anchors alone gave (None: none); `factors` holds what was applied
     anchor_factors: list[float | None] = field(default_factory=list)
-    #: what put the passes on the time base: "models" (the reference models with the anchors, where
-    #: they agree), "anchors" or None
+    #: what put the passes on the time base: "models" (the reference models), "anchors" or None
     time_base: str | None = None
 
     def typical_mean(self, key: str) -> float | None:
@@ -88,8 +86,8 @@ def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, 
     table's time base, every pass also measures the anchors and its results are put on that
     time base; without, results are taken as measured. With `reference_ms` (candidate key -> its
     latency on that time base, for at least MIN_REFERENCE_MODELS of the candidates: a table's
-    calibration models measured again), a pass is put on the time base by those whole models and
-    the anchors together where they agree (agreed_factor), the anchors' own factor kept beside. With
+    calibration models measured again), a pass is put on the time base by those whole models
+    instead (the median of reference / measured), the anchors' factor kept beside it. With
     `journal_dir`, pass p keeps its raw measurements in journal_dir/pass{p}.sqlite (else in memory).
     """
     if rounds < 1 or passes < 1:
@@ -112,14 +110,11 @@ def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, 
     dispatcher = as_dispatcher(runner)
     for p in range(passes):
         applied: list[float | None] = [None]
-        anchor_ratios: list[float] = []
 
-        def time_base(journal, session, applied=applied, anchor_ratios=anchor_ratios):
+        def time_base(journal, session, applied=applied):
             if not anchor_levels_ms or not session:
                 return {}
-            levels = anchor_levels(journal.anchors(session), plan.consensus)
-            f = session_factor(levels, anchor_levels_ms)
-            anchor_ratios[:] = [anchor_levels_ms[k] / v for k, v in levels.items() if k in anchor_levels_ms and v > 0]
+            f = session_factor(anchor_levels(journal.anchors(session), plan.consensus), anchor_levels_ms)
             applied[0] = f
             return {session: f} if f else {}
 
@@ -137,7 +132,7 @@ def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, 
         values = {k: v.value / (applied[0] or 1.0) for k, v in res.verdicts.items()}
         chosen = applied[0]
         if by_models:
-            chosen = agreed_factor(reference_ratios(values, reference_ms or {}) + anchor_ratios)
+            chosen = reference_factor(values, reference_ms or {})
         values = {k: v * (chosen or 1.0) for k, v in values.items()}
         out.append(values)
         f = chosen or 1.0
@@ -158,30 +153,10 @@ def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, 
 MIN_REFERENCE_MODELS = 2
 
 
-#: A pass is put on the time base only when this share of its references (whole models and
-#: anchors) read the device faster, or all slower, than at build by more than SAME_SPEED.
-AGREEMENT = 5 / 6
-SAME_SPEED = 0.01
-
-
-def reference_ratios(values: Mapping[str, float], reference_ms: Mapping[str, float]) -> list[float]:
-    """Per reference model measured in a pass: its reference latency / what the pass measured."""
-    return [reference_ms[k] / v for k, v in values.items() if k in reference_ms and v > 0 and reference_ms[k] > 0]
-
-
-def agreed_factor(ratios: Sequence[float]) -> float | None:
-    """The time-base factor the references support: their median when nearly all of them
-    (AGREEMENT) say the device ran faster, or slower, than at build; else 1.0, the pass as
-    measured (None without references). Each reference is one measurement on each side, a few
-    percent noisy on a busy host: on this project's 2-core VM the anchors of an fp16 table's
-    validation read 6-11 % slower than at build while three of its whole models read 4-7 %
-    faster, and the subnets, as measured, agreed with the table (bias +0.3 %, 82 % within 5 %;
-    by the anchors 50 %, by the models 53 %)."""
-    if not ratios:
-        return None
-    f = statistics.median(ratios)
-    same = sum(r < 1 - SAME_SPEED for r in ratios) if f < 1 else sum(r > 1 + SAME_SPEED for r in ratios)
-    return f if same >= math.ceil(AGREEMENT * len(ratios) - 1e-9) else 1.0
+def reference_factor(values: Mapping[str, float], reference_ms: Mapping[str, float]) -> float | None:
+    """The median over reference models measured in a pass of reference / measured (None without)."""
+    ratios = [reference_ms[k] / v for k, v in values.items() if k in reference_ms and v > 0 and reference_ms[k] > 0]
+    return statistics.median(ratios) if ratios else None
 
 
 def measure_candidates(candidates: Sequence[Candidate], runner: Any, *, rounds: int = 3, warmup: int = 10,

@@ -50,24 +50,16 @@ def test_the_table_names_its_whole_models_for_a_later_session(table):
     assert refs[S0.key] == pytest.approx(MODEL_MS[S0.key], rel=0.01)
 
 
-@pytest.mark.parametrize("speed, anchors, warned", [(1.0, 1.15, "disagree"), (1.2, 1.0, None), (1.2, 1.05, None)],
-                         ids=["anchors-slow-alone", "device-slower", "device-slower-anchors-more"])
-def test_a_pass_is_put_on_the_time_base_where_the_tables_models_and_anchors_agree(table, speed, anchors, warned):
+@pytest.mark.parametrize("speed, anchors, warned", [(1.0, 1.15, True), (1.2, 1.0, False)],
+                         ids=["anchors-slow-alone", "device-slower"])
+def test_a_pass_is_put_on_the_time_base_by_the_tables_models(table, speed, anchors, warned):
     anchor_keys = [k for k in (table.meta.get("anchors") or {}).get("keys") or []]
     assert anchor_keys
     runner = SlowAnchorsRunner(anchor_keys, anchors, speed=speed)
     res = validate_table(table, runner, [S0], rounds=1, passes=2, jobs=1, time_cap_s=0.1)
     assert [r["name"] for r in res.rows] == [S0.name]  # S1 measured for the time base only
     assert res.noise["time_base"] == "models" and set(res.noise["reference_models"]) == {S0.name, S1.name}
-    # All references slower: their median, between what the models and the anchors say; the
-    # anchors alone slower: they disagree with the models, the pass is taken as measured.
-    factors = res.noise["time_base_factors"]
-    if speed == 1.0:
-        assert factors == pytest.approx([1.0, 1.0])
-    else:
-        assert all(1 / (speed * anchors) - 1e-3 <= f <= 1 / speed + 1e-3 for f in factors)
+    assert res.noise["time_base_factors"] == pytest.approx([1 / speed] * 2, rel=0.01)
     assert res.noise["anchor_factors"] == pytest.approx([1 / (speed * anchors)] * 2, rel=0.01)
-    assert res.rows[0]["measured_ms"] == pytest.approx(MODEL_MS[S0.key] * speed * factors[0], rel=0.01)
-    assert [w for w in res.warnings if "disagree" in w] == ([] if warned is None else [
-        f"pass {p}: the table's anchors (x{1 / 1.15:.3f}) and its whole models disagree on how fast the device "
-        "ran against the build: the pass is taken as measured" for p in (1, 2)])
+    assert res.rows[0]["measured_ms"] == pytest.approx(MODEL_MS[S0.key], rel=0.01)  # as fast as at build
+    assert any("anchors read the device 15% slower" in w for w in res.warnings) == warned
