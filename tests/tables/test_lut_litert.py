@@ -25,7 +25,7 @@ ONE = {
     "stages": [{"widths": [w], "depth": [1, 1], "expansions": [4], "attention": False} for w in (32, 48, 96, 176)],
 }
 ARCH = Arch(tuple(StageArch(w, (4,)) for w in (32, 48, 96, 176)), 224)  # the space's one architecture
-FAST = ["--runs", "15", "--rounds", "1", "--jobs", "2", "--no-reference", "--calibrate", "0"]
+FAST = ["--runs", "15", "--rounds", "1", "--max-rounds", "1", "--jobs", "2", "--no-reference", "--calibrate", "0"]
 
 
 def test_litert_table_build_check_validate_diff_and_mes(run_cli_json, tmp_path):
