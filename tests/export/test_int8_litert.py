@@ -71,13 +71,44 @@ def test_empty_model_is_one_quantize_dequantize_pair(report):
     assert rec.validation["xnnpack"]["fully_delegated"]  # XNNPACK converts both ways itself
 
 
+def _activation_zero_points(path: str) -> set[int]:
+    """Zero points of every int8 tensor that is not a constant (the activations)."""
+    from ai_edge_litert import schema_py_generated as s
+
+    model = s.Model.GetRootAs(Path(path).read_bytes(), 0)
+    sg = model.Subgraphs(0)
+    zps: set[int] = set()
+    for t in range(sg.TensorsLength()):
+        tensor = sg.Tensors(t)
+        q = tensor.Quantization()
+        constant = model.Buffers(tensor.Buffer()).DataLength() > 0
+        if int(tensor.Type()) == s.TensorType.INT8 and not constant and q is not None:
+            zps |= {int(q.ZeroPoint(i)) for i in range(q.ZeroPointLength())}
+    return zps
+
+
+def test_int8_activations_are_symmetric_so_xnnpack_takes_the_attention_matmuls(report):
+    """XNNPACK runs an int8 BATCH_MATMUL only on operands with zero point 0: with asymmetric
+    activations the attention's matmuls fell to the built-in kernels, except where calibration
+    happened to land on 0, and an isolated block then timed half of what it costs in a model."""
+    from latbench.export.tflite import op_inventory
+
+    rec = report[(KINDS["mhsa"].key, "tflite")]
+    assert op_inventory(rec.path).get("BATCH_MATMUL", 0) == 2
+    assert "BATCH_MATMUL" not in rec.validation["xnnpack"]["undelegated_ops"]
+    for kind in sorted(KINDS):
+        # -128 only where a kernel fixes the output range (softmax-like outputs over [0, 1]).
+        assert _activation_zero_points(report[(KINDS[kind].key, "tflite")].path) <= {0, -128}, kind
+    assert _activation_zero_points(rec.path) & {0}
+
+
 def test_manifest_records_the_litert_recipe(report):
     recipes = manifest_recipes(report, "tflite")
     assert len(recipes) == len(KINDS)
     for q in recipes:
         assert q["method"].startswith("ai_edge_quantizer") and q["quantizer_version"]
         assert q["calibration_seed"] == 0 and q["calibration_batches"] == 8 and q["activation_type"] == "int8"
-        assert q["per_channel"] is True
+        assert q["per_channel"] is True and q["activation_granularity"].startswith("per tensor, symmetric")
 
 
 def test_litert_recipes_it_cannot_make_are_one_line():
