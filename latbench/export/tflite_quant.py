@@ -31,9 +31,10 @@ batches (`qdq_pair`); subtracting it from a block's time (latbench.tables.overhe
 pair that the whole model pays only once.
 
 Parity (the metric of latbench.export.quantize: cosine similarity and relative L2 error against the
-fp32 PyTorch output). Measured with the recipe's earlier asymmetric activations (symmetric ones
-moved an attention block from 0.99960 to 0.99958 and L from 0.832 / 0.56 to 0.876 / 0.50) (ai-edge-quantizer 0.10.0, ai-edge-litert
-2.3.0, XNNPACK on x86, the export's validation input, calibration seed 0) on 44 blocks of the
+fp32 PyTorch output). Measured with the recipe's earlier asymmetric activations, ai-edge-quantizer
+0.10.0, ai-edge-litert 2.3.0, XNNPACK on x86, the export's validation input and calibration seed 0
+(symmetric activations moved an attention block from 0.99960 to 0.99958 and L from 0.832 / 0.56
+to 0.876 / 0.50) on 44 blocks of the
 default space (every stem and head, 8 of each other kind drawn at random, 6 empty models; the
 mhsa figures again with DIV in float, unchanged to the digits shown):
 
