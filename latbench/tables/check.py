@@ -3,9 +3,11 @@
 `check_table` measures a sample of a table's entries in a fresh measuring session, interleaved
 with the table's anchors, puts the new values on the table's time base (the anchors say how
 fast the device is now compared with when the table was built) and compares each with the
-stored latency. An entry *moved* when the two differ by more than the noise: the consensus
-tolerance, plus the larger round spread of the two, plus half the disagreement of the anchors
-about the time base. An entry that reads as moved gets `CONFIRM_ROUNDS` more rounds, later and
+stored latency. An entry *moved* when the two differ by a factor beyond 1 + the noise: the
+consensus tolerance, plus the larger round spread of the two, plus half the disagreement of the
+anchors about the time base. The factor is judged both ways (`moved_by`), as the spreads are
+(max/min - 1): a stored value 2.5x too slow reads 0.4 now, and `|0.4 - 1|` would count it as
+less of a move (0.6) than a value 2.5x too fast (1.5), small enough for a loaded host's noise. An entry that reads as moved gets `CONFIRM_ROUNDS` more rounds, later and
 interleaved, before it is reported: one check session can sit in a slow period of the device as a
 whole (on the development VM a full check of a quiet table read 8 of 102 entries 4-25 % off, and
 most came back when checked again). With `fix`, the new rounds of moved and flagged entries are recorded in
@@ -32,6 +34,11 @@ from latbench.tables.table import LatencyTable, row_config
 
 #: Further rounds (in later waves) an entry that reads as moved gets before it is reported.
 CONFIRM_ROUNDS = 2
+
+
+def moved_by(ratio: float) -> float:
+    """How far `ratio` (now / stored) is from 1 as a factor, in either direction: 0.4 and 2.5 are both 1.5."""
+    return max(ratio, 1 / ratio) - 1 if ratio > 0 else math.inf
 
 
 def _finite(x: Any) -> float:
@@ -130,7 +137,7 @@ def check_table(table: LatencyTable, runner: Any, *, sample: int | None = None, 
         out = []
         for key, v in verdicts.items():
             _, ratio, noise = reading(key, v, 0.0)
-            if v.rounds < rounds + CONFIRM_ROUNDS and math.isfinite(ratio) and abs(ratio - 1) > noise:
+            if v.rounds < rounds + CONFIRM_ROUNDS and math.isfinite(ratio) and moved_by(ratio) > noise:
                 out.append(key)
         return out
 
@@ -148,7 +155,7 @@ def check_table(table: LatencyTable, runner: Any, *, sample: int | None = None, 
     for key in keys:
         v = res.verdicts[key]
         stored, ratio, noise = reading(key, v, disagreement)
-        moved = not math.isfinite(ratio) or abs(ratio - 1) > noise
+        moved = not math.isfinite(ratio) or moved_by(ratio) > noise
         flags = rows_by_key[key].get("flags")
         out_rows.append({"key": key, "stored_ms": stored, "now_ms": v.value, "ratio": ratio, "noise": noise,
                          "moved": moved, "agreement": v.agreement,

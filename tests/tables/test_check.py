@@ -11,7 +11,7 @@ from scripted_device import ScriptedRunner, latency_following_macs
 
 from latbench.blocks.configs import FFNConfig
 from latbench.tables.build import BuildSettings, TableBuilder
-from latbench.tables.check import CONFIRM_ROUNDS, check_table
+from latbench.tables.check import CONFIRM_ROUNDS, check_table, moved_by
 
 # Six FFN blocks of stage 3; ffn-r224-s3-c96-e4 (FFNS[1]) is also an anchor, so it is not planted.
 FFNS = [FFNConfig(224, 3, w, e) for w in (96, 120, 144) for e in (2, 4)]
@@ -53,3 +53,11 @@ def test_fix_records_only_the_confirmed_move(table):
     after = {r["key"]: r for r in res.rows}
     assert after[spell]["fixed_ms"] is None
     assert after[moved]["fixed_ms"] == pytest.approx(0.7 * cost(moved), rel=0.01)
+
+
+def test_a_move_is_judged_as_a_factor_both_ways():
+    # A stored value 2.5x too slow (now / stored = 0.4) moved as far as one 2.5x too fast: with
+    # |ratio - 1| it would read 0.6, inside the noise a loaded host's check can report.
+    assert moved_by(0.4) == pytest.approx(1.5) and moved_by(2.5) == pytest.approx(1.5)
+    assert moved_by(1.0) == 0.0 and moved_by(0.0) == float("inf")
+    assert moved_by(0.95) == pytest.approx(1 / 0.95 - 1)
