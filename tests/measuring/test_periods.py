@@ -160,10 +160,11 @@ def test_an_entry_out_of_rounds_takes_its_rounds_over_the_anchors_slowdown():
     assert verdict.value == pytest.approx(statistics.median([0.66 / 1.3, 0.70 / 1.3, 0.74 / 1.3]))
 
 
-def _slow_consensus(slow_rounds_seen_by_anchors: bool, late_times: tuple[float, ...] = (27.0, 37.0, 107.0)):
+def _slow_consensus(slow_rounds_seen_by_anchors: bool, late_times: tuple[float, ...] = (27.0, 37.0, 107.0),
+                    late_factors: tuple[float, ...] | None = None, second_slow: float = 1.3):
     """Twelve entries, three rounds each, on a device whose anchors read it 30 % slow from 20 to
-    60 s and from 100 to 140 s; eleven entries have one slow round, one entry ("late") has all
-    three rounds slow, agreeing with each other."""
+    60 s and `second_slow` from 100 to 140 s; eleven entries have one slow round, one entry
+    ("late") has all its rounds slow (`late_factors`, default: agreeing with each other)."""
     from latbench.measuring.journal import AnchorRow, JournalRow
     from latbench.measuring.measurement import Measurement
     from latbench.measuring.periods import confirmed_by_period
@@ -174,17 +175,21 @@ def _slow_consensus(slow_rounds_seen_by_anchors: bool, late_times: tuple[float, 
     def slow(t):
         return 20 <= t < 60 or 100 <= t < 140
 
-    anchors = [AnchorRow("s", "d", i, "a", m(1.3 if slow(5.0 * i) else 1.0), 5.0 * i) for i in range(32)]
+    def state(t):
+        return second_slow if 100 <= t < 140 else 1.3 if slow(t) else 1.0
+
+    anchors = [AnchorRow("s", "d", i, "a", m(state(5.0 * i)), 5.0 * i) for i in range(32)]
     anchors += [AnchorRow("s", "d", 100 + i, "a", m(1.0), 0.5 + 5.0 * i) for i in range(3)]
     rule = ConsensusRule()
     plan = {f"k{i}": ([12.0 + i, 32.0 + i, 82.0 + i] if slow_rounds_seen_by_anchors else [12.0 + i, 72.0 + i, 82.0 + i],
                       [1.0, 1.3, 1.0]) for i in range(11)}
-    plan["late"] = (list(late_times), [1.3, 1.31] + [1.3] * (len(late_times) - 2))
+    plan["late"] = (list(late_times), list(late_factors or [1.3, 1.31] + [1.3] * (len(late_times) - 2)))
     rows = {k: [JournalRow(k, r, "block", {}, m(0.5 * f), None, t, "d", "s") for r, (t, f) in enumerate(zip(*tf))]
             for k, tf in plan.items()}
     vals = {k: [rule.round_value(r.measurement) for r in rs] for k, rs in rows.items()}
     decided = {k: rule.decide(v) for k, v in vals.items()}
-    assert decided["late"].agreed and decided["late"].value == pytest.approx(0.65, rel=0.01)
+    if late_factors is None:
+        assert decided["late"].agreed and decided["late"].value == pytest.approx(0.65, rel=0.01)
     return confirmed_by_period(rows, vals, decided, anchors, rule, RULE)
 
 
@@ -213,3 +218,23 @@ def test_a_slow_consensus_stands_where_the_anchors_do_not_explain_the_device():
     """The others' slow rounds fell while the anchors read fast (slow states of their own, the
     Xeon VM's trace): dividing by the anchors would make values too fast, so nothing changes."""
     assert _slow_consensus(False) == {}
+
+
+def test_three_rounds_in_steady_slow_states_that_agree_over_the_anchors_stand_without_a_fast_round():
+    """No fast round and no consensus: one round in a 30 % slow state, two in a 45 % slow one. Each
+    was taken between two anchor readings that agree on the slowdown; over it the three agree on
+    the fast value, so the entry needs no more rounds (on the simulated vm-bursts device a fifth of
+    rounds are fast and such entries ran to the round bound)."""
+    from latbench.measuring.periods import NORMALISED_QUORUM
+
+    late = (27.0, 107.0, 117.0)
+    out = _slow_consensus(True, late, late_factors=(1.3, 1.45, 1.46), second_slow=1.45)
+    assert NORMALISED_QUORUM == 3 and set(out) == {"late"}
+    assert out["late"].agreed and out["late"].value == pytest.approx(0.5, rel=0.01)
+    # Only two of them agree (the third slower than its anchors say: a burst of its own): more rounds.
+    assert _slow_consensus(True, late, late_factors=(1.3, 1.45, 1.6), second_slow=1.45) == {}
+    # A round at a change of state (its anchors disagree: 1.3 before, 1.0 after) does not count
+    # towards the three, though over the median of its anchors (1.15) it would agree.
+    assert _slow_consensus(True, (27.0, 58.0, 117.0), late_factors=(1.3, 1.15, 1.46), second_slow=1.45) == {}
+    # Where the anchors do not explain the device, the rounds keep waiting for a fast one.
+    assert _slow_consensus(False, late, late_factors=(1.3, 1.45, 1.46), second_slow=1.45) == {}
