@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -62,5 +63,18 @@ def add_progress_flag(parser) -> None:
 
 
 def shows_progress(args) -> bool:
-    """Progress goes to stderr unless --no-progress (or --json, whose readers want stdout alone)."""
-    return not (getattr(args, "no_progress", False) or getattr(args, "json", False))
+    """Progress goes to stderr unless --no-progress. With --json too (a scripted half-hour
+    validation should still log how far it is), except where stderr is stdout (`2>&1`) or that
+    cannot be told: there a progress line would break the JSON."""
+    if getattr(args, "no_progress", False):
+        return False
+    return not getattr(args, "json", False) or separate_streams()
+
+
+def separate_streams() -> bool:
+    """Whether stdout and stderr are open on different files or pipes."""
+    try:
+        out, err = os.fstat(sys.stdout.fileno()), os.fstat(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # replaced streams (capture, notebooks): unknown
+        return False
+    return (out.st_dev, out.st_ino) != (err.st_dev, err.st_ino)

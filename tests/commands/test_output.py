@@ -27,3 +27,32 @@ def test_output_that_is_not_a_terminal_is_never_folded(capsys):
     for key in KEYS:
         assert key * 4 in out
     assert "x" * 300 in out
+
+
+def test_json_keeps_progress_on_stderr_unless_stderr_is_stdout(tmp_path):
+    """A scripted run (`--json > out 2> log`) still logs its progress; with `2>&1` a progress line
+    would break the JSON, so there is none."""
+    import json
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "latbench", "export", "--model", "mobilenetv2_100", "--format", "onnx",
+            "--out", str(tmp_path / "a"), "--json"]
+    split = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert split.returncode == 0, split.stderr
+    assert json.loads(split.stdout)[0]["key"] == "model-mobilenetv2_100-r224"
+    assert "export 1/1 model-mobilenetv2_100-r224" in split.stderr
+    merged = subprocess.run([*args, "--force"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            timeout=300)
+    assert merged.returncode == 0 and json.loads(merged.stdout)[0]["key"] == "model-mobilenetv2_100-r224"
+    quiet = subprocess.run([*args, "--force", "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and "export 1/1" not in quiet.stderr
+
+
+def test_progress_is_off_where_the_streams_cannot_be_told_apart(capsys):
+    from argparse import Namespace
+
+    # capsys replaces both streams with objects without a file descriptor.
+    assert _output.shows_progress(Namespace(json=True)) is False
+    assert _output.shows_progress(Namespace(json=False)) is True
+    assert _output.shows_progress(Namespace(json=False, no_progress=True)) is False
