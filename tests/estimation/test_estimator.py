@@ -143,6 +143,22 @@ def test_fit_scales_recovers_per_group_scales_and_falls_back_to_one():
     assert one["attention"] == one["rest"] == pytest.approx(1.1)
 
 
+def test_two_scales_only_where_they_predict_held_out_models_better_than_one():
+    """A few models with noise unrelated to their attention share (one common true scale, 1.1):
+    non-negative least squares still finds two scales (1.14 / 1.06); on a host slow in 72 % of its
+    runs such a fit read attention x1.59, rest x0.59. Each model predicted from the others says
+    the second scale only fits the noise, so one scale stands."""
+    parts = [{"attention": a, "rest": r} for a, r in ((1.0, 9.0), (3.0, 7.0), (5.0, 5.0), (2.0, 12.0), (6.0, 4.0))]
+    noise = [1.1, 0.9, 1.08, 0.92, 1.0]
+    measured = [1.1 * (p["attention"] + p["rest"]) * n for p, n in zip(parts, noise)]
+    fit = fit_scales(parts, measured)
+    assert fit["attention"] == fit["rest"] == pytest.approx(fit_scale([sum(p.values()) for p in parts], measured))
+    # A real difference between the groups, under 2 % noise, keeps its two scales.
+    real = [(1.3 * p["attention"] + 1.05 * p["rest"]) * (1 + 0.02 * (i % 3 - 1)) for i, p in enumerate(parts)]
+    two = fit_scales(parts, real)
+    assert two["attention"] == pytest.approx(1.3, rel=0.05) and two["rest"] == pytest.approx(1.05, rel=0.05)
+
+
 def test_a_model_measured_in_a_slow_state_leaves_the_fit():
     from latbench.tables.overhead import robust_fit
 
@@ -155,7 +171,8 @@ def test_a_model_measured_in_a_slow_state_leaves_the_fit():
     assert kept == list(range(len(parts)))  # nothing is an outlier in ordinary noise
     slow = list(measured)
     slow[2] *= 1.33  # three agreeing rounds in one slow state
-    assert fit_scales(parts, slow)["attention"] > 1.38  # one such model drags a plain fit off
+    plain = fit_scales(parts, slow)  # one such model drags a plain fit off
+    assert abs(plain["attention"] / 1.3 - 1) > 0.05 or abs(plain["rest"] / 1.05 - 1) > 0.05
     scales, kept = robust_fit(parts, slow, min_models=4)
     assert 2 not in kept and len(kept) == len(parts) - 1
     assert scales["attention"] == pytest.approx(1.3, rel=0.03) and scales["rest"] == pytest.approx(1.05, rel=0.03)
