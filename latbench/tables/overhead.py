@@ -125,10 +125,11 @@ def fit_scales(parts: Sequence[Mapping[str, float]], measured: Sequence[float]) 
     least squares); one common scale when the models cannot tell the groups apart, or when the
     per-group scales predict each model from the others no better than one scale does.
 
-    Replayed on measured tables (validation errors of 30 random subnets + S0-L against their
-    end-to-end runs): the demo's cpu table built on a host slow in 72 % of its runs, attention
-    x1.59 / rest x0.59 -> one scale x0.97, mean error 20.5 -> 11.5 %; the int8 cpu table 79 -> 85 %
-    within 5 % (mean 2.7 -> 3.0 %); the int8 litert table 82 -> 82 % (tau 0.922 -> 0.929)."""
+    Replayed on measured tables (estimates against the end-to-end runs of their validations): the
+    demo's cpu table built on a host slow in 72 % of its runs (6 subnets + S0-L), attention x1.59 /
+    rest x0.59 -> one scale x0.97, mean error 20.5 -> 11.5 %; the int8 cpu table (30 subnets +
+    S0-L) 79 -> 85 % within 5 % (mean 2.7 -> 3.0 %); the int8 litert table 82 -> 82 % (tau 0.922 ->
+    0.929)."""
     if len(parts) != len(measured) or not parts:
         return {g: 1.0 for g in SCALE_GROUPS}
     totals = [sum(p.values()) for p in parts]
