@@ -43,7 +43,7 @@ from latbench.measuring.noise import HeatRule, MeasuringRules, journal_profile, 
 from latbench.measuring.periods import PeriodRule, confirmed_by_period, journal_slow_periods
 from latbench.measuring.session import MeasuringPlan, MeasuringSession, SessionResult, Target, round_values
 from latbench.measuring.timebase import base_levels, session_factors
-from latbench.tables.overhead import SCALE_GROUPS, OverheadModel, fit_scales, robust_fit
+from latbench.tables.overhead import SCALE_GROUPS, OverheadModel, fit_scales, robust_fit, scaled
 from latbench.tables.plausibility import PlausibilityRule, check_trends, entry_of
 from latbench.tables.table import (
     BLOCK_COLUMNS,
@@ -532,7 +532,7 @@ def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, facto
     table.models = pd.DataFrame(model_rows, columns=MODEL_COLUMNS)
     if parts:
         names = [r["name"] for r in model_rows if r["key"] in fit_keys]
-        fitted = [sum(scales[g] * p[g] for g in p) for p in parts]
+        fitted = [scaled(scales, p) for p in parts]
         table.meta["overhead"] = {
             "empty_models": True, "scale": scales["rest"], "scales": scales, "calibrated": True,
             "method": "sum(block - empty(shape)) + empty(input), attention mixers and the rest each times a scale "

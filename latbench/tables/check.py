@@ -7,10 +7,11 @@ stored latency. An entry *moved* when the two differ by a factor beyond 1 + the 
 consensus tolerance, plus the larger round spread of the two, plus half the disagreement of the
 anchors about the time base. The factor is judged both ways (`moved_by`), as the spreads are
 (max/min - 1): a stored value 2.5x too slow reads 0.4 now, and `|0.4 - 1|` would count it as
-less of a move (0.6) than a value 2.5x too fast (1.5), small enough for a loaded host's noise. An entry that reads as moved gets `CONFIRM_ROUNDS` more rounds, later and
-interleaved, before it is reported: one check session can sit in a slow period of the device as a
-whole (on the development VM a full check of a quiet table read 8 of 102 entries 4-25 % off, and
-most came back when checked again). With `fix`, the new rounds of moved and flagged entries are recorded in
+less of a move (0.6) than a value 2.5x too fast (1.5), small enough for a loaded host's noise.
+An entry that reads as moved gets `CONFIRM_ROUNDS` more rounds, later and interleaved, before it
+is reported: one check session can sit in a slow period of the device as a whole (on the
+development VM a full check of a quiet table read 8 of 102 entries 4-25 % off, and most came back
+when checked again). With `fix`, the new rounds of moved and flagged entries are recorded in
 the table's journal (as a session of their own) and the table is derived again: the consensus
 then runs over old and new rounds together.
 """

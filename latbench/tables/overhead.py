@@ -112,7 +112,12 @@ class OverheadModel:
         return out
 
     def estimate(self, blocks: Sequence[BlockConfig]) -> float:
-        return sum(self.scales[g] * v for g, v in self.parts(blocks).items())
+        return scaled(self.scales, self.parts(blocks))
+
+
+def scaled(scales: Mapping[str, float], parts: Mapping[str, float]) -> float:
+    """A model's latency: its raw sum per calibration group, each times the group's scale."""
+    return sum(scales[g] * v for g, v in parts.items())
 
 
 #: A per-group fit needs at least this many models, whose attention shares span at least this much.
@@ -162,7 +167,7 @@ def _held_out_error(fit, parts: Sequence[Mapping[str, float]], measured: Sequenc
     errors = []
     for i in range(len(parts)):
         scales = fit([j for j in range(len(parts)) if j != i])
-        errors.append((sum(scales[g] * v for g, v in parts[i].items()) / measured[i] - 1) ** 2)
+        errors.append((scaled(scales, parts[i]) / measured[i] - 1) ** 2)
     return sum(errors) / len(errors)
 
 
@@ -183,7 +188,7 @@ def robust_fit(parts: Sequence[Mapping[str, float]], measured: Sequence[float],
         scales = fit_scales([parts[i] for i in keep], [measured[i] for i in keep])
         if len(keep) <= min_models:
             return scales, keep
-        excess = {i: measured[i] / sum(scales[g] * v for g, v in parts[i].items()) - 1 for i in keep}
+        excess = {i: measured[i] / scaled(scales, parts[i]) - 1 for i in keep}
         typical = statistics.median(excess.values())
         spread = statistics.median(abs(e - typical) for e in excess.values())
         worst = max(keep, key=lambda i: excess[i])
