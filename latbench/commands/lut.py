@@ -56,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--force", action="store_true", help="re-measure everything")
     b.add_argument("--rounds", type=int, default=3,
                    help="interleaved rounds per entry; entries whose rounds disagree get more, up to --max-rounds")
-    b.add_argument("--max-rounds", type=int, default=8, help="bound on the rounds of an entry (default 8)")
+    b.add_argument("--max-rounds", type=int, default=8, help="bound on the rounds of an entry (default 8), in rounds of full length: where the "
+                        "device's rules take the best of many short rounds, five short count as one")
     b.add_argument("--runs", type=int, default=None, help="fixed timed runs per measurement (default adaptive)")
     b.add_argument("--time-cap", type=positive_seconds, default=1.5, metavar="S",
                    help="adaptive sampling: at most S seconds per block measurement (default 1.5)")
@@ -106,7 +107,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--out", required=True, help="the adapted table's directory (rerun the same command to resume)")
     a.add_argument("--jobs", type=int, default=2, help="export worker processes")
     a.add_argument("--rounds", type=int, default=3, help="interleaved rounds per measured entry")
-    a.add_argument("--max-rounds", type=int, default=8, help="bound on the rounds of an entry (default 8)")
+    a.add_argument("--max-rounds", type=int, default=8, help="bound on the rounds of an entry (default 8), in rounds of full length: where the "
+                        "device's rules take the best of many short rounds, five short count as one")
     a.add_argument("--runs", type=int, default=None, help="fixed timed runs per measurement (default adaptive)")
     a.add_argument("--time-cap", type=positive_seconds, default=1.5, metavar="S",
                    help="adaptive sampling: at most S seconds per block measurement (default 1.5)")

@@ -26,6 +26,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -58,6 +59,13 @@ END_CHECK_STEPS = 6
 #: bench_noise); this VM's slow spells of 10-15 s stay under it, and a longer one that ends by
 #: itself costs one idle step and a round for what it measured.
 END_SLOW_SHARE = 1 / 6
+#: Short rounds (rules' round_length < 1) take at least this many runs, whatever the plan's minimum
+#: times the length: their statistic (a low percentile) must still rest on several runs.
+MIN_SHORT_RUNS = 8
+#: ... and at least this many warm-up runs (a fresh session's first runs are its slowest)
+MIN_SHORT_WARMUP = 3
+#: ... and stop once the plan's shortened minimum is met: a CI target every round meets.
+SHORT_ROUND_CI = 1.0
 
 #: Default sampling per role: many short measurements beat one long one on a drifting device.
 DEFAULT_POLICIES: dict[str, SamplingPolicy] = {
@@ -385,7 +393,7 @@ class MeasuringSession:
                     # plausibility): its artifact was not part of the first wave's.
                     self._make_ready(todo)
                     self._separate(todo, anchor_jobs)
-                    pending = self.dispatcher.execute(todo, anchor_jobs, self.plan.anchor_every, self._commit)
+                    pending = self.dispatcher.execute(todo, anchor_jobs, self._anchor_every(), self._commit)
                     waves.append({"wave": len(waves), "jobs": len(todo), "pending": len(pending or ())})
                     rows, verdicts = self._state()
                     if pending:  # left with a remote service on purpose: a later run collects them
@@ -469,7 +477,13 @@ class MeasuringSession:
         if profile is not None:
             self.profile = profile
         self.rules = derive_rules(self.profile, self.plan.precision or 0.02, self.plan.consensus,
-                                  self.plan.min_separation_s)
+                                  self.plan.min_separation_s, short_rounds=self.plan.policy("block").runs is None)
+        # Anchor readings keep the plan's length (they are the time base) but stop where the rules
+        # say rounds stop; in place: the running waves hold this list.
+        anchor = self.plan.policy("anchor")
+        if not self.rules.extend_rounds and anchor.runs is None:
+            anchor = anchor.replace(target_ci=SHORT_ROUND_CI)
+        self._anchor_jobs[:] = [dc_replace(j, policy=anchor) for j in self._anchor_jobs]
 
     def _over_budget(self) -> bool:
         return self.plan.budget_s is not None and self.clock() - self._started_at >= self.plan.budget_s
@@ -602,12 +616,29 @@ class MeasuringSession:
         jobs.sort(key=lambda j: j.round if wave == 0 else 0)
         return jobs
 
+    def _anchor_every(self) -> int:
+        """Jobs between anchor readings: the plan's, counted in rounds of the plan's length (short
+        rounds read the anchors as often in time, not in rounds)."""
+        k = self.rules.round_length
+        return self.plan.anchor_every if k >= 1.0 else max(1, round(self.plan.anchor_every / k))
+
     def _policy(self, role: str) -> SamplingPolicy:
         """The plan's policy of a role, its rounds lengthened as the device's rules say."""
         policy = self.plan.policy(role)
         k = self.rules.round_length
-        if k <= 1.0 or policy.runs is not None:
+        if policy.runs is not None:
             return policy
+        if not self.rules.extend_rounds:
+            policy = policy.replace(target_ci=SHORT_ROUND_CI)
+        if k == 1.0:
+            return policy
+        if k < 1.0:
+            # Short rounds stop at their (shortened) minimum: the median's CI target would only
+            # keep them sampling a state that scatter between rounds outweighs.
+            return policy.replace(min_time_s=policy.min_time_s * k, target_ci=SHORT_ROUND_CI,
+                                  min_runs=max(MIN_SHORT_RUNS, int(policy.min_runs * k)),
+                                  warmup_runs=max(MIN_SHORT_WARMUP, int(policy.warmup_runs * k)),
+                                  warmup_time_s=policy.warmup_time_s * k)
         return policy.replace(time_cap_s=policy.time_cap_s * k, min_time_s=policy.min_time_s * k,
                               min_runs=int(policy.min_runs * k))
 

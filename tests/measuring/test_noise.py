@@ -14,6 +14,8 @@ from latbench.measuring.consensus import ConsensusRule
 from latbench.measuring.journal import AnchorRow, Journal
 from latbench.measuring.measurement import THROTTLING_WARNING, Measurement
 from latbench.measuring.noise import (
+    BEST_OF_ROUND_LENGTH,
+    ROUND_CEILING,
     SPACING_POLL,
     HeatRule,
     Reading,
@@ -25,7 +27,15 @@ from latbench.measuring.noise import (
     rounds_for,
     typical_uncertainty,
 )
-from latbench.measuring.session import POLL_S, MeasuringPlan, MeasuringSession, Target, probe_noise
+from latbench.measuring.periods import ANCHORS_EXPLAIN
+from latbench.measuring.session import (
+    MIN_SHORT_RUNS,
+    POLL_S,
+    MeasuringPlan,
+    MeasuringSession,
+    Target,
+    probe_noise,
+)
 
 BLOCKS = [FFNConfig(224, 3, 96, 2), FFNConfig(224, 3, 96, 3), FFNConfig(224, 4, 176, 4), AttnConfig(224, 4, 176)]
 ANCHOR = FFNConfig(224, 3, 96, 4)
@@ -48,17 +58,80 @@ def test_a_quiet_device_keeps_the_stated_precision_and_the_given_bound():
     assert "meets 2.0%" in rules.why
 
 
-def test_a_device_whose_fast_state_is_rare_confirms_single_rounds_by_their_period():
+def _rare_fast_profile():
+    """30 % of rounds fast, the rest 20-60 % slower (the Xeon VM's rounds)."""
     rng = random.Random(1)
-    # 30 % of rounds fast, the rest 20-60 % slower (the Xeon VM's rounds).
     readings = [r for k in range(40) for r in
                 rounds(f"k{k}", [1.0] + [1.0 if rng.random() < 0.3 else 1.2 + 0.4 * rng.random() for _ in range(4)],
                        start=k)]
-    profile = profile_of(readings)
+    return profile_of(readings)
+
+
+def test_a_device_whose_fast_state_is_rare_confirms_single_rounds_by_their_period():
+    profile = _rare_fast_profile()
     assert 0.15 < profile.fast_share < 0.45 and profile.period_factor > 1.1 and profile.slow_share > 0.4
     rules = derive_rules(profile, 0.02, ConsensusRule())
     assert rules.confirm_by_period and "confirmed by its period" in rules.why
     assert rules.consensus.min_rounds < rules.consensus.max_rounds <= 8  # never past the caller's bound
+
+
+@pytest.mark.parametrize("why", ["anchors", "ci"])
+def test_rare_fast_rounds_the_anchors_cannot_tell_get_the_best_of_many_short_rounds(why):
+    profile = _rare_fast_profile()
+    # Where the anchors explain the rounds and rounds meet their CI: period confirmation as before.
+    explained = replace(profile, anchors_explain=0.6, ci_missed=0.0)
+    assert derive_rules(explained, 0.02, ConsensusRule()).confirm_by_period
+    # Anchors that leave most of the scatter, or rounds that mostly end short of their CI target
+    # (two states mixed inside them): nothing tells a fast round, so every entry gets K short ones.
+    blind = replace(profile, anchors_explain=0.9) if why == "anchors" else replace(profile, ci_missed=0.4)
+    rules = derive_rules(blind, 0.02, ConsensusRule())
+    k = min(ROUND_CEILING, rounds_for(profile.fast_share, 1))
+    assert not rules.confirm_by_period and rules.consensus.min_rounds == rules.consensus.max_rounds == k
+    assert rules.round_length == BEST_OF_ROUND_LENGTH < 1 and not rules.extend_rounds
+    assert f"the fastest of {k} short rounds" in rules.why
+    # The caller's bound counts in rounds of the plan's length: 2 long rounds allow 10 short ones.
+    tight = derive_rules(blind, 0.02, ConsensusRule(min_rounds=2, max_rounds=2))
+    assert tight.consensus.max_rounds == min(k, round(2 / BEST_OF_ROUND_LENGTH))
+    # Rounds of a fixed number of runs cannot be shortened: the bound holds as given.
+    fixed = derive_rules(blind, 0.02, ConsensusRule(min_rounds=2, max_rounds=2), short_rounds=False)
+    assert fixed.consensus.max_rounds == 2 and fixed.round_length == 1.0 and "fastest of 2 rounds" in fixed.why
+    # Unknown (too few rounds to tell) is not "unexplained".
+    assert derive_rules(replace(profile, anchors_explain=None), 0.02, ConsensusRule()).confirm_by_period
+
+
+def test_rounds_short_of_their_ci_target_stop_at_their_minimum():
+    # Rounds whose runs alternate between two states 1.5x apart: the median's CI never narrows.
+    mixed = [Reading(10.0 * i + k, f"k{k}", Measurement(f"k{k}", [1.0 if (j // 10) % 2 else 1.5 for j in range(60)]))
+             for k in range(4) for i in range(3)]
+    profile = profile_of(mixed)
+    assert profile.ci_missed == 1.0
+    rules = derive_rules(profile, 0.02, ConsensusRule())
+    assert not rules.extend_rounds and "short of their CI target" in rules.why
+    steady = profile_of([r for k in range(4) for r in rounds(f"k{k}", [1.0, 1.004, 1.008], start=k)])
+    assert steady.ci_missed == 0.0 and derive_rules(steady, 0.02, ConsensusRule()).extend_rounds
+
+
+def test_the_profile_says_whether_the_anchors_explain_the_rounds(tmp_path):
+    # Entries and an anchor slowed down together (a device-wide state): dividing by the anchor's
+    # slowdown removes the scatter. Entries slowed on their own: it removes nothing.
+    def journal_of(shared: bool) -> tuple[dict, list]:
+        with Journal(tmp_path / f"j{shared}.sqlite") as j:
+            sid = j.start_session("build", "dev", {}, at=0.0)
+            state = [1.0, 1.3, 1.0, 1.5, 1.1, 1.0] * 3
+            for t, f in enumerate(state):
+                j.record_anchor(sid, "dev", t, ANCHOR.key, Measurement(ANCHOR.key, [0.4 * f] * 20), at=10.0 * t)
+            for k in range(12):
+                for r in range(4):
+                    t = 1 + 4 * r + (k % 3)
+                    own = [1.0, 1.4, 1.2, 1.0][(r + k) % 4]
+                    f = state[t] if shared else own
+                    j.record(f"k{k}", r, "block", {}, Measurement(f"k{k}", [0.2 * f] * 20), None,
+                             at=10.0 * t + 5.0, session=sid, device="dev")
+            return j.rows("block"), j.anchors()
+
+    explained = journal_profile(*journal_of(True))
+    alone = journal_profile(*journal_of(False))
+    assert explained.anchors_explain < 0.5 < ANCHORS_EXPLAIN < 0.9 < alone.anchors_explain
 
 
 def test_a_device_whose_fast_rounds_scatter_gets_the_closest_agreement_it_shows():
@@ -378,3 +451,25 @@ def test_longer_rounds_reach_the_runner_policy():
     base = session.plan.policy("block")
     longer = session._policy("block")
     assert longer.time_cap_s == pytest.approx(2 * base.time_cap_s) and longer.min_runs == 2 * base.min_runs
+
+
+def test_short_rounds_and_rounds_without_ci_extension_reach_the_runner_policy():
+    runner = HotRunner(BASE.__getitem__, heat_after_s=10**9)
+    session = hot_session(runner, rounds=3)
+    from dataclasses import replace as dc_replace
+
+    base = session.plan.policy("block")
+    session.rules = dc_replace(session.rules, extend_rounds=False)
+    capped = session._policy("block")
+    assert capped.target_ci >= 1.0 and capped.min_time_s == base.min_time_s and capped.min_runs == base.min_runs
+    session.rules = dc_replace(session.rules, round_length=0.2, extend_rounds=False)
+    short = session._policy("block")
+    assert short.min_time_s == pytest.approx(0.2 * base.min_time_s) and short.target_ci >= 1.0
+    assert short.min_runs == max(MIN_SHORT_RUNS, int(0.2 * base.min_runs)) < base.min_runs
+    assert short.warmup_runs < base.warmup_runs and short.warmup_time_s == pytest.approx(0.2 * base.warmup_time_s)
+    # Anchors read as often in time: five times as many short jobs between two readings.
+    assert session._anchor_every() == 5 * session.plan.anchor_every
+    # A short round stops as soon as its minimum is met, whatever its median's CI.
+    samples = [1.0, 1.5] * (short.min_runs // 2 + 1)
+    assert short.stop_reason(samples, short.min_time_s) == "ci"
+    assert base.stop_reason(samples, base.min_time_s) is None
