@@ -141,11 +141,13 @@ def within_ratio(measurements: Sequence[Measurement]) -> float:
 
 def journal_profile(rows: Mapping[str, Sequence[Any]], anchors: Sequence[Any], *, precision: float = 0.02,
                     floor_ms: float = 0.0, throttling: bool | None = None,
-                    pauses: Sequence[Mapping[str, Any]] = ()) -> NoiseProfile | None:
+                    pauses: Sequence[Mapping[str, Any]] = (), scheduled_rounds: int = 0) -> NoiseProfile | None:
     """The profile of everything a journal holds: entry rounds (key -> JournalRows) and anchor
     readings (AnchorRows), each anchor key apart per session (its level moves between sessions).
     Readings taken while the device was hot (`pauses`: from hot_from to the end of the pause) are
-    left out: the profile describes the device in normal operation."""
+    left out: the profile describes the device in normal operation. `scheduled_rounds`: rounds every
+    entry got by schedule, whatever its rounds said (the best-of rules: all of them; default the
+    first FIRST_ROUNDS)."""
     hot = [(float(p.get("hot_from", p["at"])), float(p["at"]) + float(p["seconds"])) for p in pauses]
 
     def normal(at: float) -> bool:
@@ -154,7 +156,8 @@ def journal_profile(rows: Mapping[str, Sequence[Any]], anchors: Sequence[Any], *
     readings = [Reading(r.measured_at, k, r.measurement) for k, rs in rows.items() for r in rs if normal(r.measured_at)]
     readings += [Reading(a.measured_at, f"anchor:{a.key}@{a.session}", a.measurement, True) for a in anchors
                  if normal(a.measured_at) and not a.measurement.extra.get(SPACING_POLL)]
-    profile = profile_of(readings, precision=precision, floor_ms=floor_ms, throttling=throttling)
+    profile = profile_of(readings, precision=precision, floor_ms=floor_ms, throttling=throttling,
+                         scheduled_rounds=scheduled_rounds)
     if profile is None:
         return None
     kept = {k: [r for r in rs if normal(r.measured_at)] for k, rs in rows.items()}
@@ -170,7 +173,7 @@ FIRST_ROUNDS = 3
 
 
 def profile_of(readings: Sequence[Reading], *, precision: float = 0.02, floor_ms: float = 0.0,
-               throttling: bool | None = None) -> NoiseProfile | None:
+               throttling: bool | None = None, scheduled_rounds: int = 0) -> NoiseProfile | None:
     """The profile of a set of rounds (None when no key has two rounds). A round is fast when it
     lies within `precision` (or `floor_ms`) of its key's fastest first round."""
     by_key: dict[str, list[Reading]] = {}
@@ -203,7 +206,7 @@ def profile_of(readings: Sequence[Reading], *, precision: float = 0.02, floor_ms
             within.append(med / stat[id(r)])
             # The device's average state from rounds taken when the schedule said, not because
             # they disagreed: an entry's first rounds, and every anchor reading (at fixed intervals).
-            if n < FIRST_ROUNDS or by_key[key][0].anchor:
+            if n < max(FIRST_ROUNDS, scheduled_rounds) or by_key[key][0].anchor:
                 typical.append((r.at, med / low))
                 states.append(stat[id(r)] / low)
             slow = [x > floor * (1 + SLOW_STATE) for x in s]
@@ -327,6 +330,13 @@ class MeasuringRules:
     #: Whether rounds sample past their minimum towards the CI target of the median (False where
     #: most rounds end at their time cap short of it: the extra samples bought nothing).
     extend_rounds: bool = True
+
+    @property
+    def scheduled_rounds(self) -> int:
+        """Rounds every entry gets by schedule, whatever its rounds say: all of them where the rule
+        fixes their number (the best-of rules), else none beyond the first."""
+        c = self.consensus
+        return c.min_rounds if c.min_rounds == c.max_rounds else 0
 
     @property
     def achievable(self) -> float:

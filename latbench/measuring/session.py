@@ -473,7 +473,8 @@ class MeasuringSession:
         profile = journal_profile(rows, self.journal.anchors(self.session), precision=self.plan.precision or 0.02,
                                   floor_ms=self.plan.consensus.floor_ms,
                                   throttling=throttling() if throttling else None,
-                                  pauses=self.journal.get_meta("pauses") or [])
+                                  pauses=self.journal.get_meta("pauses") or [],
+                                  scheduled_rounds=self.rules.scheduled_rounds)
         if profile is not None:
             self.profile = profile
         self.rules = derive_rules(self.profile, self.plan.precision or 0.02, self.plan.consensus,

@@ -325,7 +325,8 @@ def derive_table(journal: Journal, out_dir: Path, consensus: ConsensusRule | Non
     factors = session_factors(journal, rule)
     verdicts = decide_entries(journal, rule, factors, built.periods, bool(rules and rules.confirm_by_period))
     noise = journal_profile({**journal.rows("block"), **journal.rows("model")}, journal.anchors(),
-                            floor_ms=rule.floor_ms, pauses=journal.get_meta("pauses") or [])
+                            floor_ms=rule.floor_ms, pauses=journal.get_meta("pauses") or [],
+                            scheduled_rounds=rules.scheduled_rounds if rules else 0)
     # typical = fast x the entry's median/p2 inside its rounds x the device's typical state
     # (typical_factor over its median within-round ratio: the mean typical/fast of a round)
     period_factor = noise.typical_factor / noise.within_ratio if noise is not None else 1.0

@@ -99,6 +99,20 @@ def test_rare_fast_rounds_the_anchors_cannot_tell_get_the_best_of_many_short_rou
     assert derive_rules(replace(profile, anchors_explain=None), 0.02, ConsensusRule()).confirm_by_period
 
 
+def test_where_every_round_is_scheduled_all_of_them_read_the_typical_state():
+    # Each entry's first three rounds fell in a fast spell, its next three in a slow one (+50 %).
+    readings = [r for k in range(4) for r in rounds(f"k{k}", [1.0, 1.0, 1.0, 1.5, 1.5, 1.5], start=k)]
+    first = profile_of(readings)
+    every = profile_of(readings, scheduled_rounds=6)
+    # Later rounds are taken because the first disagreed (a biased sample) unless the rule fixes
+    # their number: then they are as much the device's state as the first.
+    assert first.typical_factor == pytest.approx(1.0, abs=0.02)
+    assert every.typical_factor == pytest.approx(1.25, abs=0.02)
+    best_of = derive_rules(replace(_rare_fast_profile(), anchors_explain=0.9), 0.02, ConsensusRule())
+    assert best_of.scheduled_rounds == best_of.consensus.max_rounds > 3
+    assert derive_rules(first, 0.02, ConsensusRule()).scheduled_rounds == 0
+
+
 def test_rounds_short_of_their_ci_target_stop_at_their_minimum():
     # Rounds whose runs alternate between two states 1.5x apart: the median's CI never narrows.
     mixed = [Reading(10.0 * i + k, f"k{k}", Measurement(f"k{k}", [1.0 if (j // 10) % 2 else 1.5 for j in range(60)]))
