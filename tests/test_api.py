@@ -157,6 +157,17 @@ def test_build_table_takes_one_model_name_as_one_model(tmp_path):
         api.build_settings(rounds=5, max_rounds=3)
 
 
+def test_build_settings_take_a_model_time_cap_apart_from_the_blocks():
+    from latbench import api
+
+    s = api.build_settings(time_cap=2.0, model_time_cap=1.5)
+    assert s.block_time_cap_s == 2.0 and s.model_time_cap_s == 1.5
+    assert s.policies()["model"].time_cap_s == 1.5
+    assert api.build_settings(time_cap=2.0).model_time_cap_s == 4.0
+    with pytest.raises(api.UsageError, match="model time cap"):
+        api.build_settings(model_time_cap=0)
+
+
 @pytest.mark.parametrize("command, function", [
     ("profile", "profile"), ("export", "export_artifacts"), ("search", "run_search"), ("mes report", "mes_report"),
     ("lut build", "build_tables"), ("lut validate", "validate_table"), ("lut check", "check_table"),

@@ -330,13 +330,9 @@ class MeasuringRules:
     #: Whether rounds sample past their minimum towards the CI target of the median (False where
     #: most rounds end at their time cap short of it: the extra samples bought nothing).
     extend_rounds: bool = True
-
-    @property
-    def scheduled_rounds(self) -> int:
-        """Rounds every entry gets by schedule, whatever its rounds say: all of them where the rule
-        fixes their number (the best-of rules), else none beyond the first."""
-        c = self.consensus
-        return c.min_rounds if c.min_rounds == c.max_rounds else 0
+    #: Rounds every entry gets by schedule, whatever its rounds say (the best-of rules; 0: only the
+    #: plan's first rounds). A quorum among them still decides when a budget stops the build first.
+    scheduled_rounds: int = 0
 
     @property
     def achievable(self) -> float:
@@ -347,14 +343,14 @@ class MeasuringRules:
         return {"consensus": self.consensus.to_dict(), "confirm_by_period": self.confirm_by_period,
                 "min_separation_s": round(self.min_separation_s, 3), "precision": self.precision,
                 "achievable": self.achievable, "why": self.why, "round_length": round(self.round_length, 3),
-                "extend_rounds": self.extend_rounds}
+                "extend_rounds": self.extend_rounds, "scheduled_rounds": self.scheduled_rounds}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MeasuringRules:
         return cls(ConsensusRule.from_dict(data.get("consensus") or {}), bool(data.get("confirm_by_period")),
                    float(data.get("min_separation_s", 2.0)), float(data.get("precision", 0.02)),
                    str(data.get("why", "")), float(data.get("round_length", 1.0)),
-                   bool(data.get("extend_rounds", True)))
+                   bool(data.get("extend_rounds", True)), int(data.get("scheduled_rounds", 0)))
 
 
 def rounds_for(share: float, quorum: int, coverage: float = COVERAGE) -> int:
@@ -417,10 +413,10 @@ def derive_rules(profile: NoiseProfile | None, precision: float, base: Consensus
     if best_of:
         length = BEST_OF_ROUND_LENGTH if short_rounds else 1.0
         k = int(min(ROUND_CEILING, base.max_rounds / length, max(base.min_rounds + 1, needed)))
-        rule = replace(base, tolerance=achievable, min_rounds=k, max_rounds=k)
+        rule = replace(base, tolerance=achievable, max_rounds=max(k, base.min_rounds, base.quorum))
         notes[-1] = (f"{share:.0%} of rounds fast and the anchors do not explain the rest: the fastest of {k} "
                      + ("short rounds" if short_rounds else "rounds"))
-        return MeasuringRules(rule, False, 0.0, precision, "; ".join(notes), length, False)
+        return MeasuringRules(rule, False, 0.0, precision, "; ".join(notes), length, False, k)
     # Where a quorum is within reach the bound stays as given (the rule chosen on the 2-core VM);
     # otherwise it is what 95 % of entries need for one confirmed fast round, plus one (never more
     # than the caller's bound).

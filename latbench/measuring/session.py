@@ -606,7 +606,8 @@ class MeasuringSession:
             missing = [r for r in range(self.plan.rounds) if r not in done]
             if missing:
                 rounds = missing
-            elif len(done) < rule.max_rounds and (verdicts[key].needs_more or key in recheck):
+            elif len(done) < rule.max_rounds and (verdicts[key].needs_more or key in recheck
+                                                  or len(done) < self.rules.scheduled_rounds):
                 rounds = [max(done) + 1]
             else:
                 continue

@@ -86,12 +86,13 @@ def test_rare_fast_rounds_the_anchors_cannot_tell_get_the_best_of_many_short_rou
     blind = replace(profile, anchors_explain=0.9) if why == "anchors" else replace(profile, ci_missed=0.4)
     rules = derive_rules(blind, 0.02, ConsensusRule())
     k = min(ROUND_CEILING, rounds_for(profile.fast_share, 1))
-    assert not rules.confirm_by_period and rules.consensus.min_rounds == rules.consensus.max_rounds == k
+    assert not rules.confirm_by_period and rules.scheduled_rounds == rules.consensus.max_rounds == k
+    assert rules.consensus.min_rounds == 3  # a quorum still decides an entry a budget stopped short of k
     assert rules.round_length == BEST_OF_ROUND_LENGTH < 1 and not rules.extend_rounds
     assert f"the fastest of {k} short rounds" in rules.why
     # The caller's bound counts in rounds of the plan's length: 2 long rounds allow 10 short ones.
     tight = derive_rules(blind, 0.02, ConsensusRule(min_rounds=2, max_rounds=2))
-    assert tight.consensus.max_rounds == min(k, round(2 / BEST_OF_ROUND_LENGTH))
+    assert tight.scheduled_rounds == tight.consensus.max_rounds == min(k, round(2 / BEST_OF_ROUND_LENGTH))
     # Rounds of a fixed number of runs cannot be shortened: the bound holds as given.
     fixed = derive_rules(blind, 0.02, ConsensusRule(min_rounds=2, max_rounds=2), short_rounds=False)
     assert fixed.consensus.max_rounds == 2 and fixed.round_length == 1.0 and "fastest of 2 rounds" in fixed.why
@@ -465,6 +466,24 @@ def test_longer_rounds_reach_the_runner_policy():
     base = session.plan.policy("block")
     longer = session._policy("block")
     assert longer.time_cap_s == pytest.approx(2 * base.time_cap_s) and longer.min_runs == 2 * base.min_runs
+
+
+def test_scheduled_rounds_are_taken_whatever_the_quorum_says_and_a_budget_still_leaves_a_verdict():
+    runner = HotRunner(BASE.__getitem__, heat_after_s=10**9)  # a quiet device: three rounds agree
+    session = hot_session(runner, rounds=3, precision=None)
+    from dataclasses import replace as dc_replace
+
+    session.rules = dc_replace(session.rules, scheduled_rounds=5,
+                               consensus=replace(session.rules.consensus, max_rounds=5))
+    res = session.run([Target.of(c, "block") for c in BLOCKS], [Target.of(ANCHOR, "anchor")])
+    assert all(res.verdicts[c.key].rounds == 5 and res.verdicts[c.key].agreed for c in BLOCKS)
+    # A budget spent in the first wave (the probe alone takes 2 s): the quorum of its three rounds decides.
+    runner = HotRunner(BASE.__getitem__, heat_after_s=10**9)
+    session = hot_session(runner, rounds=3, precision=None, budget_s=3.0)
+    session.rules = dc_replace(session.rules, scheduled_rounds=5,
+                               consensus=replace(session.rules.consensus, max_rounds=5))
+    res = session.run([Target.of(c, "block") for c in BLOCKS], [Target.of(ANCHOR, "anchor")])
+    assert all(res.verdicts[c.key].rounds == 3 and res.verdicts[c.key].agreed for c in BLOCKS)
 
 
 def test_short_rounds_and_rounds_without_ci_extension_reach_the_runner_policy():
