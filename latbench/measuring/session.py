@@ -481,9 +481,7 @@ class MeasuringSession:
                                   self.plan.min_separation_s, short_rounds=self.plan.policy("block").runs is None)
         # Anchor readings keep the plan's length (they are the time base) but stop where the rules
         # say rounds stop; in place: the running waves hold this list.
-        anchor = self.plan.policy("anchor")
-        if not self.rules.extend_rounds and anchor.runs is None:
-            anchor = anchor.replace(target_ci=SHORT_ROUND_CI)
+        anchor = self._stopping(self.plan.policy("anchor"))
         self._anchor_jobs[:] = [dc_replace(j, policy=anchor) for j in self._anchor_jobs]
 
     def _over_budget(self) -> bool:
@@ -624,15 +622,18 @@ class MeasuringSession:
         k = self.rules.round_length
         return self.plan.anchor_every if k >= 1.0 else max(1, round(self.plan.anchor_every / k))
 
-    def _policy(self, role: str) -> SamplingPolicy:
-        """The plan's policy of a role, its rounds lengthened as the device's rules say."""
-        policy = self.plan.policy(role)
-        k = self.rules.round_length
-        if policy.runs is not None:
+    def _stopping(self, policy: SamplingPolicy) -> SamplingPolicy:
+        """`policy`, stopping at its minimum where the rules say rounds do not extend."""
+        if self.rules.extend_rounds or policy.runs is not None:
             return policy
-        if not self.rules.extend_rounds:
-            policy = policy.replace(target_ci=SHORT_ROUND_CI)
-        if k == 1.0:
+        return policy.replace(target_ci=SHORT_ROUND_CI)
+
+    def _policy(self, role: str) -> SamplingPolicy:
+        """The plan's policy of a role, its rounds lengthened, shortened or stopped at their minimum as
+        the device's rules say."""
+        policy = self._stopping(self.plan.policy(role))
+        k = self.rules.round_length
+        if k == 1.0 or policy.runs is not None:
             return policy
         if k < 1.0:
             # Short rounds stop at their (shortened) minimum: the median's CI target would only
