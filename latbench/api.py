@@ -148,13 +148,14 @@ def profile(target: Target, device: str | None = None, *, runs: int | None = Non
 def build_settings(*, rounds: int = 3, max_rounds: int = 8, runs: int | None = None, calibrate: int = 8,
                    jobs: int = 1, time_cap: float | None = None, precision: float | str | None = 0.02,
                    budget: float | str | None = None, cool_down: bool = True, dtype: str | None = None,
-                   model_time_cap: float | None = None) -> Any:
+                   model_time_cap: float | None = None, min_time: float | None = None) -> Any:
     """The BuildSettings of a build, with its options checked (one-line UsageErrors). `dtype`: the
     artifacts' precision (fp32, fp16, int8; None: the device format's default). `precision`:
     what entries are held to where the device's noise allows (rules derived from its profile;
     None: the consensus rule as given, at 2 %); `budget`: device seconds (or "10m") after which no
     new round starts; `cool_down`: pause while the device is hot; `model_time_cap`: seconds a
-    whole model's round samples at most (default: the larger of `time_cap` and 4 s)."""
+    whole model's round samples at most (default: the larger of `time_cap` and 4 s); `min_time`:
+    seconds every round samples at least before its CI may stop it (default 0.3 s)."""
     from latbench.export.common import check_precision
     from latbench.measuring.consensus import ConsensusRule
     from latbench.measuring.noise import parse_duration, parse_precision
@@ -175,6 +176,10 @@ def build_settings(*, rounds: int = 3, max_rounds: int = 8, runs: int | None = N
         if model_time_cap <= 0:
             raise UsageError(f"the model time cap must be > 0 s, got {model_time_cap}")
         caps["model_time_cap_s"] = float(model_time_cap)
+    if min_time is not None:
+        if min_time <= 0:
+            raise UsageError(f"the minimum round time must be > 0 s, got {min_time}")
+        caps["min_time_s"] = float(min_time)
     return BuildSettings(rounds=rounds, runs=runs, calibration_models=calibrate, jobs=jobs, precision=check_precision(dtype),
                          consensus=ConsensusRule.for_rounds(rounds, max_rounds, tolerance=target or 0.02),
                          **caps, **rules)

@@ -164,6 +164,11 @@ def test_build_settings_take_a_model_time_cap_apart_from_the_blocks():
     assert s.block_time_cap_s == 2.0 and s.model_time_cap_s == 1.5
     assert s.policies()["model"].time_cap_s == 1.5
     assert api.build_settings(time_cap=2.0).model_time_cap_s == 4.0
+    short = api.build_settings(min_time=0.2).policies()
+    assert {p.min_time_s for p in short.values()} == {0.2}
+    assert {p.min_time_s for p in api.build_settings().policies().values()} == {0.3}
+    with pytest.raises(api.UsageError, match="minimum round time"):
+        api.build_settings(min_time=0)
     with pytest.raises(api.UsageError, match="model time cap"):
         api.build_settings(model_time_cap=0)
 

@@ -18,6 +18,11 @@ VALIDATION_BUDGET = "40s"
 #: demo within a few minutes (a full build or `lut validate` samples up to 4 s). On this VM on a noisy
 #: day the build's 24 calibration rounds sampled 3.0 s each at the 4 s cap, 72 of its 267 s.
 MODEL_TIME_CAP_S = 1.5
+#: Rounds sample at least this long (a full build: 0.3 s): 60-2000 runs of the default space's
+#: blocks; the demo's time goes to rounds at different moments rather than to longer ones.
+MIN_ROUND_S = 0.2
+#: Validation rounds of whole models (10-70 ms): 15-100 runs each, 3 rounds a pass, 2 passes.
+VALIDATION_TIME_CAP_S = 1.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,13 +49,15 @@ def run(args: argparse.Namespace) -> int:
     with api.open_device("cpu") as runner:
         with phase_progress(shows_progress(args)) as progress:
             budget = None if str(args.budget).strip().lower() == "none" else args.budget
-            settings = api.build_settings(jobs=2, budget=budget, model_time_cap=MODEL_TIME_CAP_S)
+            settings = api.build_settings(jobs=2, budget=budget, model_time_cap=MODEL_TIME_CAP_S,
+                                          min_time=MIN_ROUND_S)
             [res] = api.build_planned(runner, [plan], settings, progress=progress)
         report_builds([res], as_json=False)
         console().print(f"[bold]2/2[/] validating {plan.out} on {args.samples} random subnets and S0-L, end to end")
         with phase_progress(shows_progress(args)) as progress:
             result = api.validate_table(res.table, samples=args.samples, seed=1, jobs=2, progress=progress,
-                                        runner=runner, time_cap_s=MODEL_TIME_CAP_S, budget=VALIDATION_BUDGET)
+                                        runner=runner, time_cap_s=VALIDATION_TIME_CAP_S,
+                                        budget=VALIDATION_BUDGET)
     print_validation(result)
     console().print(f"next: `latbench lut estimate {plan.out} efficientformerv2_s1`, "
                     f"`latbench profile efficientformerv2_s0 --device cpu`", highlight=False)
