@@ -170,6 +170,28 @@ def journal_profile(rows: Mapping[str, Sequence[Any]], anchors: Sequence[Any], *
 #: because its first disagreed (a biased sample), and the fastest of many anchor readings is an
 #: extreme no single round is expected to reach.
 FIRST_ROUNDS = 3
+#: A benchmark pass, in seconds of runs: the typical state is read from a round's consecutive
+#: passes. A round longer than that (whole models: 1.5-4 s) straddles the device's state changes,
+#: and its median drops the slower part, which has fewer runs: on the simulated big/little device
+#: (1-4 s on a core 2.5x slower) the typical factor read 3.8-7.1 % low from round medians.
+PASS_S = 0.25
+#: A pass's median needs a few runs: a shorter tail joins the pass before it.
+PASS_MIN_RUNS = 3
+
+
+def pass_level(samples_ms: Sequence[float]) -> float:
+    """A round's typical level: the time-weighted mean of the medians of its consecutive passes of
+    PASS_S (in time order, as measured); the round's median where it is no longer than one."""
+    passes: list[list[float]] = [[]]
+    spent = 0.0
+    for i, x in enumerate(samples_ms):
+        passes[-1].append(x)
+        spent += x
+        if spent >= PASS_S * 1e3 and len(samples_ms) - i - 1 >= PASS_MIN_RUNS:
+            passes.append([])
+            spent = 0.0
+    weights = [math.fsum(p) for p in passes]
+    return math.fsum(w * percentile(sorted(p), 50.0) for w, p in zip(weights, passes)) / math.fsum(weights)
 
 
 def profile_of(readings: Sequence[Reading], *, precision: float = 0.02, floor_ms: float = 0.0,
@@ -186,7 +208,7 @@ def profile_of(readings: Sequence[Reading], *, precision: float = 0.02, floor_ms
     if not fastest:
         return None
     spreads, pairs, others, within, states, gaps = [], [], [], [], [], []
-    typical: list[tuple[float, float]] = []  # (time, round median / key's fastest p2)
+    typical: list[tuple[float, float]] = []  # (time, round pass level / key's fastest p2)
     samples_slow, samples_all, runs = 0, 0, []
     for key, low in fastest.items():
         vals = sorted(stat[id(r)] for r in by_key[key])
@@ -207,7 +229,7 @@ def profile_of(readings: Sequence[Reading], *, precision: float = 0.02, floor_ms
             # The device's average state from rounds taken when the schedule said, not because
             # they disagreed: an entry's first rounds, and every anchor reading (at fixed intervals).
             if n < max(FIRST_ROUNDS, scheduled_rounds) or by_key[key][0].anchor:
-                typical.append((r.at, med / low))
+                typical.append((r.at, pass_level(s) / low))
                 states.append(stat[id(r)] / low)
             slow = [x > floor * (1 + SLOW_STATE) for x in s]
             samples_slow += sum(slow)

@@ -15,6 +15,7 @@ from latbench.measuring.journal import AnchorRow, Journal
 from latbench.measuring.measurement import THROTTLING_WARNING, Measurement
 from latbench.measuring.noise import (
     BEST_OF_ROUND_LENGTH,
+    PASS_S,
     ROUND_CEILING,
     SPACING_POLL,
     HeatRule,
@@ -23,6 +24,7 @@ from latbench.measuring.noise import (
     journal_profile,
     parse_duration,
     parse_precision,
+    pass_level,
     profile_of,
     rounds_for,
     typical_uncertainty,
@@ -112,6 +114,25 @@ def test_where_every_round_is_scheduled_all_of_them_read_the_typical_state():
     best_of = derive_rules(replace(_rare_fast_profile(), anchors_explain=0.9), 0.02, ConsensusRule())
     assert best_of.scheduled_rounds == best_of.consensus.max_rounds > 3
     assert derive_rules(first, 0.02, ConsensusRule()).scheduled_rounds == 0
+
+
+def test_a_round_longer_than_a_pass_reads_the_time_it_spent_slow():
+    # A whole model's 2 s round, 20 ms a run in the fast state for its first second and 50 ms a run
+    # (a little core) for its second: 50 fast runs and 20 slow ones. Its median is the fast state,
+    # though it spent half its time slow; its passes of PASS_S say so.
+    runs = [20.0] * 50 + [50.0] * 20
+    assert sorted(runs)[len(runs) // 2] == 20.0
+    assert pass_level(runs) == pytest.approx(35.0, rel=0.05)
+    # A block's round no longer than one pass, and a steady long one, read their median.
+    assert pass_level([1.0, 1.1, 5.0]) == 1.1
+    steady = [20.0 + (i % 3) * 0.1 for i in range(200)]
+    assert pass_level(steady) == pytest.approx(20.1, abs=0.01)
+    # A tail too short for a median joins the pass before it.
+    assert pass_level([PASS_S * 1e3] + [1.0, 1.0]) == 1.0
+    # The profile's typical state follows: rounds of four keys, half their time slow, read ~1.75.
+    readings = [Reading(10.0 * i + k, f"k{k}", Measurement(f"k{k}", runs if i else [20.0] * 70))
+                for k in range(4) for i in range(3)]
+    assert profile_of(readings).typical_factor == pytest.approx((1.0 + 2 * 1.75) / 3, rel=0.03)
 
 
 def test_rounds_short_of_their_ci_target_stop_at_their_minimum():
