@@ -129,6 +129,7 @@ def test_a_round_longer_than_a_pass_reads_the_time_it_spent_slow():
     assert pass_level(steady) == pytest.approx(20.1, abs=0.01)
     # A tail too short for a median joins the pass before it.
     assert pass_level([PASS_S * 1e3] + [1.0, 1.0]) == 1.0
+    assert pass_level([0.0, 0.0, 0.0]) == 0.0  # a timer too coarse to weigh by
     # The profile's typical state follows: rounds of four keys, half their time slow, read ~1.75.
     readings = [Reading(10.0 * i + k, f"k{k}", Measurement(f"k{k}", runs if i else [20.0] * 70))
                 for k in range(4) for i in range(3)]
