@@ -172,14 +172,12 @@ def build_settings(*, rounds: int = 3, max_rounds: int = 8, runs: int | None = N
     if runs is not None and runs < 1:
         raise UsageError(f"--runs must be >= 1, got {runs}")
     caps = {} if time_cap is None else {"block_time_cap_s": time_cap, "model_time_cap_s": max(time_cap, 4.0)}
-    if model_time_cap is not None:
-        if model_time_cap <= 0:
-            raise UsageError(f"the model time cap must be > 0 s, got {model_time_cap}")
-        caps["model_time_cap_s"] = float(model_time_cap)
-    if min_time is not None:
-        if min_time <= 0:
-            raise UsageError(f"the minimum round time must be > 0 s, got {min_time}")
-        caps["min_time_s"] = float(min_time)
+    for field, value, what in (("model_time_cap_s", model_time_cap, "model time cap"),
+                               ("min_time_s", min_time, "minimum round time")):
+        if value is not None:
+            if value <= 0:
+                raise UsageError(f"the {what} must be > 0 s, got {value}")
+            caps[field] = float(value)
     return BuildSettings(rounds=rounds, runs=runs, calibration_models=calibrate, jobs=jobs, precision=check_precision(dtype),
                          consensus=ConsensusRule.for_rounds(rounds, max_rounds, tolerance=target or 0.02),
                          **caps, **rules)

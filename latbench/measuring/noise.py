@@ -191,9 +191,10 @@ def pass_level(samples_ms: Sequence[float]) -> float:
             passes.append([])
             spent = 0.0
     weights = [math.fsum(p) for p in passes]
-    if math.fsum(weights) <= 0:  # a timer too coarse for the runs: nothing to weigh by
+    total = math.fsum(weights)
+    if total <= 0:  # a timer too coarse for the runs: nothing to weigh by
         return percentile(sorted(samples_ms), 50.0)
-    return math.fsum(w * percentile(sorted(p), 50.0) for w, p in zip(weights, passes)) / math.fsum(weights)
+    return math.fsum(w * percentile(sorted(p), 50.0) for w, p in zip(weights, passes)) / total
 
 
 def profile_of(readings: Sequence[Reading], *, precision: float = 0.02, floor_ms: float = 0.0,
