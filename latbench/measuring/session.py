@@ -54,7 +54,7 @@ POLL_S = 2.0
 #: Idle steps (of HeatRule.step_s) a build ending with slow anchors waits to see it cool.
 END_CHECK_STEPS = 6
 #: ... when its anchors read slow for this share of the heat rule's span at least (15 s of the
-#: default 90 s). A simulated phone that began to throttle in a build's last 16 s (four anchor
+#: default 90 s), or in a state they never read before. A simulated phone that began to throttle in a build's last 16 s (four anchor
 #: readings) set its typical latency 4 % high when this was a third (seeds 1 and 2 of
 #: bench_noise); this VM's slow spells of 10-15 s stay under it, and a longer one that ends by
 #: itself costs one idle step and a round for what it measured.
@@ -557,7 +557,12 @@ class MeasuringSession:
             return False
         self._end_heat_checked = True
         slow = rule.trailing_slow(self._anchor_ratios)
-        if len(slow) < rule.readings or slow[0][0] - slow[-1][0] < rule.span_s * END_SLOW_SHARE:
+        # A slow state the anchors never showed before is looked at however short: a device with
+        # no slow spells has none to end by itself (a simulated phone that began to throttle 15 s
+        # before a build's end, its anchors steady until then, set its typical latency 4 % high).
+        earlier = self._anchor_ratios[:len(self._anchor_ratios) - len(slow)]
+        new_state = bool(earlier) and all(ratio <= 1 + rule.threshold for _, ratio in earlier)
+        if len(slow) < rule.readings or (slow[0][0] - slow[-1][0] < rule.span_s * END_SLOW_SHARE and not new_state):
             return False
         throttling = getattr(self.dispatcher, "throttling", None)
         start, before = self.clock(), slow[0][1]

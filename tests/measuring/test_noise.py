@@ -405,6 +405,44 @@ def test_a_slowdown_over_a_sixth_of_the_heat_span_at_the_end_is_looked_at():
     assert pauses == []
 
 
+def test_a_slow_state_the_anchors_never_showed_before_is_looked_at_at_the_end_however_short():
+    """Steady anchors, then slow for only 6-12 s when the work runs out (under a sixth of the heat
+    span): a device that had no slow spell all build has none to end by itself, so it is looked at
+    (a simulated phone like it kept its typical latency 4 % high)."""
+    def run(heat_after_s):
+        runner = HotRunner(BASE.__getitem__, reports=False, heat_after_s=heat_after_s, cool_s=20.0)
+        with Journal(":memory:") as journal:
+            res = hot_session(runner, journal, rounds=6, heat=HeatRule(step_s=10.0)).run(
+                [Target.of(c, "block") for c in BLOCKS], [Target.of(ANCHOR, "anchor")])
+            return res, journal.get_meta("pauses") or []
+
+    for heat_after_s in (26.0, 30.0):
+        res, pauses = run(heat_after_s)
+        [pause] = pauses
+        assert pause["at"] - pause["hot_from"] < 15.0  # a sixth of the default span: 15 s
+        assert res.report["noise_profile"]["typical_factor"] < 1.02
+        for c in BLOCKS:
+            assert res.verdicts[c.key].value == pytest.approx(BASE[c.key], rel=0.02)
+
+
+def test_a_short_slow_stretch_at_the_end_of_a_device_with_slow_spells_is_not_waited_on():
+    """A device whose anchors read slow before and recovered by themselves (a VM's neighbours)
+    ends a build in one of its slow spells: under a sixth of the heat span, no idling."""
+    class SpellsRunner(HotRunner):
+        def measure(self, prepared, policy=None, *, profile=False):
+            m = super().measure(prepared, policy, profile=profile)
+            t = self.t - 1_000_000.0
+            slow = 10.0 <= t < 18.0 or t >= 31.0  # a spell early on, another from 31 s to the end
+            return Measurement(m.label, [x * 1.35 for x in m.samples_ms], provenance=m.provenance) if slow else m
+
+    runner = SpellsRunner(BASE.__getitem__, reports=False, heat_after_s=10**9)
+    with Journal(":memory:") as journal:
+        res = hot_session(runner, journal, rounds=6, heat=HeatRule(step_s=10.0)).run(
+            [Target.of(c, "block") for c in BLOCKS], [Target.of(ANCHOR, "anchor")])
+        assert (journal.get_meta("pauses") or []) == [] and runner.idled == []
+    assert res.report["noise_profile"]["slow_share"] > 0
+
+
 def test_an_extra_round_waits_with_the_device_idle_until_an_anchor_reads_fast():
     # The device is in its fast state: one idle step, one anchor that reads at its level, go.
     runner, polls = spaced_run(spell_s=0.0)
