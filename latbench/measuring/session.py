@@ -59,6 +59,10 @@ END_CHECK_STEPS = 6
 #: bench_noise); this VM's slow spells of 10-15 s stay under it, and a longer one that ends by
 #: itself costs one idle step and a round for what it measured.
 END_SLOW_SHARE = 1 / 6
+#: A wave on a dispatcher that measures its jobs one at a time, in order, runs in parts of this
+#: many jobs, and whether rounds sample on towards their CI target is read again from the device
+#: between them (the rest of the rules change between waves only).
+REREAD_EVERY = 30
 #: Short rounds (rules' round_length < 1) take at least this many runs, whatever the plan's minimum
 #: times the length: their statistic (a low percentile) must still rest on several runs.
 MIN_SHORT_RUNS = 8
@@ -194,11 +198,12 @@ class Dispatcher(Protocol):
         ...
 
 
-def interleave(jobs: Sequence[Job], anchors: Sequence[Job], anchor_every: int) -> list[tuple[Job, bool]]:
+def interleave(jobs: Sequence[Job], anchors: Sequence[Job], anchor_every: int, *, lead: bool = True,
+               turn: int = 0) -> list[tuple[Job, bool]]:
     """The order a dispatcher runs a wave in, as (job, is_anchor): an anchor first, one after
-    every `anchor_every` jobs and one last, rotating through `anchors`."""
+    every `anchor_every` jobs and one last, rotating through `anchors` from the `turn`-th. Without
+    `lead`, no anchor first (a wave's later part: the part before ended with one)."""
     order: list[tuple[Job, bool]] = []
-    turn = 0
 
     def anchor() -> None:
         nonlocal turn
@@ -206,7 +211,8 @@ def interleave(jobs: Sequence[Job], anchors: Sequence[Job], anchor_every: int) -
             order.append((anchors[turn % len(anchors)], True))
             turn += 1
 
-    anchor()
+    if lead:
+        anchor()
     for i, job in enumerate(jobs):
         order.append((job, False))
         if (i + 1) % anchor_every == 0 and i + 1 < len(jobs):
@@ -241,12 +247,17 @@ class LocalDispatcher:
     first gets a renewed instance of it (Runner.renew: a fresh session), so rounds sample the
     device's memory layouts as well as its moments."""
 
+    #: Measures a wave's jobs one at a time, in order: a wave split into parts costs nothing, and
+    #: `execute` takes `part=` (the parts read their anchors as the whole wave would).
+    in_order = True
+
     def __init__(self, runner: Any) -> None:
         self.runner = runner
         self.artifact_format = runner.artifact_format
         self.device_id = runner.device_id
         self.prepared: dict[str, Any] = {}
         self._used: set[str] = set()
+        self._turn = 0  # anchors read so far in the wave in progress (their rotation goes on across its parts)
 
     def describe(self) -> dict[str, Any]:
         return self.runner.describe()
@@ -269,8 +280,10 @@ class LocalDispatcher:
             progress("prepare", i + 1, len(todo))
 
     def execute(self, jobs: Sequence[Job], anchors: Sequence[Job], anchor_every: int,
-                on_result: Callable[[JobResult, bool], None]) -> None:
-        order = interleave(jobs, anchors, anchor_every)
+                on_result: Callable[[JobResult, bool], None], *, part: int = 0) -> None:
+        """`part`: the wave's how-manieth part this is (in_order): the parts run as the whole wave would."""
+        order = interleave(jobs, anchors, anchor_every, lead=part == 0, turn=self._turn if part else 0)
+        self._turn = (self._turn if part else 0) + sum(a for _, a in order)
         for pos, (job, is_anchor) in enumerate(order):
             try:
                 m = self.measure(job)
@@ -393,7 +406,7 @@ class MeasuringSession:
                     # plausibility): its artifact was not part of the first wave's.
                     self._make_ready(todo)
                     self._separate(todo, anchor_jobs)
-                    pending = self.dispatcher.execute(todo, anchor_jobs, self._anchor_every(), self._commit)
+                    pending = self._execute(todo, anchor_jobs)
                     waves.append({"wave": len(waves), "jobs": len(todo), "pending": len(pending or ())})
                     rows, verdicts = self._state()
                     if pending:  # left with a remote service on purpose: a later run collects them
@@ -593,6 +606,34 @@ class MeasuringSession:
         rule = self.rules.consensus
         values = {k: round_values(rs, rule, self._factors) for k, rs in rows.items()}
         return journal_slow_periods(rows, values, verdicts, self.journal.anchors(), rule, self.plan.periods)
+
+    def _execute(self, todo: list[Job], anchor_jobs: list[Job]) -> Sequence[Job] | None:
+        """Run a wave. Where the rules follow the device and the dispatcher measures in order, in
+        parts of REREAD_EVERY jobs, and after each part the device's profile says again whether
+        rounds sample on towards their CI target: a probe of a few anchor rounds taken in a quiet
+        minute let the demo's first wave (330 rounds, this VM on a noisy day) sample 65 rounds to
+        their 1.5 s cap for a CI the noise never gave, 285 s against a 120 s budget."""
+        every = self._anchor_every()
+        if self.plan.precision is None or not getattr(self.dispatcher, "in_order", False):
+            return self.dispatcher.execute(todo, anchor_jobs, every, self._commit)
+        step = every * math.ceil(REREAD_EVERY / every)  # parts end where the whole wave reads an anchor
+        for n, start in enumerate(range(0, len(todo), step)):
+            part = todo[start:start + step]
+            if n:
+                self._reread_stopping()
+                if not self.rules.extend_rounds:
+                    part = [dc_replace(j, policy=self._stopping(j.policy)) for j in part]
+            self.dispatcher.execute(part, anchor_jobs, every, self._commit, part=n)
+        return None
+
+    def _reread_stopping(self) -> None:
+        """Whether rounds extend towards their CI target, from the profile of everything measured
+        so far; the rest of the rules stay as the wave began."""
+        rules = self.rules
+        self._adapt(self.journal.rows(keys=self._targets))
+        self.rules = dc_replace(rules, extend_rounds=self.rules.extend_rounds)
+        anchor = self._stopping(self.plan.policy("anchor"))
+        self._anchor_jobs[:] = [dc_replace(j, policy=anchor) for j in self._anchor_jobs]
 
     def _wave(self, rows: dict[str, list[JournalRow]], verdicts: dict[str, Verdict], wave: int) -> list[Job]:
         """The jobs of the next wave: missing initial rounds, then one more round for entries

@@ -33,6 +33,8 @@ from latbench.measuring.periods import ANCHORS_EXPLAIN
 from latbench.measuring.session import (
     MIN_SHORT_RUNS,
     POLL_S,
+    REREAD_EVERY,
+    SHORT_ROUND_CI,
     MeasuringPlan,
     MeasuringSession,
     Target,
@@ -146,6 +148,39 @@ def test_rounds_short_of_their_ci_target_stop_at_their_minimum():
     assert not rules.extend_rounds and "short of their CI target" in rules.why
     steady = profile_of([r for k in range(4) for r in rounds(f"k{k}", [1.0, 1.004, 1.008], start=k)])
     assert steady.ci_missed == 0.0 and derive_rules(steady, 0.02, ConsensusRule()).extend_rounds
+
+
+class NoisyAfterProbeRunner(ScriptedRunner):
+    """Quiet while the session probes (its first `quiet_calls` measurements); then every round's
+    runs alternate between the fast state and one 60 % slower, so no round's median gets within
+    its CI target however long it samples."""
+
+    def __init__(self, *args, quiet_calls: int, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.quiet_calls = quiet_calls
+
+    def measure(self, prepared, policy=None, *, profile=False):
+        m = super().measure(prepared, policy, profile=profile)
+        if len(self.calls) <= self.quiet_calls:
+            return m
+        return Measurement(m.label, [x * (1.6 if (i // 3) % 2 else 1.0) for i, x in enumerate(m.samples_ms)],
+                           provenance=m.provenance)
+
+
+def test_a_device_noisy_after_its_probe_stops_extending_rounds_within_the_first_wave():
+    """The probe (two anchor rounds) met a quiet minute: rounds would sample to their cap for a CI
+    the noise never gives, the whole first wave long (the demo on this VM: 285 s of a 120 s
+    budget). Read again after each part of REREAD_EVERY jobs, the rest stop at their minimum."""
+    blocks = [FFNConfig(224, stage, width, e) for stage, width in ((3, 120), (3, 144), (4, 176), (4, 224))
+              for e in (2, 3, 4)]
+    runner = NoisyAfterProbeRunner(lambda key: 0.3, quiet_calls=2)
+    session = hot_session(runner, precision=0.02, probe_rounds=2, heat=None)
+    session.run([Target.of(c, "block") for c in blocks], [Target.of(ANCHOR, "anchor")])
+    targets = [policy.target_ci for label, policy, _ in runner.calls if label != ANCHOR.key]
+    first = REREAD_EVERY  # anchor_every 2: the first part is 30 jobs
+    assert len(targets) > first and set(targets[:first]) == {0.01}  # the probe said: sample on
+    assert set(targets[first:len(blocks) * 3]) == {SHORT_ROUND_CI}  # the rest of the first wave: stop
+    assert not session.rules.extend_rounds and "short of their CI target" in session.rules.why
 
 
 def test_the_profile_says_whether_the_anchors_explain_the_rounds(tmp_path):

@@ -131,10 +131,13 @@ class WatchedDispatcher(LocalDispatcher):
         self.wave = -1
 
     def execute(self, jobs: Sequence[Job], anchors: Sequence[Job], anchor_every: int,
-                on_result: Callable[[JobResult, bool], None]) -> None:
-        # A wave; an empty job list is anchors that only let time pass (wave -1).
-        self.wave, self.waves = (self.waves, self.waves + 1) if jobs else (-1, self.waves)
-        return super().execute(jobs, anchors, anchor_every, on_result)
+                on_result: Callable[[JobResult, bool], None], *, part: int = 0) -> None:
+        # A wave (its later parts stay in it); an empty job list is anchors that only let time pass (wave -1).
+        if not jobs:
+            self.wave = -1
+        elif part == 0:
+            self.wave, self.waves = self.waves, self.waves + 1
+        return super().execute(jobs, anchors, anchor_every, on_result, part=part)
 
     def measure(self, job: Job) -> Measurement:
         self.runner.job, self.runner.wave = job, self.wave
