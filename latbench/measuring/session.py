@@ -54,10 +54,10 @@ POLL_S = 2.0
 #: Idle steps (of HeatRule.step_s) a build ending with slow anchors waits to see it cool.
 END_CHECK_STEPS = 6
 #: ... when its anchors read slow for this share of the heat rule's span at least (15 s of the
-#: default 90 s), or in a state they never read before. A simulated phone that began to throttle in a build's last 16 s (four anchor
-#: readings) set its typical latency 4 % high when this was a third (seeds 1 and 2 of
-#: bench_noise); this VM's slow spells of 10-15 s stay under it, and a longer one that ends by
-#: itself costs one idle step and a round for what it measured.
+#: default 90 s), or in a state they never read before. A simulated phone that began to throttle
+#: in a build's last 16 s (four anchor readings) set its typical latency 4 % high when this was a
+#: third (seeds 1 and 2 of bench_noise); this VM's slow spells of 10-15 s stay under it, and a
+#: longer one that ends by itself costs one idle step and a round for what it measured.
 END_SLOW_SHARE = 1 / 6
 #: A wave on a dispatcher that measures its jobs one at a time, in order, runs in parts of this
 #: many jobs, and whether rounds sample on towards their CI target is read again from the device
@@ -492,8 +492,11 @@ class MeasuringSession:
             self.profile = profile
         self.rules = derive_rules(self.profile, self.plan.precision or 0.02, self.plan.consensus,
                                   self.plan.min_separation_s, short_rounds=self.plan.policy("block").runs is None)
-        # Anchor readings keep the plan's length (they are the time base) but stop where the rules
-        # say rounds stop; in place: the running waves hold this list.
+        self._restop_anchors()
+
+    def _restop_anchors(self) -> None:
+        """Anchor readings keep the plan's length (they are the time base) but stop where the rules
+        say rounds stop; in place: the running waves hold this list."""
         anchor = self._stopping(self.plan.policy("anchor"))
         self._anchor_jobs[:] = [dc_replace(j, policy=anchor) for j in self._anchor_jobs]
 
@@ -632,8 +635,7 @@ class MeasuringSession:
         rules = self.rules
         self._adapt(self.journal.rows(keys=self._targets))
         self.rules = dc_replace(rules, extend_rounds=self.rules.extend_rounds)
-        anchor = self._stopping(self.plan.policy("anchor"))
-        self._anchor_jobs[:] = [dc_replace(j, policy=anchor) for j in self._anchor_jobs]
+        self._restop_anchors()
 
     def _wave(self, rows: dict[str, list[JournalRow]], verdicts: dict[str, Verdict], wave: int) -> list[Job]:
         """The jobs of the next wave: missing initial rounds, then one more round for entries
