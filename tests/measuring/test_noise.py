@@ -419,24 +419,30 @@ def spaced_run(spell_s: float):
     return runner, polls
 
 
+def run_to_the_end(runner):
+    """Six rounds of BLOCKS under the default heat rule's span (90 s): the result and its pauses."""
+    with Journal(":memory:") as journal:
+        res = hot_session(runner, journal, rounds=6, heat=HeatRule(step_s=10.0)).run(
+            [Target.of(c, "block") for c in BLOCKS], [Target.of(ANCHOR, "anchor")])
+        return res, journal.get_meta("pauses") or []
+
+
+def heating(heat_after_s):
+    """A phone that throttles after `heat_after_s` of load, its anchors the only sign."""
+    return HotRunner(BASE.__getitem__, reports=False, heat_after_s=heat_after_s, cool_s=20.0)
+
+
 def test_a_slowdown_over_a_sixth_of_the_heat_span_at_the_end_is_looked_at():
     """With the default heat rule (90 s span), a device that begins to throttle some 20 s before
     the work runs out (the heat rule itself never fires) is still caught at the end: with a third
     of the span as the bar, a simulated phone like it kept its typical latency 4 % high."""
-    def run(heat_after_s):
-        runner = HotRunner(BASE.__getitem__, reports=False, heat_after_s=heat_after_s, cool_s=20.0)
-        with Journal(":memory:") as journal:
-            res = hot_session(runner, journal, rounds=6, heat=HeatRule(step_s=10.0)).run(
-                [Target.of(c, "block") for c in BLOCKS], [Target.of(ANCHOR, "anchor")])
-            return res, journal.get_meta("pauses") or []
-
-    res, pauses = run(heat_after_s=22.0)
+    res, pauses = run_to_the_end(heating(22.0))
     [pause] = pauses
     assert 15.0 <= pause["at"] - pause["hot_from"] < 30.0  # slow for between a sixth and a third of the span
     assert res.report["noise_profile"]["typical_factor"] < 1.05
     for c in BLOCKS:
         assert res.verdicts[c.key].value == pytest.approx(BASE[c.key], rel=0.02)
-    res, pauses = run(heat_after_s=10**9)  # a device that never heats: no idling at the end
+    res, pauses = run_to_the_end(heating(10**9))  # a device that never heats: no idling at the end
     assert pauses == []
 
 
@@ -444,15 +450,8 @@ def test_a_slow_state_the_anchors_never_showed_before_is_looked_at_at_the_end_ho
     """Steady anchors, then slow for only 6-12 s when the work runs out (under a sixth of the heat
     span): a device that had no slow spell all build has none to end by itself, so it is looked at
     (a simulated phone like it kept its typical latency 4 % high)."""
-    def run(heat_after_s):
-        runner = HotRunner(BASE.__getitem__, reports=False, heat_after_s=heat_after_s, cool_s=20.0)
-        with Journal(":memory:") as journal:
-            res = hot_session(runner, journal, rounds=6, heat=HeatRule(step_s=10.0)).run(
-                [Target.of(c, "block") for c in BLOCKS], [Target.of(ANCHOR, "anchor")])
-            return res, journal.get_meta("pauses") or []
-
     for heat_after_s in (26.0, 30.0):
-        res, pauses = run(heat_after_s)
+        res, pauses = run_to_the_end(heating(heat_after_s))
         [pause] = pauses
         assert pause["at"] - pause["hot_from"] < 15.0  # a sixth of the default span: 15 s
         assert res.report["noise_profile"]["typical_factor"] < 1.02
@@ -471,10 +470,8 @@ def test_a_short_slow_stretch_at_the_end_of_a_device_with_slow_spells_is_not_wai
             return Measurement(m.label, [x * 1.35 for x in m.samples_ms], provenance=m.provenance) if slow else m
 
     runner = SpellsRunner(BASE.__getitem__, reports=False, heat_after_s=10**9)
-    with Journal(":memory:") as journal:
-        res = hot_session(runner, journal, rounds=6, heat=HeatRule(step_s=10.0)).run(
-            [Target.of(c, "block") for c in BLOCKS], [Target.of(ANCHOR, "anchor")])
-        assert (journal.get_meta("pauses") or []) == [] and runner.idled == []
+    res, pauses = run_to_the_end(runner)
+    assert pauses == [] and runner.idled == []
     assert res.report["noise_profile"]["slow_share"] > 0
 
 
