@@ -224,6 +224,10 @@ def main() -> int:
         if name == "quiet":
             quiet_s = b["virtual_s"]
         f["time_vs_quiet"] = b["virtual_s"] / quiet_s if quiet_s else None
+        # The same at the longest build the goals allow (2x quiet): where it is below 95 %, no
+        # build within the time goal can have the typical latency within 3 % in 95 % of builds.
+        f["oracle_typical_within_3pct_at_2x"] = None if quiet_s is None else float(
+            (abs(oracle_typical_errors(runner.profile, 2 * quiet_s)) <= WITHIN).mean())
         figures[name] = f
         worst = ", ".join(f"{k} {e * 100:+.1f} %" for k, e in f["worst"])
         print(f"{name}: {f['entries']} entries, {f['rounds']} rounds, virtual {f['virtual_build_s']:.0f} s, "
@@ -249,21 +253,22 @@ def main() -> int:
     print()
     print("The typical latency is the device's long-run average state; a build sees a few minutes of it. "
           "Stated: the build's own 95 % uncertainty of it (noise profile, batch means over time); oracle: "
-          "the share of builds this long in which even an estimator seeing the device's state at every "
-          "moment gets it within 3 % (200 windows of the profile's process).")
+          "the share of builds this long (and of builds 2x the quiet one, the longest the time goal allows) "
+          "in which even an estimator seeing the device's state at every moment gets it within 3 % (its "
+          "exact average over the window, 200 windows of the profile's process).")
     print()
     print("Best of k rounds: the share of entries whose fastest of k rounds (taken at random moments) lies "
           "within 3 % of the true fast state, the most any rule reading its value from rounds can reach; a "
           "quiet build gives an entry 3 rounds, a build of 2x about 6.")
     print()
-    print("| profile | typical bias | stated 95 % uncertainty | truth inside it | oracle within 3 % "
+    print("| profile | typical bias | stated 95 % uncertainty | truth inside it | oracle within 3 % | at 2x quiet "
           + "".join(f"| best of {k} rounds " for k in BOUND_ROUNDS) + "|")
-    print("|---|---|---|---|---|" + "---|" * len(BOUND_ROUNDS))
+    print("|---|---|---|---|---|---|" + "---|" * len(BOUND_ROUNDS))
     for name, f in figures.items():
         bias, stated = f.get("typical_bias_pct"), f["typical_uncertainty_pct"]
         inside = "n/a" if bias is None or not stated else ("yes" if abs(bias) <= stated else "no")
         print(f"| {name} | {'n/a' if bias is None else f'{bias:+.1f} %'} | +-{stated:.1f} % | {inside} "
-              f"| {f['oracle_typical_within_3pct']:.0%} "
+              f"| {f['oracle_typical_within_3pct']:.0%} | {pct(f['oracle_typical_within_3pct_at_2x'])} "
               + "".join(f"| {f['best_of_rounds_within_3pct'][k]:.0%} " for k in BOUND_ROUNDS) + "|")
     if args.json:
         clean = {n: {k: v for k, v in f.items() if k != "worst"} | {"worst": [[k, e] for k, e in f["worst"]]}

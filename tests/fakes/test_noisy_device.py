@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from noisy_device import (
     PROFILES,
+    TYPICAL_RUNS,
+    NoiseProcess,
     NoisyRunner,
     best_of_rounds_within,
     load_trace,
@@ -190,6 +192,23 @@ def test_typical_latency_is_above_the_fast_state_for_noisy_profiles(name):
     assert r.true_typical_ms("block") == pytest.approx(2.0 * typical_factor(PROFILES[name]))
 
 
+@pytest.mark.parametrize("name", ["vm-bursts", "big-little", "xeon-trace"])
+def test_the_typical_truth_is_the_long_run_average_of_pass_medians(name):
+    # The definition, by brute force: benchmark passes at random moments of many long stretches of
+    # many devices of the profile. One hour of one device set it 1.8 % off (vm-bursts).
+    profile = PROFILES[name]
+    medians = []
+    for s in range(20):
+        proc = NoiseProcess(profile, 500 + s)
+        rng = np.random.default_rng(s)
+        horizon = proc.trace.period if proc.trace is not None else 20_000.0
+        for _ in range(1000):
+            proc.begin_round()
+            medians.append(float(np.median(proc.draw(float(rng.uniform(0, horizon)), TYPICAL_RUNS, 1.0))))
+    se = np.std(medians) / np.sqrt(len(medians))
+    assert abs(np.mean(medians) - typical_factor(profile)) < max(4 * se, 0.002)
+
+
 def test_quiet_typical_latency_is_the_fast_state():
     assert 1.0 <= typical_factor(PROFILES["quiet"]) < 1.005
 
@@ -238,11 +257,14 @@ def test_a_measuring_session_runs_on_the_virtual_clock(tmp_path):
 def test_an_oracle_knows_a_quiet_device_but_not_a_slowly_changing_one_from_minutes():
     # A few minutes of a device whose slow state comes in 10-50 s spans 60 % of the time leave
     # even an estimator that sees every moment unsure of its long-run average.
-    quiet = oracle_typical_errors(PROFILES["quiet"], 300.0, windows=20, passes=40)
-    bursts = oracle_typical_errors(PROFILES["vm-bursts"], 300.0, windows=40, passes=100)
-    assert np.all(np.abs(quiet) < 0.01)
+    quiet = oracle_typical_errors(PROFILES["quiet"], 300.0, windows=20)
+    bursts = oracle_typical_errors(PROFILES["vm-bursts"], 300.0, windows=40)
+    assert np.all(np.abs(quiet) < 0.001)
     assert np.mean(np.abs(bursts) > 0.03) > 0.1
-    assert abs(np.mean(bursts)) < 0.03  # unsure, not biased
+    assert abs(np.mean(bursts)) < 0.01  # unsure, not biased
+    # Far longer windows pin it: the bound is the window, not the oracle's own sampling.
+    long = oracle_typical_errors(PROFILES["vm-bursts"], 3000.0, windows=20)
+    assert np.std(long) < np.std(bursts) / 2
 
 
 def test_a_round_is_rarely_fast_on_the_xeon_trace_so_few_rounds_cannot_pin_the_fast_state():
