@@ -223,6 +223,48 @@ def confirmed_by_period(rows: Mapping[str, Sequence[JournalRow]], values: Mappin
     return out
 
 
+def divided_at_changes_of_state(rows: Mapping[str, Sequence[JournalRow]], values: Mapping[str, Sequence[float]],
+                                verdicts: Mapping[str, Verdict], anchors: Sequence[AnchorRow],
+                                consensus: ConsensusRule, rule: PeriodRule) -> dict[str, Verdict]:
+    """Agreed entries whose agreeing rounds fell at changes of state (the anchor readings on
+    their two sides disagree, so the state is unknown) and whose rounds taken in a steady slow
+    state, over the anchors' slowdown, put the fast value a slow period's worth (rule.threshold)
+    below the consensus: the consensus is the slow state's, and the median of those rounds stands.
+    Needs at least a quorum of such rounds (agreeing within the tolerance when only a quorum), and
+    a device whose anchors explain its scatter (simulated vm-bursts: an entry whose eight rounds
+    all fell in 10-50 s slow spans stayed +32 %).
+
+    For a table's derivation only: in a running session the entry stays named slow-period and
+    gets its later rounds (a fast one may still come); taken there, the lower value read the
+    entry's rounds as slow neighbours of the others', named more of them and lengthened simulated
+    builds (vm-bursts seed 3: 1.71 -> 1.99x)."""
+    agreed = {k: v for k, v in verdicts.items() if v.agreed and v.rounds >= consensus.min_rounds}
+    if not agreed:
+        return {}
+    _, _, extra = _journal_readings(rows, values, verdicts, anchors, consensus)
+    timelines = _anchor_timelines(extra)
+    if anchors_explain(rows, values, timelines, rule) > ANCHORS_EXPLAIN:
+        return {}
+    fast_bound = 1 + 1.5 * consensus.tolerance
+    out: dict[str, Verdict] = {}
+    for key, v in agreed.items():
+        rs, vals = rows.get(key) or [], values.get(key) or []
+        if len(rs) != len(vals):
+            continue
+        ratios = [_steady_ratio(timelines.get(r.device) or [], r.measured_at, rule, consensus.tolerance) for r in rs]
+        known = [ratios[i] for i in v.members if ratios[i] is not None]
+        if len(known) >= consensus.quorum or any(q <= fast_bound for q in known):
+            continue  # enough members of known state: confirmed_by_period's case
+        slow = sorted(x / q for x, q in zip(vals, ratios) if q and q > fast_bound and math.isfinite(x) and x > 0)
+        if len(slow) < consensus.quorum or (len(slow) == consensus.quorum
+                                            and slow[-1] > slow[0] * (1 + consensus.tolerance)):
+            continue
+        value = statistics.median(slow)
+        if value < v.value * (1 - rule.threshold):
+            out[key] = Verdict(value, True, v.members, v.rounds, v.spread, False)
+    return out
+
+
 #: Rounds taken in a steady slow state that must agree, over the anchors' slowdown, before they
 #: stand for an entry's fast value without a fast round of its own.
 NORMALISED_QUORUM = 3

@@ -40,7 +40,12 @@ from latbench.measuring.consensus import ConsensusRule, Verdict
 from latbench.measuring.journal import Journal, JournalRow
 from latbench.measuring.measurement import SamplingPolicy, merge_measurements
 from latbench.measuring.noise import HeatRule, MeasuringRules, journal_profile, within_ratio
-from latbench.measuring.periods import PeriodRule, confirmed_by_period, journal_slow_periods
+from latbench.measuring.periods import (
+    PeriodRule,
+    confirmed_by_period,
+    divided_at_changes_of_state,
+    journal_slow_periods,
+)
 from latbench.measuring.session import MeasuringPlan, MeasuringSession, SessionResult, Target, round_values
 from latbench.measuring.timebase import base_levels, session_factors
 from latbench.tables.overhead import SCALE_GROUPS, OverheadModel, fit_scales, robust_fit, scaled
@@ -434,7 +439,9 @@ def decide_entries(journal: Journal, rule: ConsensusRule, factors: dict[str, flo
     values = {k: round_values(rs, rule, factors) for k, rs in rows.items()}
     verdicts = {k: rule.decide(v) for k, v in values.items()}
     if confirm_by_period:
-        verdicts.update(confirmed_by_period(rows, values, verdicts, journal.anchors(), rule, prule))
+        anchors = journal.anchors()
+        verdicts.update(confirmed_by_period(rows, values, verdicts, anchors, rule, prule))
+        verdicts.update(divided_at_changes_of_state(rows, values, verdicts, anchors, rule, prule))
     return verdicts
 
 

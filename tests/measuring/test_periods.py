@@ -161,13 +161,14 @@ def test_an_entry_out_of_rounds_takes_its_rounds_over_the_anchors_slowdown():
 
 
 def _slow_consensus(slow_rounds_seen_by_anchors: bool, late_times: tuple[float, ...] = (27.0, 37.0, 107.0),
-                    late_factors: tuple[float, ...] | None = None, second_slow: float = 1.3):
+                    late_factors: tuple[float, ...] | None = None, second_slow: float = 1.3,
+                    decide: str = "confirmed_by_period"):
     """Twelve entries, three rounds each, on a device whose anchors read it 30 % slow from 20 to
     60 s and `second_slow` from 100 to 140 s; eleven entries have one slow round, one entry
     ("late") has all its rounds slow (`late_factors`, default: agreeing with each other)."""
+    from latbench.measuring import periods
     from latbench.measuring.journal import AnchorRow, JournalRow
     from latbench.measuring.measurement import Measurement
-    from latbench.measuring.periods import confirmed_by_period
 
     def m(ms):
         return Measurement("x", [ms] * 20)
@@ -190,7 +191,7 @@ def _slow_consensus(slow_rounds_seen_by_anchors: bool, late_times: tuple[float, 
     decided = {k: rule.decide(v) for k, v in vals.items()}
     if late_factors is None:
         assert decided["late"].agreed and decided["late"].value == pytest.approx(0.65, rel=0.01)
-    return confirmed_by_period(rows, vals, decided, anchors, rule, RULE)
+    return getattr(periods, decide)(rows, vals, decided, anchors, rule, RULE)
 
 
 def test_a_consensus_of_slow_rounds_is_divided_by_the_anchors_where_they_explain_the_device():
@@ -212,6 +213,31 @@ def test_a_slow_consensus_with_one_round_at_a_change_of_state_is_divided_too():
     stayed +32 % so)."""
     out = _slow_consensus(True, late_times=(27.0, 37.0, 58.0, 107.0))
     assert set(out) == {"late"} and out["late"].value == pytest.approx(0.5, rel=0.01)
+
+
+def test_a_slow_consensus_of_rounds_at_changes_of_state_is_divided_by_the_entrys_steadily_slow_rounds():
+    """Both agreeing rounds fell at changes of state (their anchors disagree: unknown state); the
+    entry's other rounds were taken in a steady slow state and, over the anchors' slowdown, put
+    the fast value a slow period's worth below the consensus: the consensus is the slow state's
+    (a simulated vm-bursts entry whose eight rounds all fell in slow spans stayed +32 %)."""
+    late = (58.0, 98.0, 107.0, 117.0)  # anchors: 55 slow / 60 fast, 95 fast / 100 slow, then steadily slow
+    slow = {"late_factors": (1.3, 1.305, 1.34, 1.35), "second_slow": 1.34}
+    out = _slow_consensus(True, late, **slow, decide="divided_at_changes_of_state")
+    assert set(out) == {"late"} and out["late"].agreed
+    assert out["late"].value == pytest.approx(0.5, rel=0.01)
+    # A running session leaves it (it stays named slow-period and gets its later rounds).
+    assert _slow_consensus(True, late, **slow) == {}
+    # Rounds at the changes that were fast (the steady slow ones, over the anchors, agree with
+    # them): the consensus stands.
+    fast = {"late_factors": (1.0, 1.005, 1.34, 1.35), "second_slow": 1.34}
+    assert _slow_consensus(True, late, **fast, decide="divided_at_changes_of_state") == {}
+    # One steadily slow round is not enough to overrule two agreeing rounds.
+    one = {"late_factors": (1.3, 1.305, 1.34), "second_slow": 1.34}
+    assert _slow_consensus(True, late[:3], **one, decide="divided_at_changes_of_state") == {}
+    # Nor where the anchors do not explain the device.
+    assert _slow_consensus(False, late, **slow, decide="divided_at_changes_of_state") == {}
+    # Members of known slow state are confirmed_by_period's: this one leaves them.
+    assert _slow_consensus(True, decide="divided_at_changes_of_state") == {}
 
 
 def test_a_slow_consensus_stands_where_the_anchors_do_not_explain_the_device():
