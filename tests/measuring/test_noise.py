@@ -475,6 +475,31 @@ def test_a_short_slow_stretch_at_the_end_of_a_device_with_slow_spells_is_not_wai
     assert res.report["noise_profile"]["slow_share"] > 0
 
 
+def test_a_slow_stretch_at_the_end_no_longer_than_the_devices_own_spells_is_not_waited_on():
+    """A device whose anchors read a 32 s spell that ended by itself ends the build in another, over
+    a sixth of the heat span but no longer: one more spell, no idling (a simulated VM's 10-50 s
+    spells: the check idled 92 s, its anchors landing in the next spells). A trailing stretch
+    longer than any spell before is still looked at."""
+    def spells(first_end: float, last_from: float):
+        class SpellsRunner(HotRunner):
+            def measure(self, prepared, policy=None, *, profile=False):
+                m = super().measure(prepared, policy, profile=profile)
+                t = self.t - 1_000_000.0
+                slow = 3.0 <= t < first_end or t >= last_from
+                return Measurement(m.label, [x * 1.35 for x in m.samples_ms], provenance=m.provenance) if slow else m
+
+        return SpellsRunner(BASE.__getitem__, reports=False, heat_after_s=10**9)
+
+    step = HeatRule(step_s=10.0).step_s
+    runner = spells(35.0, 38.0)
+    res, pauses = run_to_the_end(runner)
+    assert pauses == [] and step not in runner.idled  # spacing polls only
+    assert res.report["noise_profile"]["slow_share"] > 0
+    runner = spells(25.0, 30.0)  # the last stretch outlasts the 22 s spell: looked at
+    run_to_the_end(runner)
+    assert runner.idled.count(step) >= 1
+
+
 def test_an_extra_round_waits_with_the_device_idle_until_an_anchor_reads_fast():
     # The device is in its fast state: one idle step, one anchor that reads at its level, go.
     runner, polls = spaced_run(spell_s=0.0)
