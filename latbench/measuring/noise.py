@@ -501,6 +501,18 @@ class HeatRule:
             slow.append((at, ratio))
         return slow
 
+    def longest_ended_slow(self, readings: Sequence[tuple[float, float]]) -> float:
+        """The longest run of (time, anchor ratio) readings above the threshold that a reading at
+        the level ended, in seconds from its first reading to its last (0 without one)."""
+        longest, start, last = 0.0, None, None
+        for at, ratio in readings:
+            if ratio > 1 + self.threshold:
+                start = at if start is None else start
+                last = at
+            elif start is not None and last is not None:
+                longest, start = max(longest, last - start), None
+        return longest
+
     def hot_since(self, readings: Sequence[tuple[float, float]], throttling: bool | None) -> float | None:
         """When the device became hot, from (time, anchor ratio) readings in order; None if it is not."""
         slow = [at for at, _ in self.trailing_slow(readings)]

@@ -318,19 +318,6 @@ class SessionResult:
         return [r.measurement for r in self.rows.get(key, [])]
 
 
-def _longest_ended_stretch(readings: Sequence[tuple[float, float]], threshold: float) -> float:
-    """The longest run of (time, anchor ratio) readings above 1 + threshold, in seconds from its
-    first reading to its last, that a reading at the level ended."""
-    longest, start, last = 0.0, None, None
-    for at, ratio in readings:
-        if ratio > 1 + threshold:
-            start = at if start is None else start
-            last = at
-        elif start is not None and last is not None:
-            longest, start = max(longest, last - start), None
-    return longest
-
-
 class MeasuringSession:
     """Measure targets on a device until their rounds agree; see the module docstring.
 
@@ -593,7 +580,7 @@ class MeasuringSession:
         new_state = bool(earlier) and all(ratio <= 1 + rule.threshold for _, ratio in earlier)
         if len(slow) < rule.readings or (slow[0][0] - slow[-1][0] < rule.span_s * END_SLOW_SHARE and not new_state):
             return False
-        if not new_state and _longest_ended_stretch(earlier, rule.threshold) >= slow[0][0] - slow[-1][0]:
+        if not new_state and rule.longest_ended_slow(earlier) >= slow[0][0] - slow[-1][0]:
             # The device's own spells were as long and ended by themselves: this is one more (a
             # simulated VM's 10-50 s spells: the check idled 92 s, a quarter of the build, its
             # anchor readings landing in the next spells).

@@ -295,6 +295,9 @@ def test_heat_rule_wants_a_lasting_slowdown_or_a_report():
     assert rule.hot_since(every_10s([1.3] * 5), None) is None  # 40 s: a slow spell, not yet heat
     assert rule.hot_since(every_10s([1.0, 1.0]), True) == 10.0  # reported: at once
     assert not rule.cooled(1.0, True) and rule.cooled(1.05, False) and not rule.cooled(1.1, False)
+    # The longest slow stretch that ended by itself: 40 s (not the 30 s one still going on).
+    assert rule.longest_ended_slow(every_10s([1.0, 1.3, 1.0] + [1.3] * 5 + [1.0] + [1.3] * 4)) == 40.0
+    assert rule.longest_ended_slow(every_10s([1.0] + [1.3] * 4)) == 0.0
     with pytest.raises(UsageError):
         HeatRule(threshold=0)
 
