@@ -149,8 +149,7 @@ def confirmed_by_period(rows: Mapping[str, Sequence[JournalRow]], values: Mappin
     agreed = {k: v for k, v in verdicts.items() if v.agreed and v.rounds >= consensus.min_rounds}
     if not pending and not agreed:
         return {}
-    _, _, extra = _journal_readings(rows, values, verdicts, anchors, consensus)
-    timelines = _anchor_timelines(extra)
+    timelines = _anchor_timelines(_anchor_readings(anchors, consensus))
     fast_bound = 1 + 1.5 * consensus.tolerance
     out: dict[str, Verdict] = {}
     explain = anchors_explain(rows, values, timelines, rule)
@@ -241,8 +240,7 @@ def divided_at_changes_of_state(rows: Mapping[str, Sequence[JournalRow]], values
     agreed = {k: v for k, v in verdicts.items() if v.agreed and v.rounds >= consensus.min_rounds}
     if not agreed:
         return {}
-    _, _, extra = _journal_readings(rows, values, verdicts, anchors, consensus)
-    timelines = _anchor_timelines(extra)
+    timelines = _anchor_timelines(_anchor_readings(anchors, consensus))
     if anchors_explain(rows, values, timelines, rule) > ANCHORS_EXPLAIN:
         return {}
     fast_bound = 1 + 1.5 * consensus.tolerance

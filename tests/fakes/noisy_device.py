@@ -375,15 +375,12 @@ def _state_levels(profile: NoiseProfile, times: np.ndarray, seed: int) -> np.nda
     """The typical level (expected pass median over the fast latency) at each of `times` on one
     realisation of the profile's span states (seed): what an estimator that sees the device's state
     at every moment would read there."""
-    proc = NoiseProcess(profile, seed)
+    proc = NoiseProcess(profile, seed)  # fresh: no round begun (layout factor 1), never heated
     levels = _pass_levels(profile)
     out = np.empty(len(times))
     for i, t in enumerate(times):
-        f = 1.0
-        for spans in (proc.bursts, proc.slow, proc.little):
-            if spans is not None:
-                f *= spans.at(float(t))
-        out[i] = f * (levels[proc.trace.row(float(t))] if proc.trace is not None else levels[0])
+        level = levels[proc.trace.row(float(t))] if proc.trace is not None else levels[0]
+        out[i] = proc.device_factor(float(t)) * level
     return out
 
 
