@@ -390,7 +390,7 @@ def typical_factor(profile: NoiseProfile) -> float:
     moment of the profile's normal (unthrottled) operation: the span states' long-run averages
     (exact, from their parameters) times the pass level (Monte-Carlo, per trace row weighted by
     the time the row holds). A Monte-Carlo over one hour of one device instead sees a few dozen
-    slow spans, and set the truth up to 1.8 % off (vm-bursts)."""
+    slow spans, and set the truth 1.6 % high (vm-bursts)."""
     spans = _span_mean(profile.bursts) * _span_mean(profile.slow) * _span_mean(profile.little)
     levels = _pass_levels(profile)
     trace = load_trace(profile.trace, profile.trace_fast_band) if profile.trace else None

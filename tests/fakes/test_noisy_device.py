@@ -195,7 +195,7 @@ def test_typical_latency_is_above_the_fast_state_for_noisy_profiles(name):
 @pytest.mark.parametrize("name", ["vm-bursts", "big-little", "xeon-trace"])
 def test_the_typical_truth_is_the_long_run_average_of_pass_medians(name):
     # The definition, by brute force: benchmark passes at random moments of many long stretches of
-    # many devices of the profile. One hour of one device set it 1.8 % off (vm-bursts).
+    # many devices of the profile. One hour of one device set it 1.6 % high (vm-bursts).
     profile = PROFILES[name]
     medians = []
     for s in range(20):
