@@ -28,6 +28,7 @@ from latbench.commands._runner import (
 from latbench.commands._types import positive_int, positive_seconds
 from latbench.core.fileio import writable_file
 from latbench.measuring.noise import NoiseProfile
+from latbench.tables.overhead import WEIGHTS
 from latbench.tables.table import LatencyTable, find_table
 
 DEFAULT_SPACE = "__default__"
@@ -421,8 +422,10 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def describe_scales(overhead: dict[str, Any]) -> str:
-    scales = overhead.get("scales") or {"rest": overhead.get("scale", 1.0)}
-    return ", ".join(f"{g} x{v:.4f}" for g, v in scales.items())
+    scales = dict(overhead.get("scales") or {"rest": overhead.get("scale", 1.0)})
+    weights = scales.pop(WEIGHTS, 0.0)
+    return ", ".join([f"{g} x{v:.4f}" for g, v in scales.items()]
+                     + ([f"cold weights +{weights:.4g} ms per million parameters"] if weights else []))
 
 
 #: Columns of counts and sizes: pandas reads them as floats when a row leaves them blank.

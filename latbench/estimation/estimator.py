@@ -125,11 +125,13 @@ class LatencyEstimator:
         est = self.model.estimate(blocks)
         method = "sum(block - empty) + empty(input)" if self.use_overhead else "plain sum"
         scales = self.model.scales
-        if self.calibrated and len(set(scales.values())) > 1:
+        if self.calibrated and len({scales[g] for g in SCALE_GROUPS}) > 1:
             method += f", calibrated x{scales['rest']:.4f} (attention mixers x{scales['attention']:.4f})"
         elif self.calibrated:
             method += f", calibrated x{self.scale:.4f}"
-        else:
+        if self.calibrated and self.model.weights_ms > 0:
+            method += f", cold weights +{self.model.weights_ms:.4g} ms per million parameters"
+        if not self.calibrated:
             method += ", UNCALIBRATED"
             warnings.insert(0, f"table {self.table.label()} is uncalibrated: no whole model was measured end to end "
                                "with it, so what isolated blocks miss (fusion, cache effects; typically -15..+15 %) "

@@ -48,7 +48,7 @@ from latbench.measuring.periods import (
 )
 from latbench.measuring.session import MeasuringPlan, MeasuringSession, SessionResult, Target, round_values
 from latbench.measuring.timebase import base_levels, session_factors
-from latbench.tables.overhead import SCALE_GROUPS, OverheadModel, fit_scales, robust_fit, scaled
+from latbench.tables.overhead import SCALE_GROUPS, WEIGHTS, OverheadModel, fit_scales, robust_fit, scaled
 from latbench.tables.plausibility import PlausibilityRule, check_trends, entry_of
 from latbench.tables.table import (
     BLOCK_COLUMNS,
@@ -547,7 +547,9 @@ def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, facto
         table.meta["overhead"] = {
             "empty_models": True, "scale": scales["rest"], "scales": scales, "calibrated": True,
             "method": "sum(block - empty(shape)) + empty(input), attention mixers and the rest each times a scale "
-                      "fitted (non-negative relative least squares) on whole models measured end to end",
+                      "fitted (non-negative relative least squares) on whole models measured end to end"
+                      + (", plus the cold-weights cost in ms per million parameters (scales.weights)"
+                         if scales.get(WEIGHTS) else ""),
             "calibrated_on": names,
             "fit_errors_pct": [100 * (f / m - 1) for f, m in zip(fitted, measured)],
             "left_out": [r["name"] for r in model_rows if r["key"] in left_out],

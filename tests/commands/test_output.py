@@ -56,3 +56,11 @@ def test_progress_is_off_where_the_streams_cannot_be_told_apart(capsys):
     assert _output.shows_progress(Namespace(json=True)) is False
     assert _output.shows_progress(Namespace(json=False)) is True
     assert _output.shows_progress(Namespace(json=False, no_progress=True)) is False
+
+
+def test_the_overhead_line_names_the_cold_weights_term_apart_from_the_scales():
+    from latbench.commands.lut import describe_scales
+
+    line = describe_scales({"scales": {"attention": 1.01, "rest": 1.01, "weights": 0.128}})
+    assert line == "attention x1.0100, rest x1.0100, cold weights +0.128 ms per million parameters"
+    assert describe_scales({"scales": {"attention": 1.2, "rest": 1.1}}) == "attention x1.2000, rest x1.1000"

@@ -6,7 +6,7 @@ from latbench.blocks.configs import EmptyConfig, decompose, overhead_blocks
 from latbench.core.errors import UsageError
 from latbench.estimation.estimator import LatencyEstimator
 from latbench.space import named_arch
-from latbench.tables.overhead import OverheadModel, fit_scale, fit_scales
+from latbench.tables.overhead import OverheadModel, fit_scale, fit_scales, scaled
 from latbench.tables.table import BLOCK_COLUMNS, LatencyTable
 
 
@@ -123,7 +123,7 @@ def test_attention_mixers_and_the_rest_each_have_a_scale():
     table.meta["overhead"] = {"scales": {"attention": 1.25, "rest": 1.07}, "scale": 1.07, "calibrated": True}
     est = LatencyEstimator(table).estimate(resolve_candidate("efficientformerv2_s0"))
     parts = OverheadModel(table.latency_ms()).parts(blocks)
-    assert parts["attention"] > 0 and sum(parts.values()) == pytest.approx(plain.latency_ms)
+    assert parts["attention"] > 0 and parts["attention"] + parts["rest"] == pytest.approx(plain.latency_ms)
     assert est.latency_ms == pytest.approx(1.25 * parts["attention"] + 1.07 * parts["rest"])
     assert "attention mixers x1.2500" in est.method and est.scales == {"attention": 1.25, "rest": 1.07}
 
@@ -157,6 +157,36 @@ def test_two_scales_only_where_they_predict_held_out_models_better_than_one():
     real = [(1.3 * p["attention"] + 1.05 * p["rest"]) * (1 + 0.02 * (i % 3 - 1)) for i, p in enumerate(parts)]
     two = fit_scales(parts, real)
     assert two["attention"] == pytest.approx(1.3, rel=0.05) and two["rest"] == pytest.approx(1.05, rel=0.05)
+
+
+def test_the_cold_weights_term_is_fitted_only_where_it_predicts_held_out_models():
+    """Whole models that pay for their weights beyond what the blocks' warm times carry (a cost
+    per parameter: on int8 LiteRT 0.09-0.12 ms per million): the fit finds the coefficient beside
+    the scale; where latency carries no such cost, noise does not buy the term."""
+    shapes = ((1.0, 9.0, 3.0), (3.0, 7.0, 12.0), (5.0, 5.0, 6.0), (2.0, 12.0, 20.0), (6.0, 4.0, 4.0),
+              (4.0, 8.0, 16.0), (2.5, 6.0, 9.0), (1.5, 10.0, 25.0))
+    parts = [{"attention": a, "rest": r, "weights": w} for a, r, w in shapes]
+    noise = [1 + 0.01 * (i % 3 - 1) for i in range(len(parts))]
+    cold = [(1.05 * (p["attention"] + p["rest"]) + 0.12 * p["weights"]) * n for p, n in zip(parts, noise)]
+    fit = fit_scales(parts, cold)
+    assert fit["weights"] == pytest.approx(0.12, rel=0.25) and fit["rest"] == pytest.approx(1.05, rel=0.03)
+    # One scale alone would read the per-parameter cost as a larger scale and miss the small,
+    # weight-heavy models: the term is what predicts them.
+    one = fit_scale([p["attention"] + p["rest"] for p in parts], cold)
+    errors = [abs(one * (p["attention"] + p["rest"]) / m - 1) for p, m in zip(parts, cold)]
+    assert max(errors) > 0.05
+    assert max(abs(scaled(fit, p) / m - 1) for p, m in zip(parts, cold)) < 0.02
+    warm = [1.05 * (p["attention"] + p["rest"]) * n for p, n in zip(parts, [1.03, 0.97, 1.0, 1.02, 0.98, 1.0, 1.03,
+                                                                            0.97])]
+    assert "weights" not in fit_scales(parts, warm)
+    # An estimate carries the term: parameters in millions times the coefficient.
+    table, blocks, ms = s0_table(scale=1.0)
+    table.meta["overhead"] = {"scales": {"attention": 1.0, "rest": 1.0, "weights": 0.12}, "calibrated": True}
+    est = LatencyEstimator(table).estimate(resolve_candidate("efficientformerv2_s0"))
+    base = OverheadModel(table.latency_ms()).parts(blocks)
+    assert base["weights"] == pytest.approx(3.600256)  # S0's 3.6 M parameters
+    assert est.latency_ms == pytest.approx(base["attention"] + base["rest"] + 0.12 * 3.600256)
+    assert "cold weights +0.12 ms per million parameters" in est.method
 
 
 def test_a_model_measured_in_a_slow_state_leaves_the_fit():

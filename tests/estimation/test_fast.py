@@ -46,6 +46,15 @@ def test_equals_latency_estimator_with_calibration(archs):
     check_equal(synthetic_table(scale=1.07, attention_scale=1.25), archs)  # a scale per calibration group
 
 
+def test_equals_latency_estimator_with_the_cold_weights_term(archs):
+    table = synthetic_table(scale=1.02)
+    table.meta["overhead"]["scales"]["weights"] = 0.12  # ms per million parameters
+    scores = check_equal(table, archs)
+    table.meta["overhead"]["scales"].pop("weights")
+    without = FastEstimator(table).score_archs(archs)
+    np.testing.assert_allclose(scores.latency_ms - without.latency_ms, 0.12 * scores.params / 1e6, rtol=1e-9)
+
+
 def test_equals_latency_estimator_without_empty_models(archs):
     table = synthetic_table()
     table.blocks = table.blocks[table.blocks["kind"] != "empty"]
