@@ -102,12 +102,6 @@ class OverheadModel:
         """The cold-weights coefficient: ms per million parameters (0 where not fitted)."""
         return coefficient(self.scales, WEIGHTS)
 
-    def net_ms(self, config: BlockConfig) -> float:
-        """One occurrence's calibrated share of an estimate: its latency less its empty model's,
-        times its group's scale, plus its weights' cold-weights cost."""
-        e = self.ms[empty_key(config.resolution, config.input_shape)] if self.use_overhead else 0.0
-        return self.scale_of(config) * (self.ms[config.key] - e) + self.weights_ms * config.params() / 1e6
-
     def input_overhead(self, resolution: int) -> float:
         return self.ms[empty_key(resolution, (1, 3, resolution, resolution))] if self.use_overhead else 0.0
 
