@@ -134,8 +134,8 @@ class FastEstimator:
         def empty(c: BlockConfig) -> float:
             return ms.get(EmptyConfig.for_shape(c.resolution, c.input_shape).key, np.nan) if self.use_overhead else 0.0
 
-        # Each block's net latency with its calibration group's scale folded in: a batch estimate is
-        # then one gather and a sum, as LatencyEstimator's scales * parts.
+        # Each block's net latency with its calibration group's scale and its weights' cold-weights
+        # cost folded in: a batch estimate is then one gather and a sum, as LatencyEstimator's parts.
         self._net = _Gather(self, lambda c: model.scale_of(c) * (ms.get(c.key, np.nan) - empty(c))
                             + model.weights_ms * c.params() / 1e6, float)
         self._plain = _Gather(self, lambda c: ms.get(c.key, np.nan), float)
