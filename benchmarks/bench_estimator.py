@@ -59,8 +59,7 @@ class DictSum:
         for c in configs + [s.config for a in space_archs for s in arch_slots(a)]:
             e = ms.get(EmptyConfig.for_shape(c.resolution, c.input_shape).key, 0.0) if est.use_overhead else 0.0
             if c.key in ms:
-                # the group's scale and the cold-weights term folded in
-                self.net[c.key] = est.model.scale_of(c) * (ms[c.key] - e) + est.model.weights_ms * c.params() / 1e6
+                self.net[c.key] = est.model.net_ms(c, ms[c.key], e)  # the calibration folded in
                 self.params[c.key] = c.params()
         r = int(table.meta.get("resolution") or 224)
         self.e_in = est.model.scales["rest"] * (ms.get(EmptyConfig(r, 3, r, r).key, 0.0) if est.use_overhead else 0.0)

@@ -136,8 +136,7 @@ class FastEstimator:
 
         # Each block's net latency with its calibration group's scale and its weights' cold-weights
         # cost folded in: a batch estimate is then one gather and a sum, as LatencyEstimator's parts.
-        self._net = _Gather(self, lambda c: model.scale_of(c) * (ms.get(c.key, np.nan) - empty(c))
-                            + model.weights_ms * c.params() / 1e6, float)
+        self._net = _Gather(self, lambda c: model.net_ms(c, ms.get(c.key, np.nan), empty(c)), float)
         self._plain = _Gather(self, lambda c: ms.get(c.key, np.nan), float)
         self._params = _Gather(self, lambda c: c.params(), np.int64)
         self._macs: _Gather | None = None

@@ -102,6 +102,13 @@ class OverheadModel:
         """The cold-weights coefficient: ms per million parameters (0 where not fitted)."""
         return coefficient(self.scales, WEIGHTS)
 
+    def net_ms(self, config: BlockConfig, latency_ms: float, empty_ms: float) -> float:
+        """One occurrence's calibrated share of an estimate, from its latency and its empty
+        model's (the caller's lookups, so batch estimators keep their own missing-entry values):
+        its group's scale times the difference, plus the cold-weights cost of its parameters.
+        Summed over a model's blocks (plus the scaled input overhead) it is scaled(scales, parts)."""
+        return self.scale_of(config) * (latency_ms - empty_ms) + self.weights_ms * config.params() / 1e6
+
     def input_overhead(self, resolution: int) -> float:
         return self.ms[empty_key(resolution, (1, 3, resolution, resolution))] if self.use_overhead else 0.0
 
