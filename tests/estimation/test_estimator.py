@@ -206,8 +206,26 @@ def test_a_model_measured_in_a_slow_state_leaves_the_fit():
     scales, kept = robust_fit(parts, slow, min_models=4)
     assert 2 not in kept and len(kept) == len(parts) - 1
     assert scales["attention"] == pytest.approx(1.3, rel=0.03) and scales["rest"] == pytest.approx(1.05, rel=0.03)
-    # Never below the minimum: with four models nothing is left out, however slow one reads.
-    assert robust_fit(parts[:4], slow[:4], min_models=4)[1] == [0, 1, 2, 3]
+    # At the minimum an ordinary slow outlier stays; a gross one leaves while the others agree.
+    mild = list(measured)
+    mild[2] *= 1.10
+    assert robust_fit(parts[:4], mild[:4], min_models=4)[1] == [0, 1, 2, 3]
+    assert robust_fit(parts[:4], slow[:4], min_models=4)[1] == [0, 1, 3]
+
+
+def test_below_the_minimum_only_a_gross_slow_outlier_the_others_agree_on_leaves():
+    from latbench.tables.overhead import robust_fit
+
+    parts = [{"attention": a, "rest": r} for a, r in ((1.0, 9.0), (3.0, 7.0), (2.0, 12.0))]
+    measured = [1.1 * (p["attention"] + p["rest"]) * f for p, f in zip(parts, (1.01, 1.0, 0.99))]
+    slow = [m * f for m, f in zip(measured, (1.0, 1.41, 1.0))]  # an adapt's three models, one 41 % slow
+    scales, kept = robust_fit(parts, slow, min_models=4)
+    assert kept == [0, 2] and scales["rest"] == pytest.approx(1.1, rel=0.02)
+    assert robust_fit(parts, [m * f for m, f in zip(measured, (1.0, 1.2, 1.0))], min_models=4)[1] == [0, 1, 2]
+    # Where the other two disagree (16 %), no one of the three can be told to be the slow one.
+    assert robust_fit(parts, [m * f for m, f in zip(slow, (1.0, 1.0, 0.86))], min_models=4)[1] == [0, 1, 2]
+    # Never below two models.
+    assert robust_fit(parts[:2], slow[:2], min_models=4)[1] == [0, 1]
 
 
 @pytest.mark.parametrize("depth", [7, 40])

@@ -404,3 +404,27 @@ def test_lut_adapt_measures_artifacts_of_the_dtype_asked_for(source_dir, truth, 
     assert meta["precision"] == "fp16" and meta["adapt"]["measured"] == 3
     code, _, err = run_cli(*args)  # the same table in fp32 artifacts: another runtime, refused in one line
     assert code == 2 and "another device or runtime" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_calibration_model_slow_in_every_round_leaves_an_adapts_fit(source_dir, truth, tmp_path, monkeypatch):
+    # An adapt calibrates on three whole models, below the minimum a fit otherwise keeps: one
+    # read 41 % slow in three agreeing rounds on a host switching states every few seconds.
+    models = sample_candidates(SearchSpace.default(), 224, 3, 0, purpose="calibration")
+    world = dict(truth)
+    for cand in models:
+        world[cand.key] = 1.05 * OverheadModel(truth).estimate(cand.blocks())
+    slow = models[1]
+    use_devices(monkeypatch, TargetDevice({**world, slow.key: 1.41 * world[slow.key]}))
+    table = LatencyTable.load(adapt(source_dir, tmp_path / "t", calibrate=3).table.path)
+    overhead = table.meta["overhead"]
+    assert overhead["left_out"] == [slow.name]
+    assert overhead["calibrated_on"] and slow.name not in overhead["calibrated_on"]
+    assert overhead["scales"]["rest"] == pytest.approx(1.05, rel=0.04)
+    flags = dict(zip(table.models["name"], table.models["flags"]))
+    assert "slow-outlier" in (flags[slow.name] or "")
+    # Kept, the slow model would have pulled the scale well off.
+    kept = OverheadModel(table.latency_ms())
+    from latbench.tables.overhead import fit_scales
+    plain = fit_scales([kept.parts(c.blocks()) for c in models],
+                       [1.41 * world[c.key] if c is slow else world[c.key] for c in models])
+    assert plain["rest"] > 1.05 * 1.06
