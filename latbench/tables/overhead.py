@@ -220,13 +220,15 @@ def _least_squares(parts: Sequence[Mapping[str, float]], measured: Sequence[floa
     return {g: float(c) for col, c in zip(columns, coef) for g in col}
 
 
+def _held_out_estimates(fit, parts: Sequence[Mapping[str, float]], members: Sequence[int]) -> dict[int, float]:
+    """Each model of `members` estimated by `fit` on the other members."""
+    return {i: scaled(fit([j for j in members if j != i]), parts[i]) for i in members}
+
+
 def _held_out_error(fit, parts: Sequence[Mapping[str, float]], measured: Sequence[float]) -> float:
     """Mean squared relative error of each model predicted by `fit` on all the others."""
-    errors = []
-    for i in range(len(parts)):
-        scales = fit([j for j in range(len(parts)) if j != i])
-        errors.append((scaled(scales, parts[i]) / measured[i] - 1) ** 2)
-    return sum(errors) / len(errors)
+    estimates = _held_out_estimates(fit, parts, range(len(parts)))
+    return sum((e / measured[i] - 1) ** 2 for i, e in estimates.items()) / len(parts)
 
 
 #: A model measured this much (and 4 median deviations) slower than the others' fit says was
@@ -289,14 +291,14 @@ def gross_slow_outlier(parts: Sequence[Mapping[str, float]], measured: Sequence[
     if len(keep) <= MIN_MODELS_LEFT:
         return None
 
-    def excess(i: int, others: Sequence[int]) -> float:
-        scales = fit_scales([parts[j] for j in others], [measured[j] for j in others])
-        return measured[i] / scaled(scales, parts[i]) - 1
+    def fit_on(idx: Sequence[int]) -> dict[str, float]:
+        return fit_scales([parts[j] for j in idx], [measured[j] for j in idx])
 
-    worst = max(keep, key=lambda i: excess(i, [j for j in keep if j != i]))
-    others = [j for j in keep if j != worst]
-    if excess(worst, others) < GROSS_SLOW_OUTLIER:
+    excess = {i: measured[i] / e - 1 for i, e in _held_out_estimates(fit_on, parts, keep).items()}
+    worst = max(keep, key=excess.__getitem__)
+    if excess[worst] < GROSS_SLOW_OUTLIER:
         return None
-    if any(abs(excess(i, [j for j in others if j != i])) > SLOW_OUTLIER for i in others):
+    others = [j for j in keep if j != worst]
+    if any(abs(measured[i] / e - 1) > SLOW_OUTLIER for i, e in _held_out_estimates(fit_on, parts, others).items()):
         return None
     return worst

@@ -28,7 +28,7 @@ from latbench.core.errors import DeviceLost, UsageError
 from latbench.measuring.journal import Journal
 from latbench.space import SearchSpace
 from latbench.tables.adapt import kind_priority, plan_adapt, source_entries
-from latbench.tables.overhead import OverheadModel
+from latbench.tables.overhead import OverheadModel, fit_scales
 from latbench.tables.synthetic import synthetic_table
 from latbench.tables.table import LatencyTable, row_config
 from latbench.tables.transfer import select_entries
@@ -424,7 +424,6 @@ def test_a_calibration_model_slow_in_every_round_leaves_an_adapts_fit(source_dir
     assert "slow-outlier" in (flags[slow.name] or "")
     # Kept, the slow model would have pulled the scale well off.
     kept = OverheadModel(table.latency_ms())
-    from latbench.tables.overhead import fit_scales
     plain = fit_scales([kept.parts(c.blocks()) for c in models],
                        [1.41 * world[c.key] if c is slow else world[c.key] for c in models])
     assert plain["rest"] > 1.05 * 1.06
