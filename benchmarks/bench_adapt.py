@@ -14,7 +14,10 @@ the full target table (two separated passes, on that table's time base). Per bud
 Kendall tau and the measuring time against the full build's, beside two baselines on the same
 truth and the same measured entries: (a) the source table's estimate times one factor (the median
 target/source ratio of the measured entries), (b) MACs-proportional (c x MACs, c = the measured
-entries' summed latency over their summed MACs); and the full target table's own accuracy.
+entries' summed latency over their summed MACs); and the full target table's own accuracy. Below
+the table, per budget, the adapt's predicted entries against the full table's measurements (the
+check of `lut diff ADAPTED FULL`): mean and largest |error|, the share within one and two of their
+stated sigmas.
 
 The adapted tables are put on the full target table's time base as `lut validate` puts its
 passes on it: by the whole models both measured (an adapt's calibration models are the full
@@ -220,6 +223,10 @@ def evaluate(adapted: Any, source: Any, full: Any, cands: list[Any], measured: l
             "factor": factor, "ms_per_gmac": rate * 1e9}
 
 
+def share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
 def fmt(f: dict[str, float]) -> str:
     return (f"{f['within_5pct']:4.0%} {f['within_10pct']:5.0%} {f['mean_abs_pct_error']:6.1f} "
             f"{f['kendall_tau']:5.3f}")
@@ -274,6 +281,15 @@ def run_pair(work: Path, name: str, source: Any, space: Any, args: argparse.Name
           "  (the full target table on the same subnets)")
     print(f"{'':>6} {'':6} {'':6} {'':5} | {fmt(full_raw)} |  (the same, against the truth as measured: its passes' "
           f"time-base factors {', '.join(f'{f:.3f}' for f in factors)} taken out)")
+    # The entries: each adapt's predictions against the full table's measurements (time bases
+    # aligned by the entries both measured), and whether their stated uncertainty covers the error.
+    for budget, e in sorted(result["budgets"].items()):
+        check = api.diff_tables(budgets[budget]["table"], full.path)["predictions"]
+        if check:
+            e["entries"] = {k: v for k, v in check.items() if k != "worst"}
+            print(f"{'':>6} b{budget}: {check['count']} predicted entries against the full table: mean |error| "
+                  f"{check['mean_abs_error_pct']:.1f} % (max {check['max_abs_error_pct']:.0f} %), within 1 / 2 "
+                  f"stated sigma {share(check['within_1_sigma'])} / {share(check['within_2_sigma'])}")
     result["full"]["raw_figures"] = {k: full_raw[k] for k in ("within_5pct", "within_10pct", "mean_abs_pct_error",
                                                               "kendall_tau")}
     result["full"]["time_base_factors"] = factors

@@ -546,8 +546,10 @@ def diff_tables(a: LatencyTable | str | Path, b: LatencyTable | str | Path) -> d
     device): the common keys with kind, both latencies, the ratio and the speedup A/B, the keys
     only one has, the median ratio, per block kind the median, min and max ratio and the count
     (`kinds`), what the ratio compares (`ratio`: "int8/fp32" across precisions, else "B/A"), and
-    how the two devices' provenance differs."""
-    from latbench.tables.compare import block_ratios, kind_ratios, ratio_label
+    how the two devices' provenance differs; where one is an adapted table of the same device and
+    precision as the other, how its predicted entries compare with the other's measurements
+    (`predictions`, see latbench.tables.compare.prediction_check; None otherwise)."""
+    from latbench.tables.compare import block_ratios, kind_ratios, prediction_check, ratio_label
 
     ta, tb = load_table(a), load_table(b)
     ma, mb = ta.latency_ms(), tb.latency_ms()
@@ -556,7 +558,8 @@ def diff_tables(a: LatencyTable | str | Path, b: LatencyTable | str | Path) -> d
     return {"a": str(ta.path), "b": str(tb.path), "common": len(rows),
             "only_a": sorted(set(ma) - set(mb)), "only_b": sorted(set(mb) - set(ma)),
             "median_ratio": ratios[len(ratios) // 2] if ratios else None, "ratio": ratio_label(ta, tb),
-            "kinds": kind_ratios(rows), "provenance_diff": ta.provenance_diff(tb.device), "rows": rows}
+            "kinds": kind_ratios(rows), "provenance_diff": ta.provenance_diff(tb.device),
+            "predictions": prediction_check(ta, tb), "rows": rows}
 
 
 def export_targets(*, space: str | Path | SearchSpace | bool | None = None, model: str | None = None,

@@ -465,6 +465,18 @@ def run_diff(args: argparse.Namespace) -> int:
                     f"only in B: {len(summary['only_b'])}")
     for d in summary["provenance_diff"]:
         console().print(f"provenance: {d}")
+    check = summary["predictions"]
+    if check:
+        sigma = ("" if check["within_2_sigma"] is None else
+                 f", within 1 / 2 stated sigma {check['within_1_sigma']:.0%} / {check['within_2_sigma']:.0%}")
+        other = "B" if check["predicted_in"] == "a" else "A"
+        console().print(f"predicted entries of {check['predicted_in'].upper()} against {other}'s measurements: "
+                        f"{check['count']}, mean |error| {check['mean_abs_error_pct']:.1f} % (median "
+                        f"{check['median_abs_error_pct']:.1f} %, max {check['max_abs_error_pct']:.1f} %){sigma}; "
+                        f"time bases x{check['time_base']:.3f} apart by {check['time_base_entries']} entries both "
+                        "measured, taken out")
+        print_table("largest prediction errors", ["key", "error %", "stated sigma %"],
+                    [(w["key"], w["error_pct"], w["uncertainty_pct"]) for w in check["worst"]])
     return 0
 
 

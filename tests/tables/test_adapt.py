@@ -247,6 +247,39 @@ def test_lut_build_upgrade_measures_the_least_certain_then_all(adapted, truth, t
     assert code == 2 and "no predicted entries" in err and len(err.strip().splitlines()) == 1
 
 
+def test_lut_diff_checks_predicted_entries_against_a_measured_table(adapted, truth, tmp_path, run_cli,
+                                                                    run_cli_json):
+    result, _ = adapted
+    path = Path(result.table.path)
+    shutil.copytree(path, tmp_path / "full")
+    full = LatencyTable.load(tmp_path / "full")
+    # The same device measured in full on another hour: every entry at its truth, on a time base 10 % slower.
+    full.blocks["latency_ms"] = [1.1 * truth[k] for k in full.blocks["key"]]
+    full.blocks["source"] = "measured"
+    full.blocks["uncertainty_pct"] = math.nan
+    full.save()
+    table = LatencyTable.load(path)
+    predicted, ms = table.predicted(), table.latency_ms()
+    check = run_cli_json("lut", "diff", str(path), str(tmp_path / "full"))["predictions"]
+    assert check["predicted_in"] == "a" and check["count"] == len(predicted)
+    assert check["time_base"] == pytest.approx(1 / 1.1, rel=0.01)  # the measured entries' ratio, taken out
+    errors = {k: 100 * (ms[k] / (check["time_base"] * 1.1 * truth[k]) - 1) for k in predicted}
+    assert check["mean_abs_error_pct"] == pytest.approx(statistics.fmean(map(abs, errors.values())))
+    assert check["max_abs_error_pct"] == pytest.approx(max(map(abs, errors.values())))
+    assert check["within_2_sigma"] == sum(abs(errors[k]) <= 2 * predicted[k] for k in predicted) / len(predicted)
+    assert check["within_1_sigma"] < check["within_2_sigma"] or check["within_2_sigma"] == 1.0
+    assert check["worst"][0]["key"] == max(errors, key=lambda k: abs(errors[k]))
+    assert check["worst"][0]["uncertainty_pct"] == pytest.approx(predicted[check["worst"][0]["key"]])
+    swapped = latbench.diff_tables(tmp_path / "full", path)["predictions"]
+    assert swapped["predicted_in"] == "b" and swapped["mean_abs_error_pct"] == pytest.approx(check["mean_abs_error_pct"])
+    code, out, err = run_cli("lut", "diff", str(path), str(tmp_path / "full"))
+    assert code == 0, err
+    assert f"predicted entries of A against B's measurements: {len(predicted)}, mean |error|" in out
+    # A table of another device: its ratios are the devices' difference, not prediction errors.
+    assert latbench.diff_tables(path, result.table.meta["adapt"]["sources"][0]["path"])["predictions"] is None
+    assert latbench.diff_tables(tmp_path / "full", tmp_path / "full")["predictions"] is None  # nothing predicted
+
+
 @pytest.mark.parametrize("other", ["space", "resolution"])
 def test_a_source_of_another_space_or_resolution_is_refused_in_one_line(source_dir, tmp_path, run_cli, other):
     if other == "space":
