@@ -267,10 +267,16 @@ def run_pair(work: Path, name: str, source: Any, space: Any, args: argparse.Name
                                                    ("within_5pct", "within_10pct", "mean_abs_pct_error",
                                                     "kendall_tau")}},
                               "budgets": {}}
+    checks: dict[int, dict[str, Any] | None] = {}
     for budget, rec in sorted(budgets.items()):
         adapted = LatencyTable.load(rec["table"])
         seconds, rounds = measuring_seconds(Path(rec["journal"]))
         e = evaluate(adapted, source, full, cands, measured, source_ms, macs)
+        # Its predictions against the full table's measurements (time bases aligned by the entries
+        # both measured), and whether their stated uncertainty covers the error.
+        checks[budget] = api.diff_tables(adapted, full)["predictions"]
+        if checks[budget]:
+            e["entries"] = {k: v for k, v in checks[budget].items() if k != "worst"}
         e.update({"measuring_s": seconds, "rounds": rounds, "time_share": seconds / full_s if full_s else math.nan,
                   "unmeasured_kinds": (adapted.meta.get("adapt") or {}).get("unmeasured_kinds") or []})
         result["budgets"][budget] = e
@@ -281,12 +287,8 @@ def run_pair(work: Path, name: str, source: Any, space: Any, args: argparse.Name
           "  (the full target table on the same subnets)")
     print(f"{'':>6} {'':6} {'':6} {'':5} | {fmt(full_raw)} |  (the same, against the truth as measured: its passes' "
           f"time-base factors {', '.join(f'{f:.3f}' for f in factors)} taken out)")
-    # The entries: each adapt's predictions against the full table's measurements (time bases
-    # aligned by the entries both measured), and whether their stated uncertainty covers the error.
-    for budget, e in sorted(result["budgets"].items()):
-        check = api.diff_tables(budgets[budget]["table"], full.path)["predictions"]
+    for budget, check in sorted(checks.items()):
         if check:
-            e["entries"] = {k: v for k, v in check.items() if k != "worst"}
             print(f"{'':>6} b{budget}: {check['count']} predicted entries against the full table: mean |error| "
                   f"{check['mean_abs_error_pct']:.1f} % (max {check['max_abs_error_pct']:.0f} %), within 1 / 2 "
                   f"stated sigma {share(check['within_1_sigma'])} / {share(check['within_2_sigma'])}")

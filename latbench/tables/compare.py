@@ -9,7 +9,7 @@ import statistics
 from typing import Any
 
 from latbench.core.errors import UsageError
-from latbench.tables.table import PROVENANCE_KEYS, LatencyTable
+from latbench.tables.table import PROVENANCE_KEYS, LatencyTable, device_diff
 
 
 def ratio_label(a: LatencyTable, b: LatencyTable) -> str:
@@ -59,7 +59,7 @@ def prediction_check(a: LatencyTable, b: LatencyTable) -> dict[str, Any] | None:
     measured is taken out first (1 when they share none). None when neither table predicts an
     entry the other measured, or when they are tables of other devices or precisions."""
     if a.meta.get("device_id") != b.meta.get("device_id") or a.meta.get("precision") != b.meta.get("precision") \
-            or any(a.device.get(k) != b.device.get(k) for k in SAME_DEVICE_KEYS if k in a.device and k in b.device):
+            or device_diff(a.device, b.device, SAME_DEVICE_KEYS):
         return None
     return _predictions_against(a, b, "a") or _predictions_against(b, a, "b")
 

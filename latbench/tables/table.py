@@ -282,10 +282,11 @@ class LatencyTable:
         return diffs
 
 
-def device_diff(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Provenance fields that differ between two device descriptions ("field: recorded -> current");
-    only fields both sides know are compared."""
-    return [f"{k}: {recorded[k]!r} -> {current[k]!r}" for k in PROVENANCE_KEYS
+def device_diff(recorded: dict[str, Any], current: dict[str, Any],
+                keys: Iterable[str] | None = None) -> list[str]:
+    """Provenance fields (`keys`, default PROVENANCE_KEYS) that differ between two device
+    descriptions ("field: recorded -> current"); only fields both sides know are compared."""
+    return [f"{k}: {recorded[k]!r} -> {current[k]!r}" for k in (PROVENANCE_KEYS if keys is None else keys)
             if k in recorded and k in current and recorded[k] != current[k]]
 
 
