@@ -129,6 +129,11 @@ def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate],
     for c in candidates:
         est.check_covered(c.name, c.blocks())
     warnings = [f"table provenance differs: {d}" for d in table.check_provenance(runner.describe())]
+    if table.dtype == "int8":
+        from latbench.tables.build import recipe_diff, session_recipe
+
+        warnings += [f"table quantization recipe differs: {d}"
+                     for d in recipe_diff(table.meta.get("quantization"), session_recipe(runner))]
     anchors, levels = table_anchors_and_levels(table)
     references = reference_models(table, candidates)
     if not levels and not references:

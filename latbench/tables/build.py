@@ -161,6 +161,25 @@ def default_anchors(resolution: int) -> list[BlockConfig]:
     return [FFNConfig(resolution, 3, 96, 4), AttnConfig(resolution, 3, 96), AttnDownConfig(resolution, 96, 176)]
 
 
+def session_recipe(runner: Any) -> dict[str, Any]:
+    """The int8 recipe a measuring session's exports use on `runner`: the default one, as the
+    device's artifact format records it."""
+    from latbench.export.formats import EXPORT_FORMATS
+    from latbench.export.quantize import QuantRecipe
+
+    return EXPORT_FORMATS[getattr(runner, "artifact_format", "onnx")].quant_recipe(QuantRecipe())
+
+
+def recipe_diff(recorded: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
+    """The fields ("field: recorded -> current") in which the int8 recipe a table's rounds were
+    taken with differs from `current` (an older latbench's default: its artifacts are other
+    graphs); none when the table records no recipe."""
+    if not recorded:
+        return []
+    return [f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}"
+            for k in sorted(set(recorded) | set(current)) if recorded.get(k) != current.get(k)]
+
+
 class TableBuilder:
     """Drives one build into `out_dir` on an open runner (or dispatcher)."""
 
@@ -195,14 +214,17 @@ class TableBuilder:
                 journal.close()
                 raise UsageError(f"table {self.out_dir} was measured on another device or runtime "
                                  f"({'; '.join(diffs)}); pass --force to re-measure it or --out another directory")
+        if self.precision == "int8":
+            recipe = session_recipe(self.runner)
+            diffs = recipe_diff(journal.get_meta("quantization"), recipe)
+            if diffs and not self.force:
+                journal.close()
+                raise UsageError(f"table {self.out_dir} holds int8 rounds of another quantization recipe "
+                                 f"({'; '.join(diffs)}); pass --force to re-measure it or --out another directory")
         journal.set_meta("device", self.device)
         journal.set_meta("device_id", getattr(self.runner, "device_id", None))
-        if self.precision == "int8":  # the recipe the session's exports use (the default one, in the device's format)
-            from latbench.export.formats import EXPORT_FORMATS
-            from latbench.export.quantize import QuantRecipe
-
-            fmt = getattr(self.runner, "artifact_format", "onnx")
-            journal.set_meta("quantization", EXPORT_FORMATS[fmt].quant_recipe(QuantRecipe()))
+        if self.precision == "int8":
+            journal.set_meta("quantization", recipe)
         if self.force or journal.get_meta("settings") is None:  # later: only once this build measures
             journal.set_meta("settings", self.settings.to_dict())
         return journal

@@ -31,7 +31,7 @@ from latbench.measuring.consensus import ConsensusRule
 from latbench.measuring.journal import Journal
 from latbench.measuring.session import MeasuringSession, Target
 from latbench.measuring.timebase import anchor_levels, session_factor
-from latbench.tables.table import LatencyTable, row_config
+from latbench.tables.table import LatencyTable, device_diff, row_config
 
 #: Further rounds (in later waves) an entry that reads as moved gets before it is reported.
 CONFIRM_ROUNDS = 2
@@ -98,10 +98,20 @@ def require_journal(table: LatencyTable) -> Path:
 def check_table(table: LatencyTable, runner: Any, *, sample: int | None = None, keys: Sequence[str] = (),
                 seed: int = 0, rounds: int = 3, fix: bool = False, jobs: int = 2,
                 progress: ProgressFn | None = None) -> CheckResult:
-    from latbench.tables.build import BuildSettings, derive_table, table_anchors
+    from latbench.tables.build import BuildSettings, derive_table, recipe_diff, session_recipe, table_anchors
 
     require_journal(table)
-    warnings = [f"table provenance differs: {d}" for d in table.check_provenance(runner.describe())]
+    current = runner.describe()
+    # A fix writes this session's rounds into the table: of another backend, thread count, runtime
+    # version or int8 recipe they would make it a table of neither.
+    other = device_diff(table.device, current)
+    recipe = recipe_diff(table.meta.get("quantization"), session_recipe(runner)) if table.dtype == "int8" else []
+    if fix and (other or recipe):
+        what = "on another device or runtime" if other else "with another quantization recipe"
+        raise UsageError(f"table {table.label()} was measured {what} ({'; '.join(other or recipe)}); --fix would "
+                         "mix its rounds with these: check without --fix, or re-measure it with `lut build --force`")
+    warnings = [f"table provenance differs: {d}" for d in table.check_provenance(current)]
+    warnings += [f"table quantization recipe differs: {d}" for d in recipe]
     keys = pick_entries(table, sample, seed, keys)
     rows_by_key = {r["key"]: r for r in table.blocks.to_dict("records")}
     # Sampled as the table was built, with the table's consensus rule (for the rounds asked).

@@ -45,8 +45,8 @@ def kind_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 #: Prediction errors listed by name in a check, largest first.
 WORST_PREDICTIONS = 5
 #: What two tables' devices must agree on for one's predictions to be checked against the other's
-#: measurements: their provenance, except the cores they were pinned to, and the LiteRT delegate.
-SAME_DEVICE_KEYS = [k for k in PROVENANCE_KEYS if k != "core_mask"] + ["xnnpack"]
+#: measurements: their provenance, except the cores they were pinned to.
+SAME_DEVICE_KEYS = [k for k in PROVENANCE_KEYS if k != "core_mask"]
 
 
 def prediction_check(a: LatencyTable, b: LatencyTable) -> dict[str, Any] | None:

@@ -59,9 +59,11 @@ REFERENCE_MODEL = "mobilenetv2_100"
 REFERENCE_RESOLUTION = 224
 REFERENCE_KEY = f"model-{REFERENCE_MODEL}-r{REFERENCE_RESOLUTION}"
 
-# Provenance fields that must match for a table to describe the device it is used with.
+# Provenance fields that must match for a table to describe the device it is used with. The
+# backend a runtime dispatches to is part of it: LiteRT's XNNPACK delegate or built-in kernels,
+# Core ML's and AI Hub's compute units: one file, timed on each, is another latency.
 PROVENANCE_KEYS = ["device_kind", "device_model", "soc", "os", "os_build", "runtime", "runtime_version",
-                   "threads", "core_mask", "precision"]
+                   "execution_provider", "xnnpack", "compute_units", "threads", "core_mask", "precision"]
 
 
 def tables_root() -> Path:

@@ -324,6 +324,11 @@ def test_lut_build_end_to_end_then_validate(hub, run_cli, run_cli_json, tiny_spa
     [s2] = run_cli_json("lut", "build", "--device", DEVICE, "--space", str(tiny_space), "--out", str(out),
                         *SMALL_BUILD)
     assert s2["measured_now"] == 0 and len(hub.job_ids()) == n_jobs
+    # the same phone on its NPU is another table: resuming this one there is refused, no job submitted
+    code, _, err = run_cli("lut", "build", "--device", DEVICE, "--space", str(tiny_space), "--out", str(out),
+                           *SMALL_BUILD, "--compute-units", "npu")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and len(hub.job_ids()) == n_jobs
+    assert "another device or runtime" in err and "compute_units: 'cpu' -> 'npu'" in err
     # validate against end-to-end jobs of whole subnets on the same (fake) phone
     code, vout, verr = run_cli("lut", "validate", str(out), "--samples", "2", "--no-named", "--rounds", "1",
                                "--passes", "2", "--jobs", "1", "--json")

@@ -10,6 +10,7 @@ import pytest
 from scripted_device import ScriptedRunner, latency_following_macs
 
 from latbench.blocks.configs import FFNConfig
+from latbench.core.errors import UsageError
 from latbench.tables.build import BuildSettings, TableBuilder
 from latbench.tables.check import CONFIRM_ROUNDS, check_table, moved_by
 
@@ -53,6 +54,23 @@ def test_fix_records_only_the_confirmed_move(table):
     after = {r["key"]: r for r in res.rows}
     assert after[spell]["fixed_ms"] is None
     assert after[moved]["fixed_ms"] == pytest.approx(0.7 * cost(moved), rel=0.01)
+
+
+class TwoThreadRunner(ScriptedRunner):
+    def describe(self):
+        return {**super().describe(), "threads": 2}
+
+
+def test_fix_refuses_rounds_of_another_runtime_configuration(table):
+    # The same device timed with two threads reads an entry moved; fixing would write its rounds
+    # into a one-thread table. Checking (no fix) only warns.
+    runner = TwoThreadRunner(lambda k: (0.6 if k == FFNS[0].key else 1.0) * cost(k))
+    before = (table.path / "blocks.csv").read_bytes()
+    with pytest.raises(UsageError, match=r"another device or runtime \(threads: 1 -> 2\).*without --fix"):
+        check_table(table, runner, keys=[FFNS[0].key], rounds=3, fix=True)
+    assert runner.calls == [] and (table.path / "blocks.csv").read_bytes() == before
+    res = check_table(table, runner, keys=[FFNS[0].key], rounds=3)
+    assert res.moved == [FFNS[0].key] and res.warnings[0] == "table provenance differs: threads: 1 -> 2"
 
 
 def test_a_move_is_judged_as_a_factor_both_ways():

@@ -5,6 +5,7 @@ are handed are the real int8 ONNX exports, read here to see what was measured)."
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import latbench.api
 from latbench.blocks.candidates import resolve_candidate
 from latbench.core.errors import UsageError
 from latbench.export.inspect import onnx_precision
+from latbench.measuring.journal import Journal
 from latbench.tables.build import BuildSettings, TableBuilder
 from latbench.tables.synthetic import synthetic_table
 from latbench.tables.table import LatencyTable
@@ -44,6 +46,44 @@ def test_the_table_knows_its_dtype(int8_table):
     assert int8_table.dtype == "int8"
     assert LatencyTable.load(int8_table.path).dtype == "int8"
     assert synthetic_table().dtype is None
+
+
+def test_an_int8_table_of_another_recipe_is_neither_resumed_nor_fixed(int8_table, tmp_path):
+    # A table whose rounds were taken on artifacts quantized another way (an older latbench's
+    # default) is not resumed with today's artifacts: nothing measured, nothing written.
+    out = tmp_path / "t"
+    shutil.copytree(int8_table.path, out)
+    with Journal(out / "journal.sqlite") as journal:
+        recorded = journal.get_meta("quantization")
+        journal.set_meta("quantization", {**recorded, "calibration_batches": 16})
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    runner = int8_runner()
+    settings = BuildSettings(precision="int8", min_separation_s=0.0, profile=False, calibration_models=0, jobs=1)
+    with pytest.raises(UsageError, match=r"another quantization recipe \(calibration_batches: 16 -> 8\); pass --force"):
+        TableBuilder(runner, out, settings).build(BLOCKS)
+    assert runner.calls == [] and {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # Nor is it fixed by `lut check` (checking says so and measures today's artifacts).
+    from latbench.tables.build import derive_table
+    from latbench.tables.check import check_table
+
+    with Journal(out / "journal.sqlite") as journal:
+        derive_table(journal, out).save()
+    table = LatencyTable.load(out)
+    assert table.meta["quantization"]["calibration_batches"] == 16
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(UsageError, match=r"with another quantization recipe \(calibration_batches: 16 -> 8\)"):
+        check_table(table, runner, keys=[BLOCKS[3].key], rounds=1, fix=True)
+    assert runner.calls == [] and {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    res = check_table(table, runner, keys=[BLOCKS[3].key], rounds=1)
+    assert "table quantization recipe differs: calibration_batches: 16 -> 8" in res.warnings
+    from latbench.estimation.validate import validate_table
+
+    v = validate_table(table, runner, [S0], rounds=1, passes=2, jobs=1, time_cap_s=0.1)
+    assert "table quantization recipe differs: calibration_batches: 16 -> 8" in v.warnings
+    # The recipe it was built with resumes (nothing left to measure).
+    with Journal(out / "journal.sqlite") as journal:
+        journal.set_meta("quantization", recorded)
+    assert TableBuilder(runner, out, settings).build(BLOCKS).measured == []
 
 
 def test_validate_times_int8_whole_models(int8_table):

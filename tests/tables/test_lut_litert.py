@@ -28,7 +28,7 @@ ARCH = Arch(tuple(StageArch(w, (4,)) for w in (32, 48, 96, 176)), 224)  # the sp
 FAST = ["--runs", "15", "--rounds", "1", "--max-rounds", "1", "--jobs", "2", "--no-reference", "--calibrate", "0"]
 
 
-def test_litert_table_build_check_validate_diff_and_mes(run_cli_json, tmp_path):
+def test_litert_table_build_check_validate_diff_and_mes(run_cli, run_cli_json, tmp_path):
     space = tmp_path / "one.yaml"
     space.write_text(yaml.safe_dump(ONE))
     lite, cpu = tmp_path / "litert", tmp_path / "cpu"
@@ -41,6 +41,11 @@ def test_litert_table_build_check_validate_diff_and_mes(run_cli_json, tmp_path):
     meta = run_cli_json("lut", "show", str(lite))["meta"]
     assert meta["device_id"] == "litert" and meta["device"]["runtime"] == "ai-edge-litert"
     assert meta["device"]["execution_provider"] == "XNNPACK" and meta["device"]["threads"] == 1
+    # LiteRT's built-in kernels are another runtime: the XNNPACK table is not resumed with them
+    code, _, err = run_cli("lut", "build", "--device", "litert", "--xnnpack", "off", "--space", str(space),
+                           "--out", str(lite), *FAST)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "xnnpack: True -> False" in err
+    assert pd.read_csv(lite / "blocks.csv").equals(blocks)
 
     checked = run_cli_json("lut", "check", str(lite), "--sample", "2", "--rounds", "1")
     assert checked["checked"] == 2 and checked["device"]["device_kind"] == "litert"
