@@ -147,6 +147,7 @@ class AIHubRunner(Runner):
 
     kind = "aihub"
     artifact_format = "onnx"
+    table_option_fields = ("compute_units",)
     # int8: the QDQ ONNX is uploaded as it is and profiled by the service's ONNX Runtime (QDQ
     # graphs are what its QNN execution provider runs in int8 on the NPU); no quantize job: the
     # artifact, its recipe and its parity check stay latbench's.

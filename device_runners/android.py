@@ -195,6 +195,7 @@ class AndroidRuntime:
     artifact_format: str
     tool: str  # the binary, as messages name it
     local_option: str  # the option that pushes a host copy of the binary
+    recorded: str  # the tool as provenance names it (`runtime`)
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -215,12 +216,13 @@ class OrtPerfTest(AndroidRuntime):
     """onnxruntime_perf_test: per-run times of .onnx models, per-op times from its profile."""
 
     name, artifact_format, tool, local_option = "onnxruntime", "onnx", "onnxruntime_perf_test", "perf_test_local"
+    recorded = "onnxruntime_perf_test"
 
     def inputs(self, artifact: Path) -> Any:
         return onnx_inputs(artifact)
 
     def describe(self, runner: AndroidRunner) -> dict[str, Any]:
-        return {"runtime": "onnxruntime_perf_test", "runtime_version": runner.runtime_version,
+        return {"runtime": self.recorded, "runtime_version": runner.runtime_version,
                 "perf_test_path": self.path, "perf_test_size": self.size, "execution_provider": "cpu"}
 
     def measure(self, runner: AndroidRunner, prepared: Prepared, policy: SamplingPolicy, *,
@@ -232,6 +234,7 @@ class LiteRTBenchmarkModel(AndroidRuntime):
     """LiteRT's benchmark_model: two timed runs per invocation (see "LiteRT" above), .tflite models."""
 
     name, artifact_format, tool, local_option = "litert", "tflite", "benchmark_model", "benchmark_model_local"
+    recorded = "litert benchmark_model"
 
     def __init__(self, path: str, xnnpack: bool) -> None:
         super().__init__(path)
@@ -241,7 +244,7 @@ class LiteRTBenchmarkModel(AndroidRuntime):
         return tflite_inputs(artifact)
 
     def describe(self, runner: AndroidRunner) -> dict[str, Any]:
-        return {"runtime": "litert benchmark_model", "runtime_version": runner.runtime_version,
+        return {"runtime": self.recorded, "runtime_version": runner.runtime_version,
                 "benchmark_model_path": self.path, "benchmark_model_size": self.size,
                 "execution_provider": "XNNPACK" if self.xnnpack else "builtin", "xnnpack": self.xnnpack}
 
@@ -256,6 +259,17 @@ class AndroidRunner(Runner):
     # int8: QDQ ONNX on onnxruntime's ARM kernels (perf_test), full-integer .tflite on XNNPACK's or
     # the built-in int8 kernels (benchmark_model); both take the fp32 inputs of the fp32 graph.
     precisions = ("fp32", "fp16", "int8")
+
+    @classmethod
+    def table_options(cls, provenance: dict[str, Any]) -> dict[str, Any]:
+        # The runtime is recorded by its tool's name; XNNPACK is a LiteRT setting only.
+        options = super().table_options(provenance)
+        runtime = {t.recorded: t.name for t in (OrtPerfTest, LiteRTBenchmarkModel)}.get(provenance.get("runtime"))
+        if runtime is not None:
+            options["runtime"] = runtime
+        if runtime == "litert" and provenance.get("xnnpack") is not None:
+            options["xnnpack"] = provenance["xnnpack"]
+        return options
 
     def __init__(
         self,

@@ -64,6 +64,9 @@ class Runner(abc.ABC):
     artifact_format: ClassVar[str]  # a key of latbench.core.formats.FORMAT_SUFFIXES
     #: Artifact precisions the runner measures (latbench.export.common.PRECISIONS); others are refused.
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16")
+    #: Options this kind records in a table's device provenance under their own names, read back
+    #: when the table is measured again on it (validate, check, upgrade) to time it as it was built.
+    table_option_fields: ClassVar[tuple[str, ...]] = ("threads", "core_mask")
 
     device_id: str
 
@@ -71,6 +74,12 @@ class Runner(abc.ABC):
         self._prepared: dict[str, Prepared] = {}
 
     # -- discovery / opening ------------------------------------------------------------------
+    @classmethod
+    def table_options(cls, provenance: dict[str, Any]) -> dict[str, Any]:
+        """The options that open this kind as `provenance` (a table's device) describes it; what it
+        did not record is left to the defaults."""
+        return {k: provenance[k] for k in cls.table_option_fields if provenance.get(k) is not None}
+
     @classmethod
     @abc.abstractmethod
     def discover(cls, **options: Any) -> list[DeviceInfo]:

@@ -82,6 +82,7 @@ class IPhoneRunner(Runner):
 
     kind = "iphone"
     artifact_format = "coreml"
+    table_option_fields = ("compute_units",)
 
     def __init__(
         self,

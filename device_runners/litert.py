@@ -89,6 +89,7 @@ class LiteRTRunner(Runner):
     # No fp16 tflite (XNNPACK picks fp16 itself); int8: full-integer graphs (latbench.export.tflite_quant)
     # on XNNPACK's QS8 kernels, or the built-in int8 kernels with xnnpack off.
     precisions = ("fp32", "int8")
+    table_option_fields = ("threads", "core_mask", "xnnpack")
 
     def __init__(
         self,

@@ -51,6 +51,7 @@ class MacRunner(Runner):
 
     kind = "mac"
     artifact_format = "coreml"
+    table_option_fields = ("compute_units",)
 
     def __init__(
         self,

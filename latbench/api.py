@@ -107,6 +107,23 @@ def open_device(device: str | None = None, *, table_device: str | None = None, *
     return open_runner(device_id, **options)
 
 
+def open_table_device(table: LatencyTable, device: str | None = None, **options: Any) -> Any:
+    """The device a table is measured on again (validate, check, upgrade, mes report --measure):
+    `device`, else the table's own. On the table's own device every option not given is the
+    table's (threads, pinned cores, LiteRT's delegate, compute units: what its kind records), so
+    it is timed as it was built; latbench.toml's threads apply only where neither says."""
+    from device_runners import runner_class, unaccepted_options
+
+    own = table.meta.get("device_id")
+    if own and device in (None, own):
+        cls = runner_class(own)
+        if cls.claims(own):  # not a farm pool, nor a bare id another kind was guessed for
+            recorded = {k: v for k, v in cls.table_options(table.device).items()
+                        if k not in options and not unaccepted_options(cls, {k: v})}
+            options = {**recorded, **options}
+    return open_device(device, table_device=own, **options)
+
+
 def _progress(progress: bool | ProgressFn):
     if callable(progress):
         return contextlib.nullcontext(progress)
@@ -448,7 +465,7 @@ def upgrade_table(table: LatencyTable | str | Path, device: str | None = None, *
     resolution = int(t.meta.get("resolution") or configs[0].resolution)
     items = {c.key: c for c in configs}
     space = t.space() if (t.meta.get("space") or {}).get("definition") else None
-    with open_device(device, table_device=t.meta.get("device_id"), **device_options) as runner, \
+    with open_table_device(t, device, **device_options) as runner, \
             _progress(progress) as bar:
         # Exactly the predicted entries: their empties are entries of the table too, measured
         # (or predicted) on their own account.
@@ -503,8 +520,7 @@ def validate_table(table: LatencyTable | str | Path, device: str | None = None, 
     cands = validation_candidates(t, samples, seed, named)
     if journal_dir is not None:
         writable_dir(journal_dir, "--keep-journal directory", create=False)
-    opened = runner if runner is not None else open_device(device, table_device=t.meta.get("device_id"),
-                                                           **device_options)
+    opened = runner if runner is not None else open_table_device(t, device, **device_options)
     with (contextlib.nullcontext(opened) if runner is not None else opened) as r, _progress(progress) as bar:
         if strict:
             t.check_provenance(r.describe(), strict=True)
@@ -528,7 +544,7 @@ def check_table(table: LatencyTable | str | Path, device: str | None = None, *, 
         raise UsageError(f"--rounds must be >= 1, got {rounds}")
     require_journal(t)
     pick_entries(t, sample, seed, keys)  # bad keys or sample size: say so before opening a device
-    with open_device(device, table_device=t.meta.get("device_id"), **device_options) as runner, \
+    with open_table_device(t, device, **device_options) as runner, \
             _progress(progress) as bar:
         return run_check(t, runner, sample=sample, keys=keys, seed=seed, rounds=rounds, fix=fix, jobs=jobs,
                          progress=bar)
@@ -758,7 +774,7 @@ def mes_report(table: LatencyTable | str | Path, candidates: Iterable[Target], *
                 base = resolve_candidate(REFERENCE_MODEL, REFERENCE_RESOLUTION)
                 ref = Candidate(f"{REFERENCE_MODEL} (MES unit)", base.resolution, model_name=base.model_name)
                 to_measure.append(ref)
-        with open_device(measure, **device_options) as runner, _progress(progress) as bar:
+        with open_table_device(t, measure, **device_options) as runner, _progress(progress) as bar:
             measured, desc = measure_candidates(to_measure, runner, rounds=rounds, progress=bar,
                                                 precision=check_precision(dtype) or t.dtype)
         model = desc.get("device_model") or desc.get("cpu_model")

@@ -53,10 +53,10 @@ def add_runner_flags(p: argparse.ArgumentParser) -> None:
         group.add_argument(flag, dest=f"runner_{dest}", type=typ, choices=choices, default=None, help=helptext)
 
 
-def runner_options(args: argparse.Namespace) -> dict[str, Any]:
+def runner_options(args: argparse.Namespace, configured: bool = True) -> dict[str, Any]:
     opts = {dest: getattr(args, f"runner_{dest}", None) for dest, _, _, _ in RUNNER_FLAGS.values()}
     opts = {k: v for k, v in opts.items() if v is not None}
-    if "threads" not in opts and _config.default("threads") is not None:
+    if configured and "threads" not in opts and _config.default("threads") is not None:
         opts["threads"] = _config.default("threads")
     from device_runners import check_options
 
@@ -72,12 +72,14 @@ def open_device(device_id: str, args: argparse.Namespace, **extra: Any):
     return open_runner(device_id, **device_options(device_id, args, **extra))
 
 
-def device_options(device_id: str, args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+def device_options(device_id: str, args: argparse.Namespace, *, configured: bool = True,
+                   **extra: Any) -> dict[str, Any]:
     """The runner options of the device flags given (plus `extra`), checked against what
-    `device_id`'s kind takes."""
+    `device_id`'s kind takes; `configured`: with latbench.toml's threads when none is given (off
+    where the API chooses, e.g. a table measured again on its own device, as it records)."""
     from device_runners import runner_class, unaccepted_options
 
-    opts = {**runner_options(args), **extra}
+    opts = {**runner_options(args, configured), **extra}
     cls = runner_class(device_id)
     flags = {dest: flag for flag, (dest, _, _, _) in RUNNER_FLAGS.items()}
     flags.update({dest: "--" + dest.replace("_", "-") for dest in extra})

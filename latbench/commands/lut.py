@@ -242,7 +242,7 @@ def run_upgrade(args: argparse.Namespace, extra: dict[str, Any]) -> int:
     result = api.upgrade_table(table, device, count=args.upgrade or None, rounds=args.rounds,
                                max_rounds=args.max_rounds, runs=args.runs, jobs=args.jobs, time_cap=args.time_cap,
                                precision=None if args.fixed_rules else args.precision, progress=shows_progress(args),
-                               **device_options(device, args, **extra))
+                               **device_options(device, args, configured=False, **extra))
     report_builds([result], args.json)
     return 0
 
@@ -539,7 +539,8 @@ def run_validate(args: argparse.Namespace) -> int:
     device = args.device or _config.default_device(table.meta.get("device_id"))
     result = api.validate_table(table, device, samples=args.samples, named=not args.no_named, passes=args.passes,
                                 rounds=args.rounds, seed=args.seed, jobs=args.jobs, progress=shows_progress(args),
-                                strict=args.strict, journal_dir=args.keep_journal, **device_options(device, args))
+                                strict=args.strict, journal_dir=args.keep_journal,
+                                **device_options(device, args, configured=False))
     out = result.to_dict()
     if args.out:
         atomic_write_json(args.out, out)
@@ -600,7 +601,7 @@ def run_check(args: argparse.Namespace) -> int:
     table = api.load_table(_config.table_arg(args.table))
     device = args.device or _config.default_device(table.meta.get("device_id"))
     result = api.check_table(table, device, samples=args.sample, keys=args.key, seed=args.seed, rounds=args.rounds,
-                             fix=args.fix, progress=shows_progress(args), **device_options(device, args))
+                             fix=args.fix, progress=shows_progress(args), **device_options(device, args, configured=False))
     if args.json:
         print_json(result.to_dict())
         return 0

@@ -82,7 +82,7 @@ def run_report(args: argparse.Namespace) -> int:
     if args.out is None and not args.json:  # --json readers want stdout, not files in the working directory
         args.out = DEFAULT_REPORT_DIR
     table = _config.table_arg(args.lut)
-    options = device_options(args.measure, args) if args.measure else {}
+    options = device_options(args.measure, args, configured=False) if args.measure else {}
     report = api.mes_report(table, args.candidates, accuracy=args.accuracy, measure=args.measure,
                             rounds=args.rounds, out=args.out, mes_config=args.mes_config,
                             latency_unit=args.latency_unit, size_unit=args.size_unit,

@@ -49,6 +49,34 @@ def test_the_configured_device_and_threads_reach_the_runner(lab):
     assert runner_options(p.parse_args(["--threads", "1"])) == {"threads": 1}
 
 
+def test_a_table_is_measured_again_as_it_records_then_as_configured(lab):
+    # `lut validate` / `lut check` / `lut build --upgrade` of a table on its own device: the flags
+    # given, else the table's threads and pinning, else latbench.toml's (another device: the toml's).
+    import argparse
+
+    from latbench import api
+    from latbench.commands._runner import add_runner_flags, device_options
+
+    (lab / "latbench.toml").write_text('device = "cpu"\nthreads = 1\n')
+    table = synthetic_table()
+    table.meta.update(device_id="cpu", device={**table.device, "device_kind": "cpu", "threads": 2, "core_mask": "1"})
+    with api.open_table_device(table) as r:
+        assert (r.threads, r.cores) == (2, [0]) and r.describe()["core_mask"] == "1"
+    with api.open_table_device(table, "cpu", threads=1) as r:
+        assert (r.threads, r.cores) == (1, [0])
+    table.meta["device"] = {**table.device, "core_mask": None}
+    with api.open_table_device(table, core_mask="1") as r:
+        assert (r.threads, r.cores) == (2, [0])
+    with api.open_table_device(table, "litert") as r:  # not the table's device: nothing of it carries over
+        assert r.threads == 1 and r.describe()["xnnpack"] is True
+    p = argparse.ArgumentParser()
+    add_runner_flags(p)
+    # The command leaves the toml's threads to the API where the table has its own.
+    assert device_options("cpu", p.parse_args([]), configured=False) == {}
+    assert device_options("cpu", p.parse_args([])) == {"threads": 1}
+    assert device_options("cpu", p.parse_args(["--threads", "2"]), configured=False) == {"threads": 2}
+
+
 @pytest.mark.parametrize("text, needle", [
     ("colour = 'blue'\n", "unknown setting 'colour'"),
     ("threads = 'four'\n", "threads must be an integer"),

@@ -93,3 +93,38 @@ def test_devices_table_shows_phone_from_the_adb_server(capsys, monkeypatch, adb_
     assert run_devices("--json") == 0
     rows = {r["id"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows[f"android:{adbd.serial}"]["available"]
+
+
+# -- a table's recorded configuration opens the device again as it was --------------------------
+@pytest.mark.parametrize("device_id, options", [
+    ("cpu", {"threads": 2, "core_mask": "1"}),
+    ("litert", {"threads": 2, "xnnpack": "off"}),
+    ("litert", {"core_mask": "1"}),
+])
+def test_a_runners_provenance_reopens_it_as_it_was(device_id, options):
+    from latbench.tables.table import PROVENANCE_KEYS, device_diff
+
+    with open_runner(device_id, **options) as first:
+        recorded = first.describe()
+    back = type(first).table_options(recorded)
+    with open_runner(device_id, **back) as again:
+        assert device_diff(recorded, again.describe()) == []
+    with open_runner(device_id) as plain:  # the defaults are another configuration: the options mattered
+        assert device_diff(recorded, plain.describe(), PROVENANCE_KEYS)
+
+
+def test_recorded_options_of_the_kinds_that_cannot_run_here():
+    from device_runners.aihub import AIHubRunner
+    from device_runners.android import AndroidRunner
+    from device_runners.iphone import IPhoneRunner
+    from device_runners.mac import MacRunner
+
+    base = {"threads": 4, "core_mask": "f0", "xnnpack": False}
+    assert AndroidRunner.table_options({**base, "runtime": "litert benchmark_model"}) == {
+        "threads": 4, "core_mask": "f0", "runtime": "litert", "xnnpack": False}
+    # onnxruntime_perf_test takes no XNNPACK setting: a recorded one is not given back
+    assert AndroidRunner.table_options({**base, "runtime": "onnxruntime_perf_test"}) == {
+        "threads": 4, "core_mask": "f0", "runtime": "onnxruntime"}
+    assert AndroidRunner.table_options({"threads": None, "runtime": "something else"}) == {}
+    for cls, units in ((MacRunner, "CPU_AND_NE"), (IPhoneRunner, "ALL"), (AIHubRunner, "npu")):
+        assert cls.table_options({**base, "compute_units": units, "threads": None}) == {"compute_units": units}

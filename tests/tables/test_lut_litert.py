@@ -46,6 +46,17 @@ def test_litert_table_build_check_validate_diff_and_mes(run_cli, run_cli_json, t
                            "--out", str(lite), *FAST)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "xnnpack: True -> False" in err
     assert pd.read_csv(lite / "blocks.csv").equals(blocks)
+    # Built with them into a table of its own, it is checked and validated with them again without
+    # being told (the table records its delegate and threads).
+    off = tmp_path / "litert-off"
+    run_cli_json("lut", "build", "--device", "litert", "--xnnpack", "off", "--threads", "2", "--space", str(space),
+                 "--out", str(off), *FAST)
+    checked = run_cli_json("lut", "check", str(off), "--sample", "1", "--rounds", "1")
+    assert checked["device"]["xnnpack"] is False and checked["device"]["threads"] == 2
+    assert not any("provenance" in w for w in checked["warnings"])
+    res = run_cli_json("lut", "validate", str(off), "--samples", "1", "--no-named", "--rounds", "1")
+    assert res["device"]["xnnpack"] is False and res["device"]["threads"] == 2
+    assert not any("provenance" in w for w in res["warnings"])
 
     checked = run_cli_json("lut", "check", str(lite), "--sample", "2", "--rounds", "1")
     assert checked["checked"] == 2 and checked["device"]["device_kind"] == "litert"
