@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from latbench.commands import _config
@@ -58,15 +60,18 @@ def test_a_table_is_measured_again_as_it_records_then_as_configured(lab):
     from latbench.commands._runner import add_runner_flags, device_options
 
     (lab / "latbench.toml").write_text('device = "cpu"\nthreads = 1\n')
+    # A core this process may run on (a CI container's cpuset need not hold core 0), as a hex mask.
+    core = min(os.sched_getaffinity(0))
+    mask = format(1 << core, "x")
     table = synthetic_table()
-    table.meta.update(device_id="cpu", device={**table.device, "device_kind": "cpu", "threads": 2, "core_mask": "1"})
+    table.meta.update(device_id="cpu", device={**table.device, "device_kind": "cpu", "threads": 2, "core_mask": mask})
     with api.open_table_device(table) as r:
-        assert (r.threads, r.cores) == (2, [0]) and r.describe()["core_mask"] == "1"
+        assert (r.threads, r.cores) == (2, [core]) and r.describe()["core_mask"] == mask
     with api.open_table_device(table, "cpu", threads=1) as r:
-        assert (r.threads, r.cores) == (1, [0])
+        assert (r.threads, r.cores) == (1, [core])
     table.meta["device"] = {**table.device, "core_mask": None}
-    with api.open_table_device(table, core_mask="1") as r:
-        assert (r.threads, r.cores) == (2, [0])
+    with api.open_table_device(table, core_mask=mask) as r:
+        assert (r.threads, r.cores) == (2, [core])
     with api.open_table_device(table, "litert") as r:  # not the table's device: nothing of it carries over
         assert r.threads == 1 and r.describe()["xnnpack"] is True
     p = argparse.ArgumentParser()
