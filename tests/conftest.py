@@ -45,3 +45,11 @@ def run_cli_json(run_cli):
         return json.loads(out)
 
     return run
+
+
+@pytest.fixture
+def own_core() -> tuple[int, str]:
+    """A core this process may run on and its hex core mask: a CI container's cpuset (or a
+    `taskset -c 1` beside a measurement) need not hold core 0."""
+    core = min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+    return core, format(1 << core, "x")

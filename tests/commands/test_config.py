@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from latbench.commands import _config
@@ -51,7 +49,7 @@ def test_the_configured_device_and_threads_reach_the_runner(lab):
     assert runner_options(p.parse_args(["--threads", "1"])) == {"threads": 1}
 
 
-def test_a_table_is_measured_again_as_it_records_then_as_configured(lab):
+def test_a_table_is_measured_again_as_it_records_then_as_configured(lab, own_core):
     # `lut validate` / `lut check` / `lut build --upgrade` of a table on its own device: the flags
     # given, else the table's threads and pinning, else latbench.toml's (another device: the toml's).
     import argparse
@@ -60,9 +58,7 @@ def test_a_table_is_measured_again_as_it_records_then_as_configured(lab):
     from latbench.commands._runner import add_runner_flags, device_options
 
     (lab / "latbench.toml").write_text('device = "cpu"\nthreads = 1\n')
-    # A core this process may run on (a CI container's cpuset need not hold core 0), as a hex mask.
-    core = min(os.sched_getaffinity(0))
-    mask = format(1 << core, "x")
+    core, mask = own_core
     table = synthetic_table()
     table.meta.update(device_id="cpu", device={**table.device, "device_kind": "cpu", "threads": 2, "core_mask": mask})
     with api.open_table_device(table) as r:
