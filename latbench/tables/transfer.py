@@ -37,6 +37,7 @@ Pure numpy; no device, no table files: latbench.tables.adapt orchestrates, deriv
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -112,8 +113,19 @@ class Design:
                     if not any(e.costed for e in members)}
         k, f = len(self.kinds), len(FEATURES)
         self.size = k + f + k * f
-        self.precision = np.concatenate([np.full(k, INTERCEPT_PRECISION), np.full(f, SLOPE_PRECISION),
-                                         np.full(k * f, kind_slope_precision)])
+        self.precision = self._prior_precision(kind_slope_precision)
+
+    def _prior_precision(self, kind_slope_precision: float) -> np.ndarray:
+        k, f = len(self.kinds), len(FEATURES)
+        return np.concatenate([np.full(k, INTERCEPT_PRECISION), np.full(f, SLOPE_PRECISION),
+                               np.full(k * f, kind_slope_precision)])
+
+    def with_kind_slope_precision(self, precision: float) -> Design:
+        """The same design (kinds, centring, rows) under another kind-slope prior."""
+        other = copy.copy(self)
+        other.kind_slope_precision = precision
+        other.precision = self._prior_precision(precision)
+        return other
 
     def row(self, entry: Entry) -> np.ndarray:
         k, f = len(self.kinds), len(FEATURES)
@@ -185,16 +197,16 @@ def fit_transfer(entries: Sequence[Entry], measured: Mapping[str, float]) -> Tra
     ratios = [math.log(ms / e.source_ms) for e, ms in points]
     prior_ratio = statistics.median(ratios) if ratios else 0.0
     y = np.array(ratios)
-    designs = {p: Design(entries, p) for p in (KIND_SLOPE_GRID if points else (KIND_SLOPE_PRECISION,))}
-    evidence = {p: log_evidence(d, [e for e, _ in points], y, prior_ratio) for p, d in designs.items()} \
-        if points else {}
+    base = Design(entries)
+    x = np.array([base.row(e) for e, _ in points]) if points else np.zeros((0, base.size))
+    prior = np.zeros(base.size)
+    prior[:len(base.kinds)] = prior_ratio
+    # The rows do not depend on the prior: each candidate precision only reweighs them.
+    designs = {p: base.with_kind_slope_precision(p) for p in (KIND_SLOPE_GRID if points else (KIND_SLOPE_PRECISION,))}
+    evidence = {p: log_evidence(x, y - x @ prior, d.precision) for p, d in designs.items()} if points else {}
     # The most probable prior; between equally probable ones the strongest (fewer free slopes).
     design = designs[max(designs, key=lambda p: (round(evidence.get(p, 0.0), 9), p))]
-    k = len(design.kinds)
-    prior = np.zeros(design.size)
-    prior[:k] = prior_ratio
     lam = np.diag(design.precision)
-    x = np.array([design.row(e) for e, _ in points]) if points else np.zeros((0, design.size))
     a = x.T @ x + lam
     inverse = np.linalg.inv(a)
     coef = inverse @ (x.T @ y + lam @ prior) if points else prior
@@ -205,19 +217,17 @@ def fit_transfer(entries: Sequence[Entry], measured: Mapping[str, float]) -> Tra
                        {str(p): round(v, 4) for p, v in evidence.items()})
 
 
-def log_evidence(design: Design, measured: Sequence[Entry], log_ratios: np.ndarray, prior_ratio: float) -> float:
-    """The log marginal likelihood of the measured log ratios under the design's prior (up to a
-    constant shared by every prior), the noise variance profiled out with the prior noise's
-    pseudo-observations: how probable the measurements are under that prior, every coefficient
-    integrated out. It weighs fit against flexibility, so a pair whose kinds really differ in slope
-    earns weak kind-slope shrinking and a pair that does not keeps the strong one."""
-    n = len(log_ratios)
-    x = np.array([design.row(e) for e in measured])
-    prior = np.zeros(design.size)
-    prior[:len(design.kinds)] = prior_ratio
-    c = np.eye(n) + (x / design.precision) @ x.T
-    r = log_ratios - x @ prior
-    variance = (float(r @ np.linalg.solve(c, r)) + PRIOR_NOISE_WEIGHT * PRIOR_NOISE ** 2) / (n + PRIOR_NOISE_WEIGHT)
+def log_evidence(x: np.ndarray, residual: np.ndarray, precision: np.ndarray) -> float:
+    """The log marginal likelihood of measured log ratios (rows `x`, their `residual` from the
+    prior mean) under a prior of these `precision`s (up to a constant shared by every prior), the
+    noise variance profiled out with the prior noise's pseudo-observations: how probable the
+    measurements are under that prior, every coefficient integrated out. It weighs fit against
+    flexibility, so a pair whose kinds really differ in slope earns weak kind-slope shrinking and a
+    pair that does not keeps the strong one."""
+    n = len(residual)
+    c = np.eye(n) + (x / precision) @ x.T
+    variance = (float(residual @ np.linalg.solve(c, residual)) + PRIOR_NOISE_WEIGHT * PRIOR_NOISE ** 2) \
+        / (n + PRIOR_NOISE_WEIGHT)
     return -0.5 * ((n + PRIOR_NOISE_WEIGHT) * math.log(variance) + float(np.linalg.slogdet(c)[1]))
 
 
