@@ -57,14 +57,21 @@ def code_digest() -> str:
     hashed as its syntax tree without docstrings, so comment and documentation edits keep the cache.
     """
     root = Path(latbench.__file__).parent
+    h = hashlib.sha256()
+    for f in digest_sources():
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + _code_fingerprint(f) + b"\0")
+    return h.hexdigest()[:16]
+
+
+def digest_sources() -> list[Path]:
+    """The source files `code_digest` covers: the models, the block configurations (which module
+    with which arguments and input shape an item exports), the architecture constants and the
+    exporters. Every one must exist: a file skipped after a move would let its edits hit the cache."""
+    root = Path(latbench.__file__).parent
     exporters = [root / "export" / n for n in ("common.py", "onnx.py", "coreml.py", "tflite.py", "quantize.py",
                                                  "tflite_quant.py", "coreml_quant.py")]
-    files = sorted((root / "models").glob("*.py")) + [root / "blocks.py", *exporters]
-    h = hashlib.sha256()
-    for f in files:
-        if f.is_file():
-            h.update(f.relative_to(root).as_posix().encode() + b"\0" + _code_fingerprint(f) + b"\0")
-    return h.hexdigest()[:16]
+    return [*sorted((root / "models").glob("*.py")), *sorted((root / "blocks").glob("*.py")),
+            root / "space" / "arch.py", *exporters]
 
 
 def _code_fingerprint(path: Path) -> bytes:

@@ -192,3 +192,20 @@ def test_code_digest_ignores_docstrings_and_comments(tmp_path: Path) -> None:
     c.write_text('def f(x):\n    return x + 2\n')
     fp = cache_mod._code_fingerprint
     assert fp(a) == fp(b) != fp(c)
+
+
+def test_code_digest_covers_the_block_configurations_and_every_source_exists(monkeypatch) -> None:
+    import latbench
+
+    root = Path(latbench.__file__).parent
+    sources = cache_mod.digest_sources()
+    names = {f.relative_to(root).as_posix() for f in sources}
+    assert {"blocks/configs.py", "blocks/candidates.py", "space/arch.py", "models/efficientformerv2.py",
+            "export/onnx.py"} <= names
+    assert all(f.is_file() for f in sources)
+    # An edit to what a block configuration builds changes the digest (cached artifacts go stale).
+    before = cache_mod.code_digest.__wrapped__()
+    real = cache_mod._code_fingerprint
+    monkeypatch.setattr(cache_mod, "_code_fingerprint",
+                        lambda f: real(f) + (b"edited" if f.name == "configs.py" else b""))
+    assert cache_mod.code_digest.__wrapped__() != before
