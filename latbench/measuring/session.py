@@ -74,7 +74,7 @@ SHORT_ROUND_CI = 1.0
 #: Default sampling per role: many short measurements beat one long one on a drifting device.
 DEFAULT_POLICIES: dict[str, SamplingPolicy] = {
     "block": SamplingPolicy(warmup_runs=10, warmup_time_s=0.05, time_cap_s=1.5, min_time_s=0.3),
-    "model": SamplingPolicy(warmup_runs=3, warmup_time_s=0.25, time_cap_s=4.0, min_time_s=0.3),
+    "model": SamplingPolicy(warmup_runs=10, warmup_time_s=0.1, time_cap_s=4.0, min_time_s=0.3),
     "anchor": SamplingPolicy(warmup_runs=10, warmup_time_s=0.05, time_cap_s=1.0, min_time_s=0.3),
 }
 

@@ -83,11 +83,6 @@ class BuildSettings:
     block_time_cap_s: float = 1.5
     model_time_cap_s: float = 4.0
     warmup_time_s: float = 0.05
-    # Whole models warm up by time more than by count: after 3 runs and 0.25 s, S0-L's rounds read
-    # within noise of 10 runs' (paired rounds, three backends: the 2nd percentile ignores a slow
-    # first run) at a tenth to a third of the warm-up; the time floor gives a phone's clocks a ramp.
-    model_warmup: int = 3
-    model_warmup_time_s: float = 0.25
     min_time_s: float = 0.3
     min_separation_s: float = 2.0  # an entry's extra round waits this long after its previous one
     consensus: ConsensusRule = field(default_factory=ConsensusRule)
@@ -101,15 +96,14 @@ class BuildSettings:
     cool_down: bool = True  # pause while the device is hot (reported throttling, anchors slowing)
 
     def policies(self) -> dict[str, SamplingPolicy]:
-        def policy(cap: float, warmup: int, warmup_time_s: float) -> SamplingPolicy:
+        def policy(cap: float) -> SamplingPolicy:
             if self.runs is not None:
-                return SamplingPolicy.fixed(self.runs, warmup)
-            return SamplingPolicy(warmup_runs=warmup, warmup_time_s=warmup_time_s, time_cap_s=cap,
+                return SamplingPolicy.fixed(self.runs, self.warmup)
+            return SamplingPolicy(warmup_runs=self.warmup, warmup_time_s=self.warmup_time_s, time_cap_s=cap,
                                   min_time_s=min(cap, self.min_time_s))
 
-        block = policy(self.block_time_cap_s, self.warmup, self.warmup_time_s)
-        return {"block": block, "anchor": block,
-                "model": policy(self.model_time_cap_s, self.model_warmup, self.model_warmup_time_s)}
+        return {"block": policy(self.block_time_cap_s), "anchor": policy(self.block_time_cap_s),
+                "model": policy(self.model_time_cap_s)}
 
     def plan(self) -> MeasuringPlan:
         return MeasuringPlan(rounds=self.rounds, consensus=self.consensus, policies=self.policies(),
