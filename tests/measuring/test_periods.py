@@ -264,3 +264,73 @@ def test_three_rounds_in_steady_slow_states_that_agree_over_the_anchors_stand_wi
     assert _slow_consensus(True, (27.0, 58.0, 117.0), late_factors=(1.3, 1.15, 1.46), second_slow=1.45) == {}
     # Where the anchors do not explain the device, the rounds keep waiting for a fast one.
     assert _slow_consensus(False, late, late_factors=(1.3, 1.45, 1.46), second_slow=1.45) == {}
+
+
+def _one_spell(entries: int = 5, rule: PeriodRule = RULE, burst_only: bool = False) -> dict[str, float]:
+    """`entries` entries whose three rounds (at 6-40 s) all fell in one slow spell and agree with
+    each other; anchor a read every 10 s, 30 % slow until 45 s and fast at 50 s; anchor b read at
+    5-45 s, slow throughout (it never saw the fast state).
+    `burst_only`: anchor a reads fast throughout but for one burst at 10 s."""
+    from latbench.measuring.journal import AnchorRow, JournalRow
+    from latbench.measuring.measurement import Measurement
+    from latbench.measuring.periods import journal_slow_periods
+
+    def m(ms):
+        return Measurement("x", [ms] * 20)
+
+    def a_state(t):
+        return (1.3 if t == 10 else 1.0) if burst_only else (1.3 if t < 45 else 1.0)
+
+    anchors = [AnchorRow("s", "d", i, "a", m(a_state(10.0 * i)), 10.0 * i) for i in range(6)]
+    anchors += [AnchorRow("s", "d", 10 + i, "b", m(2.6), 5.0 + 10 * i)
+                for i in range(5)]
+    consensus = ConsensusRule()
+    rows = {f"k{i}": [JournalRow(f"k{i}", r, "block", {}, m(0.5 * 1.3), None, 6.0 + i + 12 * r, "d", "s")
+                      for r in range(3)] for i in range(entries)}
+    vals = {k: [consensus.round_value(r.measurement) for r in rs] for k, rs in rows.items()}
+    decided = {k: consensus.decide(v) for k, v in vals.items()}
+    assert all(v.agreed for v in decided.values())  # the slow rounds agree: a consensus of the spell
+    return journal_slow_periods(rows, vals, decided, anchors, consensus, rule)
+
+
+def test_a_session_of_few_entries_inside_one_slow_spell_is_named_by_its_anchors():
+    """An adapt's few entries can take every round inside one slow spell: their rounds agree with
+    each other and with their neighbours, so only the anchors, read past the spell, show it."""
+    named = _one_spell()
+    assert set(named) == {f"k{i}" for i in range(5)} and all(v == pytest.approx(1.3) for v in named.values())
+    # Anchor b never read fast (its ratios are 1): the other anchor's reading is enough.
+    # The neighbours' view alone is blind to it, and a full build's journal (more entries than
+    # few_entries) keeps to that view.
+    assert _one_spell(rule=PeriodRule(few_entries=4)) == {}
+    # Where the anchors near the rounds read at their fastest, nothing is named; one burst near
+    # one round of each entry (the other rounds read fast) names nothing either.
+    assert _one_spell(burst_only=True) == {}
+
+
+def test_a_slow_spell_ending_before_the_session_gives_the_entries_rounds_at_their_ordinary_value(tmp_path):
+    """In a live session: every entry's first three rounds fall in a slow spell that ends just
+    before the first wave does; the anchors read after it name them, and their later rounds
+    settle on the ordinary values."""
+    anchors = [Target.of(ANCHOR, "anchor"), Target.of(FFNConfig(224, 2, 80, 4), "anchor")]
+    base = {**BASE, anchors[1].key: 0.3}
+
+    def session(slow: set[int], name: str, rule: PeriodRule):
+        runner = ScriptedRunner(base.__getitem__, clock_step_s=1.0)
+        runner.period_calls = slow
+        plan = MeasuringPlan(min_separation_s=0.0, anchor_every=2, seed=3, periods=rule, probe_rounds=0)
+        with Journal(tmp_path / f"{name}.sqlite") as journal:
+            res = MeasuringSession(runner, plan, journal=journal, export_jobs=1).run(
+                [Target.of(c, "block") for c in BLOCKS], anchors)
+        return runner, res
+
+    recorder, _ = session(set(), "order", RULE)
+    entry_calls = [i for i, c in enumerate(recorder.calls) if c[0] in BASE and c[0] not in (a.key for a in anchors)]
+    last = entry_calls[len(BLOCKS) * 3 - 1]  # the first wave's last entry round
+    slow = set(range(0, last + 1))
+    _, blind = session(slow, "blind", PeriodRule(few_entries=0))
+    assert all(v.value == pytest.approx(1.3 * BASE[k], rel=0.01) for k, v in blind.verdicts.items())
+    runner, res = session(slow, "checked", RULE)
+    assert any(c[0] in (a.key for a in anchors) for c in runner.calls[last + 1:])  # anchors read past the spell
+    for c in BLOCKS:
+        assert res.verdicts[c.key].value == pytest.approx(BASE[c.key], rel=0.01)
+        assert res.verdicts[c.key].rounds > 3
