@@ -36,6 +36,7 @@ from latbench.measuring.consensus import ConsensusRule, Verdict
 from latbench.measuring.journal import AnchorRow, Journal, JournalRow
 from latbench.measuring.measurement import Measurement, SamplingPolicy
 from latbench.measuring.noise import (
+    SLOW_STATE,
     SPACING_POLL,
     HeatRule,
     MeasuringRules,
@@ -724,7 +725,11 @@ class MeasuringSession:
         """Idle until `wait_until`, reading one anchor every POLL_S: the wait is there to outlast
         a slow state, so once an anchor reads within the tolerance of its level the device has
         left it and the next rounds start. (Small sessions, an adapt's or a build's last waves,
-        otherwise idled out every doubled wait: on this VM two thirds of an adapt's time.)"""
+        otherwise idled out every doubled wait: on this VM two thirds of an adapt's time.) Only
+        anchors that have read both states are polled where some have: an anchor read only inside
+        a slow spell has that spell for its level, and on a simulated vm-bursts adapt its readings
+        ended four waits early, in the spell, until three entries ran out of rounds there."""
+        anchor_jobs = self._anchors_seen_fast(anchor_jobs)
         turn = 0
         while (left := wait_until - self.clock()) > 0:
             idle(min(POLL_S, left))
@@ -740,6 +745,18 @@ class MeasuringSession:
             ratio = self._last_anchor_ratio
             if ratio is not None and ratio <= 1 + self.rules.consensus.tolerance:
                 return
+
+    def _anchors_seen_fast(self, anchor_jobs: list[Job]) -> list[Job]:
+        """The anchors whose readings in this session span more than a slow state's worth
+        (noise.SLOW_STATE), fastest to slowest: they have read the device fast and slow, so their
+        level is the fast state's. All of them where none has."""
+        values: dict[str, list[float]] = {}
+        for a in self.journal.anchors(self.session):
+            v = self.rules.consensus.round_value(a.measurement)
+            if math.isfinite(v) and v > 0:
+                values.setdefault(a.key, []).append(v)
+        seen = [j for j in anchor_jobs if len(vs := values.get(j.key, [])) >= 2 and max(vs) > min(vs) * (1 + SLOW_STATE)]
+        return seen or anchor_jobs
 
     def _anchor_ratio(self, key: str, m: Measurement) -> float | None:
         """An anchor reading against the anchor's level in this session so far."""

@@ -12,7 +12,7 @@ from latbench.blocks.configs import AttnConfig, FFNConfig
 from latbench.core.errors import UsageError
 from latbench.measuring.consensus import ConsensusRule
 from latbench.measuring.journal import AnchorRow, Journal
-from latbench.measuring.measurement import THROTTLING_WARNING, Measurement
+from latbench.measuring.measurement import THROTTLING_WARNING, Measurement, SamplingPolicy
 from latbench.measuring.noise import (
     BEST_OF_ROUND_LENGTH,
     PASS_S,
@@ -35,6 +35,7 @@ from latbench.measuring.session import (
     POLL_S,
     REREAD_EVERY,
     SHORT_ROUND_CI,
+    Job,
     MeasuringPlan,
     MeasuringSession,
     Target,
@@ -513,6 +514,27 @@ def test_an_extra_round_waits_with_the_device_idle_until_an_anchor_reads_fast():
     assert runner.idled == [POLL_S] * 4 and len(polls) == 4
     level = polls[-1].measurement.median
     assert [round(p.measurement.median / level, 2) for p in polls] == [1.35, 1.35, 1.35, 1.0]
+
+
+def test_spacing_polls_only_anchors_that_have_read_both_states():
+    """An anchor read only inside a slow spell has the spell for its level: its readings there
+    look fast. Where another anchor has read the device fast and slow, only that one is polled;
+    where none has (a quiet device), all are."""
+    other = FFNConfig(224, 2, 80, 4)
+    jobs = [Job(ANCHOR.key, 0, "anchor", SamplingPolicy()), Job(other.key, 0, "anchor", SamplingPolicy())]
+    with Journal(":memory:") as journal:
+        session = MeasuringSession(ScriptedRunner(BASE.__getitem__), MeasuringPlan(), journal=journal, export_jobs=1)
+        session.session = journal.start_session("build", "d", at=0.0)
+
+        def read(seq: int, key: str, ms: float) -> None:
+            journal.record_anchor(session.session, "d", seq, key, Measurement(key, [ms] * 20), at=float(seq))
+
+        for seq, (a, b) in enumerate([(0.52, 0.26), (0.53, 0.26), (0.52, 0.262)]):  # both in one (slow) state
+            read(2 * seq, ANCHOR.key, a)
+            read(2 * seq + 1, other.key, b)
+        assert session._anchors_seen_fast(jobs) == jobs
+        read(10, ANCHOR.key, 0.40)  # the spell ends for ANCHOR's readings: 30 % faster
+        assert session._anchors_seen_fast(jobs) == jobs[:1]
 
 
 def test_anchors_read_while_waiting_stay_out_of_the_noise_profile():
