@@ -46,9 +46,10 @@ class PeriodRule:
     max_gap_s: float = 10.0  # ... at most this far away
     threshold: float = 0.10  # a period this much slower than usual is a slow period
     min_neighbours: int = 2  # fewer neighbours than this: the period is unknown (not slow)
-    #: Journals of at most this many entries are also read by their anchors alone. In full builds
-    #: (110 entries) the anchors' view named 29 of a simulated vm-bursts build's entries and 16 of
-    #: a Xeon-trace one's, most of them right: there the neighbours' view does the work.
+    #: Journals of at most this many entries are also read by their anchors alone. Replayed on full
+    #: builds (110 entries) the anchors' view named 85 and 49 entries of simulated vm-bursts builds
+    #: (the neighbours' view 10 and 0), 22 of a Xeon-trace one, 12 and 24 of this VM's `cpu
+    #: --threads 2` and litert int8 builds: there the neighbours' view does the work.
     few_entries: int = 40
 
     def __post_init__(self) -> None:
@@ -154,8 +155,8 @@ def anchor_slow_keys(rows: Mapping[str, Sequence[JournalRow]], members: Mapping[
     in the slow spell agrees with itself there (a ratio of 1 that says nothing), and slowdown-only
     noise leaves the fastest reading the least disturbed; hence the largest, not the median (on a
     simulated vm-bursts adapt whose anchors but one never left the spell, the median named 1 of
-    19 slow entries, the largest all 19). A burst in one reading names nothing: every member round
-    must have one. Values: the lowest such ratio among the member rounds."""
+    19 slow entries, the largest all 19). A burst in one reading names an entry only where one
+    lies near each of its member rounds. Values: the lowest such ratio among the member rounds."""
     fastest: dict[tuple[str, str | None, str], float] = {}
     for a in anchors:
         v = consensus.round_value(a.measurement)
@@ -183,11 +184,14 @@ def _anchors_nearest(line: Sequence[tuple[float, str, float]], at: float, rule: 
     rule.max_gap_s); None with fewer than rule.min_neighbours anchors."""
     i = bisect.bisect_left(line, (at,))
     nearest: dict[str, tuple[float, float]] = {}
-    for j in range(max(0, i - 2 * rule.neighbours), min(len(line), i + 2 * rule.neighbours)):
-        t, key, ratio = line[j]
-        gap = abs(t - at)
-        if gap <= rule.max_gap_s and (key not in nearest or gap < nearest[key][0]):
-            nearest[key] = (gap, ratio)
+    for side in (range(i - 1, -1, -1), range(i, len(line))):
+        for j in side:
+            t, key, ratio = line[j]
+            gap = abs(t - at)
+            if gap > rule.max_gap_s:
+                break
+            if key not in nearest or gap < nearest[key][0]:
+                nearest[key] = (gap, ratio)
     if len(nearest) < rule.min_neighbours:
         return None
     return max(r for _, r in nearest.values())
