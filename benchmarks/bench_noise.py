@@ -255,6 +255,8 @@ def main() -> int:
     ap.add_argument("--fixed-rules", action="store_true",
                     help="build with the fixed consensus rule (as before rules followed the device's noise)")
     args = ap.parse_args()
+    if args.adapt < 0:
+        raise SystemExit(f"--adapt is a budget of measurements (0: no adapt), got {args.adapt}")
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
     unknown = [p for p in profiles if p not in PROFILES]
     if unknown:
