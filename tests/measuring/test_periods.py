@@ -282,8 +282,7 @@ def _one_spell(entries: int = 5, rule: PeriodRule = RULE, burst_only: bool = Fal
         return (1.3 if t == 10 else 1.0) if burst_only else (1.3 if t < 45 else 1.0)
 
     anchors = [AnchorRow("s", "d", i, "a", m(a_state(10.0 * i)), 10.0 * i) for i in range(6)]
-    anchors += [AnchorRow("s", "d", 10 + i, "b", m(2.6), 5.0 + 10 * i)
-                for i in range(5)]
+    anchors += [AnchorRow("s", "d", 10 + i, "b", m(2.6), 5.0 + 10 * i) for i in range(5)]
     consensus = ConsensusRule()
     rows = {f"k{i}": [JournalRow(f"k{i}", r, "block", {}, m(0.5 * 1.3), None, 6.0 + i + 12 * r, "d", "s")
                       for r in range(3)] for i in range(entries)}
