@@ -170,7 +170,7 @@ def adapt(profile: str, seed: int, root: Path, samples: int, budget: int) -> dic
     from latbench.tables.synthetic import synthetic_table
     from latbench.tables.table import REFERENCE_MODEL, LatencyTable
 
-    space, settings, configs, calib, validation, _ = plan(seed, samples)
+    space, _, _, _, validation, _ = plan(seed, samples)
     source_dir = root / "source"
     if not (source_dir / "blocks.csv").is_file():
         synthetic_table(space, 224, cost=source_ms,
@@ -187,14 +187,17 @@ def adapt(profile: str, seed: int, root: Path, samples: int, budget: int) -> dic
     measured = [k for k in table.blocks["key"] if k not in predicted and not str(k).startswith("empty-")]
     values = dict(zip(table.blocks["key"], table.blocks["latency_ms"].astype(float)))
     errs = sorted(abs(values[k] / runner.true_fast_ms(k) - 1) for k in measured)
-    rounds = int(table.blocks["rounds"].fillna(0).sum()) + int(table.models["rounds"].sum() if len(table.models)
-                                                                else 0)
     rules = table.meta.get("measuring_rules") or {}
     return {"measured": len(measured), "measured_within_3pct": sum(e <= WITHIN for e in errs) / max(1, len(errs)),
             "measured_max_err_pct": 100 * (errs[-1] if errs else 0.0), "flagged": len(table.flagged()),
-            "rounds": rounds, "max_rounds": (rules.get("consensus") or {}).get("max_rounds"),
+            "rounds": rounds_of(table), "max_rounds": (rules.get("consensus") or {}).get("max_rounds"),
             "virtual_s": runner.elapsed, "cpu_s": time.perf_counter() - t0,
             "validation": validation_figures(table, runner, validation)}
+
+
+def rounds_of(table) -> int:
+    """Rounds a table's entries and calibration models took (predicted entries have none)."""
+    return int(table.blocks["rounds"].sum()) + int(table.models["rounds"].sum() if len(table.models) else 0)
 
 
 def entry_figures(table, runner) -> dict[str, Any]:
@@ -211,7 +214,7 @@ def entry_figures(table, runner) -> dict[str, Any]:
         "worst": sorted(errs.items(), key=lambda kv: -abs(kv[1]))[:3],
         "bias_pct": 100 * statistics.median(errs.values()),
         "flagged": len(table.flagged()),
-        "rounds": int(blocks["rounds"].sum()) + int(table.models["rounds"].sum() if len(table.models) else 0),
+        "rounds": rounds_of(table),
         "within_3pct_typical": None,
     }
     if "typical_ms" in blocks.columns:

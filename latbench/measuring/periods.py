@@ -157,17 +157,14 @@ def anchor_slow_keys(rows: Mapping[str, Sequence[JournalRow]], members: Mapping[
     simulated vm-bursts adapt whose anchors but one never left the spell, the median named 1 of
     19 slow entries, the largest all 19). A burst in one reading names an entry only where one
     lies near each of its member rounds. Values: the lowest such ratio among the member rounds."""
+    read = [(a, v) for a in anchors if math.isfinite(v := consensus.round_value(a.measurement)) and v > 0]
     fastest: dict[tuple[str, str | None, str], float] = {}
-    for a in anchors:
-        v = consensus.round_value(a.measurement)
-        if math.isfinite(v) and v > 0:
-            k = (a.session, a.device, a.key)
-            fastest[k] = min(fastest.get(k, math.inf), v)
+    for a, v in read:
+        k = (a.session, a.device, a.key)
+        fastest[k] = min(fastest.get(k, math.inf), v)
     lines: dict[str | None, list[tuple[float, str, float]]] = {}
-    for a in anchors:
-        v, low = consensus.round_value(a.measurement), fastest.get((a.session, a.device, a.key))
-        if low and math.isfinite(v):
-            lines.setdefault(a.device, []).append((a.measured_at, a.key, v / low))
+    for a, v in read:
+        lines.setdefault(a.device, []).append((a.measured_at, a.key, v / fastest[(a.session, a.device, a.key)]))
     for line in lines.values():
         line.sort()
     out: dict[str, float] = {}
