@@ -4,7 +4,7 @@ Known devices carry over to a new one by kind and cost: the ratio target/source 
 clusters by block kind (attention mixers and heads move differently from FFNs between two CPUs)
 and drifts with the entry's size within a kind. The model is a Bayesian ridge regression of
 
-    log(target ms / source ms) = intercept[kind] + z . (slope + slope_dev[kind])
+    log(target ms / source ms) = intercept[transfer kind] + z . (slope + slope_dev[kind])
 
 on centred features z = (log source ms, log MACs, log params, log input elements), each
 coefficient shrunk towards a prior: kind intercepts weakly towards the common median ratio (one
@@ -17,6 +17,16 @@ Its posterior gives every prediction an uncertainty, and because that posterior'
 depends only on *which* entries are measured, not on their values, the entries to measure are
 chosen before measuring anything (under the strong prior): greedily, the one whose prediction is
 least certain (`select_entries`), after one per kind and one per stage.
+
+A transfer kind is the block kind, but strided attention (stage 3: a depthwise stride-2 conv,
+attention at half resolution, bilinear upsampling) is one of its own: it runs another operator
+graph than stage-4 attention, and its ratio moved apart from it on every backend pair measured
+(`cpu` -> `litert` 0.74 against 0.99, `--xnnpack off` 3.6 against 5.1, `cpu` int8 0.92 against 0.78,
+medians of the full tables). Fitted as one kind, with the stage-4 blocks the selection measured,
+stage-3 attention came out 20-37 % off. It gets its own intercept (and its own pick in the
+selection) but shares attention's slope deviations: with one of its four entries measured it
+cannot learn a slope of its own, and on five of the six pairs the two stages' ratios move alike
+with width (replays below: slopes of its own put 58 % of `cpu` int8 subnets within 5 %, shared 62 %).
 
 Entries without a cost (no MACs, no parameters: the empty models, whole reference models) have no
 part in the shared slopes or their centring: their zero MACs and parameters are not a small cost
@@ -31,6 +41,14 @@ budget 20 averaged over the 56 choices of 3 calibration models of the build's 8)
 80 -> 72 % on `litert` (whose one unmeasured stage-3 attention is now the only large error, no
 longer offset by errors elsewhere); predicted entries against the full tables 10.1 / 9.4 / 11.7 /
 8.5 -> 7.9 / 8.7 / 7.0 / 5.0 % off, 94-100 % within two stated sigmas.
+
+Transfer kinds, replayed the same way (stop 40; before -> after, subnets within 5 %): `litert`
+72 -> 98 % (the worst of the 56 triples 41 -> 94 %), `cpu --threads 2` 85 -> 85 %, `cpu` fp16 96 ->
+96 %, `litert` int8 85 -> 83 %, `cpu` int8 69 -> 62 %, `litert --xnnpack off` 80 -> 59 %; predicted
+entries 0.1-1.1 points closer to the full tables on five pairs (largest errors 36.7 -> 25.8 %,
+35.7 -> 20.6 %). With the built-in kernels strided attention costs 1.40x its isolated time inside a
+model (plain attention 1.21x, the rest 1.02x: the full table fitted on its 35 end-to-end models),
+which the old +32 % error stood in for and one calibration scale cannot carry.
 
 Pure numpy; no device, no table files: latbench.tables.adapt orchestrates, derive_table applies.
 """
@@ -78,6 +96,13 @@ class Entry:
     macs: float
     params: float
     input_elements: float
+    #: The kind the model fits the entry as: its block kind, split where one kind runs two operator
+    #: graphs (strided stage-3 attention); empty: the block kind.
+    transfer_kind: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.transfer_kind:
+            object.__setattr__(self, "transfer_kind", self.kind)
 
     @property
     def costed(self) -> bool:
@@ -90,19 +115,24 @@ class Entry:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "stage": self.stage, "source_ms": self.source_ms, "macs": self.macs,
-                "params": self.params, "input_elements": self.input_elements}
+                "params": self.params, "input_elements": self.input_elements, "transfer_kind": self.transfer_kind}
 
     @classmethod
     def from_dict(cls, key: str, data: Mapping[str, Any]) -> Entry:
         return cls(key, str(data["kind"]), data.get("stage"), float(data["source_ms"]), float(data.get("macs") or 0),
-                   float(data.get("params") or 0), float(data.get("input_elements") or 0))
+                   float(data.get("params") or 0), float(data.get("input_elements") or 0),
+                   str(data.get("transfer_kind") or ""))
 
 
 class Design:
     """The regression's design over a fixed set of entries: kinds, centring, prior."""
 
     def __init__(self, entries: Sequence[Entry], kind_slope_precision: float = KIND_SLOPE_PRECISION):
-        self.kinds = sorted({e.kind for e in entries})
+        # Intercepts per transfer kind, slope deviations per block kind: strided attention has its
+        # own level but follows attention's slopes.
+        self.kinds = sorted({e.transfer_kind for e in entries})
+        self.slope_kinds = sorted({e.kind for e in entries})
+        self.block_kind = {e.transfer_kind: e.kind for e in entries}
         self.kind_slope_precision = kind_slope_precision
         self.centre, self.scale = _centring([e for e in entries if e.costed] or list(entries))
         # Entries without a cost are centred within their kind (see the module's docstring).
@@ -112,13 +142,13 @@ class Design:
         self.own = {kind: _centring(members) for kind, members in by_kind.items()
                     if not any(e.costed for e in members)}
         k, f = len(self.kinds), len(FEATURES)
-        self.size = k + f + k * f
+        self.size = k + f + len(self.slope_kinds) * f
         self.precision = self._prior_precision(kind_slope_precision)
 
     def _prior_precision(self, kind_slope_precision: float) -> np.ndarray:
         k, f = len(self.kinds), len(FEATURES)
         return np.concatenate([np.full(k, INTERCEPT_PRECISION), np.full(f, SLOPE_PRECISION),
-                               np.full(k * f, kind_slope_precision)])
+                               np.full(len(self.slope_kinds) * f, kind_slope_precision)])
 
     def with_kind_slope_precision(self, precision: float) -> Design:
         """The same design (kinds, centring, rows) under another kind-slope prior."""
@@ -130,8 +160,8 @@ class Design:
     def row(self, entry: Entry) -> np.ndarray:
         k, f = len(self.kinds), len(FEATURES)
         x = np.zeros(self.size)
-        i = self.kinds.index(entry.kind)
-        x[i] = 1.0
+        x[self.kinds.index(entry.transfer_kind)] = 1.0
+        i = self.slope_kinds.index(entry.kind)
         raw = np.array(entry.raw_features())
         if entry.costed:
             z = (raw - self.centre) / self.scale
@@ -176,7 +206,8 @@ class TransferFit:
         shared = self.coef[k:k + f]
         per_kind = {}
         for i, kind in enumerate(self.design.kinds):
-            dev = self.coef[k + f + i * f:k + f + (i + 1) * f]
+            j = self.design.slope_kinds.index(self.design.block_kind[kind])
+            dev = self.coef[k + f + j * f:k + f + (j + 1) * f]
             per_kind[kind] = {"ratio_at_centre": math.exp(float(self.coef[i])),
                               "slopes": dict(zip(FEATURES, map(float, shared + dev)))}
         return {"method": "Bayesian ridge regression of log(target/source) per kind on centred, scaled features, "
@@ -264,7 +295,7 @@ def select_entries(entries: Sequence[Entry], count: int, already: Sequence[str] 
     for kind in order:
         if len(chosen) >= goal:
             break
-        members = sorted((e for e in entries if e.kind == kind), key=lambda e: (e.source_ms, e.key))
+        members = sorted((e for e in entries if e.transfer_kind == kind), key=lambda e: (e.source_ms, e.key))
         if any(e.key in chosen for e in members):
             continue
         take(members[(len(members) - 1) // 2].key)
@@ -317,7 +348,7 @@ def predicted_rows(adapt: Mapping[str, Any], measured_rows: Sequence[Mapping[str
     summary = {k: adapt.get(k) for k in ("sources", "budget", "selected", "calibration", "source_latency")}
     # Kinds without one measured entry (a budget below the number of kinds): their entries rest
     # on the pooled ratio alone, and their uncertainty says so.
-    unmeasured = sorted({e.kind for e in entries} - {e.kind for e in entries if e.key in measured})
+    unmeasured = sorted({e.transfer_kind for e in entries} - {e.transfer_kind for e in entries if e.key in measured})
     summary.update({"measured": sum(1 for e in entries if e.key in measured), "predicted": len(rows),
                     "unmeasured_kinds": unmeasured, "transfer_model": fit.to_dict()})
     return rows, summary

@@ -34,8 +34,10 @@ from latbench.tables.table import LatencyTable, row_config
 from latbench.tables.transfer import select_entries
 
 #: Target / source per kind: the ratios between two real CPUs cluster by kind like this (issue 22).
-KIND_FACTOR = {"stem": 1.3, "embed": 1.53, "ffn": 1.61, "mhsa": 1.79, "attndown": 1.86, "head": 2.33,
-               "empty": 1.46, "model": 1.7}
+#: Strided (stage-3) attention runs another operator graph: cpu -> litert moved it 0.74x where
+#: stage-4 attention moved 0.99x.
+KIND_FACTOR = {"stem": 1.3, "embed": 1.53, "ffn": 1.61, "mhsa": 1.79, "mhsa-strided": 1.34, "attndown": 1.86,
+               "head": 2.33, "empty": 1.46, "model": 1.7}
 BUDGET = 20
 CALIBRATE = 1  # S0 whole: its export is small and cached; the rest of the budget goes to blocks
 #: The stated accuracy: the share of entries within +-5 % of the target's truth, and the worst case.
@@ -50,7 +52,8 @@ def target_truth(source: LatencyTable) -> dict[str, float]:
         config = row_config(row)
         macs = 0 if config.kind == "model" else config.macs()
         elements = math.prod(config.input_shape)
-        truth[row["key"]] = (row["latency_ms"] * KIND_FACTOR[config.kind] * (1 + macs / 5e8) ** 0.15
+        kind = "mhsa-strided" if getattr(config, "strided", False) else config.kind
+        truth[row["key"]] = (row["latency_ms"] * KIND_FACTOR[kind] * (1 + macs / 5e8) ** 0.15
                              + 3e-8 * elements)
     for cand in sample_candidates(SearchSpace.default(), 224, CALIBRATE, 0, purpose="calibration"):
         truth[cand.key] = 1.05 * OverheadModel(truth).estimate(cand.blocks())
@@ -129,6 +132,12 @@ def test_the_adapted_table_is_within_tolerance_of_the_targets_truth(adapted, tru
     print(f"predicted entries within 2 sigma: {covered:.0%}; median sigma "
           f"{sorted(predicted.values())[len(predicted) // 2]:.1f} %")
     assert covered >= 0.8
+    # Strided attention, whose ratio is not plain attention's, is measured and predicted as its own
+    # kind (fitted as plain attention, before, they read 9-14 % high here).
+    strided = [k for k in errors if k.startswith("mhsa-") and "-s3-" in k]
+    print("strided attention:", {k: f"{errors[k]:+.1%}" for k in strided})
+    assert strided and any(k not in predicted for k in strided)
+    assert max(abs(errors[k]) for k in strided) <= 0.05
     # Measured entries are the device's own values; the budget bounds what was measured.
     measured = [k for k in errors if k not in predicted]
     assert all(abs(errors[k]) < 0.01 for k in measured)
@@ -300,7 +309,7 @@ def test_a_source_of_another_space_or_resolution_is_refused_in_one_line(source_d
 def test_a_budget_below_the_number_of_kinds_measures_the_heaviest_kinds(source_dir, truth, tmp_path, monkeypatch):
     source = LatencyTable.load(source_dir)
     entries, _ = source_entries([source])
-    kinds = {e.kind for e in entries.values()}
+    kinds = {e.transfer_kind for e in entries.values()}
     order = kind_priority(entries, source.space(), 224)
     assert set(order) == kinds and len(kinds) > 5
     # The order follows the kinds' share of typical models (FFNs carry most of them here); the
@@ -311,13 +320,13 @@ def test_a_budget_below_the_number_of_kinds_measures_the_heaviest_kinds(source_d
     table = LatencyTable.load(result.table.path)
     meta = table.meta["adapt"]
     assert meta["measured"] == 5 and meta["calibration"] == []
-    assert [entries[k].kind for k in meta["selected"]] == order[:5]
+    assert [entries[k].transfer_kind for k in meta["selected"]] == order[:5]
     assert meta["unmeasured_kinds"] == sorted(order[5:])
     # An unmeasured kind borrows the pooled ratio: its predictions say they are less certain than
     # those of the measured kinds, and that larger uncertainty still covers most of the truth.
     predicted = table.predicted()
-    borrowed = [k for k in predicted if entries[k].kind in meta["unmeasured_kinds"]]
-    own = [k for k in predicted if entries[k].kind not in meta["unmeasured_kinds"]]
+    borrowed = [k for k in predicted if entries[k].transfer_kind in meta["unmeasured_kinds"]]
+    own = [k for k in predicted if entries[k].transfer_kind not in meta["unmeasured_kinds"]]
     assert borrowed and own
     assert statistics.median(predicted[k] for k in borrowed) > 1.5 * statistics.median(predicted[k] for k in own)
     errors = {k: abs(ms / truth[k] - 1) for k, ms in table.latency_ms().items()}
@@ -325,7 +334,7 @@ def test_a_budget_below_the_number_of_kinds_measures_the_heaviest_kinds(source_d
     # A larger budget keeps the five and covers every kind.
     more = adapt(source_dir, tmp_path / "t", budget=10, calibrate=None).table.meta["adapt"]
     assert more["selected"][:5] == meta["selected"] and more["unmeasured_kinds"] == []
-    assert {entries[k].kind for k in more["selected"]} == kinds
+    assert {entries[k].transfer_kind for k in more["selected"]} == kinds
 
 
 def test_bad_budgets_and_an_out_holding_another_table_are_refused(source_dir, tmp_path, run_cli):

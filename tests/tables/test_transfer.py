@@ -81,3 +81,26 @@ def test_the_measurements_choose_how_far_kinds_follow_their_own_slopes(monkeypat
     fixed = errors(entries, opposite, measured)
     assert max(abs(v) for k, v in fixed.items() if k.startswith("mhsa")) > 2 * max(
         abs(v) for k, v in err.items() if k.startswith("mhsa"))
+
+
+def test_an_entry_keeps_its_transfer_kind_through_the_journal_record():
+    strided = Entry("mhsa-s3", "mhsa", 3, 1.0, 2e7, 1e5, 3e4, "mhsa-strided")
+    back = Entry.from_dict(strided.key, strided.to_dict())
+    assert back == strided and back.transfer_kind == "mhsa-strided"
+    # A record written before transfer kinds existed fits each entry as its block kind.
+    old = {k: v for k, v in strided.to_dict().items() if k != "transfer_kind"}
+    assert Entry.from_dict(strided.key, old).transfer_kind == "mhsa"
+
+
+def test_strided_attention_is_fitted_apart_from_plain_attention():
+    # Plain attention keeps the FFNs' ratio; strided attention moves 0.75x of it (cpu -> litert).
+    plain = [mixer(i, w) for i, w in enumerate((96, 160, 256, 384))]
+    strided = [Entry(f"mhsa-s3-{i}-c{w}", "mhsa", 3, e.source_ms * 1.3, e.macs / 2, e.params, e.input_elements,
+                     "mhsa-strided") for i, (w, e) in enumerate(zip((96, 160, 256, 384), plain))]
+    entries = blocks() + plain + strided
+    target = {e.key: e.source_ms * 1.6 * (0.75 if e.transfer_kind == "mhsa-strided" else 1.0) * noisy(e.key)
+              for e in entries}
+    measured = ["ffn-0-c48-e2", "ffn-13-c160-e3", "ffn-26-c384-e4", plain[1].key, plain[3].key, strided[2].key]
+    err = errors(entries, target, measured)
+    print({k: f"{v:+.1%}" for k, v in err.items() if k.startswith("mhsa")})
+    assert max(abs(v) for k, v in err.items() if k.startswith("mhsa")) < 0.05
