@@ -49,6 +49,11 @@ from latbench.measuring.timebase import anchor_levels, timebase_key
 
 #: The longest an extra round waits after the entry's previous one (the doubling stops there).
 MAX_WAIT_S = 16.0
+#: Rounds an entry named slow-period may take beyond the rule's bound in a session of few entries,
+#: and the least spacing of each (doubled per round, up to MAX_WAIT_S): with waits of 16 s its
+#: rounds then span over a minute, longer than the slow spells of the simulated vm-bursts device.
+SLOW_EXTRA_ROUNDS = 4
+SLOW_EXTRA_SPACING_S = 2.0
 #: While waiting to space an entry's rounds, an anchor is read this often to see whether the
 #: device is still slow (on a phone: a round of well under a second per two idle seconds).
 POLL_S = 2.0
@@ -648,7 +653,9 @@ class MeasuringSession:
         without consensus (or rechecked) that the rule still allows."""
         rule = self.rules.consensus
         recheck = set(self.recheck(verdicts)) if self.recheck else set()
-        recheck |= set(self.slow_periods(rows, verdicts))
+        slow = set(self.slow_periods(rows, verdicts))
+        recheck |= slow
+        beyond = self._slow_extra_rounds()
         # Entries measured while the device was hot: one more round each, after the pause.
         hot, self._hot_keys = self._hot_keys, set()
         recheck |= hot
@@ -658,8 +665,8 @@ class MeasuringSession:
             missing = [r for r in range(self.plan.rounds) if r not in done]
             if missing:
                 rounds = missing
-            elif len(done) < rule.max_rounds and (verdicts[key].needs_more or key in recheck
-                                                  or len(done) < self.rules.scheduled_rounds):
+            elif len(done) < rule.max_rounds + (beyond if key in slow else 0) and (
+                    verdicts[key].needs_more or key in recheck or len(done) < self.rules.scheduled_rounds):
                 rounds = [max(done) + 1]
             else:
                 continue
@@ -669,6 +676,16 @@ class MeasuringSession:
         random.Random(f"{self.plan.seed}:{wave}").shuffle(jobs)
         jobs.sort(key=lambda j: j.round if wave == 0 else 0)
         return jobs
+
+    def _slow_extra_rounds(self) -> int:
+        """Rounds beyond the rule's bound that an entry named slow-period may take: SLOW_EXTRA_ROUNDS
+        in a session of few entries (periods.PeriodRule.few_entries), none elsewhere. Rules that
+        take the fastest of N short rounds keep no spacing, and an adapt's twenty entries take all
+        N in under a minute: on simulated vm-bursts devices every round of most entries fell in one
+        slow spell at 3 of 12 seeds (subnets 0-38 % within 5 %). A full build has the work to spread
+        its rounds over minutes."""
+        periods = self.plan.periods
+        return SLOW_EXTRA_ROUNDS if periods is not None and len(self._targets) <= periods.few_entries else 0
 
     def _anchor_every(self) -> int:
         """Jobs between anchor readings: the plan's, counted in rounds of the plan's length (short
@@ -706,29 +723,44 @@ class MeasuringSession:
         stretch, outweighed the rounds in its typical state), else measuring anchors."""
         if not self._last_end or not anchor_jobs:
             return
-        # Each further extra round waits twice as long: slow periods can last several rounds.
-        wait_until = max(self._last_end.get(j.key, 0.0)
-                         + min(MAX_WAIT_S, self.rules.min_separation_s * 2 ** min(max(j.round - self.plan.rounds, 0), 4))
-                         for j in todo)
+        # Each further extra round waits twice as long: slow periods can last several rounds. A
+        # round beyond the rule's bound (an entry named slow-period, _slow_extra_rounds) waits at
+        # least SLOW_EXTRA_SPACING_S so doubled, even under rules that otherwise keep no spacing.
+        bound = self.rules.consensus.max_rounds
+
+        def separation(job: Job) -> float:
+            base = max(self.rules.min_separation_s, SLOW_EXTRA_SPACING_S) if job.round >= bound \
+                else self.rules.min_separation_s
+            return min(MAX_WAIT_S, base * 2 ** min(max(job.round - self.plan.rounds, 0), 4))
+
+        wait_until = max(self._last_end.get(j.key, 0.0) + separation(j) for j in todo)
+        beyond = any(j.round >= bound for j in todo)
         idle = getattr(self.dispatcher, "idle", None)
         if idle is not None:
             if wait_until > self.clock():
                 self.progress("spacing", 0, 1, f"idle up to {wait_until - self.clock():.0f} s before the next rounds")
-                self._idle_until_fast(wait_until, anchor_jobs, idle)
+                poll = not beyond or bool(self._anchors_read_both_states())
+                self._idle_until_fast(wait_until, anchor_jobs, idle, poll=poll)
             return
         turn = 0
         while self.clock() < wait_until:
             self.dispatcher.execute([], [anchor_jobs[turn % len(anchor_jobs)]], self.plan.anchor_every, self._commit)
             turn += 1
 
-    def _idle_until_fast(self, wait_until: float, anchor_jobs: list[Job], idle: Callable[[float], None]) -> None:
+    def _idle_until_fast(self, wait_until: float, anchor_jobs: list[Job], idle: Callable[[float], None],
+                         poll: bool = True) -> None:
         """Idle until `wait_until`, reading one anchor every POLL_S: the wait is there to outlast
         a slow state, so once an anchor reads within the tolerance of its level the device has
         left it and the next rounds start. (Small sessions, an adapt's or a build's last waves,
         otherwise idled out every doubled wait: on this VM two thirds of an adapt's time.) Only
         anchors that have read both states are polled where some have: an anchor read only inside
         a slow spell has that spell for its level, and on a simulated vm-bursts adapt its readings
-        ended four waits early, in the spell, until three entries ran out of rounds there."""
+        ended four waits early, in the spell, until three entries ran out of rounds there. Without
+        `poll` the wait is idled out: where no anchor has read both states and the rounds are
+        beyond the rule's bound, an anchor at its level says nothing of the spell."""
+        if not poll:
+            idle(max(0.0, wait_until - self.clock()))
+            return
         anchor_jobs = self._anchors_seen_fast(anchor_jobs)
         turn = 0
         while (left := wait_until - self.clock()) > 0:
@@ -746,16 +778,21 @@ class MeasuringSession:
             if ratio is not None and ratio <= 1 + self.rules.consensus.tolerance:
                 return
 
-    def _anchors_seen_fast(self, anchor_jobs: list[Job]) -> list[Job]:
+    def _anchors_read_both_states(self) -> set[str]:
         """The anchors whose readings in this session span more than a slow state's worth
-        (noise.SLOW_STATE), fastest to slowest: they have read the device fast and slow, so their
-        level is the fast state's. All of them where none has."""
+        (noise.SLOW_STATE): they have read the device fast and slow."""
         values: dict[str, list[float]] = {}
         for a in self.journal.anchors(self.session):
             v = self.rules.consensus.round_value(a.measurement)
             if math.isfinite(v) and v > 0:
                 values.setdefault(a.key, []).append(v)
-        seen = [j for j in anchor_jobs if len(vs := values.get(j.key, [])) >= 2 and max(vs) > min(vs) * (1 + SLOW_STATE)]
+        return {k for k, vs in values.items() if len(vs) >= 2 and max(vs) > min(vs) * (1 + SLOW_STATE)}
+
+    def _anchors_seen_fast(self, anchor_jobs: list[Job]) -> list[Job]:
+        """The anchors that have read the device fast and slow in this session, so their level is
+        the fast state's. All of them where none has."""
+        both = self._anchors_read_both_states()
+        seen = [j for j in anchor_jobs if j.key in both]
         return seen or anchor_jobs
 
     def _anchor_ratio(self, key: str, m: Measurement) -> float | None:

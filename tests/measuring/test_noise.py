@@ -31,10 +31,12 @@ from latbench.measuring.noise import (
 )
 from latbench.measuring.periods import ANCHORS_EXPLAIN
 from latbench.measuring.session import (
+    MAX_WAIT_S,
     MIN_SHORT_RUNS,
     POLL_S,
     REREAD_EVERY,
     SHORT_ROUND_CI,
+    SLOW_EXTRA_SPACING_S,
     Job,
     MeasuringPlan,
     MeasuringSession,
@@ -535,6 +537,37 @@ def test_spacing_polls_only_anchors_that_have_read_both_states():
         assert session._anchors_seen_fast(jobs) == jobs
         read(10, ANCHOR.key, 0.40)  # the spell ends for ANCHOR's readings: 30 % faster
         assert session._anchors_seen_fast(jobs) == jobs[:1]
+
+
+def test_a_round_beyond_the_bound_idles_out_its_wait_where_no_anchor_has_read_both_states():
+    """A round an entry named slow-period takes beyond its rule's bound (few-entry sessions) waits
+    at least SLOW_EXTRA_SPACING_S, doubled per round, even under rules with no spacing. Where the
+    anchors have only read one state, the one they read may be the spell: their reading at their
+    level says nothing, so the wait is idled out instead of polled."""
+    other = FFNConfig(224, 2, 80, 4)
+    anchors = [Job(ANCHOR.key, 0, "anchor", SamplingPolicy()), Job(other.key, 0, "anchor", SamplingPolicy())]
+
+    def wait(readings: list[tuple[float, float]]) -> tuple[list[float], int]:
+        runner = HotRunner({**BASE, other.key: 0.26}.__getitem__, heat_after_s=10**9)
+        plan = MeasuringPlan(min_separation_s=0.0, consensus=ConsensusRule(max_rounds=3), probe_rounds=0)
+        with Journal(":memory:") as journal:
+            session = MeasuringSession(runner, plan, journal=journal, export_jobs=1)
+            session.session = journal.start_session("build", "d", at=0.0)
+            for seq, (a, b) in enumerate(readings):
+                for i, (key, ms) in enumerate(((ANCHOR.key, a), (other.key, b))):
+                    journal.record_anchor(session.session, "d", 2 * seq + i, key, Measurement(key, [ms] * 20),
+                                          at=runner.now() - 10 + seq)
+            session._make_ready([], extra=[ANCHOR, other])
+            session._last_end = {BLOCKS[0].key: runner.now()}
+            session._separate([Job(BLOCKS[0].key, 6, "block", SamplingPolicy())], anchors)
+            return runner.idled, len(runner.calls)
+
+    expected = min(MAX_WAIT_S, SLOW_EXTRA_SPACING_S * 2 ** 3)  # round 6: three past the plan's 3
+    one_state = [(0.52, 0.26), (0.53, 0.26), (0.52, 0.262)]
+    assert wait(one_state) == ([expected], 0)
+    # An anchor that has read the device fast and slow is polled: the wait ends once it reads fast.
+    idled, polls = wait([*one_state, (0.40, 0.26)])
+    assert polls >= 1 and idled[0] == POLL_S and sum(idled) <= expected
 
 
 def test_anchors_read_while_waiting_stay_out_of_the_noise_profile():

@@ -333,3 +333,38 @@ def test_a_slow_spell_ending_before_the_session_gives_the_entries_rounds_at_thei
     for c in BLOCKS:
         assert res.verdicts[c.key].value == pytest.approx(BASE[c.key], rel=0.01)
         assert res.verdicts[c.key].rounds > 3
+
+
+def test_entries_named_in_a_few_entry_session_take_rounds_beyond_a_rule_with_none_to_spare(tmp_path, monkeypatch):
+    """Rules that take the fastest of N short rounds leave no round to spare: an adapt's entries
+    named slow-period after all N fell in one spell kept their slow values. In a session of few
+    entries they now take up to SLOW_EXTRA_ROUNDS more, spaced, and settle on their ordinary values."""
+    import latbench.measuring.session as session_module
+
+    anchors = [Target.of(ANCHOR, "anchor"), Target.of(FFNConfig(224, 2, 80, 4), "anchor")]
+    base = {**BASE, anchors[1].key: 0.3}
+
+    def session(slow: set[int], name: str):
+        runner = ScriptedRunner(base.__getitem__, clock_step_s=1.0)
+        runner.period_calls = slow
+        plan = MeasuringPlan(min_separation_s=0.0, anchor_every=2, seed=3, periods=RULE, probe_rounds=0,
+                             consensus=ConsensusRule(max_rounds=3))
+        with Journal(tmp_path / f"{name}.sqlite") as journal:
+            res = MeasuringSession(runner, plan, journal=journal, export_jobs=1).run(
+                [Target.of(c, "block") for c in BLOCKS], anchors)
+        return runner, res
+
+    recorder, _ = session(set(), "order")
+    entry_calls = [i for i, c in enumerate(recorder.calls) if c[0] in BASE and c[0] not in (a.key for a in anchors)]
+    slow = set(range(0, entry_calls[len(BLOCKS) * 3 - 1] + 1))  # the first wave, up to its last entry round
+    monkeypatch.setattr(session_module, "SLOW_EXTRA_ROUNDS", 0)
+    _, bounded = session(slow, "bounded")
+    assert all(v.rounds == 3 and v.value == pytest.approx(1.3 * BASE[k], rel=0.01) for k, v in bounded.verdicts.items())
+    named = set(bounded.report["slow_period"])
+    assert len(named) >= len(BLOCKS) // 2
+    monkeypatch.undo()
+    _, res = session(slow, "extended")
+    for key in named:
+        assert res.verdicts[key].value == pytest.approx(BASE[key], rel=0.01)
+        assert 3 < res.verdicts[key].rounds <= 3 + session_module.SLOW_EXTRA_ROUNDS
+    assert res.report["slow_period"] == []
