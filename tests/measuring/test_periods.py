@@ -7,6 +7,7 @@ import statistics
 import pytest
 from scripted_device import ScriptedRunner
 
+import latbench.measuring.session as session_module
 from latbench.blocks.configs import AttnConfig, FFNConfig
 from latbench.core.errors import UsageError
 from latbench.measuring.consensus import ConsensusRule
@@ -90,7 +91,8 @@ def test_a_block_measured_only_in_slow_periods_gets_rounds_until_an_ordinary_one
         assert res.verdicts[c.key].value == pytest.approx(BASE[c.key], rel=0.01)
 
 
-def test_a_block_left_in_slow_periods_when_its_rounds_run_out_is_reported(tmp_path):
+def test_a_block_left_in_slow_periods_when_its_rounds_run_out_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(session_module, "SLOW_EXTRA_ROUNDS", 0)  # no rounds beyond the bound either
     recorder, _ = run(None, set(), tmp_path, "order")
     wave0 = len(BLOCKS) * 3 + len(BLOCKS) * 3 // 2
     positions = [i for i, c in enumerate(recorder.calls[:wave0]) if c[0] == KEY][:3]
@@ -339,8 +341,6 @@ def test_entries_named_in_a_few_entry_session_take_rounds_beyond_a_rule_with_non
     """Rules that take the fastest of N short rounds leave no round to spare: an adapt's entries
     named slow-period after all N fell in one spell kept their slow values. In a session of few
     entries they now take up to SLOW_EXTRA_ROUNDS more, spaced, and settle on their ordinary values."""
-    import latbench.measuring.session as session_module
-
     anchors = [Target.of(ANCHOR, "anchor"), Target.of(FFNConfig(224, 2, 80, 4), "anchor")]
     base = {**BASE, anchors[1].key: 0.3}
 
@@ -368,3 +368,25 @@ def test_entries_named_in_a_few_entry_session_take_rounds_beyond_a_rule_with_non
         assert res.verdicts[key].value == pytest.approx(BASE[key], rel=0.01)
         assert 3 < res.verdicts[key].rounds <= 3 + session_module.SLOW_EXTRA_ROUNDS
     assert res.report["slow_period"] == []
+
+
+def test_rounds_beyond_the_bound_stop_when_they_find_nothing_faster(tmp_path):
+    """Anchors that read slow around every round (a device with short bursts) name entries whose
+    rounds were fast all along: each takes SLOW_EXTRA_JUDGED_AFTER rounds beyond the bound, finds
+    nothing faster, and the session takes no more."""
+    anchors = [Target.of(ANCHOR, "anchor"), Target.of(FFNConfig(224, 2, 80, 4), "anchor")]
+    runner = ScriptedRunner({**BASE, anchors[1].key: 0.3}.__getitem__, clock_step_s=1.0)
+    for a in anchors:
+        runner.slow(a.key, 1.0, *[1.3] * 200)
+    plan = MeasuringPlan(min_separation_s=0.0, anchor_every=2, seed=3, periods=RULE, probe_rounds=0,
+                         consensus=ConsensusRule(max_rounds=3))
+    with Journal(tmp_path / "bursts.sqlite") as journal:
+        res = MeasuringSession(runner, plan, journal=journal, export_jobs=1).run(
+            [Target.of(c, "block") for c in BLOCKS], anchors)
+    named = res.report["slow_period"]
+    assert named  # the anchors' view names them ...
+    for c in BLOCKS:
+        assert res.verdicts[c.key].value == pytest.approx(BASE[c.key], rel=0.01)  # ... though they are right
+        assert res.verdicts[c.key].rounds <= 3 + session_module.SLOW_EXTRA_JUDGED_AFTER
+    assert all(res.verdicts[k].rounds == 3 + session_module.SLOW_EXTRA_JUDGED_AFTER for k in named)
+    assert session_module.SLOW_EXTRA_JUDGED_AFTER < session_module.SLOW_EXTRA_ROUNDS
