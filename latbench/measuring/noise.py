@@ -359,6 +359,11 @@ class MeasuringRules:
     #: Rounds every entry gets by schedule, whatever its rounds say (the best-of rules; 0: only the
     #: plan's first rounds). A quorum among them still decides when a budget stops the build first.
     scheduled_rounds: int = 0
+    #: Rounds of this rule's length that the caller's bound (rounds of the plan's length) leaves
+    #: beyond the consensus' max_rounds: what a session may spend on entries it named slow-period
+    #: (session.SLOW_EXTRA_ROUNDS) without measuring longer than the caller allowed. 0 where the
+    #: rule takes the caller's bound whole (a quorum rule, rounds of a fixed number of runs).
+    spare_rounds: int = 0
 
     @property
     def achievable(self) -> float:
@@ -369,14 +374,16 @@ class MeasuringRules:
         return {"consensus": self.consensus.to_dict(), "confirm_by_period": self.confirm_by_period,
                 "min_separation_s": round(self.min_separation_s, 3), "precision": self.precision,
                 "achievable": self.achievable, "why": self.why, "round_length": round(self.round_length, 3),
-                "extend_rounds": self.extend_rounds, "scheduled_rounds": self.scheduled_rounds}
+                "extend_rounds": self.extend_rounds, "scheduled_rounds": self.scheduled_rounds,
+                "spare_rounds": self.spare_rounds}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MeasuringRules:
         return cls(ConsensusRule.from_dict(data.get("consensus") or {}), bool(data.get("confirm_by_period")),
                    float(data.get("min_separation_s", 2.0)), float(data.get("precision", 0.02)),
                    str(data.get("why", "")), float(data.get("round_length", 1.0)),
-                   bool(data.get("extend_rounds", True)), int(data.get("scheduled_rounds", 0)))
+                   bool(data.get("extend_rounds", True)), int(data.get("scheduled_rounds", 0)),
+                   int(data.get("spare_rounds", 0)))
 
 
 def rounds_for(share: float, quorum: int, coverage: float = COVERAGE) -> int:
@@ -442,7 +449,8 @@ def derive_rules(profile: NoiseProfile | None, precision: float, base: Consensus
         rule = replace(base, tolerance=achievable, max_rounds=max(k, base.min_rounds, base.quorum))
         notes[-1] = (f"{share:.0%} of rounds fast and the anchors do not explain the rest: the fastest of {k} "
                      + ("short rounds" if short_rounds else "rounds"))
-        return MeasuringRules(rule, False, 0.0, precision, "; ".join(notes), length, False, k)
+        return MeasuringRules(rule, False, 0.0, precision, "; ".join(notes), length, False, k,
+                              rounds_left(base.max_rounds, length, rule.max_rounds))
     # Where a quorum is within reach the bound stays as given (the rule chosen on the 2-core VM);
     # otherwise it is what 95 % of entries need for one confirmed fast round, plus one (never more
     # than the caller's bound).
@@ -467,7 +475,12 @@ def derive_rules(profile: NoiseProfile | None, precision: float, base: Consensus
                    statistic=statistic)
     return MeasuringRules(rule, confirm, separation, precision,
                           "; ".join(notes) or f"device meets {precision:.1%} with a quorum of {quorum}", length,
-                          extend)
+                          extend, spare_rounds=rounds_left(base.max_rounds, length, rule.max_rounds))
+
+
+def rounds_left(bound: int, length: float, taken: int) -> int:
+    """Rounds `length` times the plan's that a bound of `bound` plan-length rounds leaves after `taken`."""
+    return max(0, int(bound / length + 1e-9) - taken)
 
 
 # -- heat --------------------------------------------------------------------------------------------

@@ -680,19 +680,22 @@ class MeasuringSession:
         return jobs
 
     def _slow_extra_rounds(self, rows: dict[str, list[JournalRow]]) -> int:
-        """Rounds beyond the rule's bound that an entry named slow-period may take: SLOW_EXTRA_ROUNDS
-        in a session of few entries (periods.PeriodRule.few_entries), none elsewhere. Rules that
-        take the fastest of N short rounds keep no spacing, and an adapt's twenty entries take all
-        N in under a minute: on simulated vm-bursts devices every round of most entries fell in one
-        slow spell at 3 of 12 seeds (subnets 0-38 % within 5 %). A full build has the work to spread
-        its rounds over minutes. Once an entry has taken SLOW_EXTRA_JUDGED_AFTER of them, more
-        only while some entry's have found a value faster than its rounds within the bound by more
-        than the tolerance: on this VM's `cpu --threads 2` (rounds 1.0-2.3x apart) the check named
-        12 of 20 entries whose rounds beyond the bound found nothing faster, and four of them each
-        took the adapt from 38 to 60 % of the full build's time. (Judged after one, simulated
+        """Rounds beyond the rule's bound that an entry named slow-period may take: in a session
+        of few entries (periods.PeriodRule.few_entries), SLOW_EXTRA_ROUNDS of the rounds the
+        caller's bound leaves (MeasuringRules.spare_rounds: a user's --max-rounds is never passed,
+        nor an AI Hub build's job count), none elsewhere. Rules that take the fastest of N short
+        rounds keep no spacing, and an adapt's twenty entries take all N in under a minute: on
+        simulated vm-bursts devices every round of most entries fell in one slow spell at 3 of 12
+        seeds (subnets 0-38 % within 5 %). A full build has the work to spread its rounds over
+        minutes. Once an entry has taken SLOW_EXTRA_JUDGED_AFTER of them, more only while some
+        entry's have found a value faster than its rounds within the bound by more than the
+        tolerance: on this VM's `cpu --threads 2` (rounds 1.0-2.3x apart) the check named 12 of
+        20 entries whose rounds beyond the bound found nothing faster, and four of them each took
+        the adapt from 38 to 60 % of the full build's time. (Judged after one, simulated
         vm-bursts seed 8 stopped with its entries still slow: its fast state came at the second.)"""
         periods = self.plan.periods
-        if periods is None or len(self._targets) > periods.few_entries:
+        allowed = min(SLOW_EXTRA_ROUNDS, self.rules.spare_rounds)
+        if periods is None or len(self._targets) > periods.few_entries or not allowed:
             return 0
         rule = self.rules.consensus
         bound = rule.max_rounds
@@ -702,10 +705,10 @@ class MeasuringSession:
 
         extra = {k: [r for r in rs if r.round >= bound] for k, rs in rows.items() if k in self._targets}
         if max(map(len, extra.values()), default=0) < SLOW_EXTRA_JUDGED_AFTER:
-            return SLOW_EXTRA_ROUNDS
+            return allowed
         found = any(fastest(more) < fastest([r for r in rows[k] if r.round < bound]) * (1 - rule.tolerance)
                     for k, more in extra.items() if more)
-        return SLOW_EXTRA_ROUNDS if found else 0
+        return allowed if found else 0
 
     def _anchor_every(self) -> int:
         """Jobs between anchor readings: the plan's, counted in rounds of the plan's length (short
@@ -754,34 +757,26 @@ class MeasuringSession:
             return min(MAX_WAIT_S, base * 2 ** min(max(job.round - self.plan.rounds, 0), 4))
 
         wait_until = max(self._last_end.get(j.key, 0.0) + separation(j) for j in todo)
-        beyond = any(j.round >= bound for j in todo)
         idle = getattr(self.dispatcher, "idle", None)
         if idle is not None:
             if wait_until > self.clock():
                 self.progress("spacing", 0, 1, f"idle up to {wait_until - self.clock():.0f} s before the next rounds")
-                poll = not beyond or bool(self._anchors_read_both_states())
-                self._idle_until_fast(wait_until, anchor_jobs, idle, poll=poll)
+                self._idle_until_fast(wait_until, self._anchors_to_poll(todo, anchor_jobs), idle)
             return
         turn = 0
         while self.clock() < wait_until:
             self.dispatcher.execute([], [anchor_jobs[turn % len(anchor_jobs)]], self.plan.anchor_every, self._commit)
             turn += 1
 
-    def _idle_until_fast(self, wait_until: float, anchor_jobs: list[Job], idle: Callable[[float], None],
-                         poll: bool = True) -> None:
-        """Idle until `wait_until`, reading one anchor every POLL_S: the wait is there to outlast
-        a slow state, so once an anchor reads within the tolerance of its level the device has
-        left it and the next rounds start. (Small sessions, an adapt's or a build's last waves,
-        otherwise idled out every doubled wait: on this VM two thirds of an adapt's time.) Only
-        anchors that have read both states are polled where some have: an anchor read only inside
-        a slow spell has that spell for its level, and on a simulated vm-bursts adapt its readings
-        ended four waits early, in the spell, until three entries ran out of rounds there. Without
-        `poll` the wait is idled out: where no anchor has read both states and the rounds are
-        beyond the rule's bound, an anchor at its level says nothing of the spell."""
-        if not poll:
+    def _idle_until_fast(self, wait_until: float, anchor_jobs: list[Job], idle: Callable[[float], None]) -> None:
+        """Idle until `wait_until`, reading one of `anchor_jobs` every POLL_S: the wait is there to
+        outlast a slow state, so once an anchor reads within the tolerance of its level the device
+        has left it and the next rounds start. (Small sessions, an adapt's or a build's last
+        waves, otherwise idled out every doubled wait: on this VM two thirds of an adapt's time.)
+        Without anchors to poll the wait is idled out."""
+        if not anchor_jobs:
             idle(max(0.0, wait_until - self.clock()))
             return
-        anchor_jobs = self._anchors_seen_fast(anchor_jobs)
         turn = 0
         while (left := wait_until - self.clock()) > 0:
             idle(min(POLL_S, left))
@@ -798,22 +793,23 @@ class MeasuringSession:
             if ratio is not None and ratio <= 1 + self.rules.consensus.tolerance:
                 return
 
-    def _anchors_read_both_states(self) -> set[str]:
-        """The anchors whose readings in this session span more than a slow state's worth
-        (noise.SLOW_STATE): they have read the device fast and slow."""
+    def _anchors_to_poll(self, todo: list[Job], anchor_jobs: list[Job]) -> list[Job]:
+        """The anchors a wait before `todo` polls: those whose readings in this session span more
+        than a slow state's worth (noise.SLOW_STATE), having read the device fast and slow, where
+        some have. An anchor read only inside a slow spell has that spell for its level (on a
+        simulated vm-bursts adapt its readings ended four waits early, in the spell, until three
+        entries ran out of rounds there). Where none has, all, except before rounds beyond the
+        rule's bound (_slow_extra_rounds): there an anchor at its level says nothing of the spell,
+        and the wait is idled out."""
         values: dict[str, list[float]] = {}
         for a in self.journal.anchors(self.session):
             v = self.rules.consensus.round_value(a.measurement)
             if math.isfinite(v) and v > 0:
                 values.setdefault(a.key, []).append(v)
-        return {k for k, vs in values.items() if len(vs) >= 2 and max(vs) > min(vs) * (1 + SLOW_STATE)}
-
-    def _anchors_seen_fast(self, anchor_jobs: list[Job]) -> list[Job]:
-        """The anchors that have read the device fast and slow in this session, so their level is
-        the fast state's. All of them where none has."""
-        both = self._anchors_read_both_states()
-        seen = [j for j in anchor_jobs if j.key in both]
-        return seen or anchor_jobs
+        both = [j for j in anchor_jobs if len(vs := values.get(j.key, [])) >= 2 and max(vs) > min(vs) * (1 + SLOW_STATE)]
+        if both or any(j.round >= self.rules.consensus.max_rounds for j in todo):
+            return both
+        return anchor_jobs
 
     def _anchor_ratio(self, key: str, m: Measurement) -> float | None:
         """An anchor reading against the anchor's level in this session so far."""

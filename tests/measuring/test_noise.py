@@ -19,6 +19,7 @@ from latbench.measuring.noise import (
     ROUND_CEILING,
     SPACING_POLL,
     HeatRule,
+    MeasuringRules,
     Reading,
     derive_rules,
     journal_profile,
@@ -63,6 +64,8 @@ def test_a_quiet_device_keeps_the_stated_precision_and_the_given_bound():
     rules = derive_rules(profile, 0.02, ConsensusRule())
     assert rules.consensus.tolerance == 0.02 and rules.consensus.max_rounds == 8 and not rules.confirm_by_period
     assert "meets 2.0%" in rules.why
+    assert rules.spare_rounds == 0  # a quorum rule takes the caller's bound whole
+    assert MeasuringRules.from_dict(rules.to_dict()) == rules
 
 
 def _rare_fast_profile():
@@ -80,6 +83,7 @@ def test_a_device_whose_fast_state_is_rare_confirms_single_rounds_by_their_perio
     rules = derive_rules(profile, 0.02, ConsensusRule())
     assert rules.confirm_by_period and "confirmed by its period" in rules.why
     assert rules.consensus.min_rounds < rules.consensus.max_rounds <= 8  # never past the caller's bound
+    assert rules.round_length > 1 and rules.spare_rounds == 0  # longer rounds: the caller's 8 are spent
 
 
 @pytest.mark.parametrize("why", ["anchors", "ci"])
@@ -100,9 +104,13 @@ def test_rare_fast_rounds_the_anchors_cannot_tell_get_the_best_of_many_short_rou
     # The caller's bound counts in rounds of the plan's length: 2 long rounds allow 10 short ones.
     tight = derive_rules(blind, 0.02, ConsensusRule(min_rounds=2, max_rounds=2))
     assert tight.scheduled_rounds == tight.consensus.max_rounds == min(k, round(2 / BEST_OF_ROUND_LENGTH))
-    # Rounds of a fixed number of runs cannot be shortened: the bound holds as given.
+    # ... and what they leave is spare (for entries named slow-period): 8 long rounds are 40 short.
+    assert rules.spare_rounds == round(8 / BEST_OF_ROUND_LENGTH) - k > 0
+    assert tight.spare_rounds == round(2 / BEST_OF_ROUND_LENGTH) - tight.consensus.max_rounds
+    # Rounds of a fixed number of runs cannot be shortened: the bound holds as given, none spare.
     fixed = derive_rules(blind, 0.02, ConsensusRule(min_rounds=2, max_rounds=2), short_rounds=False)
     assert fixed.consensus.max_rounds == 2 and fixed.round_length == 1.0 and "fastest of 2 rounds" in fixed.why
+    assert fixed.spare_rounds == 0
     # Unknown (too few rounds to tell) is not "unexplained".
     assert derive_rules(replace(profile, anchors_explain=None), 0.02, ConsensusRule()).confirm_by_period
 
@@ -521,7 +529,7 @@ def test_an_extra_round_waits_with_the_device_idle_until_an_anchor_reads_fast():
 def test_spacing_polls_only_anchors_that_have_read_both_states():
     """An anchor read only inside a slow spell has the spell for its level: its readings there
     look fast. Where another anchor has read the device fast and slow, only that one is polled;
-    where none has (a quiet device), all are."""
+    where none has (a quiet device), all are, except before rounds beyond the rule's bound."""
     other = FFNConfig(224, 2, 80, 4)
     jobs = [Job(ANCHOR.key, 0, "anchor", SamplingPolicy()), Job(other.key, 0, "anchor", SamplingPolicy())]
     with Journal(":memory:") as journal:
@@ -534,9 +542,11 @@ def test_spacing_polls_only_anchors_that_have_read_both_states():
         for seq, (a, b) in enumerate([(0.52, 0.26), (0.53, 0.26), (0.52, 0.262)]):  # both in one (slow) state
             read(2 * seq, ANCHOR.key, a)
             read(2 * seq + 1, other.key, b)
-        assert session._anchors_seen_fast(jobs) == jobs
+        within, beyond = [Job(BLOCKS[0].key, 3, "block", SamplingPolicy())], [Job(BLOCKS[0].key, 8, "block", SamplingPolicy())]
+        assert session._anchors_to_poll(within, jobs) == jobs
+        assert session._anchors_to_poll(beyond, jobs) == []  # past the rule's bound (8): idled out
         read(10, ANCHOR.key, 0.40)  # the spell ends for ANCHOR's readings: 30 % faster
-        assert session._anchors_seen_fast(jobs) == jobs[:1]
+        assert session._anchors_to_poll(within, jobs) == session._anchors_to_poll(beyond, jobs) == jobs[:1]
 
 
 def test_a_round_beyond_the_bound_idles_out_its_wait_where_no_anchor_has_read_both_states():

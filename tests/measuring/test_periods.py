@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from dataclasses import replace
 
 import pytest
 from scripted_device import ScriptedRunner
@@ -91,8 +92,7 @@ def test_a_block_measured_only_in_slow_periods_gets_rounds_until_an_ordinary_one
         assert res.verdicts[c.key].value == pytest.approx(BASE[c.key], rel=0.01)
 
 
-def test_a_block_left_in_slow_periods_when_its_rounds_run_out_is_reported(tmp_path, monkeypatch):
-    monkeypatch.setattr(session_module, "SLOW_EXTRA_ROUNDS", 0)  # no rounds beyond the bound either
+def test_a_block_left_in_slow_periods_when_its_rounds_run_out_is_reported(tmp_path):
     recorder, _ = run(None, set(), tmp_path, "order")
     wave0 = len(BLOCKS) * 3 + len(BLOCKS) * 3 // 2
     positions = [i for i, c in enumerate(recorder.calls[:wave0]) if c[0] == KEY][:3]
@@ -337,37 +337,45 @@ def test_a_slow_spell_ending_before_the_session_gives_the_entries_rounds_at_thei
         assert res.verdicts[c.key].rounds > 3
 
 
-def test_entries_named_in_a_few_entry_session_take_rounds_beyond_a_rule_with_none_to_spare(tmp_path, monkeypatch):
-    """Rules that take the fastest of N short rounds leave no round to spare: an adapt's entries
-    named slow-period after all N fell in one spell kept their slow values. In a session of few
-    entries they now take up to SLOW_EXTRA_ROUNDS more, spaced, and settle on their ordinary values."""
+def with_spare_rounds(session: MeasuringSession, spare: int) -> MeasuringSession:
+    """The session's rules leave `spare` rounds beyond their bound (a best-of rule under the
+    caller's bound: noise.derive_rules)."""
+    session.rules = replace(session.rules, spare_rounds=spare)
+    return session
+
+
+def test_entries_named_in_a_few_entry_session_take_the_rounds_their_rule_leaves(tmp_path):
+    """Rules that take the fastest of N short rounds keep no spacing: an adapt's entries named
+    slow-period after all N fell in one spell kept their slow values. In a session of few
+    entries they now take up to SLOW_EXTRA_ROUNDS more, spaced, of the rounds the caller's bound
+    leaves, and settle on their ordinary values; never more than it leaves."""
     anchors = [Target.of(ANCHOR, "anchor"), Target.of(FFNConfig(224, 2, 80, 4), "anchor")]
     base = {**BASE, anchors[1].key: 0.3}
 
-    def session(slow: set[int], name: str):
+    def session(slow: set[int], name: str, spare: int):
         runner = ScriptedRunner(base.__getitem__, clock_step_s=1.0)
         runner.period_calls = slow
         plan = MeasuringPlan(min_separation_s=0.0, anchor_every=2, seed=3, periods=RULE, probe_rounds=0,
                              consensus=ConsensusRule(max_rounds=3))
         with Journal(tmp_path / f"{name}.sqlite") as journal:
-            res = MeasuringSession(runner, plan, journal=journal, export_jobs=1).run(
+            res = with_spare_rounds(MeasuringSession(runner, plan, journal=journal, export_jobs=1), spare).run(
                 [Target.of(c, "block") for c in BLOCKS], anchors)
         return runner, res
 
-    recorder, _ = session(set(), "order")
+    recorder, _ = session(set(), "order", 0)
     entry_calls = [i for i, c in enumerate(recorder.calls) if c[0] in BASE and c[0] not in (a.key for a in anchors)]
     slow = set(range(0, entry_calls[len(BLOCKS) * 3 - 1] + 1))  # the first wave, up to its last entry round
-    monkeypatch.setattr(session_module, "SLOW_EXTRA_ROUNDS", 0)
-    _, bounded = session(slow, "bounded")
+    _, bounded = session(slow, "bounded", 0)  # the caller's bound taken whole: nothing beyond it
     assert all(v.rounds == 3 and v.value == pytest.approx(1.3 * BASE[k], rel=0.01) for k, v in bounded.verdicts.items())
     named = set(bounded.report["slow_period"])
     assert len(named) >= len(BLOCKS) // 2
-    monkeypatch.undo()
-    _, res = session(slow, "extended")
+    _, res = session(slow, "extended", 37)
     for key in named:
         assert res.verdicts[key].value == pytest.approx(BASE[key], rel=0.01)
         assert 3 < res.verdicts[key].rounds <= 3 + session_module.SLOW_EXTRA_ROUNDS
     assert res.report["slow_period"] == []
+    _, one = session(slow, "one", 1)
+    assert all(v.rounds <= 4 for v in one.verdicts.values()) and any(one.verdicts[k].rounds == 4 for k in named)
 
 
 def test_rounds_beyond_the_bound_stop_when_they_find_nothing_faster(tmp_path):
@@ -381,7 +389,7 @@ def test_rounds_beyond_the_bound_stop_when_they_find_nothing_faster(tmp_path):
     plan = MeasuringPlan(min_separation_s=0.0, anchor_every=2, seed=3, periods=RULE, probe_rounds=0,
                          consensus=ConsensusRule(max_rounds=3))
     with Journal(tmp_path / "bursts.sqlite") as journal:
-        res = MeasuringSession(runner, plan, journal=journal, export_jobs=1).run(
+        res = with_spare_rounds(MeasuringSession(runner, plan, journal=journal, export_jobs=1), 37).run(
             [Target.of(c, "block") for c in BLOCKS], anchors)
     named = res.report["slow_period"]
     assert named  # the anchors' view names them ...
