@@ -748,7 +748,7 @@ class MeasuringSession:
 
     def _anchors_seen_fast(self, anchor_jobs: list[Job]) -> list[Job]:
         """The anchors whose readings in this session span more than a slow state's worth
-        (noise.SLOW_STATE), fastest to slowest: they have read the device fast and slow, so their
+        (noise.SLOW_STATE), in the order given: they have read the device fast and slow, so their
         level is the fast state's. All of them where none has."""
         values: dict[str, list[float]] = {}
         for a in self.journal.anchors(self.session):
