@@ -97,6 +97,12 @@ class Arch:
             f"a{'-'.join(str(s.attention) for s in self.stages)} r{self.resolution}"
         )
 
+    def without_attention(self) -> Arch:
+        """The same subnet with every attention block a plain FFN block (its twin in calibration:
+        the two differ by exactly their attention mixers)."""
+        return Arch(tuple(StageArch(s.width, s.expansions) for s in self.stages), self.resolution,
+                    f"{self.label()}-noattn")
+
     def digest(self) -> str:
         body = {k: v for k, v in self.to_dict().items() if k != "name"}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()

@@ -175,9 +175,41 @@ def plan_adapt(sources: Sequence[LatencyTable], out: str | Path, *, budget: int 
     selected = kept + select_entries(list(entries.values()), blocks - len(kept), already=kept, kind_order=order)
     # Models measured by an earlier run with a larger --calibrate stay in the plan (rounds in the journal).
     calibrate = max(calibrate, len((previous or {}).get("calibration") or []))
-    calibration = sample_candidates(space, resolution, calibrate, seed, purpose="calibration") \
+    calibration = calibration_models(space, resolution, calibrate, seed, entries) \
         if space is not None and calibrate else []
     return AdaptPlan(out, resolution, space, described, entries, fields, budget, selected, calibration)
+
+
+#: From this many calibration models on, the last is the attention-free twin of the sampled model
+#: with the largest attention share (calibration_models).
+TWIN_FROM = 3
+
+
+def calibration_models(space: SearchSpace, resolution: int, count: int, seed: int,
+                       entries: dict[str, Entry]) -> list[Candidate]:
+    """The whole models an adapt measures: the calibration stream's first `count` (S0 first), the
+    last of them, from TWIN_FROM models on, replaced by the twin without attention of the one whose
+    attention mixers take the largest share of its source latency. Inside a model attention costs
+    another multiple of its isolated time than the rest (`litert --xnnpack off`, fitted on its
+    full table's 35 end-to-end models: 1.21-1.40x against 1.02x), and three sampled models cannot
+    tell the two scales apart (their attention shares too alike: two scales from three random
+    models put fewer subnets within 5 % than one on five of six pairs); a pair that differs by
+    exactly its attention can (overhead.fit_scales)."""
+    sampled = sample_candidates(space, resolution, count - 1 if count >= TWIN_FROM else count, seed,
+                                purpose="calibration")
+    if count < TWIN_FROM:
+        return sampled
+
+    def attention_share(cand: Candidate) -> float:
+        parts = [(b.kind, entries[b.key].source_ms) for b in cand.blocks() if b.key in entries]
+        total = sum(ms for _, ms in parts)
+        return sum(ms for kind, ms in parts if kind == "mhsa") / total if total > 0 else 0.0
+
+    best = max(sampled, key=attention_share)
+    if attention_share(best) <= 0:  # nothing to tell apart: another sampled model
+        return sample_candidates(space, resolution, count, seed, purpose="calibration")
+    twin = best.arch.without_attention()
+    return [*sampled, Candidate(twin.label(), resolution, arch=twin)]
 
 
 #: Whole models (S0 and the calibration stream's random subnets: never the validation ones) whose

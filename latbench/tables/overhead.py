@@ -12,7 +12,8 @@ relative least squares) and absorb what isolated blocks still miss (cross-block 
 effects). Attention mixers get their own scale because they miss more: refitting 33 validated
 subnets leave-one-out, one scale left 85 % of them within 5 %, an attention and a rest scale 94 %
 (the attention scale came out at 1.25, the rest at 1.07). With too few calibration models, or
-models whose attention share barely differs, one common scale is fitted instead.
+models whose attention share barely differs, one common scale is fitted instead; an adapt's three
+models, one of them the attention-free twin of another, tell the two apart.
 
 The cold-weights term: an isolated block timed in a loop reads its weights from a warm cache; in
 a whole model the other blocks have evicted them, so each inference streams every weight in again,
@@ -161,12 +162,17 @@ def scaled(scales: Mapping[str, float], parts: Mapping[str, float]) -> float:
 #: A per-group fit needs at least this many models, whose attention shares span at least this much.
 MIN_MODELS_PER_GROUP_FIT = 4
 MIN_ATTENTION_SPREAD = 0.08
+#: ... or exactly three whose shares span at least this much (an adapt's calibration: two sampled
+#: models and the attention-free twin of one, adapt.calibration_models), fitted on all three: with
+#: two unknowns, leaving one out leaves nothing to judge by. Sampled models rarely span this much.
+TWIN_MODELS, TWIN_SPREAD = 3, 0.15
 
 
 def fit_scales(parts: Sequence[Mapping[str, float]], measured: Sequence[float]) -> dict[str, float]:
     """Scales per group minimising the squared *relative* error against `measured` (non-negative
     least squares); one common scale when the models cannot tell the groups apart, or when the
-    per-group scales predict each model from the others no better than one scale does. The
+    per-group scales predict each model from the others no better than one scale does; three
+    models whose attention shares span TWIN_SPREAD get both scales, fitted on all three. The
     cold-weights coefficient (WEIGHTS, ms per million parameters) joins the chosen scales only
     where it, too, predicts each model from the others better; otherwise it is left out (0).
 
@@ -186,7 +192,12 @@ def fit_scales(parts: Sequence[Mapping[str, float]], measured: Sequence[float]) 
         return {g: s for g in SCALE_GROUPS}
 
     fit, columns = common, [SCALE_GROUPS]
-    if len(parts) >= MIN_MODELS_PER_GROUP_FIT and shares and max(shares) - min(shares) >= MIN_ATTENTION_SPREAD:
+    spread = max(shares) - min(shares) if shares else 0.0
+    if len(parts) == TWIN_MODELS and spread >= TWIN_SPREAD:
+        scales = _least_squares(parts, measured, everything, [(g,) for g in SCALE_GROUPS])
+        if all(c > 0 for c in scales.values()):
+            return scales
+    if len(parts) >= MIN_MODELS_PER_GROUP_FIT and spread >= MIN_ATTENTION_SPREAD:
         def grouped(idx: Sequence[int]) -> dict[str, float]:
             return _least_squares(parts, measured, idx, [(g,) for g in SCALE_GROUPS])
 

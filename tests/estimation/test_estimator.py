@@ -134,9 +134,16 @@ def test_fit_scales_recovers_per_group_scales_and_falls_back_to_one():
     measured = [truth["attention"] * p["attention"] + truth["rest"] * p["rest"] for p in parts]
     fit = fit_scales(parts, measured)
     assert fit["attention"] == pytest.approx(1.3) and fit["rest"] == pytest.approx(1.05)
-    # Three models are too few for two scales; one common scale then.
-    few = fit_scales(parts[:3], measured[:3])
+    # Three models are too few for two scales where their attention shares are alike (sampled
+    # models: here 0.20-0.30); one common scale then ...
+    alike = [parts[1], {"attention": 2.0, "rest": 8.0}, {"attention": 2.5, "rest": 7.5}]
+    few = fit_scales(alike, [truth["attention"] * p["attention"] + truth["rest"] * p["rest"] for p in alike])
     assert few["attention"] == few["rest"]
+    # ... and enough where they span 0.15 or more (an adapt's twin pair: a model and the same
+    # model without attention, shares 0.3 and 0).
+    twins = [parts[1], {"attention": 0.0, "rest": 7.0}, parts[3]]
+    two = fit_scales(twins, [truth["attention"] * p["attention"] + truth["rest"] * p["rest"] for p in twins])
+    assert two["attention"] == pytest.approx(1.3) and two["rest"] == pytest.approx(1.05)
     # Models whose attention share is the same cannot tell the groups apart either.
     same = [{"attention": 1.0 * k, "rest": 4.0 * k} for k in (1, 2, 3, 4, 5)]
     one = fit_scales(same, [1.1 * 5.0 * k for k in (1, 2, 3, 4, 5)])
