@@ -13,6 +13,9 @@ if str(FAKES) not in sys.path:
 # Tests must not write exports into the user's cache.
 # Nor reach a real AI Hub with the user's token: the aihub tests point the client at a fake service.
 os.environ["QAIHUB_CLIENT_INI"] = str(Path(os.environ.get("TMPDIR", "/tmp")) / "latbench-tests-no-aihub-token.ini")
+# Tests measure tiny sets of entries on real clocks in seconds: each session would read its anchors
+# until the level span (a minute) was up. The tests of that check set it themselves.
+os.environ.setdefault("LATBENCH_LEVEL_SPAN_S", "0")
 os.environ.setdefault("LATBENCH_CACHE", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"latbench-test-cache-{os.getuid()}"))
 
 # Under pytest-xdist (`make test`: -n 2) the workers share the cores: torch and numpy's BLAS would

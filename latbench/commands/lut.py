@@ -326,6 +326,13 @@ def report_builds(results: list, as_json: bool) -> None:
                 console().print(f"[yellow]cool-down:[/] paused {pause['seconds']:.0f} s (anchor "
                                 f"{pause['trigger_ratio'] - 1:+.0%}{', throttling' if pause['throttling'] else ''}); "
                                 f"resumed at {pause['after_ratio'] - 1:+.0%}", highlight=False)
+            level = s.get("level_check")
+            if level:
+                found = ("[yellow]the anchors read faster[/]: what was measured before was measured again"
+                         if level["faster"] else "the anchors held their level")
+                console().print(f"level check: measuring took {level['from_s']:.0f} s, anchors read until "
+                                f"{level['to_s']:.0f} s (level span {level['span_s']:g} s, $LATBENCH_LEVEL_SPAN_S); "
+                                f"{found}", highlight=False)
             budget = s.get("budget")
             if budget and budget.get("stopped"):
                 console().print(f"[yellow]budget:[/] stopped after {budget['used_s']:.0f} s of "
@@ -359,6 +366,7 @@ def build_summary(res) -> dict[str, Any]:
             "pending": list(res.session.report.get("pending", [])) if res.session is not None else [],
             "noise_profile": t.meta.get("noise_profile"), "rules": t.meta.get("measuring_rules"),
             "pauses": list(res.session.report.get("pauses", [])) if res.session is not None else [],
+            "level_check": res.session.report.get("level_check") if res.session is not None else None,
             "budget": res.session.report.get("budget") if res.session is not None else None}
 
 

@@ -21,6 +21,7 @@ measurement; nothing is patched onto the runner.
 from __future__ import annotations
 
 import math
+import os
 import random
 import statistics
 import time
@@ -59,6 +60,16 @@ SLOW_EXTRA_JUDGED_AFTER = 2
 #: While waiting to space an entry's rounds, an anchor is read this often to see whether the
 #: device is still slow (on a phone: a round of well under a second per two idle seconds).
 POLL_S = 2.0
+#: A session that ends sooner than this after its first reading reads its anchors, idling between,
+#: until then (or until one reads faster than ever before): a slow state that lasts from its start
+#: to its end is otherwise the device's level for everything it measured. A simulated vm-bursts
+#: device gave an adapt that ended in 39 s inside a 30 % slow spell a table 34 % off, nothing
+#: flagged. Longer than every slow stretch in this VM's live builds (at most 38 s over 1,900 s of
+#: anchor readings, stop 42) and than the simulated device's single spells (10-50 s); its chained
+#: spells outlast it in 3.4 % of 60 s windows (80 and 99 s at seeds 0 and 11). $LATBENCH_LEVEL_SPAN_S
+#: overrides it (seconds; 0: no check), for a device known to have no slow states.
+LEVEL_SPAN_S = 60.0
+LEVEL_SPAN_ENV = "LATBENCH_LEVEL_SPAN_S"
 #: Idle steps (of HeatRule.step_s) a build ending with slow anchors waits to see it cool.
 END_CHECK_STEPS = 6
 #: ... when its anchors read slow for this share of the heat rule's span at least (15 s of the
@@ -375,6 +386,9 @@ class MeasuringSession:
         self._anchor_ratios: list[tuple[float, float]] = []
         self._hot_keys: set[str] = set()
         self._end_heat_checked = False
+        self._level_checked = False
+        self.level_span_s = level_span_s()
+        self.level_check: dict[str, Any] | None = None
         self._cooling = False
         self._started_at = 0.0
         self._last_anchor_ratio: float | None = None
@@ -422,7 +436,7 @@ class MeasuringSession:
                         break
                     todo = self._wave(rows, verdicts, wave=len(waves))
                     self._total += len(todo)
-                if todo or self._pending or not self._heat_at_the_end():
+                if todo or self._pending or not (self._heat_at_the_end() or self._level_at_the_end()):
                     break
                 rows, verdicts = self._state()
                 todo = self._wave(rows, verdicts, wave=len(waves))
@@ -435,6 +449,7 @@ class MeasuringSession:
         report: dict[str, Any] = {"waves": waves, "throttled": self._throttled,
                                   "noise_profile": None if self.profile is None else self.profile.to_dict(),
                                   "rules": self.rules.to_dict(), "pauses": self.pauses,
+                                  "level_check": self.level_check,
                                   "budget": self._budget_report(verdicts, todo),
                                   "pending": [f"{j.key}#{j.round}" for j in self._pending],
                                   "no_consensus": sorted(k for k, v in verdicts.items() if not v.agreed),
@@ -614,6 +629,50 @@ class MeasuringSession:
             return False
         self._record_pause(start, before, last, state, slow[-1][0])
         return True
+
+    def _level_at_the_end(self) -> bool:
+        """When the session ends within its level span (LEVEL_SPAN_S) of its start, idle and read the
+        anchors in turn every POLL_S until it has spanned it, or until one reads faster than any reading
+        of it before by more than a slow state's worth (noise.SLOW_STATE): then all that was
+        measured was measured in a slow spell, the slow-period check names it
+        (periods.anchor_slow_keys) and the next wave measures it again (True). Readings spread
+        over two states do not end the wait early: on a simulated vm-bursts device bursts on top
+        of a slow spell spread them 24 % while the spell held for 99 s. Where the rules have no
+        slow-period check or the device cannot idle, nothing is done; once per session."""
+        idle = getattr(self.dispatcher, "idle", None)
+        if self.plan.periods is None or idle is None or not self._anchor_jobs or self._level_checked:
+            return False
+        self._level_checked = True
+        start, until = self.clock(), self._started_at + self.level_span_s
+        if start >= until:
+            return False
+        fastest = self._anchor_fastest()
+        self.progress("level", 0, 1, f"{start - self._started_at:.0f} s measured: reading the anchors until "
+                                     f"{self.level_span_s:.0f} s to tell the device's level from a slow spell")
+        turn, faster = 0, False
+        while not faster and (left := until - self.clock()) > 0:
+            idle(min(POLL_S, left))
+            job = self._anchor_jobs[turn % len(self._anchor_jobs)]
+            self._polling = True
+            try:
+                self.dispatcher.execute([], [job], self.plan.anchor_every, self._commit)
+            finally:
+                self._polling = False
+            turn += 1
+            now = self._anchor_fastest().get(job.key, math.inf)
+            faster = now * (1 + SLOW_STATE) < fastest.get(job.key, 0.0)
+        self.level_check = {"span_s": self.level_span_s, "from_s": round(start - self._started_at, 1),
+                            "to_s": round(self.clock() - self._started_at, 1), "faster": faster}
+        return faster
+
+    def _anchor_fastest(self) -> dict[str, float]:
+        """Each anchor's fastest reading in this session (its consensus rule's round value)."""
+        fastest: dict[str, float] = {}
+        for a in self.journal.anchors(self.session):
+            v = self.rules.consensus.round_value(a.measurement)
+            if math.isfinite(v) and v > 0:
+                fastest[a.key] = min(v, fastest.get(a.key, math.inf))
+        return fastest
 
     def slow_periods(self, rows: dict[str, list[JournalRow]], verdicts: dict[str, Verdict]) -> dict[str, float]:
         """Targets whose value was taken only in slow periods (latbench.measuring.periods)."""
@@ -844,6 +903,21 @@ class MeasuringSession:
         self._last_end[res.job.key] = self.clock()
         self._measured.append(f"{res.job.key}#{res.job.round}")
         self.progress("measure", len(self._measured), self._total)
+
+
+def level_span_s() -> float:
+    """The level span of sessions (LEVEL_SPAN_S, or $LATBENCH_LEVEL_SPAN_S seconds)."""
+    raw = os.environ.get(LEVEL_SPAN_ENV)
+    if raw is None:
+        return LEVEL_SPAN_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(f"{LEVEL_SPAN_ENV} must be a number of seconds >= 0 (got {raw!r}); unset it for the "
+                         f"default {LEVEL_SPAN_S:g}, or 0 for a device known to have no slow states")
+    return value
 
 
 def probe_noise(device: Any, anchors: Sequence[Any], rounds: int, plan: MeasuringPlan | None = None, *,

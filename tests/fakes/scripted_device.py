@@ -48,15 +48,22 @@ class ScriptedRunner(Runner):
         self.period_calls: set[int] = set()
         self.period_factor = 1.3
         #: With clock_step_s, the device's clock (Runner.now) advances that much per measurement and
-        #: nothing else: what a session reads of time (slow-period neighbours, separation) no
-        #: longer depends on how busy the host running the test is.
+        #: by the seconds it idles, without sleeping: what a session reads of time (slow-period
+        #: neighbours, separation, waits) no longer depends on how busy the host running the test is.
         self.clock_step_s = clock_step_s
+        self.idled_s = 0.0
         self._epoch = time.time()
 
     def now(self) -> float:
         if self.clock_step_s is None:
             return time.time()
-        return self._epoch + self.clock_step_s * len(self.calls)
+        return self._epoch + self.clock_step_s * len(self.calls) + self.idled_s
+
+    def idle(self, seconds: float) -> None:
+        if self.clock_step_s is None:
+            super().idle(seconds)
+        else:
+            self.idled_s += max(0.0, seconds)
 
     @classmethod
     def discover(cls, **_: Any) -> list[DeviceInfo]:

@@ -398,3 +398,68 @@ def test_rounds_beyond_the_bound_stop_when_they_find_nothing_faster(tmp_path):
         assert res.verdicts[c.key].rounds <= 3 + session_module.SLOW_EXTRA_JUDGED_AFTER
     assert all(res.verdicts[k].rounds == 3 + session_module.SLOW_EXTRA_JUDGED_AFTER for k in named)
     assert session_module.SLOW_EXTRA_JUDGED_AFTER < session_module.SLOW_EXTRA_ROUNDS
+
+
+def _level_session(tmp_path, name: str, slow: set[int]):
+    """Six blocks, two anchors, on a device whose clock moves 1 s per measurement and by its idle
+    time; `slow`: the calls taken in a slow state. Under a best-of rule's bound (37 spare rounds)."""
+    anchors = [Target.of(ANCHOR, "anchor"), Target.of(FFNConfig(224, 2, 80, 4), "anchor")]
+    runner = ScriptedRunner({**BASE, anchors[1].key: 0.3}.__getitem__, clock_step_s=1.0)
+    runner.period_calls = slow
+    plan = MeasuringPlan(min_separation_s=0.0, anchor_every=2, seed=3, periods=RULE, probe_rounds=0,
+                         consensus=ConsensusRule(max_rounds=3))
+    with Journal(tmp_path / f"{name}.sqlite") as journal:
+        res = with_spare_rounds(MeasuringSession(runner, plan, journal=journal, export_jobs=1), 37).run(
+            [Target.of(c, "block") for c in BLOCKS], anchors)
+    return runner, res
+
+
+def test_a_short_session_on_a_steady_device_reads_its_anchors_until_the_level_span(tmp_path, monkeypatch):
+    """A session that ends before LEVEL_SPAN_S reads its anchors, idling between, until then; on a
+    steady device nothing changes and nothing is measured again."""
+    monkeypatch.delenv(session_module.LEVEL_SPAN_ENV, raising=False)  # the default
+    runner, res = _level_session(tmp_path, "steady", set())
+    check = res.report["level_check"]
+    assert check["faster"] is False and check["span_s"] == session_module.LEVEL_SPAN_S
+    assert check["from_s"] < 40 and check["to_s"] >= session_module.LEVEL_SPAN_S
+    for c in BLOCKS:
+        assert res.verdicts[c.key].rounds == 3 and res.verdicts[c.key].value == pytest.approx(BASE[c.key], rel=0.01)
+    last_round = max(i for i, c in enumerate(runner.calls) if c[0] in {b.key for b in BLOCKS})
+    assert len(runner.calls) - last_round > 10  # anchors read, idling between, after the last round
+
+    monkeypatch.setenv(session_module.LEVEL_SPAN_ENV, "0")  # a lab's steady device: no check
+    quick, res = _level_session(tmp_path, "unchecked", set())
+    assert res.report["level_check"] is None and len(quick.calls) < len(runner.calls)
+    monkeypatch.setenv(session_module.LEVEL_SPAN_ENV, "20")  # a session longer than the span: none
+    _, res = _level_session(tmp_path, "long-enough", set())
+    assert res.report["level_check"] is None
+
+
+def test_a_short_session_inside_one_slow_spell_is_measured_again_once_its_anchors_read_faster(tmp_path, monkeypatch):
+    """Every round of every entry and every anchor reading falls in one slow spell that outlasts
+    the waves (a simulated vm-bursts adapt, 39 s inside a 30 % spell: a table 34 % off, nothing
+    flagged). The anchors read at the end find the device faster; the entries are named and
+    measured again at their ordinary values."""
+    monkeypatch.setenv(session_module.LEVEL_SPAN_ENV, "0")
+    recorder, _ = _level_session(tmp_path, "order", set())
+    slow = set(range(len(recorder.calls) + 3))  # the spell ends a few readings into the check
+    _, blind = _level_session(tmp_path, "blind", slow)
+    assert all(v.value == pytest.approx(1.3 * BASE[k], rel=0.01) for k, v in blind.verdicts.items())
+    assert blind.report["slow_period"] == []  # nothing flagged: the anchors agree with themselves
+
+    monkeypatch.delenv(session_module.LEVEL_SPAN_ENV)
+    runner, res = _level_session(tmp_path, "checked", slow)
+    assert res.report["level_check"]["faster"] is True
+    assert res.report["level_check"]["to_s"] < session_module.LEVEL_SPAN_S  # stopped at the faster reading
+    for c in BLOCKS:
+        assert res.verdicts[c.key].value == pytest.approx(BASE[c.key], rel=0.01)
+        assert res.verdicts[c.key].rounds > 3
+    assert res.report["slow_period"] == []
+
+
+def test_a_level_span_that_is_not_seconds_is_refused_before_anything_is_measured(monkeypatch):
+    monkeypatch.setenv(session_module.LEVEL_SPAN_ENV, "a minute")
+    runner = ScriptedRunner(BASE.__getitem__)
+    with pytest.raises(UsageError, match=r"LATBENCH_LEVEL_SPAN_S .*seconds.*'a minute'") as err:
+        MeasuringSession(runner, MeasuringPlan())
+    assert "\n" not in str(err.value) and runner.calls == []

@@ -68,13 +68,6 @@ class TargetDevice(ScriptedRunner):
 
     def __init__(self, truth: dict[str, float], **kw):
         super().__init__(lambda key: truth[key], clock_step_s=0.5, **kw)
-        self.idled = 0.0
-
-    def now(self) -> float:
-        return super().now() + self.idled
-
-    def idle(self, seconds: float) -> None:
-        self.idled += max(0.0, seconds)
 
     def describe(self):
         return {**super().describe(), "device_model": "target"}
@@ -289,6 +282,25 @@ def test_lut_diff_checks_predicted_entries_against_a_measured_table(adapted, tru
     # A table of another device: its ratios are the devices' difference, not prediction errors.
     assert latbench.diff_tables(path, result.table.meta["adapt"]["sources"][0]["path"])["predictions"] is None
     assert latbench.diff_tables(tmp_path / "full", tmp_path / "full")["predictions"] is None  # nothing predicted
+
+
+def test_lut_adapt_reports_the_level_check_of_a_short_session(source_dir, truth, tmp_path, monkeypatch, run_cli):
+    """An adapt that ends before its level span reads its anchors, idling, until then; `lut adapt`
+    says what it found (and --json: level_check)."""
+    monkeypatch.setenv("LATBENCH_LEVEL_SPAN_S", "200")
+    first, second = use_devices(monkeypatch, TargetDevice(truth), TargetDevice(truth))
+    code, out, err = run_cli("lut", "adapt", str(source_dir), "--device", "scripted", "--budget", "8",
+                             "--out", str(tmp_path / "a"), "--json", "--no-progress")
+    assert code == 0, err
+    level = json.loads(out)["level_check"]
+    assert level["span_s"] == 200 and level["faster"] is False and level["from_s"] < 200 <= level["to_s"]
+    entries = set(LatencyTable.load(tmp_path / "a").meta["adapt"]["selected"])
+    last = max(i for i, c in enumerate(first.calls) if c[0] in entries)
+    assert len(first.calls) - last > 20  # anchor readings, 2 s of idle apart, until the span was up
+    code, out, err = run_cli("lut", "adapt", str(source_dir), "--device", "scripted", "--budget", "8",
+                             "--out", str(tmp_path / "b"), "--no-progress")
+    assert code == 0, err
+    assert "level check: measuring took" in out and "anchors read until 2" in out and "held their level" in out
 
 
 @pytest.mark.parametrize("other", ["space", "resolution"])
