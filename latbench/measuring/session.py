@@ -638,9 +638,15 @@ class MeasuringSession:
         (periods.anchor_slow_keys) and the next wave measures it again (True). Readings spread
         over two states do not end the wait early: on a simulated vm-bursts device bursts on top
         of a slow spell spread them 24 % while the spell held for 99 s. Where the rules have no
-        slow-period check or the device cannot idle, nothing is done; once per session."""
+        slow-period check or the device cannot idle, nothing is done; once per session. Only a
+        build's session that sets the table's time base checks: a later one (a resume, an
+        upgrade) is put on that base by its anchors, which divides a slow state that held it
+        throughout out of its rounds, and validations and checks compare on a time base of
+        their own."""
         idle = getattr(self.dispatcher, "idle", None)
         if self.plan.periods is None or idle is None or not self._anchor_jobs or self._level_checked:
+            return False
+        if self.purpose != "build" or (self.journal.get_meta("time_base") or {}).get("levels"):
             return False
         self._level_checked = True
         start, until = self.clock(), self._started_at + self.level_span_s

@@ -288,7 +288,7 @@ def test_lut_adapt_reports_the_level_check_of_a_short_session(source_dir, truth,
     """An adapt that ends before its level span reads its anchors, idling, until then; `lut adapt`
     says what it found (and --json: level_check)."""
     monkeypatch.setenv("LATBENCH_LEVEL_SPAN_S", "200")
-    first, second = use_devices(monkeypatch, TargetDevice(truth), TargetDevice(truth))
+    first, second, third = use_devices(monkeypatch, TargetDevice(truth), TargetDevice(truth), TargetDevice(truth))
     code, out, err = run_cli("lut", "adapt", str(source_dir), "--device", "scripted", "--budget", "8",
                              "--out", str(tmp_path / "a"), "--json", "--no-progress")
     assert code == 0, err
@@ -301,6 +301,11 @@ def test_lut_adapt_reports_the_level_check_of_a_short_session(source_dir, truth,
                              "--out", str(tmp_path / "b"), "--no-progress")
     assert code == 0, err
     assert "level check: measuring took" in out and "anchors read until 2" in out and "held their level" in out
+    # An upgrade is put on the adapt's time base by its anchors: it reads no more of them.
+    code, out, err = run_cli("lut", "build", "--upgrade", "2", "--out", str(tmp_path / "a"), "--device", "scripted",
+                             "--json", "--no-progress")
+    assert code == 0, err
+    assert json.loads(out)[0]["level_check"] is None and len(third.calls) < 20
 
 
 @pytest.mark.parametrize("other", ["space", "resolution"])
