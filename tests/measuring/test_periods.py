@@ -401,16 +401,17 @@ def test_rounds_beyond_the_bound_stop_when_they_find_nothing_faster(tmp_path):
 
 
 def _level_session(tmp_path, name: str, slow: set[int]):
-    """Six blocks, two anchors, on a device whose clock moves 1 s per measurement and by its idle
-    time; `slow`: the calls taken in a slow state. Under a best-of rule's bound (37 spare rounds)."""
+    """A build's session of six blocks and two anchors, on a device whose clock moves 1 s per
+    measurement and by its idle time; `slow`: the calls taken in a slow state. Under a best-of
+    rule's bound (37 spare rounds)."""
     anchors = [Target.of(ANCHOR, "anchor"), Target.of(FFNConfig(224, 2, 80, 4), "anchor")]
     runner = ScriptedRunner({**BASE, anchors[1].key: 0.3}.__getitem__, clock_step_s=1.0)
     runner.period_calls = slow
     plan = MeasuringPlan(min_separation_s=0.0, anchor_every=2, seed=3, periods=RULE, probe_rounds=0,
                          consensus=ConsensusRule(max_rounds=3))
     with Journal(tmp_path / f"{name}.sqlite") as journal:
-        res = with_spare_rounds(MeasuringSession(runner, plan, journal=journal, export_jobs=1), 37).run(
-            [Target.of(c, "block") for c in BLOCKS], anchors)
+        res = with_spare_rounds(MeasuringSession(runner, plan, journal=journal, export_jobs=1, purpose="build"),
+                                37).run([Target.of(c, "block") for c in BLOCKS], anchors)
     return runner, res
 
 
@@ -463,3 +464,15 @@ def test_a_level_span_that_is_not_seconds_is_refused_before_anything_is_measured
     with pytest.raises(UsageError, match=r"LATBENCH_LEVEL_SPAN_S .*seconds.*'a minute'") as err:
         MeasuringSession(runner, MeasuringPlan())
     assert "\n" not in str(err.value) and runner.calls == []
+
+
+def test_only_a_builds_session_checks_its_level(tmp_path, monkeypatch):
+    """Validations, checks and profiles compare on a time base of their own: their sessions read
+    no anchors beyond their work."""
+    monkeypatch.delenv(session_module.LEVEL_SPAN_ENV, raising=False)
+    anchors = [Target.of(ANCHOR, "anchor")]
+    runner = ScriptedRunner(BASE.__getitem__, clock_step_s=1.0)
+    plan = MeasuringPlan(min_separation_s=0.0, anchor_every=2, seed=3, periods=RULE, probe_rounds=0)
+    res = MeasuringSession(runner, plan, export_jobs=1, purpose="models-pass0").run(
+        [Target.of(c, "block") for c in BLOCKS], anchors)
+    assert res.report["level_check"] is None and runner.now() - runner._epoch < 60
