@@ -3,11 +3,11 @@
 Flow: source tables of one space and resolution -> every entry's source latency (the geometric
 mean over the sources holding it) and cost -> `select_entries` picks the entries the transfer
 model learns most from (every kind, every stage, the cost range, the least certain), plus a few
-whole models for calibration (one of them the attention-free twin of another), within the budget -> they are measured through the normal
-measuring session into the table's journal (consensus, anchors, resume) -> `derive_table` writes
-the complete table: measured entries as measured, the rest predicted by the transfer model
-(latbench.tables.transfer) fitted on what is measured, each with its uncertainty, calibrated on
-the whole models like any table.
+whole models for calibration (one of them the attention-free twin of another), within the budget
+-> they are measured through the normal measuring session into the table's journal (consensus,
+anchors, resume) -> `derive_table` writes the complete table: measured entries as measured, the
+rest predicted by the transfer model (latbench.tables.transfer) fitted on what is measured, each
+with its uncertainty, calibrated on the whole models like any table.
 
 The plan (sources, budget, selection, every entry's source latency and cost) is kept in the
 journal's `adapt` record, so a killed adapt resumes without re-measuring, `lut repair` rederives
