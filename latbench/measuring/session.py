@@ -46,7 +46,7 @@ from latbench.measuring.noise import (
     journal_profile,
 )
 from latbench.measuring.periods import PeriodRule, confirmed_by_period, journal_slow_periods
-from latbench.measuring.timebase import anchor_levels, timebase_key
+from latbench.measuring.timebase import anchor_levels, base_levels, timebase_key
 
 #: The longest an extra round waits after the entry's previous one (the doubling stops there).
 MAX_WAIT_S = 16.0
@@ -647,39 +647,42 @@ class MeasuringSession:
         idle = getattr(self.dispatcher, "idle", None)
         if self.plan.periods is None or idle is None or not self._anchor_jobs or self._level_checked:
             return False
-        if self.purpose != "build" or (self.journal.get_meta("time_base") or {}).get("levels"):
+        if self.purpose != "build" or base_levels(self.journal, self.rules.consensus, exclude=self.session):
             return False
         self._level_checked = True
         start, until = self.clock(), self._started_at + self.level_span_s
         if start >= until:
             return False
-        fastest = self._anchor_fastest()
+        fastest = {k: min(vs) for k, vs in self._anchor_values().items()}
         self.progress("level", 0, 1, f"{start - self._started_at:.0f} s measured: reading the anchors until "
                                      f"{self.level_span_s:.0f} s to tell the device's level from a slow spell")
         turn, faster = 0, False
         while not faster and (left := until - self.clock()) > 0:
             idle(min(POLL_S, left))
             job = self._anchor_jobs[turn % len(self._anchor_jobs)]
-            self._polling = True
-            try:
-                self.dispatcher.execute([], [job], self.plan.anchor_every, self._commit)
-            finally:
-                self._polling = False
+            self._poll_anchor(job)
             turn += 1
-            now = self._anchor_fastest().get(job.key, math.inf)
-            faster = now * (1 + SLOW_STATE) < fastest.get(job.key, 0.0)
+            faster = min(self._anchor_values().get(job.key, [math.inf])) * (1 + SLOW_STATE) < fastest.get(job.key, 0.0)
         self.level_check = {"span_s": self.level_span_s, "from_s": round(start - self._started_at, 1),
                             "to_s": round(self.clock() - self._started_at, 1), "faster": faster}
         return faster
 
-    def _anchor_fastest(self) -> dict[str, float]:
-        """Each anchor's fastest reading in this session (its consensus rule's round value)."""
-        fastest: dict[str, float] = {}
+    def _anchor_values(self) -> dict[str, list[float]]:
+        """Each anchor's readings in this session (its consensus rule's round values)."""
+        values: dict[str, list[float]] = {}
         for a in self.journal.anchors(self.session):
             v = self.rules.consensus.round_value(a.measurement)
             if math.isfinite(v) and v > 0:
-                fastest[a.key] = min(v, fastest.get(a.key, math.inf))
-        return fastest
+                values.setdefault(a.key, []).append(v)
+        return values
+
+    def _poll_anchor(self, job: Job) -> None:
+        """Read one anchor during a wait (kept out of the device's noise profile: _commit)."""
+        self._last_anchor_ratio, self._polling = None, True
+        try:
+            self.dispatcher.execute([], [job], self.plan.anchor_every, self._commit)
+        finally:
+            self._polling = False
 
     def slow_periods(self, rows: dict[str, list[JournalRow]], verdicts: dict[str, Verdict]) -> dict[str, float]:
         """Targets whose value was taken only in slow periods (latbench.measuring.periods)."""
@@ -848,12 +851,7 @@ class MeasuringSession:
             idle(min(POLL_S, left))
             if self.clock() >= wait_until:
                 return
-            self._last_anchor_ratio, self._polling = None, True
-            try:
-                self.dispatcher.execute([], [anchor_jobs[turn % len(anchor_jobs)]], self.plan.anchor_every,
-                                        self._commit)
-            finally:
-                self._polling = False
+            self._poll_anchor(anchor_jobs[turn % len(anchor_jobs)])
             turn += 1
             ratio = self._last_anchor_ratio
             if ratio is not None and ratio <= 1 + self.rules.consensus.tolerance:
@@ -867,11 +865,7 @@ class MeasuringSession:
         entries ran out of rounds there). Where none has, all, except before rounds beyond the
         rule's bound (_slow_extra_rounds): there an anchor at its level says nothing of the spell,
         and the wait is idled out."""
-        values: dict[str, list[float]] = {}
-        for a in self.journal.anchors(self.session):
-            v = self.rules.consensus.round_value(a.measurement)
-            if math.isfinite(v) and v > 0:
-                values.setdefault(a.key, []).append(v)
+        values = self._anchor_values()
         both = [j for j in anchor_jobs if len(vs := values.get(j.key, [])) >= 2 and max(vs) > min(vs) * (1 + SLOW_STATE)]
         if both or any(j.round >= self.rules.consensus.max_rounds for j in todo):
             return both
