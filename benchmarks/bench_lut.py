@@ -97,15 +97,17 @@ def validate(table, samples: int, seed: int, opts: dict, label: str, keep: Path 
     if factors and all(factors):
         # The same run without the time base: each pass's values as measured (divided back).
         from latbench.estimation.validate import accuracy_figures
+        from latbench.measuring.models import agreeing
 
-        raw = [statistics.fmean(p / f for p, f in zip(r["pass_ms"], factors)) for r in v.rows]
+        raw = [statistics.fmean(agreeing([p / f for p, f in zip(r["pass_ms"], factors) if p is not None]))
+               for r in v.rows]
         f = accuracy_figures([r["latency_ms"] for r in v.rows], raw)
         print(f"  time-base factors per pass {', '.join(f'{x:.4f}' for x in factors)}; without them: mean |err| "
               f"{f['mean_abs_pct_error']:.2f} %, within 5 % {f['within_5pct']:.0%}, within 10 % "
               f"{f['within_10pct']:.0%}, bias {f['bias_pct']:+.2f} %")
     for r in sorted(v.rows, key=lambda r: -abs(r["error_pct"]))[:8]:
         print(f"    {r['name']:22s} measured {r['measured_ms']:7.3f} ms (passes "
-              f"{'/'.join(f'{x:.3f}' for x in r['pass_ms'])})  estimate {r['latency_ms']:7.3f} "
+              f"{'/'.join('-' if x is None else f'{x:.3f}' for x in r['pass_ms'])})  estimate {r['latency_ms']:7.3f} "
               f"({r['error_pct']:+5.1f} %)  plain sum ({r['plain_sum_error_pct']:+5.1f} %)")
     for w in v.warnings:
         print(f"  warning: {w}")

@@ -24,7 +24,7 @@ from latbench.blocks.candidates import Candidate
 from latbench.core.errors import UsageError
 from latbench.core.progress import ProgressFn
 from latbench.estimation.estimator import LatencyEstimator
-from latbench.measuring.models import measure_models
+from latbench.measuring.models import PASS_AGREEMENT, measure_models
 from latbench.tables.table import LatencyTable
 
 
@@ -52,7 +52,7 @@ def accuracy_figures(estimates: Sequence[float], measured: Sequence[float]) -> d
 
 @dataclass
 class ValidationResult:
-    """Estimation error against the mean of the passes, beside the pass-to-pass noise floor."""
+    """Estimation error against the mean of the agreeing passes, beside the pass-to-pass noise floor."""
 
     table: str
     device: dict[str, Any]
@@ -121,7 +121,8 @@ def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate],
                    progress: ProgressFn | None = None, time_cap_s: float = 4.0,
                    journal_dir: str | Path | None = None, budget_s: float | None = None) -> ValidationResult:
     """Measure `candidates` end to end in `passes` separated passes and compare with the table's
-    estimates (and the plain sum and a MACs-proportional estimate) against the pass mean."""
+    estimates (and the plain sum and a MACs-proportional estimate) against the mean of each model's
+    passes that agree with its fastest."""
     if passes < 2:
         raise UsageError(f"validation needs at least 2 passes to measure its noise floor, got {passes}")
     t0 = time.perf_counter()
@@ -153,7 +154,9 @@ def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate],
         noise = timings.noise(c.key)
         typical = timings.typical_mean(c.key)
         rows.append({"name": c.name, "params": c.params(), "macs": macs, "measured_ms": measured_ms,
-                     "pass_ms": [p[c.key] for p in timings.passes],
+                     # aligned with the passes; None where an extra pass did not measure it
+                     "pass_ms": [p.get(c.key) for p in timings.passes],
+                     "slow_pass_ms": timings.slow_passes(c.key), "passes_agree": timings.agrees(c.key),
                      "pass_noise_pct": None if noise is None else 100 * noise,
                      "latency_ms": e.latency_ms, "plain_sum_ms": e.plain_sum_ms,
                      "macs_ms": macs * rate, "error_pct": 100 * (e.latency_ms - measured_ms) / measured_ms,
@@ -174,7 +177,8 @@ def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate],
     if typed and len(typed) == len(rows):
         figures["typical"] = accuracy_figures([r["typical_ms"] for r in rows], [r["measured_typical_ms"] for r in rows])
     noises = [r["pass_noise_pct"] for r in rows if r["pass_noise_pct"] is not None]
-    noise_floor = {"passes": passes, "median_pct": statistics.median(noises), "max_pct": max(noises),
+    noise_floor = {"passes": passes, "extra_passes": len(timings.passes) - timings.asked_passes,
+                   "median_pct": statistics.median(noises), "max_pct": max(noises),
                    "within_noise": sum(abs(r["error_pct"]) <= max(r["pass_noise_pct"], 0.0) for r in rows) / len(rows),
                    "time_base_factors": timings.factors, "time_base": timings.time_base,
                    "reference_models": [c.name for c, _ in references] if timings.time_base == "models" else [],
@@ -184,6 +188,16 @@ def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate],
             warnings.append(f"pass {p + 1}: the table's anchors read the device {abs(f / fa - 1):.0%} "
                             f"{'slower' if fa < f else 'faster'} than its whole models show; put on the table's time "
                             f"base by the models (x{f:.3f}, the anchors said x{fa:.3f})")
+    slow = [r["name"] for r in rows if r["slow_pass_ms"] and r["passes_agree"]]
+    if slow:
+        warnings.append(f"{len(slow)} model(s) read more than {PASS_AGREEMENT:.0%} slower in a pass than in the others "
+                        f"(a slow state of the device): their latency is the mean of the passes that agree with "
+                        f"their fastest: {', '.join(slow[:4])}{' ...' if len(slow) > 4 else ''}")
+    alone = [r["name"] for r in rows if not r["passes_agree"]]
+    if alone:
+        warnings.append(f"{len(alone)} model(s) had no two passes within {PASS_AGREEMENT:.0%} of each other's fastest, "
+                        f"extra passes included: their fastest pass is taken (noise only slows), its figure is less "
+                        f"reliable: {', '.join(alone[:4])}{' ...' if len(alone) > 4 else ''}")
     if timings.no_consensus:
         warnings.append(f"{len(timings.no_consensus)} model(s) never reached consensus between rounds "
                         f"(their figures are less reliable): {', '.join(timings.no_consensus[:4])}")

@@ -3,6 +3,15 @@
 `measure_models` runs one measuring session per pass over the candidates (interleaved rounds
 until every model's rounds agree); with anchors and their levels on a table's time base, each
 pass measures the anchors too and its results are put on that time base.
+
+Passes must agree too. A model's rounds can agree within a pass and still all fall in one slow
+state: validating `cpu --threads 2` on this project's 2-core VM, S0 and one subnet read 43 %
+slower in one pass than in the other (10.6 against 6.9 ms, both passes on the time base within
+2-4 %), and the mean of the two put a table that was within 1 % of the fast pass 21 % off. Noise
+only slows, so a model's latency is the mean of its passes that agree with its fastest (within
+PASS_AGREEMENT), and a model whose fastest reading no other pass confirms is measured again in up
+to EXTRA_PASSES more passes (with the reference models, to put them on the time base); if none
+does, its fastest pass is its latency.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from latbench.core.progress import ProgressFn, no_progress
 from latbench.measuring.consensus import ConsensusRule
 from latbench.measuring.journal import Journal
 from latbench.measuring.measurement import SamplingPolicy, percentile
+from latbench.measuring.noise import SLOW_STATE
 from latbench.measuring.session import (
     DEFAULT_POLICIES,
     MeasuringPlan,
@@ -27,6 +37,19 @@ from latbench.measuring.session import (
     as_dispatcher,
 )
 from latbench.measuring.timebase import anchor_levels, session_factor
+
+#: Passes of a model within this much of its fastest agree; a slower one measured it in a slow state.
+PASS_AGREEMENT = SLOW_STATE
+#: Passes beyond those asked for, over the models whose passes do not agree yet, at most.
+EXTRA_PASSES = 2
+
+
+def agreeing(values: Sequence[float]) -> list[float]:
+    """The fastest value and those within PASS_AGREEMENT of it. As with rounds (consensus.py),
+    two slower passes that agree with each other above a faster one do not confirm each other:
+    noise only slows, and the fastest stands alone until another pass comes near it."""
+    fastest = min(values, default=None)
+    return [] if fastest is None else sorted(v for v in values if v <= fastest * (1 + PASS_AGREEMENT))
 
 
 @dataclass
@@ -47,18 +70,39 @@ class ModelTimings:
     anchor_factors: list[float | None] = field(default_factory=list)
     #: what put the passes on the time base: "models" (the reference models), "anchors" or None
     time_base: str | None = None
+    #: the passes asked for; those beyond measured again only the models whose passes disagreed
+    asked_passes: int = 1
 
     def typical_mean(self, key: str) -> float | None:
         values = [p[key] for p in self.typical_passes if key in p]
         return statistics.fmean(values) if values else None
 
+    def values(self, key: str) -> list[float]:
+        """One model's latency in each pass that measured it (extra passes measure only some)."""
+        return [p[key] for p in self.passes if key in p]
+
+    def agreed(self, key: str) -> list[float]:
+        """The model's pass values that agree with its fastest (the fastest alone if none do)."""
+        return agreeing(self.values(key))
+
+    def agrees(self, key: str) -> bool:
+        """Whether another pass confirms the model's fastest latency (always with a single pass)."""
+        return len(self.values(key)) < 2 or passes_agree(self.passes, key)
+
     def mean(self, key: str) -> float:
-        return statistics.fmean(p[key] for p in self.passes)
+        """The model's latency: the mean of its passes that agree with its fastest (see `agreeing`)."""
+        return statistics.fmean(self.agreed(key))
 
     def noise(self, key: str) -> float | None:
-        """Pass-to-pass spread of one model: (max - min) / mean over passes (None with one pass)."""
-        values = [p[key] for p in self.passes]
+        """Pass-to-pass spread of the passes the latency is the mean of (of all its passes where
+        none agree): (max - min) / mean (None with one pass); slower passes are in slow_passes."""
+        values = self.agreed(key) if self.agrees(key) else self.values(key)
         return (max(values) - min(values)) / statistics.fmean(values) if len(values) > 1 else None
+
+    def slow_passes(self, key: str) -> list[float]:
+        """The model's pass values left out of its latency: slower than its agreeing passes."""
+        agreed = self.agreed(key)
+        return [v for v in self.values(key) if v > max(agreed)]
 
 
 def model_plan(rounds: int, runs: int | None, warmup: int, time_cap_s: float, seed: int,
@@ -108,7 +152,15 @@ def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, 
     by_models = bool(reference_ms) and len({c.key for c in candidates} & set(reference_ms or {})) >= \
         MIN_REFERENCE_MODELS
     dispatcher = as_dispatcher(runner)
-    for p in range(passes):
+    references = [t for t in targets if t.key in (reference_ms or {})] if by_models else []
+    p = 0
+    while True:
+        pass_targets = targets
+        if p >= passes:
+            unsettled = [t for t in targets if len(out) > 1 and not passes_agree(out, t.key)]
+            if not unsettled or p >= passes + EXTRA_PASSES:
+                break
+            pass_targets = unsettled + [t for t in references if t not in unsettled]
         applied: list[float | None] = [None]
 
         def time_base(journal, session, applied=applied):
@@ -118,15 +170,17 @@ def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, 
             applied[0] = f
             return {session: f} if f else {}
 
-        def prog(phase, done, total, detail=None, p=p):
-            progress(f"{phase} (pass {p + 1}/{passes})" if passes > 1 and phase != "export" else phase, done,
-                     total, detail)
+        label = (f"pass {p + 1}/{passes}" if p < passes else
+                 f"extra pass {p + 1 - passes}/{EXTRA_PASSES}: {len(unsettled)} model(s) whose passes disagree")
+
+        def prog(phase, done, total, detail=None, label=label):
+            progress(f"{phase} ({label})" if passes > 1 and phase != "export" else phase, done, total, detail)
 
         plan.seed = seed * 1000 + p
         journal = Journal(Path(journal_dir) / f"pass{p}.sqlite") if journal_dir else None
         session = MeasuringSession(dispatcher, plan, journal=journal, purpose=f"models-pass{p}", progress=prog,
                                    export_jobs=jobs, precision=precision, time_base=time_base)
-        res = session.run(targets, anchor_targets)
+        res = session.run(pass_targets, anchor_targets)
         sessions.append(res)
         # The anchors' factor is one number per session: taken back out, the same values as measured.
         values = {k: v.value / (applied[0] or 1.0) for k, v in res.verdicts.items()}
@@ -144,9 +198,17 @@ def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, 
         slow_period += [k for k in res.report.get("slow_period", []) if k not in slow_period]
         if res.report.get("max_drift") is not None:
             drifts.append(res.report["max_drift"])
+        p += 1
     base = "models" if by_models else "anchors" if any(f is not None for f in anchor_factors) else None
     return ModelTimings(out, dispatcher.describe(), max(drifts, key=abs) if drifts else None, factors,
-                        no_consensus, sessions, slow_period, typical, anchor_factors, base)
+                        no_consensus, sessions, slow_period, typical, anchor_factors, base, min(passes, len(out)))
+
+
+def passes_agree(passes: Sequence[Mapping[str, float]], key: str) -> bool:
+    """Whether another of the passes that measured `key` agrees with its fastest (see `agreeing`);
+    a model no pass measured has nothing to agree on."""
+    values = [p[key] for p in passes if key in p]
+    return not values or len(agreeing(values)) >= 2
 
 
 #: Whole models a pass needs in common with the reference to be put on its time base by them.

@@ -63,3 +63,20 @@ def test_a_pass_is_put_on_the_time_base_by_the_tables_models(table, speed, ancho
     assert res.noise["anchor_factors"] == pytest.approx([1 / (speed * anchors)] * 2, rel=0.01)
     assert res.rows[0]["measured_ms"] == pytest.approx(MODEL_MS[S0.key], rel=0.01)  # as fast as at build
     assert any("anchors read the device 15% slower" in w for w in res.warnings) == warned
+
+
+def test_a_model_read_slow_in_one_pass_is_measured_again_and_judged_by_its_agreeing_passes(table, monkeypatch):
+    # Put on the time base by the anchors: a model's slow pass then moves no other model's value.
+    monkeypatch.setattr(LatencyTable, "reference_models", lambda self: [])
+    runner = SlowAnchorsRunner()
+    runner.slow(S1.key, 1.4)  # its one round of the first pass
+    res = validate_table(table, runner, [S0, S1], rounds=1, passes=2, jobs=1, time_cap_s=0.1)
+    rows = {r["name"]: r for r in res.rows}
+    assert res.noise["time_base"] == "anchors" and res.noise["extra_passes"] == 1
+    assert rows[S1.name]["pass_ms"][1:] == pytest.approx([MODEL_MS[S1.key]] * 2, rel=0.01)
+    assert rows[S1.name]["pass_ms"][0] == pytest.approx(1.4 * MODEL_MS[S1.key], rel=0.01)
+    assert rows[S0.name]["pass_ms"][2] is None  # the extra pass measured only what disagreed
+    assert rows[S1.name]["measured_ms"] == pytest.approx(MODEL_MS[S1.key], rel=0.01)
+    assert rows[S1.name]["slow_pass_ms"] == [rows[S1.name]["pass_ms"][0]] and rows[S1.name]["passes_agree"]
+    assert rows[S1.name]["pass_noise_pct"] < 1.0
+    assert any("1 model(s) read more than 10% slower in a pass" in w and S1.name in w for w in res.warnings)

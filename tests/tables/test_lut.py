@@ -176,8 +176,15 @@ def test_validate_json_shape(run_cli_json, tiny_space, tmp_path):
     assert noise["passes"] == 2 and 0 <= noise["median_pct"] <= noise["max_pct"]
     assert 0 <= noise["within_noise"] <= 1 and len(noise["time_base_factors"]) == 2
     for m in res["models"]:
-        assert len(m["pass_ms"]) == 2 and m["measured_ms"] == pytest.approx(sum(m["pass_ms"]) / 2)
-        assert m["pass_noise_pct"] == pytest.approx(100 * (max(m["pass_ms"]) - min(m["pass_ms"])) / m["measured_ms"])
+        # A pass more than 10 % slower than the model's fastest read it in a slow state: left out
+        # (measured again in an extra pass, None for the models it did not measure).
+        assert len(m["pass_ms"]) == 2 + noise["extra_passes"]
+        values = [v for v in m["pass_ms"] if v is not None]
+        agreed = [v for v in values if v <= 1.1 * min(values)]
+        assert sorted(m["slow_pass_ms"]) == sorted(v for v in values if v not in agreed)
+        assert m["measured_ms"] == pytest.approx(sum(agreed) / len(agreed))
+        if m["passes_agree"]:
+            assert m["pass_noise_pct"] == pytest.approx(100 * (max(agreed) - min(agreed)) / m["measured_ms"])
         assert isinstance(m["slow_period"], bool)  # measured only in slow periods of the device (warned)
     assert set(res["baselines"]) == {"plain_sum", "macs_proportional"}
     assert 0 <= res["within_5pct"] <= res["within_10pct"] <= 1
