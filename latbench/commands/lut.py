@@ -101,11 +101,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="several devices: how much slower than the fastest a device may be and still share "
                         "the table (default 0.05)")
     a.add_argument("--budget", type=int, default=None, metavar="N",
-                   help="measurements on the target: blocks and whole models (default 20; below one per kind, the kinds "
-                        "carrying most of a typical model's latency are measured first)")
+                   help="measurements on the target: blocks and whole models (default 20; below one block per "
+                        "kind, the kinds carrying most of a typical model's latency are measured first)")
     a.add_argument("--calibrate", type=int, default=None, metavar="N",
-                   help="whole models measured within the budget to calibrate the table (default: up to 3; "
-                        "from 3 on, the last is the attention-free twin of one of the others)")
+                   help="whole models measured within the budget to calibrate the table (default: 3, fewer "
+                        "where the budget would leave under 2 blocks; from 3 on, the last is the "
+                        "attention-free twin of one of the others)")
     a.add_argument("--out", required=True, help="the adapted table's directory (rerun the same command to resume)")
     a.add_argument("--jobs", type=int, default=2, help="export worker processes")
     a.add_argument("--rounds", type=int, default=3, help="interleaved rounds per measured entry")

@@ -36,10 +36,16 @@ from latbench.tables.transfer import Entry, select_entries
 
 #: Target measurements (blocks and whole models) an adapt takes by default.
 DEFAULT_BUDGET = 20
-#: Whole models measured for calibration by default, at most: one per this many budget units
-#: beyond one entry per kind.
+#: Whole models measured for calibration by default: three (S0, a sampled subnet and the
+#: attention-free twin of one of them: a scale for attention and one for the rest) once the
+#: budget leaves MIN_BLOCKS blocks beside them, fewer below. Whole models come before blocks:
+#: replayed from the four bench pairs' full journals (30 subnets + S0-L end to end), budget 5 as
+#: 5 blocks put 9-68 % of subnets within 5 % (the table uncalibrated), as 2 blocks + 3 models
+#: 65-91 %; budget 10 as 10 blocks 9-79 %, 9 blocks + S0 15-97 % (one scale: `--xnnpack off`,
+#: whose attention costs 1.4x its isolated time in a model, fell to 15 %), 7 + 3 79-91 %; budget
+#: 20 as 17 + 3 82-100 %, 16 + 4 or 14 + 6 no better (68-97 %, 74-97 %).
 MAX_DEFAULT_CALIBRATION = 3
-BUDGET_PER_CALIBRATION_MODEL = 4
+MIN_BLOCKS = 2
 
 
 def sources_dtype(sources: Sequence[LatencyTable]) -> str | None:
@@ -149,16 +155,12 @@ def plan_adapt(sources: Sequence[LatencyTable], out: str | Path, *, budget: int 
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise UsageError(f"--budget is a number of measurements, at least 1; got {budget!r}")
     entries, fields = source_entries(sources)
-    kinds = sorted({e.kind for e in entries.values()})
-    # Below one measurement per kind, the kinds left unmeasured borrow the pooled ratio (with a
-    # larger uncertainty), so no whole model is measured: every unit of the budget goes to a kind.
-    # Block kinds, not transfer kinds: strided attention's own pick comes out of the blocks, and
-    # budget 20 keeps the three whole models its figures were measured with.
-    spare = max(0, budget - len(kinds))
+    # Kinds the blocks leave unmeasured borrow the pooled ratio (with a larger uncertainty); the
+    # whole models' scales then correct what that leaves in whole models (MIN_BLOCKS).
     if calibrate is None:
-        calibrate = min(MAX_DEFAULT_CALIBRATION, spare // BUDGET_PER_CALIBRATION_MODEL)
-    if calibrate < 0 or calibrate > spare:
-        raise UsageError(f"--calibrate must be between 0 and {spare} (the budget beyond one entry per kind), "
+        calibrate = max(0, min(MAX_DEFAULT_CALIBRATION, budget - MIN_BLOCKS))
+    if calibrate < 0 or calibrate > budget - 1:
+        raise UsageError(f"--calibrate must be between 0 and {budget - 1} (the budget less one block), "
                          f"got {calibrate}")
     described = [{"path": str(t.path), "sha256": _digest(t), "device_id": t.meta.get("device_id"),
                   "entries": int(len(t.blocks))} for t in sources]

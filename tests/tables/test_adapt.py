@@ -335,7 +335,7 @@ def test_a_budget_below_the_number_of_kinds_measures_the_heaviest_kinds(source_d
     # whole reference model is in none of them.
     assert order[0] == "ffn" and order[-1] == "model"
     first, second = use_devices(monkeypatch, TargetDevice(truth), TargetDevice(truth))
-    result = adapt(source_dir, tmp_path / "t", budget=5, calibrate=None)
+    result = adapt(source_dir, tmp_path / "t", budget=5, calibrate=0)
     table = LatencyTable.load(result.table.path)
     meta = table.meta["adapt"]
     assert meta["measured"] == 5 and meta["calibration"] == []
@@ -351,9 +351,20 @@ def test_a_budget_below_the_number_of_kinds_measures_the_heaviest_kinds(source_d
     errors = {k: abs(ms / truth[k] - 1) for k, ms in table.latency_ms().items()}
     assert sum(errors[k] <= 2 * predicted[k] / 100 for k in borrowed) / len(borrowed) >= 0.8
     # A larger budget keeps the five and covers every kind.
-    more = adapt(source_dir, tmp_path / "t", budget=10, calibrate=None).table.meta["adapt"]
+    more = adapt(source_dir, tmp_path / "t", budget=10, calibrate=0).table.meta["adapt"]
     assert more["selected"][:5] == meta["selected"] and more["unmeasured_kinds"] == []
     assert {entries[k].transfer_kind for k in more["selected"]} == kinds
+
+
+@pytest.mark.parametrize("budget, blocks, models", [(1, 1, 0), (2, 2, 0), (4, 2, 2), (5, 2, 3), (10, 7, 3),
+                                                    (20, 17, 3)])
+def test_whole_models_take_their_share_of_the_budget_before_blocks(source_dir, tmp_path, budget, blocks, models):
+    plan = plan_adapt([LatencyTable.load(source_dir)], tmp_path / "t", budget=budget)
+    assert len(plan.selected) == blocks and len(plan.calibration) == models
+    assert [c.name for c in plan.calibration][:1] == (["efficientformerv2_s0"] if models else [])
+    if models == 3:  # two sampled models and the twin of one: a scale for attention, one for the rest
+        attention = [sum(s.attention for s in c.arch.stages) for c in plan.calibration]
+        assert attention[2] == 0 < attention[1] and plan.calibration[2].name.endswith("-noattn")
 
 
 def test_bad_budgets_and_an_out_holding_another_table_are_refused(source_dir, tmp_path, run_cli):
