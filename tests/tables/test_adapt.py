@@ -290,7 +290,7 @@ def test_lut_adapt_reports_the_level_check_of_a_short_session(source_dir, truth,
     monkeypatch.setenv("LATBENCH_LEVEL_SPAN_S", "200")
     first, second, third = use_devices(monkeypatch, TargetDevice(truth), TargetDevice(truth), TargetDevice(truth))
     code, out, err = run_cli("lut", "adapt", str(source_dir), "--device", "scripted", "--budget", "8",
-                             "--out", str(tmp_path / "a"), "--json", "--no-progress")
+                             "--calibrate", "0", "--out", str(tmp_path / "a"), "--json", "--no-progress")
     assert code == 0, err
     level = json.loads(out)["level_check"]
     assert level["span_s"] == 200 and level["faster"] is False and level["from_s"] < 200 <= level["to_s"]
@@ -298,7 +298,7 @@ def test_lut_adapt_reports_the_level_check_of_a_short_session(source_dir, truth,
     last = max(i for i, c in enumerate(first.calls) if c[0] in entries)
     assert len(first.calls) - last > 20  # anchor readings, 2 s of idle apart, until the span was up
     code, out, err = run_cli("lut", "adapt", str(source_dir), "--device", "scripted", "--budget", "8",
-                             "--out", str(tmp_path / "b"), "--no-progress")
+                             "--calibrate", "0", "--out", str(tmp_path / "b"), "--no-progress")
     assert code == 0, err
     assert "level check: measuring took" in out and "anchors read until 2" in out and "held their level" in out
     # An upgrade is put on the adapt's time base by its anchors: it reads no more of them.
