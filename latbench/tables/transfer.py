@@ -83,6 +83,14 @@ KIND_SLOPE_GRID = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 #: that happens to pass through few points exactly does not claim an uncertainty of zero.
 PRIOR_NOISE = 0.03
 PRIOR_NOISE_WEIGHT = 2.0
+#: How far the ratio of a kind with no measured entry may lie from the pooled ratio it borrows
+#: (log, one sigma), added to its predictions' uncertainty: the residual noise of the measured
+#: kinds says nothing of it. Over the four bench pairs' full tables (`cpu` -> `litert`, `--xnnpack
+#: off`, `--threads 2`, fp16) the kinds' ratios spread 0.63 / 1.13 / 0.18 / 0.08 around the pooled
+#: one (rms over kinds; empty models furthest: LiteRT's per-inference overhead is a seventh of
+#: onnxruntime's, where its blocks run 0.9x or 3.1x), median 0.40. An adapt takes the larger of this
+#: and the spread of the kinds it measured.
+KIND_SPREAD = 0.40
 
 
 @dataclass(frozen=True)
@@ -193,13 +201,19 @@ class TransferFit:
     points: int
     prior_ratio: float
     evidence: dict[str, float] = field(default_factory=dict)  # kind-slope precision -> log evidence
+    #: the transfer kinds with measured entries, and the spread (log, one sigma) an unmeasured
+    #: kind's ratio may have around the pooled one (KIND_SPREAD, or the measured kinds' if larger)
+    measured_kinds: frozenset[str] = frozenset()
+    kind_spread: float = KIND_SPREAD
 
     def predict(self, entry: Entry) -> tuple[float, float]:
         """(predicted target ms, one-sigma uncertainty in %) of one entry."""
         x = self.design.row(entry)
         log_ratio = float(x @ self.coef)
-        sd = self.sigma * math.sqrt(1.0 + float(x @ self.inverse @ x))
-        return entry.source_ms * math.exp(log_ratio), 100.0 * math.expm1(sd)
+        variance = self.sigma ** 2 * (1.0 + float(x @ self.inverse @ x))
+        if entry.transfer_kind not in self.measured_kinds:
+            variance += self.kind_spread ** 2
+        return entry.source_ms * math.exp(log_ratio), 100.0 * math.expm1(math.sqrt(variance))
 
     def to_dict(self) -> dict[str, Any]:
         k, f = len(self.design.kinds), len(FEATURES)
@@ -217,7 +231,8 @@ class TransferFit:
                 "precisions": {"intercept": INTERCEPT_PRECISION, "slope": SLOPE_PRECISION,
                                "kind_slope": self.design.kind_slope_precision},
                 "kind_slope_evidence": self.evidence,
-                "prior_noise": PRIOR_NOISE, "kinds": per_kind}
+                "prior_noise": PRIOR_NOISE, "kinds": per_kind,
+                "unmeasured_kind_spread_log": self.kind_spread}
 
 
 def fit_transfer(entries: Sequence[Entry], measured: Mapping[str, float]) -> TransferFit:
@@ -244,8 +259,12 @@ def fit_transfer(entries: Sequence[Entry], measured: Mapping[str, float]) -> Tra
     residual = float(np.sum((y - x @ coef) ** 2)) if points else 0.0
     dof = len(points) - float(np.trace(x @ inverse @ x.T)) if points else 0.0
     sigma = math.sqrt((residual + PRIOR_NOISE_WEIGHT * PRIOR_NOISE ** 2) / (max(dof, 0.0) + PRIOR_NOISE_WEIGHT))
+    kinds = frozenset(e.transfer_kind for e, _ in points)
+    # The measured kinds' levels around the pooled ratio: how far kinds lie apart on this pair.
+    levels = [float(coef[design.kinds.index(k)]) - prior_ratio for k in kinds]
+    spread = math.sqrt(sum(v * v for v in levels) / len(levels)) if levels else 0.0
     return TransferFit(design, coef, inverse, sigma, len(points), math.exp(prior_ratio),
-                       {str(p): round(v, 4) for p, v in evidence.items()})
+                       {str(p): round(v, 4) for p, v in evidence.items()}, kinds, max(KIND_SPREAD, spread))
 
 
 def log_evidence(x: np.ndarray, residual: np.ndarray, precision: np.ndarray) -> float:
@@ -270,7 +289,7 @@ def select_entries(entries: Sequence[Entry], count: int, already: Sequence[str] 
     entry whose prediction is least certain given those chosen (posterior variance), which
     spreads the choice over the cost range of each kind. Deterministic. With fewer than one
     entry per kind, the kinds first in `kind_order` are measured and the rest borrow the
-    pooled ratio (the intercept prior) with the larger uncertainty the posterior gives them."""
+    pooled ratio (the intercept prior), their predictions widened by KIND_SPREAD."""
     design = Design(entries)
     order = [k for k in (kind_order or ()) if k in design.kinds]
     order += [k for k in design.kinds if k not in order]

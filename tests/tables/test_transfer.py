@@ -104,3 +104,26 @@ def test_strided_attention_is_fitted_apart_from_plain_attention():
     err = errors(entries, target, measured)
     print({k: f"{v:+.1%}" for k, v in err.items() if k.startswith("mhsa")})
     assert max(abs(v) for k, v in err.items() if k.startswith("mhsa")) < 0.05
+
+
+def test_a_kind_nothing_was_measured_of_states_how_far_kinds_lie_apart():
+    # Empty models are 20x faster on the target than the pooled ratio says (LiteRT's per-call cost
+    # against onnxruntime's): a kind nobody measured borrows the pooled ratio and must say how far
+    # off that may be, not the residual noise of the kinds that were measured.
+    entries = blocks() + [mixer(i, w) for i, w in enumerate((96, 128, 192, 256))] + \
+        [empty(i, el) for i, el in enumerate((150528, 18816, 9408))]
+
+    def uncertainty(mixer_ratio: float) -> dict[str, float]:
+        target = {e.key: e.source_ms * {"ffn": 3.0, "mhsa": mixer_ratio, "empty": 0.15}[e.kind] * noisy(e.key)
+                  for e in entries}
+        fit = fit_transfer(entries, {k: target[k] for k in ("ffn-0-c48-e2", "ffn-26-c384-e4", "mhsa-1-c128")})
+        assert fit.measured_kinds == {"ffn", "mhsa"}
+        return {e.kind: fit.predict(e)[1] for e in entries if e.key in ("ffn-13-c160-e3", "mhsa-2-c192", "empty-1")}
+
+    close = uncertainty(3.3)
+    assert close["ffn"] < 10 and close["mhsa"] < 10  # measured kinds: their residual noise
+    assert close["empty"] >= 100 * math.expm1(transfer.KIND_SPREAD)  # never measured: the kinds' spread
+    # Measured kinds that lie far apart (1x and 3x) say kinds differ more on this pair than usual.
+    apart = uncertainty(1.0)
+    assert apart["empty"] > close["empty"] + 10
+    assert fit_transfer(entries, {}).predict(entries[0])[1] >= 100 * math.expm1(transfer.KIND_SPREAD)
