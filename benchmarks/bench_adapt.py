@@ -146,7 +146,7 @@ def truth(work: Path, name: str, table: Any, args: argparse.Namespace) -> dict[s
     of its full table on its backend."""
     from latbench import api
     from latbench.core.fileio import atomic_write_json
-    from latbench.measuring.models import agreeing
+    from latbench.measuring.models import confirmed
 
     path = work / f"truth-{name}.json"
     if path.is_file():
@@ -155,7 +155,7 @@ def truth(work: Path, name: str, table: Any, args: argparse.Namespace) -> dict[s
         # A truth from before passes had to agree (no extra passes) holds the mean of all passes:
         # still right where every model's passes agree, measured again where one's do not.
         settled = "extra_passes" in v["noise"] or all(
-            len(agreeing([x for x in r["pass_ms"] if x is not None])) > 1 for r in v["models"])
+            confirmed([x for x in r["pass_ms"] if x is not None]) for r in v["models"])
         if cached.get("samples") == args.samples and cached.get("seed") == args.seed and settled:
             return cached
     backend = BACKENDS[name]

@@ -52,6 +52,16 @@ def agreeing(values: Sequence[float]) -> list[float]:
     return [] if fastest is None else sorted(v for v in values if v <= fastest * (1 + PASS_AGREEMENT))
 
 
+def confirmed(values: Sequence[float]) -> bool:
+    """Whether another of a model's pass values agrees with its fastest (see `agreeing`)."""
+    return len(agreeing(values)) >= 2
+
+
+def pass_values(passes: Sequence[Mapping[str, float]], key: str) -> list[float]:
+    """One model's latency in each pass that measured it (extra passes measure only some)."""
+    return [p[key] for p in passes if key in p]
+
+
 @dataclass
 class ModelTimings:
     """End-to-end latency per candidate key from one or more passes, each a measuring session."""
@@ -79,7 +89,7 @@ class ModelTimings:
 
     def values(self, key: str) -> list[float]:
         """One model's latency in each pass that measured it (extra passes measure only some)."""
-        return [p[key] for p in self.passes if key in p]
+        return pass_values(self.passes, key)
 
     def agreed(self, key: str) -> list[float]:
         """The model's pass values that agree with its fastest (the fastest alone if none do)."""
@@ -87,7 +97,8 @@ class ModelTimings:
 
     def agrees(self, key: str) -> bool:
         """Whether another pass confirms the model's fastest latency (always with a single pass)."""
-        return len(self.values(key)) < 2 or passes_agree(self.passes, key)
+        values = self.values(key)
+        return len(values) < 2 or confirmed(values)
 
     def mean(self, key: str) -> float:
         """The model's latency: the mean of its passes that agree with its fastest (see `agreeing`)."""
@@ -157,7 +168,9 @@ def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, 
     while True:
         pass_targets = targets
         if p >= passes:
-            unsettled = [t for t in targets if len(out) > 1 and not passes_agree(out, t.key)]
+            # A model no pass measured has nothing to agree on; one measured once is measured again.
+            unsettled = [t for t in targets if len(out) > 1 and (readings := pass_values(out, t.key))
+                         and not confirmed(readings)]
             if not unsettled or p >= passes + EXTRA_PASSES:
                 break
             pass_targets = unsettled + [t for t in references if t not in unsettled]
@@ -202,13 +215,6 @@ def measure_models(candidates: Sequence[Candidate], runner, *, rounds: int = 3, 
     base = "models" if by_models else "anchors" if any(f is not None for f in anchor_factors) else None
     return ModelTimings(out, dispatcher.describe(), max(drifts, key=abs) if drifts else None, factors,
                         no_consensus, sessions, slow_period, typical, anchor_factors, base, min(passes, len(out)))
-
-
-def passes_agree(passes: Sequence[Mapping[str, float]], key: str) -> bool:
-    """Whether another of the passes that measured `key` agrees with its fastest (see `agreeing`);
-    a model no pass measured has nothing to agree on."""
-    values = [p[key] for p in passes if key in p]
-    return not values or len(agreeing(values)) >= 2
 
 
 #: Whole models a pass needs in common with the reference to be put on its time base by them.
