@@ -17,7 +17,7 @@ from typing import Any
 from latbench.blocks.candidates import to_candidate
 from latbench.blocks.configs import BlockConfig
 from latbench.core.errors import UsageError
-from latbench.tables.overhead import SCALE_GROUPS, BlockEstimate, OverheadModel
+from latbench.tables.overhead import SCALE_GROUPS, STRIDED_ATTENTION, BlockEstimate, OverheadModel
 from latbench.tables.table import LatencyTable
 
 #: Above this 95 % uncertainty of the table's typical latency, estimates say so in a warning.
@@ -125,7 +125,10 @@ class LatencyEstimator:
         est = self.model.estimate(blocks)
         method = "sum(block - empty) + empty(input)" if self.use_overhead else "plain sum"
         scales = self.model.scales
-        if self.calibrated and len({scales[g] for g in SCALE_GROUPS}) > 1:
+        if self.calibrated and STRIDED_ATTENTION in scales:
+            method += (f", calibrated x{scales['rest']:.4f} (attention mixers x{scales['attention']:.4f}, "
+                       f"strided ones x{scales[STRIDED_ATTENTION]:.4f})")
+        elif self.calibrated and len({scales[g] for g in SCALE_GROUPS}) > 1:
             method += f", calibrated x{scales['rest']:.4f} (attention mixers x{scales['attention']:.4f})"
         elif self.calibrated:
             method += f", calibrated x{self.scale:.4f}"

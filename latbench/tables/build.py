@@ -48,7 +48,15 @@ from latbench.measuring.periods import (
 )
 from latbench.measuring.session import MeasuringPlan, MeasuringSession, SessionResult, Target, round_values
 from latbench.measuring.timebase import base_levels, session_factors
-from latbench.tables.overhead import SCALE_GROUPS, WEIGHTS, OverheadModel, fit_scales, robust_fit, scaled
+from latbench.tables.overhead import (
+    SCALE_GROUPS,
+    STRIDED_ATTENTION,
+    WEIGHTS,
+    OverheadModel,
+    fit_scales,
+    robust_fit,
+    scaled,
+)
 from latbench.tables.plausibility import PlausibilityRule, check_trends, entry_of
 from latbench.tables.table import (
     BLOCK_COLUMNS,
@@ -570,6 +578,8 @@ def _calibrate(table: LatencyTable, journal: Journal, rule: ConsensusRule, facto
             "empty_models": True, "scale": scales["rest"], "scales": scales, "calibrated": True,
             "method": "sum(block - empty(shape)) + empty(input), attention mixers and the rest each times a scale "
                       "fitted (non-negative relative least squares) on whole models measured end to end"
+                      + (" (strided attention mixers a scale of their own, scales.strided_attention)"
+                         if STRIDED_ATTENTION in scales else "")
                       + (", plus the cold-weights cost in ms per million parameters (scales.weights)"
                          if scales.get(WEIGHTS) else ""),
             "calibrated_on": names,

@@ -6,6 +6,7 @@ therefore also holds "empty" models, one per block input shape, that time exactl
 
     part_g   = sum over blocks k of group g of count_k * (t_k - e(shape_k))   (+ e(input) in "rest")
     estimate = scale_attention * part_attention + scale_rest * part_rest [+ c_weights * parameters]
+               [strided attention apart: + scale_strided * part_strided]
 
 The scales are fitted on whole models measured end to end during the build (non-negative,
 relative least squares) and absorb what isolated blocks still miss (cross-block fusion, cache
@@ -13,7 +14,11 @@ effects). Attention mixers get their own scale because they miss more: refitting
 subnets leave-one-out, one scale left 85 % of them within 5 %, an attention and a rest scale 94 %
 (the attention scale came out at 1.25, the rest at 1.07). With too few calibration models, or
 models whose attention share barely differs, one common scale is fitted instead; an adapt's three
-models, one of them the attention-free twin of another, tell the two apart.
+models, one of them the attention-free twin of another, tell the two apart. Stage 3's strided
+attention mixers may get a scale of their own (STRIDED_ATTENTION): against the same validations,
+refitting the 8 calibration models of the bench's full `litert --xnnpack off` table put 85 -> 88 %
+within 5 %, tau 0.936 -> 0.957 (a second build of it: 79 -> 82 %, 0.936 -> 0.964), `litert` 100 %
+either way, tau 0.982 -> 0.986.
 
 The cold-weights term: an isolated block timed in a loop reads its weights from a warm cache; in
 a whole model the other blocks have evicted them, so each inference streams every weight in again,
@@ -70,19 +75,40 @@ def empty_key(resolution: int, shape: tuple[int, ...]) -> str:
 
 #: The calibration groups: attention mixers, and everything else (the input overhead included).
 SCALE_GROUPS = ("attention", "rest")
+#: Strided attention mixers (stage 3's: keys and values downsampled by a strided depthwise conv,
+#: the output upsampled), a part of their own: their scale is the attention scale unless a fit
+#: gives them one. Other operators than stage 4's mixers, and another multiple of their isolated
+#: time inside a model: fitted on the 8 calibration models of each full table of the bench pairs,
+#: strided / other attention x1.50 / x1.25 (`litert --xnnpack off`), x1.05 / x1.11 (`litert`),
+#: x1.07 / x1.31 (int8 `cpu`).
+STRIDED_ATTENTION = "strided_attention"
+ATTENTION_PARTS = ("attention", STRIDED_ATTENTION)
 #: The cold-weights part: a model's parameters in millions; its coefficient (ms per million
 #: parameters, in the scales under this name) is 0 unless a fit found it.
 WEIGHTS = "weights"
 
 
 def coefficient(scales: Mapping[str, float], part: str) -> float:
-    """A part's coefficient: a group's scale (1 where not fitted), the cold-weights ms per
-    million parameters (0 where not fitted)."""
+    """A part's coefficient: a group's scale (1 where not fitted; strided attention's, the
+    attention scale), the cold-weights ms per million parameters (0 where not fitted)."""
+    if part == STRIDED_ATTENTION and part not in scales:
+        part = "attention"
     return scales.get(part, 0.0 if part == WEIGHTS else 1.0)
 
 
 def scale_group(config: BlockConfig) -> str:
+    """The calibration group of a block (SCALE_GROUPS): attention mixers, or the rest."""
     return "attention" if config.kind == "mhsa" else "rest"
+
+
+def scale_part(config: BlockConfig) -> str:
+    """The part of a model's raw sum a block counts in: its group, strided attention apart."""
+    return STRIDED_ATTENTION if getattr(config, "strided", False) else scale_group(config)
+
+
+def attention_ms(parts: Mapping[str, float]) -> float:
+    """A model's attention mixers' raw sum, strided or not."""
+    return sum(parts.get(p, 0.0) for p in ATTENTION_PARTS)
 
 
 class OverheadModel:
@@ -96,7 +122,7 @@ class OverheadModel:
         self.scales = {g: 1.0 for g in SCALE_GROUPS} | dict(scales or {})
 
     def scale_of(self, config: BlockConfig) -> float:
-        return self.scales[scale_group(config)]
+        return coefficient(self.scales, scale_part(config))
 
     @property
     def weights_ms(self) -> float:
@@ -137,13 +163,13 @@ class OverheadModel:
         return sum(b.total_ms for b in rows) + e_in, plain, rows, e_in
 
     def parts(self, blocks: Sequence[BlockConfig]) -> dict[str, float]:
-        """The raw sum split by calibration group (the input overhead counts in "rest"), and the
-        model's parameters in millions (WEIGHTS)."""
-        out = {g: 0.0 for g in SCALE_GROUPS}
+        """The raw sum split by part (scale_part: the calibration groups, strided attention apart;
+        the input overhead counts in "rest"), and the model's parameters in millions (WEIGHTS)."""
+        out = {g: 0.0 for g in (*SCALE_GROUPS, STRIDED_ATTENTION)}
         params = 0
         for config, n in Counter(blocks).items():
             e = self.ms[empty_key(config.resolution, config.input_shape)] if self.use_overhead else 0.0
-            out[scale_group(config)] += n * (self.ms[config.key] - e)
+            out[scale_part(config)] += n * (self.ms[config.key] - e)
             params += n * config.params()
         out["rest"] += self.input_overhead(blocks[0].resolution)
         out[WEIGHTS] = params / 1e6
@@ -168,13 +194,29 @@ MIN_ATTENTION_SPREAD = 0.08
 TWIN_MODELS, TWIN_SPREAD = 3, 0.15
 
 
+#: A scale of its own for strided attention needs, beside the per-group fit, this many models
+#: whose strided and other attention shares each span MIN_ATTENTION_SPREAD, and it must predict
+#: each model from the others better than the per-group fit (from four models, each held-out fit
+#: would be three scales from three models). An adapt's three models never get one: a chain of three that tells the
+#: three parts apart (a model, the same without one stage's attention, and without any) fitted
+#: them exactly on its predicted entries, whose errors then moved every scale (`--xnnpack off`,
+#: budget 20: 32 % of subnets within 5 %; the same chain on the full table's entries 91 %).
+MIN_MODELS_STAGED_FIT = 5
+
+COMMON: tuple[tuple[str, ...], ...] = ((*ATTENTION_PARTS, "rest"),)
+GROUPED: tuple[tuple[str, ...], ...] = (ATTENTION_PARTS, ("rest",))
+STAGED: tuple[tuple[str, ...], ...] = (("attention",), (STRIDED_ATTENTION,), ("rest",))
+
+
 def fit_scales(parts: Sequence[Mapping[str, float]], measured: Sequence[float]) -> dict[str, float]:
     """Scales per group minimising the squared *relative* error against `measured` (non-negative
     least squares); one common scale when the models cannot tell the groups apart, or when the
     per-group scales predict each model from the others no better than one scale does; three
-    models whose attention shares span TWIN_SPREAD get both scales, fitted on all three. The
-    cold-weights coefficient (WEIGHTS, ms per million parameters) joins the chosen scales only
-    where it, too, predicts each model from the others better; otherwise it is left out (0).
+    models whose attention shares span TWIN_SPREAD get both scales, fitted on all three. Strided
+    attention gets a scale of its own (STRIDED_ATTENTION) where that predicts each of at least
+    MIN_MODELS_STAGED_FIT models from the others better still. The cold-weights coefficient
+    (WEIGHTS, ms per million parameters) joins the chosen scales only where it, too, predicts each
+    model from the others better; otherwise it is left out (0).
 
     Replayed on measured tables (estimates against the end-to-end runs of their validations): the
     demo's cpu table built on a host slow in 72 % of its runs (6 subnets + S0-L), attention x1.59 /
@@ -183,37 +225,47 @@ def fit_scales(parts: Sequence[Mapping[str, float]], measured: Sequence[float]) 
     0.929)."""
     if len(parts) != len(measured) or not parts:
         return {g: 1.0 for g in SCALE_GROUPS}
-    totals = [sum(p.get(g, 0.0) for g in SCALE_GROUPS) for p in parts]
-    shares = [p.get("attention", 0.0) / t for p, t in zip(parts, totals) if t > 0]
+    totals = [sum(p.get(g, 0.0) for g in (*SCALE_GROUPS, STRIDED_ATTENTION)) for p in parts]
     everything = range(len(parts))
+
+    def shares_span(part_names: Sequence[str]) -> float:
+        shares = [sum(p.get(g, 0.0) for g in part_names) / t for p, t in zip(parts, totals) if t > 0]
+        return max(shares) - min(shares) if shares else 0.0
 
     def common(idx: Sequence[int]) -> dict[str, float]:
         s = fit_scale([totals[i] for i in idx], [measured[i] for i in idx])
         return {g: s for g in SCALE_GROUPS}
 
-    fit, columns = common, [SCALE_GROUPS]
-    spread = max(shares) - min(shares) if shares else 0.0
+    def by_columns(columns: Sequence[Sequence[str]]):
+        return lambda idx: _least_squares(parts, measured, idx, columns)
+
+    def positive(scales: Mapping[str, float]) -> bool:
+        return all(c > 0 for g, c in scales.items() if g != WEIGHTS)
+
+    fit, columns = common, COMMON
+    spread = shares_span(ATTENTION_PARTS)
     if len(parts) == TWIN_MODELS and spread >= TWIN_SPREAD:
-        scales = _least_squares(parts, measured, everything, [(g,) for g in SCALE_GROUPS])
-        if all(c > 0 for c in scales.values()):
+        scales = by_columns(GROUPED)(everything)
+        if positive(scales):
             return scales
     if len(parts) >= MIN_MODELS_PER_GROUP_FIT and spread >= MIN_ATTENTION_SPREAD:
-        def grouped(idx: Sequence[int]) -> dict[str, float]:
-            return _least_squares(parts, measured, idx, [(g,) for g in SCALE_GROUPS])
-
-        scales = grouped(everything)
+        grouped = by_columns(GROUPED)
         # A scale per group only where it predicts models it was not fitted on better than one
         # common scale does: with a few noisy models (a host in a slow state 72 % of its runs) two
         # scales fit the noise (attention x1.59, rest x0.59, in-sample errors -26 to +17 %).
-        if all(c > 0 for c in scales.values()) and _held_out_error(grouped, parts, measured) < \
+        if positive(grouped(everything)) and _held_out_error(grouped, parts, measured) < \
                 _held_out_error(common, parts, measured):
-            fit, columns = grouped, [(g,) for g in SCALE_GROUPS]
+            fit, columns = grouped, GROUPED
+    if len(parts) >= MIN_MODELS_STAGED_FIT and columns == GROUPED and \
+            min(shares_span(("attention",)), shares_span((STRIDED_ATTENTION,))) >= MIN_ATTENTION_SPREAD:
+        staged = by_columns(STAGED)
+        if positive(staged(everything)) and _held_out_error(staged, parts, measured) < \
+                _held_out_error(fit, parts, measured):
+            fit, columns = staged, STAGED
     if len(parts) >= MIN_MODELS_PER_GROUP_FIT and any(p.get(WEIGHTS, 0.0) > 0 for p in parts):
-        def cold(idx: Sequence[int]) -> dict[str, float]:
-            return _least_squares(parts, measured, idx, [*columns, (WEIGHTS,)])
-
+        cold = by_columns([*columns, (WEIGHTS,)])
         scales = cold(everything)
-        if scales[WEIGHTS] > 0 and all(scales[g] > 0 for g in SCALE_GROUPS) and \
+        if scales[WEIGHTS] > 0 and positive(scales) and \
                 _held_out_error(cold, parts, measured) < _held_out_error(fit, parts, measured):
             return scales
     return fit(everything)
@@ -228,7 +280,10 @@ def _least_squares(parts: Sequence[Mapping[str, float]], measured: Sequence[floa
 
     a = np.array([[sum(parts[i].get(g, 0.0) for g in col) / measured[i] for col in columns] for i in idx])
     coef, _ = nnls(a, np.ones(len(idx)))
-    return {g: float(c) for col, c in zip(columns, coef) for g in col}
+    scales = {g: float(c) for col, c in zip(columns, coef) for g in col}
+    if not any(col == (STRIDED_ATTENTION,) for col in columns):
+        scales.pop(STRIDED_ATTENTION, None)  # it shares the attention scale (coefficient)
+    return scales
 
 
 def _held_out_estimates(fit, parts: Sequence[Mapping[str, float]], members: Sequence[int]) -> dict[int, float]:

@@ -5,8 +5,15 @@ from latbench.blocks.candidates import resolve_candidate
 from latbench.blocks.configs import EmptyConfig, decompose, overhead_blocks
 from latbench.core.errors import UsageError
 from latbench.estimation.estimator import LatencyEstimator
-from latbench.space import named_arch
-from latbench.tables.overhead import OverheadModel, fit_scale, fit_scales, scaled
+from latbench.estimation.fast import FastEstimator
+from latbench.space import SearchSpace, named_arch
+from latbench.tables.overhead import (
+    OverheadModel,
+    attention_ms,
+    fit_scale,
+    fit_scales,
+    scaled,
+)
 from latbench.tables.table import BLOCK_COLUMNS, LatencyTable
 
 
@@ -123,31 +130,48 @@ def test_attention_mixers_and_the_rest_each_have_a_scale():
     table.meta["overhead"] = {"scales": {"attention": 1.25, "rest": 1.07}, "scale": 1.07, "calibrated": True}
     est = LatencyEstimator(table).estimate(resolve_candidate("efficientformerv2_s0"))
     parts = OverheadModel(table.latency_ms()).parts(blocks)
-    assert parts["attention"] > 0 and parts["attention"] + parts["rest"] == pytest.approx(plain.latency_ms)
-    assert est.latency_ms == pytest.approx(1.25 * parts["attention"] + 1.07 * parts["rest"])
+    assert parts["attention"] > 0 and parts["strided_attention"] > 0  # S0: attention in stages 3 and 4
+    assert attention_ms(parts) + parts["rest"] == pytest.approx(plain.latency_ms)
+    # A table without a strided scale (every table before it) gives strided mixers the attention scale.
+    assert est.latency_ms == pytest.approx(1.25 * attention_ms(parts) + 1.07 * parts["rest"])
     assert "attention mixers x1.2500" in est.method and est.scales == {"attention": 1.25, "rest": 1.07}
+    assert "strided" not in est.method
 
 
-def test_fit_scales_recovers_per_group_scales_and_falls_back_to_one():
-    truth = {"attention": 1.3, "rest": 1.05}
-    parts = [{"attention": a, "rest": r} for a, r in ((1.0, 9.0), (3.0, 7.0), (5.0, 5.0), (2.0, 12.0), (6.0, 4.0))]
-    measured = [truth["attention"] * p["attention"] + truth["rest"] * p["rest"] for p in parts]
-    fit = fit_scales(parts, measured)
-    assert fit["attention"] == pytest.approx(1.3) and fit["rest"] == pytest.approx(1.05)
-    # Three models are too few for two scales where their attention shares are alike (sampled
-    # models: here 0.20-0.30); one common scale then ...
-    alike = [parts[1], {"attention": 2.0, "rest": 8.0}, {"attention": 2.5, "rest": 7.5}]
-    few = fit_scales(alike, [truth["attention"] * p["attention"] + truth["rest"] * p["rest"] for p in alike])
-    assert few["attention"] == few["rest"]
-    # ... and enough where they span 0.15 or more (an adapt's twin pair: a model and the same
-    # model without attention, shares 0.3 and 0).
-    twins = [parts[1], {"attention": 0.0, "rest": 7.0}, parts[3]]
-    two = fit_scales(twins, [truth["attention"] * p["attention"] + truth["rest"] * p["rest"] for p in twins])
-    assert two["attention"] == pytest.approx(1.3) and two["rest"] == pytest.approx(1.05)
-    # Models whose attention share is the same cannot tell the groups apart either.
-    same = [{"attention": 1.0 * k, "rest": 4.0 * k} for k in (1, 2, 3, 4, 5)]
-    one = fit_scales(same, [1.1 * 5.0 * k for k in (1, 2, 3, 4, 5)])
-    assert one["attention"] == one["rest"] == pytest.approx(1.1)
+def test_strided_attention_mixers_have_a_scale_of_their_own_where_a_fit_gives_one():
+    table, blocks, ms = s0_table(scale=1.0)
+    scales = {"attention": 1.25, "strided_attention": 1.5, "rest": 1.07}
+    table.meta["overhead"] = {"scales": scales, "scale": 1.07, "calibrated": True}
+    estimator = LatencyEstimator(table)
+    est = estimator.estimate(resolve_candidate("efficientformerv2_s0"))
+    parts = OverheadModel(table.latency_ms()).parts(blocks)
+    expected = 1.25 * parts["attention"] + 1.5 * parts["strided_attention"] + 1.07 * parts["rest"]
+    assert est.latency_ms == pytest.approx(expected) and est.latency_ms == pytest.approx(scaled(scales, parts))
+    assert "strided ones x1.5000" in est.method
+    # The batch estimator folds the same scale into each block.
+    fast = FastEstimator(table, space=SearchSpace.default())
+    [batch] = fast.latency(fast.encode([named_arch("efficientformerv2_s0")]))
+    assert batch == pytest.approx(expected)
+
+
+def test_fit_scales_gives_strided_attention_its_scale_only_where_models_tell_it_apart():
+    truth = {"attention": 1.25, "strided_attention": 1.5, "rest": 1.0}
+    shapes = ((1.0, 0.5, 9.0), (3.0, 4.0, 7.0), (0.5, 5.0, 5.0), (2.0, 1.0, 12.0), (6.0, 2.0, 4.0),
+              (4.0, 0.0, 8.0), (0.0, 3.0, 6.0), (1.5, 2.5, 10.0))
+    parts = [{"attention": a, "strided_attention": s, "rest": r} for a, s, r in shapes]
+    noise = [1 + 0.01 * (i % 3 - 1) for i in range(len(parts))]
+    fit = fit_scales(parts, [scaled(truth, p) * n for p, n in zip(parts, noise)])
+    assert all(fit[g] == pytest.approx(v, rel=0.05) for g, v in truth.items())
+    # Both kinds of attention alike (one attention scale, the same noise): no scale of its own.
+    alike = {"attention": 1.3, "rest": 1.0}
+    assert "strided_attention" not in fit_scales(parts, [scaled(alike, p) * n for p, n in zip(parts, noise)])
+    # Four models are too few to judge three scales by; an adapt's three (two sampled models and
+    # the twin of one) get one attention scale, however its two kinds differ.
+    assert "strided_attention" not in fit_scales(parts[:4], [scaled(truth, p) for p in parts[:4]])
+    twin = [{"attention": 1.0, "strided_attention": 1.4, "rest": 6.0},
+            {"attention": 3.0, "strided_attention": 4.0, "rest": 7.0}, {"rest": 7.0}]
+    grouped = fit_scales(twin, [scaled(truth, p) for p in twin])
+    assert "strided_attention" not in grouped and grouped["attention"] > grouped["rest"]
 
 
 def test_two_scales_only_where_they_predict_held_out_models_better_than_one():
@@ -192,7 +216,7 @@ def test_the_cold_weights_term_is_fitted_only_where_it_predicts_held_out_models(
     est = LatencyEstimator(table).estimate(resolve_candidate("efficientformerv2_s0"))
     base = OverheadModel(table.latency_ms()).parts(blocks)
     assert base["weights"] == pytest.approx(3.600256)  # S0's 3.6 M parameters
-    assert est.latency_ms == pytest.approx(base["attention"] + base["rest"] + 0.12 * 3.600256)
+    assert est.latency_ms == pytest.approx(attention_ms(base) + base["rest"] + 0.12 * 3.600256)
     assert "cold weights +0.12 ms per million parameters" in est.method
 
 
