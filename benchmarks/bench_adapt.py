@@ -118,6 +118,17 @@ def measuring_seconds(journal_path: Path, sessions: set[str] | None = None) -> t
     return sum(last - first for first, last in spans.values()), rounds
 
 
+def level_check_seconds(journal_path: Path) -> float:
+    """Seconds the sessions of a journal spent in their level check (idling and reading anchors
+    after the last measurement until the session spanned its level span; session.py)."""
+    from latbench.measuring.journal import Journal
+
+    with Journal(journal_path) as journal:
+        reports = journal.get_meta("sessions_report") or []
+    checks = [r.get("level_check") or {} for r in reports]
+    return sum(max(0.0, float(c.get("to_s", 0.0)) - float(c.get("from_s", 0.0))) for c in checks)
+
+
 def full_table(work: Path, name: str, space: Any, args: argparse.Namespace):
     """The full table of `name` in DIR/name: loaded when complete, else built or resumed."""
     from latbench import api
@@ -259,7 +270,10 @@ def run_pair(work: Path, name: str, source: Any, space: Any, args: argparse.Name
     factors = [f or 1.0 for f in data["validation"]["noise"]["time_base_factors"]]
     raw = [statistics.fmean(agreeing([ms / f for ms, f in zip(rows[c.name]["pass_ms"], factors) if ms is not None]))
            for c in cands]
-    full_raw = accuracy_figures([rows[c.name]["latency_ms"] for c in cands], raw)
+    # The full table's estimates as its code derives them today (the truth's rows keep the ones
+    # of the day it was measured: a table rederived since, e.g. with new calibration scales, differs).
+    full_ms = list(api.estimate_many(full, cands)["latency_ms"])
+    full_raw = accuracy_figures(full_ms, raw)
     source_ms = list(api.estimate_many(source, cands)["latency_ms"])
     macs = [float(c.macs()) for c in cands]
     full_s, full_rounds = measuring_seconds(Path(full.path) / "journal.sqlite")
@@ -271,9 +285,7 @@ def run_pair(work: Path, name: str, source: Any, space: Any, args: argparse.Name
     print(f"{'':6} {'':6} {'':6} {'':5} | {'adapted':22} | {'source x one factor':22} | {'MACs-proportional':22} |")
     print(f"{'budget':>6} {'rounds':>6} {'time':>6} {'%full':>5} | {figures} | {figures} | {figures} | align")
     result: dict[str, Any] = {"full": {"measuring_s": full_s, "rounds": full_rounds,
-                                       "figures": {k: data["validation"][k] for k in
-                                                   ("within_5pct", "within_10pct", "mean_abs_pct_error",
-                                                    "kendall_tau")}},
+                                       "figures": accuracy_figures(full_ms, measured)},
                               "budgets": {}}
     checks: dict[int, dict[str, Any] | None] = {}
     for budget, rec in sorted(budgets.items()):
@@ -285,12 +297,17 @@ def run_pair(work: Path, name: str, source: Any, space: Any, args: argparse.Name
         checks[budget] = api.diff_tables(adapted, full)["predictions"]
         if checks[budget]:
             e["entries"] = {k: v for k, v in checks[budget].items() if k != "worst"}
+        level_s = level_check_seconds(Path(rec["journal"]))
         e.update({"measuring_s": seconds, "rounds": rounds, "time_share": seconds / full_s if full_s else math.nan,
+                  "level_check_s": level_s,
+                  "time_share_without_level_check": (seconds - level_s) / full_s if full_s else math.nan,
                   "unmeasured_kinds": (adapted.meta.get("adapt") or {}).get("unmeasured_kinds") or []})
         result["budgets"][budget] = e
         print(f"{budget:6d} {rounds:6d} {seconds:5.0f}s {e['time_share']:5.0%} | {fmt(e['adapted'])} | "
               f"{fmt(e['source_factor'])} | {fmt(e['macs'])} | {e['align']:.3f}"
-              + (f"  (kinds not measured: {', '.join(e['unmeasured_kinds'])})" if e["unmeasured_kinds"] else ""))
+              + (f"  (kinds not measured: {', '.join(e['unmeasured_kinds'])})" if e["unmeasured_kinds"] else "")
+              + (f"  (level check {level_s:.0f} s: {e['time_share_without_level_check']:.0%} without it)"
+                 if level_s >= 1 else ""))
     print(f"{'full':>6} {full_rounds:6d} {full_s:5.0f}s {1:5.0%} | {fmt(result['full']['figures'])} |"
           "  (the full target table on the same subnets)")
     print(f"{'':>6} {'':6} {'':6} {'':5} | {fmt(full_raw)} |  (the same, against the truth as measured: its passes' "
@@ -329,8 +346,9 @@ def summary(results: dict[str, dict[str, Any]]) -> None:
          lambda e: e["adapted"]["within_10pct"] >= GOAL_WITHIN_10)
     line(f"Kendall tau >= {GOAL_TAU}", lambda e: f"{e['adapted']['kendall_tau']:.3f}",
          lambda e: e["adapted"]["kendall_tau"] >= GOAL_TAU)
-    line(f"measuring time <= {GOAL_TIME_SHARE:.0%} of a full build", lambda e: f"{e['time_share']:.0%}",
-         lambda e: e["time_share"] <= GOAL_TIME_SHARE)
+    line(f"measuring time <= {GOAL_TIME_SHARE:.0%} of a full build", lambda e: f"{e['time_share']:.0%}"
+         + (f" ({e['time_share_without_level_check']:.0%} without the level check's idle minute)"
+            if e.get("level_check_s", 0) >= 1 else ""), lambda e: e["time_share"] <= GOAL_TIME_SHARE)
     # Ahead of a baseline: a smaller mean |error| and no fewer subnets within +-5 %, at every budget.
     every = [(n, b, e) for n, r in results.items() for b, e in r["budgets"].items()]
 
