@@ -453,12 +453,15 @@ def upgrade_table(table: LatencyTable | str | Path, device: str | None = None, *
                   progress: bool | ProgressFn = False, **device_options: Any) -> Any:
     """Measure the predicted entries of an adapted table (all, or the `count` least certain) on
     its device, refit the transfer model on everything measured and rewrite the table; what
-    `lut build --upgrade [N]` runs. Returns the BuildResult."""
-    from latbench.tables.adapt import upgrade_configs
+    `lut build --upgrade [N]` runs. The upgrade that leaves no entry predicted also measures the
+    whole models a full build calibrates on (tables.adapt.upgrade_calibration). Returns the
+    BuildResult."""
+    from latbench.tables.adapt import upgrade_calibration, upgrade_configs
     from latbench.tables.build import TableBuilder
 
     t = load_table(table)
     configs = upgrade_configs(t, count)
+    calibration = upgrade_calibration(t, configs)
     settings = build_settings(rounds=rounds, max_rounds=max_rounds, runs=runs, calibrate=0, jobs=jobs,
                               time_cap=time_cap, precision=precision,
                               dtype=t.dtype)
@@ -469,7 +472,7 @@ def upgrade_table(table: LatencyTable | str | Path, device: str | None = None, *
             _progress(progress) as bar:
         # Exactly the predicted entries: their empties are entries of the table too, measured
         # (or predicted) on their own account.
-        return TableBuilder(runner, t.path, settings, progress=bar).measure(items, [], space=space,
+        return TableBuilder(runner, t.path, settings, progress=bar).measure(items, calibration, space=space,
                                                                              resolution=resolution)
 
 

@@ -29,7 +29,13 @@ from latbench.core.errors import DeviceLost, UsageError
 from latbench.estimation.estimator import LatencyEstimator
 from latbench.measuring.journal import Journal
 from latbench.space import SearchSpace
-from latbench.tables.adapt import calibration_models, kind_priority, plan_adapt, source_entries
+from latbench.tables.adapt import (
+    UPGRADE_CALIBRATION,
+    calibration_models,
+    kind_priority,
+    plan_adapt,
+    source_entries,
+)
 from latbench.tables.overhead import OverheadModel, attention_ms, fit_scale, fit_scales
 from latbench.tables.synthetic import synthetic_table
 from latbench.tables.table import LatencyTable, row_config
@@ -236,17 +242,27 @@ def test_lut_build_upgrade_measures_the_least_certain_then_all(adapted, truth, t
     shutil.copytree(result.table.path, out)
     before = LatencyTable.load(out).predicted()
     least = sorted(before, key=lambda k: -before[k])[:3]
-    first, second = use_devices(monkeypatch, TargetDevice(truth), TargetDevice(truth))
+    # The whole models a full build calibrates on, 5 % slower than their blocks' sum on the target.
+    models = sample_candidates(SearchSpace.default(), 224, UPGRADE_CALIBRATION, 0, purpose="calibration")
+    world = {**truth, **{c.key: 1.05 * OverheadModel(truth).estimate(c.blocks()) for c in models}}
+    first, second = use_devices(monkeypatch, TargetDevice(truth), TargetDevice(world))
     upgraded = latbench.upgrade_table(out, count=3).table
     assert set(before) - set(upgraded.predicted()) == set(least)
     assert {label for label, _, _ in first.calls} - set(upgraded.meta["anchors"]["keys"]) == \
-        set(least) - set(upgraded.meta["anchors"]["keys"])
-    # Plain `lut build --out` on an adapted table measures all that is still predicted.
+        set(least) - set(upgraded.meta["anchors"]["keys"])  # no whole model while entries stay predicted
+    assert upgraded.meta["overhead"]["calibrated_on"] == ["efficientformerv2_s0"]
+    # Plain `lut build --out` on an adapted table measures all that is still predicted, and, as it
+    # leaves nothing predicted, the whole models of a full build (S0, measured by the adapt, not again).
     code, _, err = run_cli("lut", "build", "--out", str(out), "--device", "scripted", "--no-progress")
     assert code == 0, err
     final = LatencyTable.load(out)
     assert final.predicted() == {} and set(final.blocks["source"]) == {"measured"}
     assert all(abs(ms / truth[k] - 1) < 0.01 for k, ms in final.latency_ms().items())
+    measured_whole = {label for label, _, _ in second.calls} & {c.key for c in models}
+    assert measured_whole == {c.key for c in models[1:]} and models[0].name == "efficientformerv2_s0"
+    overhead = final.meta["overhead"]
+    assert sorted(overhead["calibrated_on"]) == sorted(c.name for c in models)
+    assert all(v == pytest.approx(1.05, rel=0.02) for g, v in overhead["scales"].items() if g != "weights")
     code, _, err = run_cli("lut", "build", "--upgrade", "--out", str(out), "--device", "scripted")
     assert code == 2 and "no predicted entries" in err and len(err.strip().splitlines()) == 1
 
