@@ -83,7 +83,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="whole models measured end to end to fit the overhead model (space builds; 0: none)")
     b.add_argument("--upgrade", nargs="?", const=0, type=positive_int, default=None, metavar="N",
                    help="an adapted table (--out DIR): measure its predicted entries, all of them or the N least "
-                        "certain, and refit the rest (device: the table's unless --device)")
+                        "certain, and refit the rest; all of them: with a full build's calibration models "
+                        "(device: the table's unless --device)")
     b.add_argument("--detach", action="store_true",
                    help="remote devices (aihub): submit the jobs and return; run the build again to collect them")
     add_runner_flags(b)
