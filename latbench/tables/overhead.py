@@ -197,10 +197,11 @@ TWIN_MODELS, TWIN_SPREAD = 3, 0.15
 #: A scale of its own for strided attention needs, beside the per-group fit, this many models
 #: whose strided and other attention shares each span MIN_ATTENTION_SPREAD, and it must predict
 #: each model from the others better than the per-group fit (from four models, each held-out fit
-#: would be three scales from three models). An adapt's three models never get one: a chain of three that tells the
-#: three parts apart (a model, the same without one stage's attention, and without any) fitted
-#: them exactly on its predicted entries, whose errors then moved every scale (`--xnnpack off`,
-#: budget 20: 32 % of subnets within 5 %; the same chain on the full table's entries 91 %).
+#: would be three scales from three models). An adapt's three models never get one: a chain of
+#: three that tells the three parts apart (a model, the same without one stage's attention, and
+#: without any) fitted them exactly on its predicted entries, whose errors then moved every scale
+#: (`--xnnpack off`, budget 20: 32 % of subnets within 5 %; the same chain on the full table's
+#: entries 91 %).
 MIN_MODELS_STAGED_FIT = 5
 
 COMMON: tuple[tuple[str, ...], ...] = ((*ATTENTION_PARTS, "rest"),)
