@@ -174,6 +174,28 @@ def test_fit_scales_gives_strided_attention_its_scale_only_where_models_tell_it_
     assert "strided_attention" not in grouped and grouped["attention"] > grouped["rest"]
 
 
+def test_fit_scales_recovers_per_group_scales_and_falls_back_to_one():
+    truth = {"attention": 1.3, "rest": 1.05}
+    parts = [{"attention": a, "rest": r} for a, r in ((1.0, 9.0), (3.0, 7.0), (5.0, 5.0), (2.0, 12.0), (6.0, 4.0))]
+    measured = [truth["attention"] * p["attention"] + truth["rest"] * p["rest"] for p in parts]
+    fit = fit_scales(parts, measured)
+    assert fit["attention"] == pytest.approx(1.3) and fit["rest"] == pytest.approx(1.05)
+    # Three models are too few for two scales where their attention shares are alike (sampled
+    # models: here 0.20-0.30); one common scale then ...
+    alike = [parts[1], {"attention": 2.0, "rest": 8.0}, {"attention": 2.5, "rest": 7.5}]
+    few = fit_scales(alike, [truth["attention"] * p["attention"] + truth["rest"] * p["rest"] for p in alike])
+    assert few["attention"] == few["rest"]
+    # ... and enough where they span 0.15 or more (an adapt's twin pair: a model and the same
+    # model without attention, shares 0.3 and 0).
+    twins = [parts[1], {"attention": 0.0, "rest": 7.0}, parts[3]]
+    two = fit_scales(twins, [truth["attention"] * p["attention"] + truth["rest"] * p["rest"] for p in twins])
+    assert two["attention"] == pytest.approx(1.3) and two["rest"] == pytest.approx(1.05)
+    # Models whose attention share is the same cannot tell the groups apart either.
+    same = [{"attention": 1.0 * k, "rest": 4.0 * k} for k in (1, 2, 3, 4, 5)]
+    one = fit_scales(same, [1.1 * 5.0 * k for k in (1, 2, 3, 4, 5)])
+    assert one["attention"] == one["rest"] == pytest.approx(1.1)
+
+
 def test_two_scales_only_where_they_predict_held_out_models_better_than_one():
     """A few models with noise unrelated to their attention share (one common true scale, 1.1):
     non-negative least squares still finds two scales (1.14 / 1.06); on a host slow in 72 % of its
