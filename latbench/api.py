@@ -461,13 +461,13 @@ def upgrade_table(table: LatencyTable | str | Path, device: str | None = None, *
 
     t = load_table(table)
     configs = upgrade_configs(t, count)
-    calibration = upgrade_calibration(t, configs)
     settings = build_settings(rounds=rounds, max_rounds=max_rounds, runs=runs, calibrate=0, jobs=jobs,
                               time_cap=time_cap, precision=precision,
                               dtype=t.dtype)
     resolution = int(t.meta.get("resolution") or configs[0].resolution)
     items = {c.key: c for c in configs}
     space = t.space() if (t.meta.get("space") or {}).get("definition") else None
+    calibration = upgrade_calibration(t, configs, space)
     with open_table_device(t, device, **device_options) as runner, \
             _progress(progress) as bar:
         # Exactly the predicted entries: their empties are entries of the table too, measured

@@ -29,7 +29,7 @@ from latbench.blocks.configs import BlockConfig, config_from_fields
 from latbench.core.errors import UsageError
 from latbench.measuring.journal import Journal
 from latbench.space import SearchSpace
-from latbench.tables.build import BuildResult, TableBuilder
+from latbench.tables.build import BuildResult, BuildSettings, TableBuilder
 from latbench.tables.overhead import empty_key
 from latbench.tables.table import LatencyTable, row_config
 from latbench.tables.transfer import Entry, select_entries
@@ -271,26 +271,22 @@ class TableAdapter(TableBuilder):
         return self.measure(items, plan.calibration, space=plan.space, resolution=plan.resolution, prepare=record)
 
 
-#: Whole models an upgrade that leaves no entry predicted measures (with the adapt's) to calibrate
-#: the table as a full build would: a full build's default (BuildSettings.calibration_models).
-#: The adapt's three models fit one attention scale; a full build's eight may give strided
-#: attention its own (overhead.fit_scales). The bench's full tables against their truths (30
-#: subnets + S0-L), scaled as their budget-20 adapt's three models / their own eight fitted: tau
-#: 0.939 / 0.957 (`--xnnpack off`), 0.982 / 0.986 (`litert`); the other pairs alike once the two
-#: sessions' levels are aligned.
-UPGRADE_CALIBRATION = 8
-
-
-def upgrade_calibration(table: LatencyTable, configs: Sequence[BlockConfig]) -> list[Candidate]:
+def upgrade_calibration(table: LatencyTable, configs: Sequence[BlockConfig], space: SearchSpace | None
+                        ) -> list[Candidate]:
     """The whole models an upgrade measuring `configs` adds: where it leaves no entry of the table
-    predicted, the calibration stream's first UPGRADE_CALIBRATION models of the table's space
-    (those the adapt measured, S0 among them, are in its journal already and not measured again);
-    none otherwise, or without a space."""
-    left = set(table.predicted()) - {c.key for c in configs}
-    if left or not (table.meta.get("space") or {}).get("definition"):
+    predicted, those a full build of `space` calibrates on (BuildSettings: the calibration
+    stream's first 8; those the adapt measured, S0 among them, are in its journal already and not
+    measured again), so the table is calibrated as a full build is; none otherwise, or without a
+    space. The adapt's three models fit one attention scale; a full build's eight may give strided
+    attention its own (overhead.fit_scales). The bench's full tables against their truths (30
+    subnets + S0-L), scaled as their budget-20 adapt's three models / their own eight fitted: tau
+    0.939 / 0.957 (`--xnnpack off`), 0.982 / 0.986 (`litert`); the other pairs alike once the two
+    sessions' levels are aligned."""
+    if space is None or set(table.predicted()) - {c.key for c in configs}:
         return []
     resolution = int(table.meta.get("resolution") or 224)
-    return sample_candidates(table.space(), resolution, UPGRADE_CALIBRATION, 0, purpose="calibration")
+    return sample_candidates(space, resolution, BuildSettings.calibration_models, BuildSettings.seed,
+                             purpose="calibration")
 
 
 def upgrade_configs(table: LatencyTable, count: int | None = None) -> list[BlockConfig]:

@@ -83,6 +83,8 @@ SCALE_GROUPS = ("attention", "rest")
 #: x1.07 / x1.31 (int8 `cpu`).
 STRIDED_ATTENTION = "strided_attention"
 ATTENTION_PARTS = ("attention", STRIDED_ATTENTION)
+#: The parts a model's raw sum splits into (OverheadModel.parts, besides WEIGHTS).
+SCALE_PARTS = (*ATTENTION_PARTS, "rest")
 #: The cold-weights part: a model's parameters in millions; its coefficient (ms per million
 #: parameters, in the scales under this name) is 0 unless a fit found it.
 WEIGHTS = "weights"
@@ -96,14 +98,12 @@ def coefficient(scales: Mapping[str, float], part: str) -> float:
     return scales.get(part, 0.0 if part == WEIGHTS else 1.0)
 
 
-def scale_group(config: BlockConfig) -> str:
-    """The calibration group of a block (SCALE_GROUPS): attention mixers, or the rest."""
-    return "attention" if config.kind == "mhsa" else "rest"
-
-
 def scale_part(config: BlockConfig) -> str:
-    """The part of a model's raw sum a block counts in: its group, strided attention apart."""
-    return STRIDED_ATTENTION if getattr(config, "strided", False) else scale_group(config)
+    """The part of a model's raw sum a block counts in (SCALE_PARTS): attention mixers, strided
+    ones apart, or the rest."""
+    if config.kind != "mhsa":
+        return "rest"
+    return STRIDED_ATTENTION if getattr(config, "strided", False) else "attention"
 
 
 def attention_ms(parts: Mapping[str, float]) -> float:
@@ -165,7 +165,7 @@ class OverheadModel:
     def parts(self, blocks: Sequence[BlockConfig]) -> dict[str, float]:
         """The raw sum split by part (scale_part: the calibration groups, strided attention apart;
         the input overhead counts in "rest"), and the model's parameters in millions (WEIGHTS)."""
-        out = {g: 0.0 for g in (*SCALE_GROUPS, STRIDED_ATTENTION)}
+        out = {g: 0.0 for g in SCALE_PARTS}
         params = 0
         for config, n in Counter(blocks).items():
             e = self.ms[empty_key(config.resolution, config.input_shape)] if self.use_overhead else 0.0
@@ -204,7 +204,7 @@ TWIN_MODELS, TWIN_SPREAD = 3, 0.15
 #: entries 91 %).
 MIN_MODELS_STAGED_FIT = 5
 
-COMMON: tuple[tuple[str, ...], ...] = ((*ATTENTION_PARTS, "rest"),)
+COMMON: tuple[tuple[str, ...], ...] = (SCALE_PARTS,)
 GROUPED: tuple[tuple[str, ...], ...] = (ATTENTION_PARTS, ("rest",))
 STAGED: tuple[tuple[str, ...], ...] = (("attention",), (STRIDED_ATTENTION,), ("rest",))
 
@@ -226,7 +226,7 @@ def fit_scales(parts: Sequence[Mapping[str, float]], measured: Sequence[float]) 
     0.929)."""
     if len(parts) != len(measured) or not parts:
         return {g: 1.0 for g in SCALE_GROUPS}
-    totals = [sum(p.get(g, 0.0) for g in (*SCALE_GROUPS, STRIDED_ATTENTION)) for p in parts]
+    totals = [sum(p.get(g, 0.0) for g in SCALE_PARTS) for p in parts]
     everything = range(len(parts))
 
     def shares_span(part_names: Sequence[str]) -> float:

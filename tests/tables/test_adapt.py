@@ -30,7 +30,6 @@ from latbench.estimation.estimator import LatencyEstimator
 from latbench.measuring.journal import Journal
 from latbench.space import SearchSpace
 from latbench.tables.adapt import (
-    UPGRADE_CALIBRATION,
     calibration_models,
     kind_priority,
     plan_adapt,
@@ -243,7 +242,7 @@ def test_lut_build_upgrade_measures_the_least_certain_then_all(adapted, truth, t
     before = LatencyTable.load(out).predicted()
     least = sorted(before, key=lambda k: -before[k])[:3]
     # The whole models a full build calibrates on, 5 % slower than their blocks' sum on the target.
-    models = sample_candidates(SearchSpace.default(), 224, UPGRADE_CALIBRATION, 0, purpose="calibration")
+    models = sample_candidates(SearchSpace.default(), 224, 8, 0, purpose="calibration")
     world = {**truth, **{c.key: 1.05 * OverheadModel(truth).estimate(c.blocks()) for c in models}}
     first, second = use_devices(monkeypatch, TargetDevice(truth), TargetDevice(world))
     upgraded = latbench.upgrade_table(out, count=3).table
