@@ -17,7 +17,11 @@ target/source ratio of the measured entries), (b) MACs-proportional (c x MACs, c
 entries' summed latency over their summed MACs); and the full target table's own accuracy. Below
 the table, per budget, the adapt's predicted entries against the full table's measurements (the
 check of `lut diff ADAPTED FULL`): mean and largest |error|, the share within one and two of their
-stated sigmas.
+stated sigmas. And where an adapt's error comes from, measured nothing more: the full table with
+its entries replaced by the transfer model fitted on all of them (row `model`: what the model
+class reaches with everything measured), and, per budget, with the adapt's measured blocks as the
+full table measured them and the rest predicted (rows `bN`: its selection and model without its
+session's noise and its three models' scales); both keep the full table's scales.
 
 The adapted tables are put on the full target table's time base as `lut validate` puts its
 passes on it: by the whole models both measured (an adapt's calibration models are the full
@@ -240,6 +244,32 @@ def evaluate(adapted: Any, source: Any, full: Any, cands: list[Any], measured: l
             "factor": factor, "ms_per_gmac": rate * 1e9}
 
 
+def on_full_entries(full: Any, source: Any, cands: list[Any], measured: list[float],
+                    keys: set[str] | None) -> dict[str, Any]:
+    """Where an adapt's error comes from, without measuring: the full target table with the entries
+    outside `keys` replaced by the transfer model fitted on the full table's own latencies of
+    `keys` (the adapt's measured blocks: its selection and model, free of its session's noise and
+    scales), or, with `keys` None, every entry replaced by the model fitted on all of them (what
+    the model class reaches with everything measured); the full table's calibration scales kept.
+    Its subnets against the truth, and the replaced entries' mean |error| against the full table."""
+    import copy
+
+    from latbench import api
+    from latbench.estimation.validate import accuracy_figures
+    from latbench.tables.adapt import source_entries
+    from latbench.tables.transfer import fit_transfer
+
+    entries, _ = source_entries([source])
+    target = {k: ms for k, ms in full.latency_ms().items() if k in entries}
+    fit = fit_transfer(list(entries.values()), {k: ms for k, ms in target.items() if keys is None or k in keys})
+    replaced = {k: fit.predict(entries[k])[0] for k in target if keys is None or k not in keys}
+    table = copy.deepcopy(full)
+    table.blocks["latency_ms"] = [replaced.get(k, ms) for k, ms in zip(table.blocks["key"], table.blocks["latency_ms"])]
+    errors = [100 * abs(ms / target[k] - 1) for k, ms in replaced.items()]
+    return {"figures": accuracy_figures(list(api.estimate_many(table, cands)["latency_ms"]), measured),
+            "entries_mean_abs_error_pct": statistics.fmean(errors) if errors else 0.0, "replaced": len(errors)}
+
+
 def share(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
@@ -253,7 +283,7 @@ def run_pair(work: Path, name: str, source: Any, space: Any, args: argparse.Name
     from latbench import api
     from latbench.estimation.validate import accuracy_figures
     from latbench.measuring.models import agreeing
-    from latbench.tables.table import LatencyTable
+    from latbench.tables.table import PREDICTED, LatencyTable
 
     full = full_table(work, name, space, args)
     data = truth(work, name, full, args)
@@ -292,6 +322,8 @@ def run_pair(work: Path, name: str, source: Any, space: Any, args: argparse.Name
         adapted = LatencyTable.load(rec["table"])
         seconds, rounds = measuring_seconds(Path(rec["journal"]))
         e = evaluate(adapted, source, full, cands, measured, source_ms, macs)
+        blocks = {r["key"] for r in adapted.blocks.to_dict("records") if r.get("source") != PREDICTED}
+        e["replayed_on_full"] = on_full_entries(full, source, cands, measured, blocks)
         # Its predictions against the full table's measurements (time bases aligned by the entries
         # both measured), and whether their stated uncertainty covers the error.
         checks[budget] = api.diff_tables(adapted, full)["predictions"]
@@ -312,6 +344,15 @@ def run_pair(work: Path, name: str, source: Any, space: Any, args: argparse.Name
           "  (the full target table on the same subnets)")
     print(f"{'':>6} {'':6} {'':6} {'':5} | {fmt(full_raw)} |  (the same, against the truth as measured: its passes' "
           f"time-base factors {', '.join(f'{f:.3f}' for f in factors)} taken out)")
+    ceiling = result["full"]["transfer_model_on_all"] = on_full_entries(full, source, cands, measured, None)
+    print(f"{'model':>6} {'':6} {'':6} {'':5} | {fmt(ceiling['figures'])} |  (every entry of the full table replaced "
+          f"by the transfer model fitted on all {ceiling['replaced']}: {ceiling['entries_mean_abs_error_pct']:.1f} % "
+          "off; the full table's scales)")
+    for budget, e in sorted(result["budgets"].items()):
+        r = e["replayed_on_full"]
+        print(f"{f'b{budget}':>6} {'':6} {'':6} {'':5} | {fmt(r['figures'])} |  (its measured blocks as the full table "
+              f"measured them, the other {r['replaced']} predicted, {r['entries_mean_abs_error_pct']:.1f} % off; the "
+              "full table's scales)")
     for budget, check in sorted(checks.items()):
         if check:
             print(f"{'':>6} b{budget}: {check['count']} predicted entries against the full table: mean |error| "
