@@ -244,22 +244,21 @@ def evaluate(adapted: Any, source: Any, full: Any, cands: list[Any], measured: l
             "factor": factor, "ms_per_gmac": rate * 1e9}
 
 
-def on_full_entries(full: Any, source: Any, cands: list[Any], measured: list[float],
+def on_full_entries(full: Any, entries: dict[str, Any], cands: list[Any], measured: list[float],
                     keys: set[str] | None) -> dict[str, Any]:
     """Where an adapt's error comes from, without measuring: the full target table with the entries
     outside `keys` replaced by the transfer model fitted on the full table's own latencies of
     `keys` (the adapt's measured blocks: its selection and model, free of its session's noise and
     scales), or, with `keys` None, every entry replaced by the model fitted on all of them (what
     the model class reaches with everything measured); the full table's calibration scales kept.
-    Its subnets against the truth, and the replaced entries' mean |error| against the full table."""
+    `entries`: the source's (tables.adapt.source_entries). Its subnets against the truth, and the
+    replaced entries' mean |error| against the full table."""
     import copy
 
     from latbench import api
     from latbench.estimation.validate import accuracy_figures
-    from latbench.tables.adapt import source_entries
     from latbench.tables.transfer import fit_transfer
 
-    entries, _ = source_entries([source])
     target = {k: ms for k, ms in full.latency_ms().items() if k in entries}
     fit = fit_transfer(list(entries.values()), {k: ms for k, ms in target.items() if keys is None or k in keys})
     replaced = {k: fit.predict(entries[k])[0] for k in target if keys is None or k not in keys}
@@ -283,7 +282,8 @@ def run_pair(work: Path, name: str, source: Any, space: Any, args: argparse.Name
     from latbench import api
     from latbench.estimation.validate import accuracy_figures
     from latbench.measuring.models import agreeing
-    from latbench.tables.table import PREDICTED, LatencyTable
+    from latbench.tables.adapt import source_entries
+    from latbench.tables.table import LatencyTable
 
     full = full_table(work, name, space, args)
     data = truth(work, name, full, args)
@@ -307,6 +307,7 @@ def run_pair(work: Path, name: str, source: Any, space: Any, args: argparse.Name
     source_ms = list(api.estimate_many(source, cands)["latency_ms"])
     macs = [float(c.macs()) for c in cands]
     full_s, full_rounds = measuring_seconds(Path(full.path) / "journal.sqlite")
+    entries, _ = source_entries([source])
     budgets = adapt_budgets(work, name, Path(source.path), args)
     print(f"\n== cpu -> {name} ({BACKENDS[name].describe()}): {len(cands)} models end to end; full table "
           f"{len(full.blocks)} entries, {full_rounds} rounds, {full_s:.0f} s measuring; pass-to-pass noise median "
@@ -322,8 +323,8 @@ def run_pair(work: Path, name: str, source: Any, space: Any, args: argparse.Name
         adapted = LatencyTable.load(rec["table"])
         seconds, rounds = measuring_seconds(Path(rec["journal"]))
         e = evaluate(adapted, source, full, cands, measured, source_ms, macs)
-        blocks = {r["key"] for r in adapted.blocks.to_dict("records") if r.get("source") != PREDICTED}
-        e["replayed_on_full"] = on_full_entries(full, source, cands, measured, blocks)
+        blocks = set(adapted.blocks["key"]) - set(adapted.predicted())
+        e["replayed_on_full"] = on_full_entries(full, entries, cands, measured, blocks)
         # Its predictions against the full table's measurements (time bases aligned by the entries
         # both measured), and whether their stated uncertainty covers the error.
         checks[budget] = api.diff_tables(adapted, full)["predictions"]
@@ -344,7 +345,7 @@ def run_pair(work: Path, name: str, source: Any, space: Any, args: argparse.Name
           "  (the full target table on the same subnets)")
     print(f"{'':>6} {'':6} {'':6} {'':5} | {fmt(full_raw)} |  (the same, against the truth as measured: its passes' "
           f"time-base factors {', '.join(f'{f:.3f}' for f in factors)} taken out)")
-    ceiling = result["full"]["transfer_model_on_all"] = on_full_entries(full, source, cands, measured, None)
+    ceiling = result["full"]["transfer_model_on_all"] = on_full_entries(full, entries, cands, measured, None)
     print(f"{'model':>6} {'':6} {'':6} {'':5} | {fmt(ceiling['figures'])} |  (every entry of the full table replaced "
           f"by the transfer model fitted on all {ceiling['replaced']}: {ceiling['entries_mean_abs_error_pct']:.1f} % "
           "off; the full table's scales)")
