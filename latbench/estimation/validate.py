@@ -98,13 +98,18 @@ ANCHOR_DISAGREEMENT = 0.05
 
 
 def reference_models(table: LatencyTable, candidates: Sequence[Candidate]) -> list[tuple[Candidate, float]]:
-    """Up to REFERENCE_MODELS of the table's calibration models with their table latencies: the
-    ones validated anyway first (S0), then the others in the table's order; none when fewer than
-    two (a pass is then put on the time base by the anchors)."""
+    """Up to REFERENCE_MODELS of the table's calibration models with their table latencies: those
+    the build did not doubt (LatencyTable.doubted_models) first, among them the ones validated
+    anyway (S0), then the others in the table's order; none when fewer than two (a pass is then
+    put on the time base by the anchors). A doubted model's table value is off by its own noise,
+    and every pass is scaled by it: the `cpu --threads 2` table of the adapt bench had S0 a slow
+    outlier (11.5 % above the fit of the others) and calib-1 without consensus (10.7 % below)
+    among its three, and its estimates read 4.9 % below the truth on the median."""
     from latbench.measuring.models import MIN_REFERENCE_MODELS
 
-    keys = {c.key for c in candidates}
-    refs = sorted(table.reference_models(), key=lambda cm: cm[0].key not in keys)[:REFERENCE_MODELS]
+    keys, doubted = {c.key for c in candidates}, table.doubted_models()
+    refs = sorted(table.reference_models(),
+                  key=lambda cm: (cm[0].key in doubted, cm[0].key not in keys))[:REFERENCE_MODELS]
     return refs if len(refs) >= MIN_REFERENCE_MODELS else []
 
 

@@ -163,6 +163,17 @@ class LatencyTable:
             return {}
         return {k: f for k, f in zip(self.blocks["key"], self.blocks["flags"]) if isinstance(f, str) and f}
 
+    def doubted_models(self) -> set[str]:
+        """Keys of the whole models whose latency the build itself doubted: flagged (no consensus
+        between rounds, measured only in slow periods, a slow outlier of the calibration fit) or
+        left out of that fit."""
+        if not len(self.models):
+            return set()
+        left_out = set((self.meta.get("overhead") or {}).get("left_out") or [])
+        flags = self.models["flags"] if "flags" in self.models.columns else [None] * len(self.models)
+        return {k for k, n, f in zip(self.models["key"], self.models["name"], flags)
+                if (isinstance(f, str) and f) or n in left_out}
+
     def predicted(self) -> dict[str, float]:
         """key -> one-sigma uncertainty in % of the entries predicted rather than measured (an
         adapted table); empty for a measured table."""

@@ -9,7 +9,7 @@ import pytest
 from scripted_device import ScriptedRunner
 
 from latbench.blocks.candidates import resolve_candidate
-from latbench.estimation.validate import validate_table
+from latbench.estimation.validate import reference_models, validate_table
 from latbench.tables.build import BuildSettings, TableBuilder
 from latbench.tables.table import LatencyTable
 
@@ -80,3 +80,16 @@ def test_a_model_read_slow_in_one_pass_is_measured_again_and_judged_by_its_agree
     assert rows[S1.name]["slow_pass_ms"] == [rows[S1.name]["pass_ms"][0]] and rows[S1.name]["passes_agree"]
     assert rows[S1.name]["pass_noise_pct"] < 1.0
     assert any("1 model(s) read more than 10% slower in a pass" in w and S1.name in w for w in res.warnings)
+
+
+def test_a_model_the_build_doubted_is_no_reference_while_an_undoubted_one_remains(table):
+    doubting = LatencyTable.load(table.path)
+    assert doubting.doubted_models() == set()
+    doubting.models["flags"] = ["slow-outlier" if k == S0.key else None for k in doubting.models["key"]]
+    assert doubting.doubted_models() == {S0.key}
+    # S0 is validated anyway, yet the undoubted S1 puts the passes on the time base first.
+    assert [c.name for c, _ in reference_models(doubting, [S0])] == [S1.name, S0.name]
+    doubting.models["flags"] = None
+    doubting.meta["overhead"] = {**doubting.meta.get("overhead", {}), "left_out": [S1.name]}
+    assert doubting.doubted_models() == {S1.key}
+    assert [c.name for c, _ in reference_models(doubting, [S1])] == [S0.name, S1.name]
