@@ -97,19 +97,16 @@ REFERENCE_MODELS = 3
 ANCHOR_DISAGREEMENT = 0.05
 
 
-def reference_models(table: LatencyTable, candidates: Sequence[Candidate]) -> list[tuple[Candidate, float]]:
-    """Up to REFERENCE_MODELS of the table's calibration models with their table latencies: those
-    the build did not doubt (LatencyTable.doubted_models) first, among them the ones validated
-    anyway (S0), then the others in the table's order; none when fewer than two (a pass is then
-    put on the time base by the anchors). A doubted model's table value is off by its own noise,
-    and every pass is scaled by it: the `cpu --threads 2` table of the adapt bench had S0 a slow
-    outlier (11.5 % above the fit of the others) and calib-1 without consensus (10.7 % below)
-    among its three, and its estimates read 4.9 % below the truth on the median."""
+def reference_models(table: LatencyTable) -> list[tuple[Candidate, float]]:
+    """Up to REFERENCE_MODELS of the table's calibration models with their table latencies, the
+    most trustworthy (LatencyTable.reference_models); none when fewer than two (a pass is then put
+    on the time base by the anchors). Every pass is scaled by these models' table values, each
+    one build measurement: two validations of the adapt bench's `cpu --threads 2` table, one by
+    S0, calib-1 (no consensus) and calib-5, the other by calib-5, calib-2 and calib-7 (7.3 % from
+    the fit), read the same 34 models 6.2 % apart on the median."""
     from latbench.measuring.models import MIN_REFERENCE_MODELS
 
-    keys, doubted = {c.key for c in candidates}, table.doubted_models()
-    refs = sorted(table.reference_models(),
-                  key=lambda cm: (cm[0].key in doubted, cm[0].key not in keys))[:REFERENCE_MODELS]
+    refs = table.reference_models()[:REFERENCE_MODELS]
     return refs if len(refs) >= MIN_REFERENCE_MODELS else []
 
 
@@ -141,7 +138,7 @@ def validate_table(table: LatencyTable, runner, candidates: Sequence[Candidate],
         warnings += [f"table quantization recipe differs: {d}"
                      for d in recipe_diff(table.meta.get("quantization"), session_recipe(runner))]
     anchors, levels = table_anchors_and_levels(table)
-    references = reference_models(table, candidates)
+    references = reference_models(table)
     if not levels and not references:
         warnings.append("the table records no anchor levels: measurements are not put on its time base")
     timings = measure_models([*candidates, *[c for c, _ in references if c.key not in {x.key for x in candidates}]],

@@ -187,8 +187,11 @@ class LatencyTable:
     def reference_models(self) -> list[tuple[Any, float]]:
         """The EfficientFormerV2 models this table measured whole (its calibration models), each as
         a Candidate with its latency on the table's time base: what a later session can measure
-        again to see how fast the device runs now. Rows whose architecture cannot be read back
-        (tables written before it was kept) are left out."""
+        again to see how fast the device runs now. Most trustworthy first: those the build did not
+        doubt (doubted_models), closest to the calibration fit of all of them first (a model's
+        value is one measurement; where the fit of the others agrees with it, it carries little
+        noise), then the doubted ones. Rows whose architecture cannot be read back (tables written
+        before it was kept) are left out."""
         import ast
 
         from latbench.blocks.candidates import Candidate
@@ -209,7 +212,10 @@ class LatencyTable:
             cand = Candidate(str(row["name"]), arch.resolution, arch=arch)
             if cand.key == row["key"]:
                 out.append((cand, float(ms)))
-        return out
+        overhead = self.meta.get("overhead") or {}
+        fit_error = dict(zip(overhead.get("calibrated_on") or [], overhead.get("fit_errors_pct") or []))
+        doubted = self.doubted_models()
+        return sorted(out, key=lambda cm: (cm[0].key in doubted, abs(fit_error.get(cm[0].name, math.inf))))
 
     def has(self, key: str) -> bool:
         return key in set(self.blocks["key"])

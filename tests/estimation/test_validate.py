@@ -82,14 +82,18 @@ def test_a_model_read_slow_in_one_pass_is_measured_again_and_judged_by_its_agree
     assert any("1 model(s) read more than 10% slower in a pass" in w and S1.name in w for w in res.warnings)
 
 
-def test_a_model_the_build_doubted_is_no_reference_while_an_undoubted_one_remains(table):
-    doubting = LatencyTable.load(table.path)
-    assert doubting.doubted_models() == set()
-    doubting.models["flags"] = ["slow-outlier" if k == S0.key else None for k in doubting.models["key"]]
-    assert doubting.doubted_models() == {S0.key}
-    # S0 is validated anyway, yet the undoubted S1 puts the passes on the time base first.
-    assert [c.name for c, _ in reference_models(doubting, [S0])] == [S1.name, S0.name]
-    doubting.models["flags"] = None
-    doubting.meta["overhead"] = {**doubting.meta.get("overhead", {}), "left_out": [S1.name]}
-    assert doubting.doubted_models() == {S1.key}
-    assert [c.name for c, _ in reference_models(doubting, [S1])] == [S0.name, S1.name]
+def test_the_references_are_the_models_the_build_trusted_most(table):
+    trusting = LatencyTable.load(table.path)
+    assert trusting.doubted_models() == set()
+    fit = {S0.name: -4.0, S1.name: 1.0}
+    trusting.meta["overhead"] = {**trusting.meta["overhead"], "calibrated_on": list(fit),
+                                 "fit_errors_pct": list(fit.values())}
+    # Closest to the calibration fit first: S1, although S0 is the one validated anyway.
+    assert [c.name for c, _ in reference_models(trusting)] == [S1.name, S0.name]
+    trusting.models["flags"] = ["slow-outlier" if k == S1.key else None for k in trusting.models["key"]]
+    assert trusting.doubted_models() == {S1.key}
+    assert [c.name for c, _ in reference_models(trusting)] == [S0.name, S1.name]
+    trusting.models["flags"] = None
+    trusting.meta["overhead"]["left_out"] = [S0.name]
+    assert trusting.doubted_models() == {S0.key}
+    assert [c.name for c, _ in reference_models(trusting)] == [S1.name, S0.name]
