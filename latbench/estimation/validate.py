@@ -3,7 +3,7 @@
 Random subnets of the table's space plus the published S0-L are exported and measured end to end
 in at least two separated passes (each a measuring session: interleaved rounds until they agree).
 Each pass is put on the table's time base by three of the table's own calibration models measured
-again alongside (S0 among them), or, for a table without them, by its anchor blocks. Three
+again alongside (the three it trusts most), or, for a table without them, by its anchor blocks. Three
 estimates computed in the same run are compared with the mean of the passes: latbench's
 estimator, the plain sum of isolated block latencies (the usual lookup-table method) and a
 MACs-proportional estimate. The pass-to-pass spread of each model is the noise floor: an
@@ -87,7 +87,7 @@ def macs_rate(table: LatencyTable) -> float:
     return total_ms / total_macs
 
 
-#: Calibration models of the table measured again in every pass (those validated anyway count):
+#: Calibration models of the table measured again in every pass (reference_models):
 #: what puts a pass on the table's time base. On this project's 2-core VM the three small anchor
 #: blocks read 10 % slower in a validation pass than at build while the table's S0 ran within 2 %
 #: of its table value; by the anchors, 41 % of 34 models were within 5 % of an fp16 table, by the
@@ -99,11 +99,14 @@ ANCHOR_DISAGREEMENT = 0.05
 
 def reference_models(table: LatencyTable) -> list[tuple[Candidate, float]]:
     """Up to REFERENCE_MODELS of the table's calibration models with their table latencies, the
-    most trustworthy (LatencyTable.reference_models); none when fewer than two (a pass is then put
-    on the time base by the anchors). Every pass is scaled by these models' table values, each
-    one build measurement: two validations of the adapt bench's `cpu --threads 2` table, one by
-    S0, calib-1 (no consensus) and calib-5, the other by calib-5, calib-2 and calib-7 (7.3 % from
-    the fit), read the same 34 models 6.2 % apart on the median."""
+    most trusted (LatencyTable.reference_models); none when fewer than two (a pass is then put
+    on the time base by the anchors). Every pass is scaled by these models' table values, each one
+    build measurement with its own noise, while the table's scales rest on all its models: on this
+    project's noisier 2-core VM two validations of the adapt bench's `litert` table, by S0 (4.8 %
+    from the fit), calib-1 and calib-5 (no consensus), then by calib-7, calib-2 and calib-1 (within
+    2 %), read its 34 models 3.3 % apart on the median (94 % of them within 5 % of each other once
+    that level is taken out), and put 82 / 94 % of them within 5 % of the table (median error -3.3 /
+    -0.2 %)."""
     from latbench.measuring.models import MIN_REFERENCE_MODELS
 
     refs = table.reference_models()[:REFERENCE_MODELS]
