@@ -174,8 +174,8 @@ def truth(work: Path, name: str, table: Any, args: argparse.Namespace) -> dict[s
             confirmed([x for x in r["pass_ms"] if x is not None]) for r in v["models"])
         # A truth put on the time base by other reference models than validate picks today is
         # measured again: the references set the level of every model (validate.reference_models).
-        refs = [c.name for c, _ in reference_models(table)]
-        same_base = v["noise"].get("time_base") != "models" or v["noise"].get("reference_models") == refs
+        refs = {c.name for c, _ in reference_models(table)}
+        same_base = v["noise"].get("time_base") != "models" or set(v["noise"].get("reference_models") or []) == refs
         if cached.get("samples") == args.samples and cached.get("seed") == args.seed and settled and same_base:
             return cached
     backend = BACKENDS[name]
