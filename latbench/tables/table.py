@@ -159,20 +159,15 @@ class LatencyTable:
 
     def flagged(self) -> dict[str, str]:
         """key -> flags ("no-consensus", "implausible") of entries whose latency is in doubt."""
-        if "flags" not in self.blocks.columns:
-            return {}
-        return {k: f for k, f in zip(self.blocks["key"], self.blocks["flags"]) if isinstance(f, str) and f}
+        return _flags(self.blocks)
 
     def doubted_models(self) -> set[str]:
         """Keys of the whole models whose latency the build itself doubted: flagged (no consensus
         between rounds, measured only in slow periods, a slow outlier of the calibration fit) or
         left out of that fit."""
-        if not len(self.models):
-            return set()
         left_out = set((self.meta.get("overhead") or {}).get("left_out") or [])
-        flags = self.models["flags"] if "flags" in self.models.columns else [None] * len(self.models)
-        return {k for k, n, f in zip(self.models["key"], self.models["name"], flags)
-                if (isinstance(f, str) and f) or n in left_out}
+        return set(_flags(self.models)) | {k for k, n in zip(self.models.get("key", []), self.models.get("name", []))
+                                           if n in left_out}
 
     def predicted(self) -> dict[str, float]:
         """key -> one-sigma uncertainty in % of the entries predicted rather than measured (an
@@ -325,6 +320,13 @@ def row_config(row: dict[str, Any]) -> BlockConfig:
 
 
 # -- reading a table defensively ------------------------------------------------------------------
+def _flags(frame: pd.DataFrame) -> dict[str, str]:
+    """key -> flags of a table frame's rows that carry any."""
+    if "flags" not in frame.columns:
+        return {}
+    return {k: f for k, f in zip(frame["key"], frame["flags"]) if isinstance(f, str) and f}
+
+
 def damaged(path: Path, file: str, what: str) -> UsageError:
     """The one-line error for a damaged table file, with the fix that applies."""
     if (path / "journal.sqlite").is_file():
