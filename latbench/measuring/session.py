@@ -60,13 +60,6 @@ SLOW_EXTRA_JUDGED_AFTER = 2
 #: While waiting to space an entry's rounds, an anchor is read this often to see whether the
 #: device is still slow (on a phone: a round of well under a second per two idle seconds).
 POLL_S = 2.0
-#: ... and the wait ends once one reads within this much of its level (or within the consensus
-#: tolerance, where that is wider): out of any slow state (noise.SLOW_STATE above the fastest) by
-#: half of one. Not the consensus tolerance alone: a short reading after idling reads above the
-#: level of readings under load even where nothing is slow (this VM's `litert` adapt: 10 polls
-#: 0.8-4.9 % above, the readings under load between them up to 3.3 %; eight polls kept waits of one
-#: entry's extra rounds going, 26 s idle of its 73 s).
-POLL_FAST = SLOW_STATE / 2
 #: A session that ends sooner than this after its first reading reads its anchors, idling between,
 #: until then (or until one reads faster than ever before): a slow state that lasts from its start
 #: to its end is otherwise the device's level for everything it measured. A simulated vm-bursts
@@ -846,8 +839,8 @@ class MeasuringSession:
 
     def _idle_until_fast(self, wait_until: float, anchor_jobs: list[Job], idle: Callable[[float], None]) -> None:
         """Idle until `wait_until`, reading one of `anchor_jobs` every POLL_S: the wait is there to
-        outlast a slow state, so once an anchor reads within POLL_FAST of its level the device has
-        left it and the next rounds start. (Small sessions, an adapt's or a build's last
+        outlast a slow state, so once an anchor reads within the tolerance of its level the device
+        has left it and the next rounds start. (Small sessions, an adapt's or a build's last
         waves, otherwise idled out every doubled wait: on this VM two thirds of an adapt's time.)
         Without anchors to poll the wait is idled out."""
         if not anchor_jobs:
@@ -861,7 +854,7 @@ class MeasuringSession:
             self._poll_anchor(anchor_jobs[turn % len(anchor_jobs)])
             turn += 1
             ratio = self._last_anchor_ratio
-            if ratio is not None and ratio <= 1 + max(self.rules.consensus.tolerance, POLL_FAST):
+            if ratio is not None and ratio <= 1 + self.rules.consensus.tolerance:
                 return
 
     def _anchors_to_poll(self, todo: list[Job], anchor_jobs: list[Job]) -> list[Job]:

@@ -34,7 +34,6 @@ from latbench.measuring.periods import ANCHORS_EXPLAIN
 from latbench.measuring.session import (
     MAX_WAIT_S,
     MIN_SHORT_RUNS,
-    POLL_FAST,
     POLL_S,
     REREAD_EVERY,
     SHORT_ROUND_CI,
@@ -419,10 +418,10 @@ class SpellRunner(HotRunner):
         return Measurement(m.label, [x * self.factor for x in m.samples_ms], provenance=m.provenance) if slow else m
 
 
-def spaced_run(spell_s: float = 0.0, runner: HotRunner | None = None):
+def spaced_run(spell_s: float):
     """BLOCKS[0] needs a fourth round, to be taken 30 s after its third; the device idles meanwhile
     (anchors measured all along kept a simulated phone under load until it throttled)."""
-    runner = runner or SpellRunner(BASE.__getitem__, spell_s=spell_s)
+    runner = SpellRunner(BASE.__getitem__, spell_s=spell_s)
     runner.slow(BLOCKS[0].key, 1.3, 1.0, 1.5, 1.0)
     with Journal(":memory:") as journal:
         res = hot_session(runner, journal, precision=None, min_separation_s=30.0, probe_rounds=0, heat=None).run(
@@ -525,38 +524,6 @@ def test_an_extra_round_waits_with_the_device_idle_until_an_anchor_reads_fast():
     assert runner.idled == [POLL_S] * 4 and len(polls) == 4
     level = polls[-1].measurement.median
     assert [round(p.measurement.median / level, 2) for p in polls] == [1.35, 1.35, 1.35, 1.0]
-
-
-class ColdAfterIdleRunner(HotRunner):
-    """A device whose first reading after idling is `cold` times slower (caches and clocks not
-    yet back), nothing else slow; it never heats."""
-
-    def __init__(self, *args, cold: float, **kw) -> None:
-        super().__init__(*args, heat_after_s=10**9, **kw)
-        self.cold, self.after_idle = cold, False
-
-    def idle(self, seconds: float) -> None:
-        self.after_idle = True
-        super().idle(seconds)
-
-    def measure(self, prepared, policy=None, *, profile=False):
-        m = super().measure(prepared, policy, profile=profile)
-        if self.after_idle:
-            self.after_idle = False
-            m = Measurement(m.label, [x * self.cold for x in m.samples_ms], provenance=m.provenance)
-        return m
-
-
-def test_a_poll_that_reads_a_little_above_its_level_after_idling_ends_the_wait():
-    """A short reading after idling reads a few per cent above the level of readings under load on a
-    device in no slow state: within POLL_FAST the wait ends, although beyond the consensus tolerance
-    (this VM's `litert` adapt idled out every doubled wait: 26 of its 73 s). Twice that is a slow
-    state's beginning: the wait goes on."""
-    assert ConsensusRule().tolerance < 1.04 - 1 < POLL_FAST
-    near, near_polls = spaced_run(runner=ColdAfterIdleRunner(BASE.__getitem__, cold=1.04))
-    assert near.idled == [POLL_S] and len(near_polls) == 1
-    slow, slow_polls = spaced_run(runner=ColdAfterIdleRunner(BASE.__getitem__, cold=1 + 2.4 * POLL_FAST))
-    assert len(slow_polls) >= 3 and sum(slow.idled) >= 3 * POLL_S
 
 
 def test_spacing_polls_only_anchors_that_have_read_both_states():
