@@ -432,7 +432,8 @@ def summary(results: dict[str, dict[str, Any]]) -> None:
          lambda e: e["adapted"]["within_10pct"] >= GOAL_WITHIN_10, "within_10pct")
     line(f"Kendall tau >= {GOAL_TAU}", lambda e: f"{e['adapted']['kendall_tau']:.3f}",
          lambda e: e["adapted"]["kendall_tau"] >= GOAL_TAU, "kendall_tau")
-    line(f"measuring time <= {GOAL_TIME_SHARE:.0%} of a full build", lambda e: f"{e['time_share']:.0%}"
+    # Two decimals: 20.03 % printed as 20 % (or 20.0 %) read as met under a NOT.
+    line(f"measuring time <= {GOAL_TIME_SHARE:.0%} of a full build", lambda e: f"{e['time_share']:.2%}"
          + (f" ({e['time_share_without_level_check']:.0%} without the level check's idle minute)"
             if e.get("level_check_s", 0) >= 1 else ""), lambda e: e["time_share"] <= GOAL_TIME_SHARE)
     # Beyond the goals: the full table's accuracy at a fraction of its cost (its own figures, same truth).
