@@ -277,7 +277,7 @@ def on_full_entries(full: Any, entries: dict[str, Any], cands: list[Any], measur
             "entries_mean_abs_error_pct": statistics.fmean(errors) if errors else 0.0, "replaced": len(errors)}
 
 
-def truth_repeatability(rows: dict[str, dict[str, Any]], names: list[str]) -> dict[str, Any] | None:
+def truth_repeatability(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """How far the truth repeats itself, from its first two passes (the second on the first's
     level: the median ratio taken out): the two against each other, and what an estimate exactly
     right on average would score against the truth, about. A pass differs from the mean of two by
@@ -287,7 +287,7 @@ def truth_repeatability(rows: dict[str, dict[str, Any]], names: list[str]) -> di
     it cannot be told from the truth's noise. None without two passes of three models or more."""
     from latbench.estimation.validate import accuracy_figures
 
-    pairs = [rows[n]["pass_ms"][:2] for n in names if len(rows[n].get("pass_ms") or []) >= 2]
+    pairs = [r["pass_ms"][:2] for r in rows if len(r.get("pass_ms") or []) >= 2]
     pairs = [(a, b) for a, b in pairs if a and b]
     if len(pairs) < 3:
         return None
@@ -342,7 +342,7 @@ def run_pair(work: Path, name: str, source: Any, space: Any, args: argparse.Name
     full_s, full_rounds = measuring_seconds(Path(full.path) / "journal.sqlite")
     entries, _ = source_entries([source])
     budgets = adapt_budgets(work, name, Path(source.path), args)
-    repeat = truth_repeatability(rows, [c.name for c in cands])
+    repeat = truth_repeatability(list(rows.values()))  # the truth's rows are the candidates' (checked above)
     print(f"\n== cpu -> {name} ({BACKENDS[name].describe()}): {len(cands)} models end to end; full table "
           f"{len(full.blocks)} entries, {full_rounds} rounds, {full_s:.0f} s measuring; pass-to-pass noise median "
           f"{data['validation']['noise']['median_pct']:.2f} %"
@@ -420,8 +420,9 @@ def summary(results: dict[str, dict[str, Any]]) -> None:
 
         def repeat(n: str) -> str:  # what an exact estimate would score on this truth (truth_repeatability)
             r = results[n].get("truth_repeatability")
-            return "" if truth is None or not r else f" [exact: {r[truth]:.3f}]" if truth == "kendall_tau" \
-                else f" [exact: {r[truth]:.0%}]"
+            if truth is None or not r:
+                return ""
+            return f" [exact: {r[truth]:.3f}]" if truth == "kendall_tau" else f" [exact: {r[truth]:.0%}]"
 
         print(f"{'MET ' if met else 'NOT '} {label}: " + ", ".join(f"{n} (b{b}) {value(e)}{repeat(n)}" for n, (b, e) in
                                                                    picked.items()))
