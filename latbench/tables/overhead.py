@@ -272,6 +272,20 @@ def fit_scales(parts: Sequence[Mapping[str, float]], measured: Sequence[float]) 
     return fit(everything)
 
 
+#: The forms fit_scales chooses among, by name (the cold-weights column may join each).
+FORMS: dict[str, tuple[tuple[str, ...], ...]] = {"common": COMMON, "grouped": GROUPED, "staged": STAGED}
+
+
+def fit_form(parts: Sequence[Mapping[str, float]], measured: Sequence[float], columns: Sequence[Sequence[str]]
+             ) -> dict[str, float]:
+    """One form's coefficients (FORMS, optionally with a (WEIGHTS,) column) fitted on every model
+    given, with none of fit_scales' choices or held-out checks: what that form reaches on these
+    models at best (fitted on models it is then judged on, an upper bound)."""
+    if len(parts) != len(measured) or not parts:
+        raise ValueError("fit_form needs as many measured latencies as models, at least one")
+    return _least_squares(parts, measured, range(len(parts)), columns)
+
+
 def _least_squares(parts: Sequence[Mapping[str, float]], measured: Sequence[float], idx: Sequence[int],
                    columns: Sequence[Sequence[str]]) -> dict[str, float]:
     """Non-negative coefficients, one per column (the parts named in it summed), minimising the

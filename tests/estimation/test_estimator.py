@@ -8,8 +8,12 @@ from latbench.estimation.estimator import LatencyEstimator
 from latbench.estimation.fast import FastEstimator
 from latbench.space import SearchSpace, named_arch
 from latbench.tables.overhead import (
+    FORMS,
+    WEIGHTS,
     OverheadModel,
     attention_ms,
+    coefficient,
+    fit_form,
     fit_scale,
     fit_scales,
     scaled,
@@ -152,6 +156,23 @@ def test_strided_attention_mixers_have_a_scale_of_their_own_where_a_fit_gives_on
     fast = FastEstimator(table, space=SearchSpace.default())
     [batch] = fast.latency(fast.encode([named_arch("efficientformerv2_s0")]))
     assert batch == pytest.approx(expected)
+
+
+def test_fit_form_fits_the_form_it_is_given_on_every_model():
+    # Models that follow the staged form with a cold-weights term exactly: that form recovers it;
+    # one common scale cannot, and its fit is what a single scale does at best on them.
+    truth = {"attention": 1.25, "strided_attention": 1.5, "rest": 1.0, WEIGHTS: 0.05}
+    shapes = ((1.0, 0.5, 9.0, 3.0), (3.0, 4.0, 7.0, 6.0), (0.5, 5.0, 5.0, 2.0), (2.0, 1.0, 12.0, 9.0),
+              (6.0, 2.0, 4.0, 4.0))
+    parts = [{"attention": a, "strided_attention": s, "rest": r, WEIGHTS: w} for a, s, r, w in shapes]
+    measured = [scaled(truth, p) for p in parts]
+    staged = fit_form(parts, measured, [*FORMS["staged"], (WEIGHTS,)])
+    assert all(staged[g] == pytest.approx(v) for g, v in truth.items())
+    common = fit_form(parts, measured, FORMS["common"])
+    assert len({coefficient(common, g) for g in ("attention", "strided_attention", "rest")}) == 1
+    assert max(abs(scaled(common, p) / m - 1) for p, m in zip(parts, measured)) > 0.01
+    with pytest.raises(ValueError):
+        fit_form(parts, measured[:-1], FORMS["common"])
 
 
 def test_fit_scales_gives_strided_attention_its_scale_only_where_models_tell_it_apart():
