@@ -8,12 +8,16 @@ Source: the `cpu` table (onnxruntime, 1 thread, fp32). Targets, each a pair with
     cpu-fp16      cpu with fp16 artifacts (--dtype fp16)
 
 The truth of a pair is its target's FULL table and, timed end to end on the target, `--samples`
-random subnets (seeded: the same for every target) plus S0-L, measured once by `lut validate` on
-the full target table (two separated passes, on that table's time base). How far the truth repeats
-itself is printed with it: its two passes against each other (their level taken out), and what an
-estimate exactly right on average would score against it (one pass against the mean of both: within
-+-5 / +-10 %, tau; "exact" in the goal lines): a goal above that cannot be told from the truth's noise. Per budget (5, 10, 20,
-40: each its own adapt straight from the source, as a user runs it) the bench prints the subnets' accuracy within +-5 / +-10 %, mean |error|,
+random subnets (seeded: the same for every target) plus S0-L, measured by `lut validate` on the
+full target table (two separated passes, on that table's time base), in one session or, with
+--truth-sessions N, in N (the truth then each model's mean over them, every session on the first's
+level: a session's passes agree with each other more than two sessions do). How far the truth
+repeats itself is printed with it: its first two sessions (else passes) against each other (their
+level taken out), and what an estimate exactly right on average would score against it (each
+repeat's deviation from the mean, shrunk to the mean's own: within +-5 / +-10 %, tau; "exact" in
+the goal lines): a goal above that cannot be told from the truth's noise. Per budget (5, 10, 20,
+40: each its own adapt straight from the source, as a user runs it) the bench prints the subnets'
+accuracy within +-5 / +-10 %, mean |error|,
 Kendall tau and the measuring time against the full build's, beside two baselines on the same
 truth and the same measured entries: (a) the source table's estimate times one factor (the median
 target/source ratio of the measured entries), (b) MACs-proportional (c x MACs, c = the measured
@@ -42,7 +46,8 @@ Everything expensive is kept in --work DIR and reused, and resumes when interrup
 
     DIR/cpu, DIR/litert, DIR/litert-noxnn, DIR/cpu-t2, DIR/cpu-fp16   full tables (lut build --space);
                                        a missing or incomplete one is built / resumed here
-    DIR/truth-<target>.json            the end-to-end truth (lut validate of the full target table)
+    DIR/truth-<target>.json            the end-to-end truth (lut validate of the full target table);
+    DIR/truth-<target>.sN.json         its sessions 2, 3, ... (--truth-sessions N; kept ones are used)
     DIR/adapt-<target>-bN/             the adapted table of budget N (with its journal)
     DIR/bench-adapt.json               the figures printed
 
@@ -51,7 +56,7 @@ pinned to the cores of --core-mask (hex, as `lut build --core-mask`), unless a f
 its own mask, which its pair then uses throughout.
 
     .venv/bin/python benchmarks/bench_adapt.py --work DIR [--pairs litert,cpu-t2] [--budgets 5 10 20 40]
-        [--samples 30] [--seed 0] [--core-mask 1] [--space FILE] [--jobs 2]
+        [--samples 30] [--seed 0] [--truth-sessions 1] [--core-mask 1] [--space FILE] [--jobs 2]
 
 Smoke run (minutes; a tiny space of your own, small budgets): --space tiny.yaml --samples 2 --budgets 5 10
 """
@@ -162,15 +167,22 @@ def full_table(work: Path, name: str, space: Any, args: argparse.Namespace):
     return table
 
 
-def truth(work: Path, name: str, table: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """The end-to-end truth of target `name` (cached in DIR/truth-<name>.json): `lut validate`
-    of its full table on its backend."""
+def truth_path(work: Path, name: str, session: int) -> Path:
+    """Where session `session` (1, 2, ...) of target `name`'s truth is kept."""
+    return work / (f"truth-{name}.json" if session == 1 else f"truth-{name}.s{session}.json")
+
+
+def truth(work: Path, name: str, table: Any, args: argparse.Namespace, session: int = 1) -> dict[str, Any]:
+    """Session `session` of the end-to-end truth of target `name` (cached in truth_path): `lut
+    validate` of its full table on its backend. The first session sets the truth's level (the
+    table's time base), later ones are put on it by their median ratio, so only the first must
+    rest on the reference models validate picks today."""
     from latbench import api
     from latbench.core.fileio import atomic_write_json
     from latbench.estimation.validate import reference_models
     from latbench.measuring.models import confirmed
 
-    path = work / f"truth-{name}.json"
+    path = truth_path(work, name, session)
     if path.is_file():
         cached = json.loads(path.read_text())
         v = cached["validation"]
@@ -181,17 +193,35 @@ def truth(work: Path, name: str, table: Any, args: argparse.Namespace) -> dict[s
         # A truth put on the time base by other reference models than validate picks today is
         # measured again: the references set the level of every model (validate.reference_models).
         refs = {c.name for c, _ in reference_models(table)}
-        same_base = v["noise"].get("time_base") != "models" or set(v["noise"].get("reference_models") or []) == refs
+        same_base = session > 1 or v["noise"].get("time_base") != "models" or \
+            set(v["noise"].get("reference_models") or []) == refs
         if cached.get("samples") == args.samples and cached.get("seed") == args.seed and settled and same_base:
             return cached
     backend = BACKENDS[name]
-    print(f"[{name}] timing {args.samples} random subnets + S0-L end to end on {backend.describe()}", flush=True)
+    print(f"[{name}] timing {args.samples} random subnets + S0-L end to end on {backend.describe()}"
+          + (f" (truth session {session})" if session > 1 else ""), flush=True)
     v = api.validate_table(table, backend.device, samples=args.samples, seed=args.seed, jobs=args.jobs,
                            progress=True, **pinned(backend, work / name, args))
     data = {"samples": args.samples, "seed": args.seed, "table": str(table.path), "backend": backend.describe(),
             "validation": v.to_dict()}
     atomic_write_json(path, data)
     return data
+
+
+def truth_sessions(work: Path, name: str, table: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The truth's sessions: --truth-sessions of them (measured where missing), and any further
+    ones kept in DIR from an earlier run."""
+    sessions = [truth(work, name, table, args, i) for i in range(1, max(1, args.truth_sessions) + 1)]
+    while truth_path(work, name, len(sessions) + 1).is_file():
+        sessions.append(truth(work, name, table, args, len(sessions) + 1))
+    return sessions
+
+
+def session_mean(series: list[list[float]]) -> list[float]:
+    """Per model, the geometric mean of its sessions' latencies (`series`: per model, one value
+    per session), each session put on the first's level (its median ratio to it taken out)."""
+    levels = [statistics.median(row[i] / row[0] for row in series) for i in range(len(series[0]))]
+    return [math.exp(statistics.fmean(math.log(x / lv) for x, lv in zip(row, levels))) for row in series]
 
 
 def adapt_budgets(work: Path, name: str, source: Path, args: argparse.Namespace) -> dict[int, dict[str, Any]]:
@@ -305,29 +335,31 @@ def blocks_ceiling(full: Any, cands: list[Any], measured: list[float]) -> dict[s
     return {k: v for k, v in best.items() if k != "rank"}
 
 
-def truth_repeatability(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """How far the truth repeats itself, from its first two passes (the second on the first's
-    level: the median ratio taken out): the two against each other, and what an estimate exactly
-    right on average would score against the truth, about. A pass differs from the mean of two by
-    half their difference, as the mean differs from the exact value when the two passes' noise is
-    alike (independent, symmetric): so one pass scored against their mean, as an estimate is
-    scored against the truth, is that estimate's score (tau: the two passes' average). A goal above
-    it cannot be told from the truth's noise. None without two passes of three models or more."""
+def truth_repeatability(series: list[list[float]], over: str = "passes") -> dict[str, Any] | None:
+    """How far the truth repeats itself, from N >= 2 repeats of every model (`series`: per model,
+    its passes or its sessions), each put on the first's level (the median ratio taken out): the
+    first two against each other, and what an estimate exactly right on average would score
+    against the truth (their mean), about. A repeat differs from the mean of N by sqrt((N-1)/N)
+    times the noise, the mean from the exact value by sqrt(1/N) times it when the repeats' noise is
+    alike (independent, symmetric): so each repeat's deviation from the mean, shrunk by sqrt(N-1)
+    and scored against the mean as an estimate is scored against the truth, is that estimate's
+    score (averaged over the repeats; with two, a pass against the mean of both). A goal above it
+    cannot be told from the truth's noise. None without two repeats of three models or more."""
     from latbench.estimation.validate import accuracy_figures
 
-    pairs = [r["pass_ms"][:2] for r in rows if len(r.get("pass_ms") or []) >= 2]
-    pairs = [(a, b) for a, b in pairs if a and b]
-    if len(pairs) < 3:
+    series = [row for row in series if len(row) >= 2 and all(row)]
+    width = min((len(row) for row in series), default=0)
+    if len(series) < 3:
         return None
-    level = statistics.median(b / a for a, b in pairs)
-    first, second = [a for a, _ in pairs], [b / level for _, b in pairs]
-    mean = [(a + b) / 2 for a, b in zip(first, second)]
-    apart, exact, exact_second = (accuracy_figures(second, first), accuracy_figures(first, mean),
-                                  accuracy_figures(second, mean))
-    return {"models": len(pairs), "level": level,
+    levels = [statistics.median(row[i] / row[0] for row in series) for i in range(width)]
+    repeats = [[row[i] / levels[i] for row in series] for i in range(width)]
+    mean = [statistics.fmean(values) for values in zip(*repeats)]
+    shrink = math.sqrt(width - 1)
+    scored = [accuracy_figures([m + (x - m) / shrink for x, m in zip(r, mean)], mean) for r in repeats]
+    apart = accuracy_figures(repeats[1], repeats[0])
+    return {"models": len(series), "over": over, "repeats": width, "level": levels[1],
             "passes": {"within_5pct": apart["within_5pct"], "kendall_tau": apart["kendall_tau"]},
-            "within_5pct": exact["within_5pct"], "within_10pct": exact["within_10pct"],
-            "kendall_tau": (exact["kendall_tau"] + exact_second["kendall_tau"]) / 2}
+            **{k: statistics.fmean(f[k] for f in scored) for k in ("within_5pct", "within_10pct", "kendall_tau")}}
 
 
 def share(value: float | None) -> str:
@@ -347,13 +379,19 @@ def run_pair(work: Path, name: str, source: Any, space: Any, args: argparse.Name
     from latbench.tables.table import LatencyTable
 
     full = full_table(work, name, space, args)
-    data = truth(work, name, full, args)
+    sessions = truth_sessions(work, name, full, args)
+    data = sessions[0]
     cands = api.validation_candidates(source, args.samples, args.seed)
-    rows = {r["name"]: r for r in data["validation"]["models"]}
-    if [c.name for c in cands] != list(rows):
-        raise SystemExit(f"{work / f'truth-{name}.json'} holds other models than --samples {args.samples} "
-                         f"--seed {args.seed} draw from the source's space; remove it to measure again")
-    measured = [rows[c.name]["measured_ms"] for c in cands]
+    by_session = [{r["name"]: r for r in d["validation"]["models"]} for d in sessions]
+    for i, session_rows in enumerate(by_session, 1):
+        if [c.name for c in cands] != list(session_rows):
+            raise SystemExit(f"{truth_path(work, name, i)} holds other models than --samples {args.samples} "
+                             f"--seed {args.seed} draw from the source's space; remove it to measure again")
+    rows = by_session[0]
+    # The truth: with several sessions, each model's mean over them on the first's level (a
+    # session's own passes agree with each other more than two sessions do: two sessions of
+    # `--xnnpack off` put 79 % of the models within 5 % of each other, each's passes 97 %).
+    measured = session_mean([[r[c.name]["measured_ms"] for r in by_session] for c in cands])
     # The full table against the truth as measured, without the time base: each pass's factor (its
     # anchors against the full table's levels) taken back out. On a noisy host the anchors' levels
     # can move between sessions by more than the device does (cpu fp16: factors 0.904 and 0.981,
@@ -370,20 +408,27 @@ def run_pair(work: Path, name: str, source: Any, space: Any, args: argparse.Name
     full_s, full_rounds = measuring_seconds(Path(full.path) / "journal.sqlite")
     entries, _ = source_entries([source])
     budgets = adapt_budgets(work, name, Path(source.path), args)
-    repeat = truth_repeatability(list(rows.values()))  # the truth's rows are the candidates' (checked above)
-    print(f"\n== cpu -> {name} ({BACKENDS[name].describe()}): {len(cands)} models end to end; full table "
-          f"{len(full.blocks)} entries, {full_rounds} rounds, {full_s:.0f} s measuring; pass-to-pass noise median "
-          f"{data['validation']['noise']['median_pct']:.2f} %"
-          + (f"\n   the truth repeats itself: its two passes {repeat['passes']['within_5pct']:.0%} within +-5 % of each "
-             f"other, tau {repeat['passes']['kendall_tau']:.3f} (level taken out); an estimate exactly right on "
+    # How far the truth repeats itself: over its sessions where it has several, else over the
+    # first two passes of its one session.
+    repeat = truth_repeatability([[r[c.name]["measured_ms"] for r in by_session] for c in cands], "sessions") \
+        if len(sessions) > 1 else truth_repeatability([[x for x in rows[c.name]["pass_ms"][:2] if x is not None]
+                                                       for c in cands])
+    what = f"the first two of its {len(sessions)} sessions" if len(sessions) > 1 else "its two passes"
+    noise = ", ".join(f"{d['validation']['noise']['median_pct']:.2f}" for d in sessions)
+    print(f"\n== cpu -> {name} ({BACKENDS[name].describe()}): {len(cands)} models end to end"
+          + (f" in {len(sessions)} sessions (their mean on the first's level)" if len(sessions) > 1 else "")
+          + f"; full table {len(full.blocks)} entries, {full_rounds} rounds, {full_s:.0f} s measuring; pass-to-pass "
+          f"noise median {noise} %"
+          + (f"\n   the truth repeats itself: {what} {repeat['passes']['within_5pct']:.0%} within +-5 % of "
+             f"each other, tau {repeat['passes']['kendall_tau']:.3f} (level taken out); an estimate exactly right on "
              f"average would score about {repeat['within_5pct']:.0%} / {repeat['within_10pct']:.0%}, tau "
-             f"{repeat['kendall_tau']:.3f}" if repeat else ""))
+             f"{repeat['kendall_tau']:.3f} against the truth" if repeat else ""))
     figures = f"{'+-5%':>4} {'+-10%':>5} {'|err|%':>6} {'tau':>5}"
     print(f"{'':6} {'':6} {'':6} {'':5} | {'adapted':22} | {'source x one factor':22} | {'MACs-proportional':22} |")
     print(f"{'budget':>6} {'rounds':>6} {'time':>6} {'%full':>5} | {figures} | {figures} | {figures} | align")
     result: dict[str, Any] = {"full": {"measuring_s": full_s, "rounds": full_rounds,
                                        "figures": accuracy_figures(full_ms, measured)},
-                              "truth_repeatability": repeat, "budgets": {}}
+                              "truth_sessions": len(sessions), "truth_repeatability": repeat, "budgets": {}}
     checks: dict[int, dict[str, Any] | None] = {}
     for budget, rec in sorted(budgets.items()):
         adapted = LatencyTable.load(rec["table"])
@@ -409,7 +454,8 @@ def run_pair(work: Path, name: str, source: Any, space: Any, args: argparse.Name
                  if level_s >= 1 else ""))
     print(f"{'full':>6} {full_rounds:6d} {full_s:5.0f}s {1:5.0%} | {fmt(result['full']['figures'])} |"
           "  (the full target table on the same subnets)")
-    print(f"{'':>6} {'':6} {'':6} {'':5} | {fmt(full_raw)} |  (the same, against the truth as measured: its passes' "
+    print(f"{'':>6} {'':6} {'':6} {'':5} | {fmt(full_raw)} |  (the same, against the "
+          f"{'first session of the ' if len(sessions) > 1 else ''}truth as measured: its passes' "
           f"time-base factors {', '.join(f'{f:.3f}' for f in factors)} taken out)")
     ceiling = result["full"]["transfer_model_on_all"] = on_full_entries(full, entries, cands, measured, None)
     print(f"{'model':>6} {'':6} {'':6} {'':5} | {fmt(ceiling['figures'])} |  (every entry of the full table replaced "
@@ -498,6 +544,9 @@ def main() -> int:
     ap.add_argument("--budgets", type=int, nargs="+", default=[5, 10, 20, 40])
     ap.add_argument("--samples", type=int, default=30, help="random subnets timed end to end (plus S0-L)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random subnets")
+    ap.add_argument("--truth-sessions", type=int, default=1, metavar="N",
+                    help="measure the truth in N separate sessions (each a `lut validate`; the truth is their "
+                         "mean): a session's passes agree with each other more than two sessions do")
     ap.add_argument("--core-mask", default="1", help="hex core mask for builds, adapts and end-to-end runs "
                                                      "(a full table's recorded mask wins for its pair; '' none)")
     ap.add_argument("--move-to", default=None, metavar="MASK",
@@ -510,8 +559,8 @@ def main() -> int:
     unknown = [p for p in pairs if p not in TARGETS]
     if unknown or not pairs:
         ap.error(f"unknown pair(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(TARGETS)}")
-    if any(b < 1 for b in args.budgets) or args.samples < 0:
-        ap.error("budgets must be >= 1 and --samples >= 0")
+    if any(b < 1 for b in args.budgets) or args.samples < 0 or args.truth_sessions < 1:
+        ap.error("budgets and --truth-sessions must be >= 1 and --samples >= 0")
     args.core_mask = args.core_mask or None
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
