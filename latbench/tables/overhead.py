@@ -279,8 +279,8 @@ FORMS: dict[str, tuple[tuple[str, ...], ...]] = {"common": COMMON, "grouped": GR
 def fit_form(parts: Sequence[Mapping[str, float]], measured: Sequence[float], columns: Sequence[Sequence[str]]
              ) -> dict[str, float]:
     """One form's coefficients (FORMS, optionally with a (WEIGHTS,) column) fitted on every model
-    given, with none of fit_scales' choices or held-out checks: what that form reaches on these
-    models at best (fitted on models it is then judged on, an upper bound)."""
+    given, with none of fit_scales' choices or held-out checks: the closest that form comes to
+    these models on the squared relative error."""
     if len(parts) != len(measured) or not parts:
         raise ValueError("fit_form needs as many measured latencies as models, at least one")
     return _least_squares(parts, measured, range(len(parts)), columns)
