@@ -79,14 +79,18 @@ def test_the_calibration_fits_both_and_estimates_give_both(built, run_cli_json):
 def test_estimates_carry_the_typical_latency_s_uncertainty_and_warn_when_it_is_wide(built, tmp_path):
     from latbench.tables.table import LatencyTable
 
-    stated = built.meta["noise_profile"]["typical_uncertainty"]
+    # The build's own figure comes from its readings' batches over wall-clock time: 0 ("cannot
+    # say") when a loaded host bunches them into fewer than three batches, so both ways are checked.
+    stated = float(built.meta["noise_profile"].get("typical_uncertainty") or 0.0)
     e = latbench.estimate(built, "efficientformerv2_s0")
-    assert e.typical_uncertainty_pct == pytest.approx(100 * stated) and e.to_dict()["typical_uncertainty_pct"] is not None
-    for value, warned in ((0.02, False), (0.09, True)):
+    assert e.typical_uncertainty_pct == (pytest.approx(100 * stated) if stated > 0 else None)
+    assert e.to_dict()["typical_uncertainty_pct"] == e.typical_uncertainty_pct
+    for value, shown, warned in ((0.0, None, False), (0.02, 2.0, False), (0.09, 9.0, True)):
         meta = dict(built.meta) | {"noise_profile": dict(built.meta["noise_profile"], typical_uncertainty=value)}
         table = LatencyTable(built.blocks, built.ops, built.models, meta, tmp_path)
         e = latbench.estimate(table, "efficientformerv2_s0")
-        assert e.typical_uncertainty_pct == pytest.approx(100 * value)
+        assert e.typical_uncertainty_pct == (None if shown is None else pytest.approx(shown))
+        assert e.to_dict()["typical_uncertainty_pct"] == e.typical_uncertainty_pct
         assert any("typical latency +-9.0 %" in w for w in e.warnings) is warned
 
 
