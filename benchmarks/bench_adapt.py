@@ -218,10 +218,16 @@ def truth_sessions(work: Path, name: str, table: Any, args: argparse.Namespace) 
     return sessions
 
 
+def first_levels(series: list[list[float]], width: int) -> list[float]:
+    """Per repeat (column) of `series` (per model, its repeats: sessions or passes), its level
+    against the first: the median over models of its ratio to the first repeat."""
+    return [statistics.median(row[i] / row[0] for row in series) for i in range(width)]
+
+
 def session_mean(series: list[list[float]]) -> list[float]:
     """Per model, the geometric mean of its sessions' latencies (`series`: per model, one value
-    per session), each session put on the first's level (its median ratio to it taken out)."""
-    levels = [statistics.median(row[i] / row[0] for row in series) for i in range(len(series[0]))]
+    per session), each session put on the first's level (first_levels taken out)."""
+    levels = first_levels(series, len(series[0]))
     return [math.exp(statistics.fmean(math.log(x / lv) for x, lv in zip(row, levels))) for row in series]
 
 
@@ -355,7 +361,7 @@ def truth_repeatability(series: list[list[float]], over: str = "passes") -> dict
     width = min((len(row) for row in series), default=0)
     if len(series) < 3:
         return None
-    levels = [statistics.median(row[i] / row[0] for row in series) for i in range(width)]
+    levels = first_levels(series, width)
     repeats = [[row[i] / levels[i] for row in series] for i in range(width)]
     mean = [statistics.fmean(values) for values in zip(*repeats)]
     shrink = math.sqrt(width - 1)
@@ -396,7 +402,8 @@ def run_pair(work: Path, name: str, source: Any, space: Any, args: argparse.Name
     # leaves a few percent of its own on each model: two sessions of `--xnnpack off`, each the mean
     # of two passes, put 76 % of the models within 5 % of each other, as one session's two passes
     # did (76 and 85 %).
-    measured = session_mean([[r[c.name]["measured_ms"] for r in by_session] for c in cands])
+    per_session = [[r[c.name]["measured_ms"] for r in by_session] for c in cands]
+    measured = session_mean(per_session)
     # The full table against the truth as measured, without the time base: each pass's factor (its
     # anchors against the full table's levels) taken back out. On a noisy host the anchors' levels
     # can move between sessions by more than the device does (cpu fp16: factors 0.904 and 0.981,
@@ -415,7 +422,7 @@ def run_pair(work: Path, name: str, source: Any, space: Any, args: argparse.Name
     budgets = adapt_budgets(work, name, Path(source.path), args)
     # How far the truth repeats itself: over its sessions where it has several, else over the
     # first two passes of its one session.
-    repeat = truth_repeatability([[r[c.name]["measured_ms"] for r in by_session] for c in cands], "sessions") \
+    repeat = truth_repeatability(per_session, "sessions") \
         if len(sessions) > 1 else truth_repeatability([[x for x in rows[c.name]["pass_ms"][:2] if x is not None]
                                                        for c in cands])
     what = f"the first two of its {len(sessions)} sessions" if len(sessions) > 1 else "its two passes"
