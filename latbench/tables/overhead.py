@@ -179,6 +179,22 @@ class OverheadModel:
         return scaled(self.scales, self.parts(blocks))
 
 
+def entry_counts(blocks: Sequence[BlockConfig], empty_models: bool = True) -> dict[str, float]:
+    """A model's raw sum as a combination of table entries (key -> coefficient; before the
+    scales): each block key its count, with empty models each block's empty model subtracted once
+    per occurrence and the input's added (the stem's and the input's empty model are one entry,
+    whose coefficients then cancel). The sum of coefficient x latency is OverheadModel.raw's."""
+    out: Counter[str] = Counter()
+    for config, n in Counter(blocks).items():
+        out[config.key] += n
+        if empty_models:
+            out[empty_key(config.resolution, config.input_shape)] -= n
+    if empty_models and blocks:
+        r = blocks[0].resolution
+        out[empty_key(r, (1, 3, r, r))] += 1
+    return {k: float(v) for k, v in out.items() if v}
+
+
 def scaled(scales: Mapping[str, float], parts: Mapping[str, float]) -> float:
     """A model's latency: its raw sum per calibration group, each times the group's scale, plus
     the cold-weights term."""

@@ -15,8 +15,9 @@ the measured kinds really differ; budget-20 adapts from `cpu` chose 0.5 on `lite
 `litert`, 2 on `cpu` int8 and `litert --xnnpack off`).
 Its posterior gives every prediction an uncertainty, and because that posterior's covariance
 depends only on *which* entries are measured, not on their values, the entries to measure are
-chosen before measuring anything (under the strong prior): greedily, the one whose prediction is
-least certain (`select_entries`), after one per kind and one per stage.
+chosen before measuring anything (under the strong prior, `select_entries`): one per kind, then
+greedily the one that leaves typical models' estimates least uncertain after calibration (where
+the space's models are known), else the one whose own prediction is least certain.
 
 A transfer kind is the block kind, but strided attention (stage 3: a depthwise stride-2 conv,
 attention at half resolution, bilinear upsampling) is one of its own: it runs another operator
@@ -281,15 +282,41 @@ def log_evidence(x: np.ndarray, residual: np.ndarray, precision: np.ndarray) -> 
     return -0.5 * ((n + PRIOR_NOISE_WEIGHT) * math.log(variance) + float(np.linalg.slogdet(c)[1]))
 
 
+#: Kinds of at most this many entries are measured whole once every kind has one (with models to
+#: weigh by): one entry cannot tell its kind's slope, and the other is then a guess with nothing
+#: of its kind to check it. The stem's two widths moved apart by 1.6x on `--xnnpack off` (ratios
+#: 6.5 and 4.1) and 1.2x on fp16; measured whole, the replay below put `--xnnpack off` at 82 %
+#: within 5 % where it fell to 72 % (one stem predicted 70 % off).
+SMALL_KIND = 2
+
+
 def select_entries(entries: Sequence[Entry], count: int, already: Sequence[str] = (),
-                   kind_order: Sequence[str] | None = None) -> list[str]:
+                   kind_order: Sequence[str] | None = None, models: Sequence[Mapping[str, float]] = (),
+                   calibration: Sequence[Mapping[str, float]] = ()) -> list[str]:
     """The `count` entries whose measurement tells the transfer model most, in the order chosen:
     one per kind (the kind's median-cost entry: its level) in `kind_order` (default: by name;
-    kinds it leaves out come after it), then one per stage not yet covered, then greedily the
-    entry whose prediction is least certain given those chosen (posterior variance), which
-    spreads the choice over the cost range of each kind. Deterministic. With fewer than one
-    entry per kind, the kinds first in `kind_order` are measured and the rest borrow the
-    pooled ratio (the intercept prior), their predictions widened by KIND_SPREAD."""
+    kinds it leaves out come after it), then greedily by what the table is used for. Deterministic.
+    With fewer than one entry per kind, the kinds first in `kind_order` are measured and the rest
+    borrow the pooled ratio (the intercept prior), their predictions widened by KIND_SPREAD.
+
+    With `models` (typical whole models of the space, each its raw sum as entry coefficients:
+    overhead.entry_counts), the kinds of at most SMALL_KIND entries are measured whole, then each
+    next entry is the one that most lowers the models' expected squared relative error
+    (`ModelVariance`) left after calibration on `calibration` (the whole models the adapt
+    measures, likewise): entries by what they carry of typical models and what the transfer model
+    does not know of them. Without, one entry per stage not yet covered, then the entry whose
+    prediction is least certain given those chosen (posterior variance), which spreads the choice
+    over the cost range of each kind.
+
+    Replayed on the bench's four full tables (17 blocks each, measured as the full builds measured
+    them, the rest predicted; 30 subnets + S0-L end to end, truths of two or three sessions; mean
+    over five draws of the 100 models): subnets within 5 % with the full tables' scales / with
+    scales fitted on the truth, tau, per-entry choice -> by models: `litert` 85 / 91 %, 0.947 ->
+    93 / 98 %, 0.968; `cpu` fp16 79 / 82 %, 0.925 -> 80 / 89 %, 0.947; `--xnnpack off` 79 / 88 %,
+    0.936 -> 77 / 84 %, 0.918; `cpu --threads 2` 44 / 71 %, 0.954 -> 37 / 74 %, 0.945. Predicted
+    entries against the full tables about as close (mean 6.6 / 8.8 / 4.4 / 4.7 % off, against 7.1 /
+    9.0 / 4.6 / 4.1 %). Live budget-20 adapts (one each) measured fewer rounds: `litert` 65 s
+    against 76 s, `--xnnpack off` 89 s against 141 s, fp16 71 s against 99 s."""
     design = Design(entries)
     order = [k for k in (kind_order or ()) if k in design.kinds]
     order += [k for k in design.kinds if k not in order]
@@ -311,13 +338,33 @@ def select_entries(entries: Sequence[Entry], count: int, already: Sequence[str] 
     def variance(key: str, inverse: np.ndarray) -> float:
         return float(rows[key] @ inverse @ rows[key])
 
+    by_kind = {kind: sorted((e for e in entries if e.transfer_kind == kind), key=lambda e: (e.source_ms, e.key))
+               for kind in order}
     for kind in order:
         if len(chosen) >= goal:
             break
-        members = sorted((e for e in entries if e.transfer_kind == kind), key=lambda e: (e.source_ms, e.key))
+        members = by_kind[kind]
         if any(e.key in chosen for e in members):
             continue
         take(members[(len(members) - 1) // 2].key)
+    weigh = ModelVariance(entries, rows, models, calibration) if models else None
+    if weigh is not None:
+        for kind in order:
+            for e in by_kind[kind] if len(by_kind[kind]) <= SMALL_KIND else ():
+                if len(chosen) < goal and e.key not in chosen:
+                    take(e.key)
+        # A kind without cost features has slopes of its own that one entry cannot tell, and the
+        # models, calibrated, hardly weigh it (every model subtracts much the same empty models):
+        # its least certain entry, or its predictions stray far past what they state (see above).
+        for kind in order:
+            members = [e.key for e in by_kind[kind] if e.key not in chosen]
+            if len(chosen) < goal and members and not any(e.costed for e in by_kind[kind]):
+                inverse = np.linalg.inv(a)
+                take(max(sorted(members), key=lambda k: variance(k, inverse)))
+        while len(chosen) < goal and len(chosen) < len(entries):
+            left = sorted(k for k in rows if k not in chosen)
+            take(min(left, key=lambda k: weigh.value(a + np.outer(rows[k], rows[k]), [*chosen, k])))
+        return chosen[given:]
     for stage in sorted({e.stage for e in entries if e.stage is not None}):
         if len(chosen) >= goal:
             break
@@ -331,6 +378,45 @@ def select_entries(entries: Sequence[Entry], count: int, already: Sequence[str] 
         left = sorted(k for k in rows if k not in chosen)
         take(max(left, key=lambda k: variance(k, inverse)))
     return chosen[given:]
+
+
+class ModelVariance:
+    """The expected squared relative error of typical models' estimates (up to the noise variance),
+    left after calibration, given which entries are measured and the transfer model's posterior.
+
+    A model's relative error is sum over unmeasured entries k of b_k * s_k * (x_k . d + e_k): its
+    coefficient of entry k over its raw sum (b_k), less the calibration models' mean of the same
+    (a calibration scale takes out what the models share with them), times the entry's source
+    latency s_k (its latency up to a ratio), times the entry's error in log ratio: the coefficients'
+    posterior error d along its row x_k plus its own residual e_k. Its expectation is
+    w A^-1 w + sum b_k^2 s_k^2 with w = sum b_k s_k x_k, A the posterior precision."""
+
+    def __init__(self, entries: Sequence[Entry], rows: Mapping[str, np.ndarray],
+                 models: Sequence[Mapping[str, float]], calibration: Sequence[Mapping[str, float]] = ()):
+        self.keys = [e.key for e in entries]
+        self.index = {k: i for i, k in enumerate(self.keys)}
+        self.source = np.array([e.source_ms for e in entries])
+        self.x = np.array([rows[k] for k in self.keys])
+
+        def relative(group: Sequence[Mapping[str, float]]) -> np.ndarray:
+            counts = np.array([[m.get(k, 0.0) for k in self.keys] for m in group]).reshape(len(group), len(self.keys))
+            raw = counts @ self.source
+            keep = raw > 0  # a model whose entries sum to nothing has no relative error to weigh
+            return counts[keep] / raw[keep, None]
+
+        self.b = relative(models)
+        if calibration:
+            cal = relative(calibration)
+            if len(cal):
+                self.b = self.b - cal.mean(axis=0)[None, :]
+
+    def value(self, precision: np.ndarray, measured: Sequence[str]) -> float:
+        unmeasured = np.ones(len(self.keys))
+        unmeasured[[self.index[k] for k in measured if k in self.index]] = 0.0
+        weights = self.b * (self.source * unmeasured)[None, :]
+        w = weights @ self.x
+        coefficient_part = np.einsum("ij,ij->i", w, np.linalg.solve(precision, w.T).T)
+        return float(np.mean(coefficient_part + (weights ** 2).sum(axis=1)))
 
 
 def predicted_rows(adapt: Mapping[str, Any], measured_rows: Sequence[Mapping[str, Any]]

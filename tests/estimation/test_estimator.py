@@ -13,6 +13,7 @@ from latbench.tables.overhead import (
     OverheadModel,
     attention_ms,
     coefficient,
+    entry_counts,
     fit_form,
     fit_scale,
     fit_scales,
@@ -156,6 +157,20 @@ def test_strided_attention_mixers_have_a_scale_of_their_own_where_a_fit_gives_on
     fast = FastEstimator(table, space=SearchSpace.default())
     [batch] = fast.latency(fast.encode([named_arch("efficientformerv2_s0")]))
     assert batch == pytest.approx(expected)
+
+
+def test_entry_counts_are_the_raw_sum_as_a_combination_of_entries():
+    # The sum over entries of coefficient x latency is the raw estimate, with and without empty
+    # models; the stem's empty model is the input's, so its coefficients cancel.
+    table, blocks, ms = s0_table()
+    counts = entry_counts(blocks)
+    raw = OverheadModel(ms).raw(blocks)[0]
+    assert sum(c * ms[k] for k, c in counts.items()) == pytest.approx(raw)
+    assert EmptyConfig(224, 3, 224, 224).key not in counts
+    assert all(c < 0 for k, c in counts.items() if k.startswith("empty-"))
+    plain = entry_counts(blocks, empty_models=False)
+    assert not any(k.startswith("empty-") for k in plain) and sum(plain.values()) == len(blocks)
+    assert sum(c * ms[k] for k, c in plain.items()) == pytest.approx(sum(ms[b.key] for b in blocks))
 
 
 def test_fit_form_fits_the_form_it_is_given_on_every_model():

@@ -171,6 +171,22 @@ def test_the_selection_covers_every_kind_every_stage_and_the_cost_range(source_d
     assert len(more) == 4 and not set(more) & set(chosen)
 
 
+def test_an_adapt_weighs_its_selection_by_the_spaces_models(source_dir, tmp_path):
+    # With the space known, the plan measures every kind, both stems, two empty models, and then
+    # what typical models carry: another choice than by each entry's own uncertainty.
+    source = LatencyTable.load(source_dir)
+    entries, _ = source_entries([source])
+    plan = plan_adapt([source], tmp_path / "t", budget=20, calibrate=3)
+    picked = [entries[k] for k in plan.selected]
+    assert len(plan.selected) == 17 and len(plan.calibration) == 3
+    assert {e.transfer_kind for e in picked} == {e.transfer_kind for e in entries.values()}
+    assert sorted(e.key for e in picked if e.kind == "stem") == sorted(k for k, e in entries.items()
+                                                                       if e.kind == "stem")
+    assert sum(e.kind == "empty" for e in picked) == 2
+    assert plan.selected != select_entries(list(entries.values()), 17, kind_order=kind_priority(
+        entries, source.space(), 224))
+
+
 def test_entries_are_marked_and_meta_records_sources_budget_and_model(adapted, source_dir):
     result, _ = adapted
     table = LatencyTable.load(result.table.path)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from latbench.tables import transfer
-from latbench.tables.transfer import KIND_SLOPE_GRID, Entry, fit_transfer
+from latbench.tables.transfer import KIND_SLOPE_GRID, Entry, ModelVariance, fit_transfer, select_entries
 
 
 def ffn(i: int, width: int, expansion: int, stage: int = 3) -> Entry:
@@ -127,3 +129,66 @@ def test_a_kind_nothing_was_measured_of_states_how_far_kinds_lie_apart():
     apart = uncertainty(1.0)
     assert apart["empty"] > close["empty"] + 10
     assert fit_transfer(entries, {}).predict(entries[0])[1] >= 100 * math.expm1(transfer.KIND_SPREAD)
+
+
+def stem(width: int) -> Entry:
+    macs = 27.0 * width * 112 * 112
+    return Entry(f"stem-c{width}", "stem", 0, macs * 1e-8, macs, 27.0 * width, 150528.0)
+
+
+def typical_models() -> tuple[list[Entry], list[dict[str, float]]]:
+    """FFNs, mixers, two stems and empty models, and 40 made-up models over them: each one stem,
+    a few FFNs of widths up to 256 and mixers, each block's empty model subtracted; the FFNs of
+    width 320 and 384 are in none of them."""
+    entries = blocks() + [mixer(i, w) for i, w in enumerate((96, 128, 192, 256))] + [stem(32), stem(40)] + \
+        [empty(i, el) for i, el in enumerate((150528, 37632, 18816, 9408))]
+    used = [e for e in entries if e.kind in ("ffn", "mhsa") and "c320" not in e.key and "c384" not in e.key]
+    models = []
+    for m in range(40):
+        counts: dict[str, float] = {f"stem-c{(32, 40)[m % 2]}": 1.0}
+        for j, e in enumerate(used):
+            if (m * 7 + j * 3) % 5 == 0:
+                counts[e.key] = 1.0 + (m + j) % 3
+                counts[f"empty-{1 + j % 3}"] = counts.get(f"empty-{1 + j % 3}", 0.0) - counts[e.key]
+        models.append(counts)
+    return entries, models
+
+
+def test_with_typical_models_the_selection_measures_what_they_carry():
+    entries, models = typical_models()
+    by_key = {e.key: e for e in entries}
+    chosen = select_entries(entries, 12, models=models, calibration=models[:2])
+    assert len(chosen) == len(set(chosen)) == 12
+    assert {by_key[k].kind for k in chosen} == {e.kind for e in entries}
+    # A kind of two entries is measured whole; a kind without a cost (empty models) twice, so its
+    # own slopes rest on two points.
+    assert {"stem-c32", "stem-c40"} <= set(chosen)
+    assert sum(by_key[k].kind == "empty" for k in chosen) == 2
+    # Past those, what no model uses is left to the model: the widest FFNs are not chosen.
+    assert not [k for k in chosen if "c320" in k or "c384" in k]
+    # ... and what is chosen leaves the models less error than the per-entry choice of as many.
+    weigh = ModelVariance(entries, {e.key: transfer.Design(entries).row(e) for e in entries}, models, models[:2])
+    precision = transfer.Design(entries).precision
+
+    def left(keys: list[str]) -> float:
+        rows = weigh.x[[weigh.index[k] for k in keys]]
+        return weigh.value(np.diag(precision) + rows.T @ rows, keys)
+
+    per_entry = select_entries(entries, 12)
+    assert left(chosen) < 0.8 * left(per_entry)
+    # Deterministic, and a larger budget keeps what was chosen.
+    assert select_entries(entries, 12, models=models, calibration=models[:2]) == chosen
+    more = select_entries(entries, 3, already=chosen, models=models, calibration=models[:2])
+    assert len(more) == 3 and not set(more) & set(chosen)
+
+
+def test_a_model_calibrated_on_itself_has_no_error_left_and_measuring_all_leaves_none():
+    entries, models = typical_models()
+    design = transfer.Design(entries)
+    rows = {e.key: design.row(e) for e in entries}
+    precision = np.diag(design.precision)
+    itself = ModelVariance(entries, rows, models[:1], models[:1])
+    assert itself.value(precision, []) == 0.0
+    weigh = ModelVariance(entries, rows, models)
+    assert weigh.value(precision, []) > 0
+    assert weigh.value(precision, [e.key for e in entries]) == 0.0
