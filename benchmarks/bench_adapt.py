@@ -56,8 +56,10 @@ Everything expensive is kept in --work DIR and reused, and resumes when interrup
     DIR/bench-adapt.json               the figures printed
 
 Remove DIR/adapt-<target>-bN to measure a budget again. Builds, adapts and end-to-end runs are
-pinned to the cores of --core-mask (hex, as `lut build --core-mask`), unless a full table records
-its own mask, which its pair then uses throughout.
+pinned to the cores of --core-mask (hex, as `lut build --core-mask`), `cpu-t2` to cores 0 and 1
+(mask 3: its two threads on one core would take turns, device_runners.base.check_threads_fit),
+unless a full table records its own mask, which its pair then uses throughout (a `cpu-t2` table
+of stops 46-48, built on one core, is refused: build it again).
 
     .venv/bin/python benchmarks/bench_adapt.py --work DIR [--pairs litert,cpu-t2] [--budgets 5 10 20 40]
         [--samples 30] [--seed 0] [--truth-sessions 1] [--core-mask 1] [--space FILE] [--jobs 2]
@@ -86,6 +88,8 @@ class Backend:
     device: str
     options: dict[str, Any] = field(default_factory=dict)
     dtype: str | None = None
+    #: Its own core mask where --core-mask's one core would not do (two threads need two cores).
+    core_mask: str | None = None
 
     def describe(self) -> str:
         extra = [f"--{k.replace('_', '-')} {v}" for k, v in self.options.items()]
@@ -95,7 +99,7 @@ class Backend:
 
 SOURCE = "cpu"
 BACKENDS = {"cpu": Backend("cpu"), "litert": Backend("litert"), "litert-noxnn": Backend("litert", {"xnnpack": "off"}),
-            "cpu-t2": Backend("cpu", {"threads": 2}), "cpu-fp16": Backend("cpu", dtype="fp16")}
+            "cpu-t2": Backend("cpu", {"threads": 2}, core_mask="3"), "cpu-fp16": Backend("cpu", dtype="fp16")}
 TARGETS = ("litert", "litert-noxnn", "cpu-t2", "cpu-fp16")
 #: The issue's goals, read off the output.
 GOAL_BUDGET, GOAL_WITHIN_5, GOAL_WITHIN_10, GOAL_TAU, GOAL_TIME_SHARE = 20, 0.90, 1.0, 0.95, 0.20
@@ -103,12 +107,13 @@ GOAL_BUDGET, GOAL_WITHIN_5, GOAL_WITHIN_10, GOAL_TAU, GOAL_TIME_SHARE = 20, 0.90
 
 def pinned(backend: Backend, table_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The runner options of a backend: its own, pinned to the full table's recorded cores (so
-    truth and adapt run where the table was measured), else to --core-mask; --move-to wins over both."""
+    truth and adapt run where the table was measured), else to the backend's own mask, else to
+    --core-mask; --move-to wins over all."""
     recorded = None
     meta = table_dir / "meta.json"
     if meta.is_file():
         recorded = (json.loads(meta.read_text()).get("device") or {}).get("core_mask")
-    mask = args.move_to or recorded or args.core_mask
+    mask = args.move_to or recorded or backend.core_mask or args.core_mask
     return {**backend.options, **({"core_mask": mask} if mask else {})}
 
 
@@ -584,7 +589,8 @@ def main() -> int:
                          "mean): two sessions, each the mean of two passes, agree no better than one session's "
                          "passes")
     ap.add_argument("--core-mask", default="1", help="hex core mask for builds, adapts and end-to-end runs "
-                                                     "(a full table's recorded mask wins for its pair; '' none)")
+                                                     "(cpu-t2: 3; a full table's recorded mask wins for its "
+                                                     "pair; '' none)")
     ap.add_argument("--move-to", default=None, metavar="MASK",
                     help="time truths and adapts on these cores instead of the full table's (a host whose other "
                          "cores are busy: the same cores' model, a move of the work, not of the device)")

@@ -26,7 +26,15 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from device_runners.base import DeviceInfo, Prepared, Runner, mask_hex, parse_core_mask, sample_latencies
+from device_runners.base import (
+    DeviceInfo,
+    Prepared,
+    Runner,
+    check_threads_fit,
+    mask_hex,
+    parse_core_mask,
+    sample_latencies,
+)
 from device_runners.ort_common import artifact_info, parse_ort_profile, random_feeds, session_inputs
 from latbench.core.errors import DeviceError, UsageError
 from latbench.core.text import first_line
@@ -163,6 +171,7 @@ class CpuRunner(Runner):
         self.device_id = "cpu"
         self.threads = threads
         self.cores = check_cores(core_mask)
+        check_threads_fit(threads, self.cores)
         self.seed = seed
         self.profile_runs = profile_runs
 

@@ -38,7 +38,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from device_runners.base import DeviceInfo, Prepared, Runner, sample_latencies
+from device_runners.base import DeviceInfo, Prepared, Runner, check_threads_fit, sample_latencies
 from device_runners.benchmark_model_output import benchmark_args, op_times, parse_op_profiling
 from device_runners.cpu import check_cores, host_provenance, host_state, pinned, resolve_clock
 from device_runners.ort_common import artifact_info, random_feeds
@@ -110,6 +110,7 @@ class LiteRTRunner(Runner):
         self.device_id = "litert"
         self.threads = threads
         self.cores = check_cores(core_mask)
+        check_threads_fit(threads, self.cores)
         self.seed = seed
         self.xnnpack = xnnpack_flag(xnnpack)
         if profile_runs < 1:

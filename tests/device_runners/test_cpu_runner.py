@@ -219,3 +219,17 @@ def test_the_sample_clock_option_leaves_the_runners_device_clock_alone():
     with CpuRunner(clock="thread_cpu") as r:
         assert r.describe()["clock"] == "thread_cpu"
         assert isinstance(r.now(), float)
+
+
+def test_more_threads_than_pinned_cores_is_refused_in_one_line(own_core, run_cli):
+    # Two threads on one core take turns and time each other's waits (a bimodal latency): the
+    # runner refuses it and says how to pin enough cores.
+    with pytest.raises(UsageError) as e:
+        CpuRunner(threads=2, core_mask=own_core[1])
+    message = str(e.value)
+    assert "--threads 2 on 1 pinned core" in message and "--core-mask 3" in message and "\n" not in message
+    with CpuRunner(threads=1, core_mask=own_core[1]) as r:  # as many threads as cores: fine
+        assert r.describe()["threads"] == 1
+    code, out, err = run_cli("profile", "efficientformerv2_s0", "--device", "cpu", "--threads", "2", "--core-mask",
+                             own_core[1])
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "--threads 2 on 1 pinned core" in err

@@ -67,6 +67,8 @@ def test_threads_clock_and_pinning(tflite_models, own_core):
         assert m.provenance["threads"] == 2 and m.provenance["clock"] == "wall"
     with pytest.raises(UsageError, match="needs threads=1"):
         LiteRTRunner(threads=2, clock="thread_cpu")
+    with pytest.raises(UsageError, match="--threads 2 on 1 pinned core"):
+        LiteRTRunner(threads=2, core_mask=own_core[1])
     with pytest.raises(UsageError, match="threads must be >= 1"):
         LiteRTRunner(threads=0)
     with pytest.raises(UsageError, match="xnnpack must be on or off"):

@@ -97,7 +97,8 @@ def test_devices_table_shows_phone_from_the_adb_server(capsys, monkeypatch, adb_
 
 # -- a table's recorded configuration opens the device again as it was --------------------------
 @pytest.mark.parametrize("device_id, options", [
-    ("cpu", {"threads": 2, "core_mask": "1"}),
+    ("cpu", {"threads": 2}),
+    ("cpu", {"core_mask": "1"}),
     ("litert", {"threads": 2, "xnnpack": "off"}),
     ("litert", {"core_mask": "1"}),
 ])
