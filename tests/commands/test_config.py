@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from latbench.commands import _config
+from latbench.core.errors import UsageError
 from latbench.tables.synthetic import synthetic_table
 
 
@@ -60,14 +61,18 @@ def test_a_table_is_measured_again_as_it_records_then_as_configured(lab, own_cor
     (lab / "latbench.toml").write_text('device = "cpu"\nthreads = 1\n')
     core, mask = own_core
     table = synthetic_table()
-    table.meta.update(device_id="cpu", device={**table.device, "device_kind": "cpu", "threads": 2, "core_mask": mask})
+    table.meta.update(device_id="cpu", device={**table.device, "device_kind": "cpu", "threads": 2, "core_mask": None})
     with api.open_table_device(table) as r:
-        assert (r.threads, r.cores) == (2, [core]) and r.describe()["core_mask"] == mask
-    with api.open_table_device(table, "cpu", threads=1) as r:
+        assert (r.threads, r.cores) == (2, None)
+    table.meta["device"] = {**table.device, "threads": 1, "core_mask": mask}
+    with api.open_table_device(table) as r:
+        assert (r.threads, r.cores) == (1, [core]) and r.describe()["core_mask"] == mask
+    table.meta["device"] = {**table.device, "threads": 2, "core_mask": None}
+    with api.open_table_device(table, "cpu", threads=1, core_mask=mask) as r:
         assert (r.threads, r.cores) == (1, [core])
-    table.meta["device"] = {**table.device, "core_mask": None}
-    with api.open_table_device(table, core_mask=mask) as r:
-        assert (r.threads, r.cores) == (2, [core])
+    # Its two threads pinned to one core: refused, with the fix (device_runners.base.check_threads_fit).
+    with pytest.raises(UsageError, match="--threads 2 on 1 pinned core"):
+        api.open_table_device(table, core_mask=mask)
     with api.open_table_device(table, "litert") as r:  # not the table's device: nothing of it carries over
         assert r.threads == 1 and r.describe()["xnnpack"] is True
     p = argparse.ArgumentParser()
