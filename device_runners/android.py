@@ -59,7 +59,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from device_runners.base import DeviceInfo, Prepared, Runner, mask_hex, parse_core_mask
+from device_runners.base import DeviceInfo, Prepared, Runner, check_threads_fit, mask_hex, parse_core_mask
 from device_runners.benchmark_model_output import (
     BenchmarkModelReport,
     benchmark_args,
@@ -316,6 +316,8 @@ class AndroidRunner(Runner):
         self.remote_dir = check_remote_path(remote_dir.rstrip("/"))
         if threads < 0:
             raise UsageError(f"threads must be >= 0, got {threads}")
+        if core_mask not in (None, "", "none", "auto"):  # a mask given: checked before connecting
+            check_threads_fit(threads, parse_core_mask(core_mask))
         if min(runs_per_invocation, min_invocations, max_invocations, profile_runs) < 1:
             raise UsageError("run and invocation counts must be >= 1")
         self.threads = threads

@@ -14,8 +14,8 @@ from latbench.core.errors import UsageError
 RUNNER_FLAGS: dict[str, tuple[str, type, tuple[str, ...] | None, str]] = {
     "--threads": ("threads", int, None, "runtime threads (cpu, litert, android; default 1)"),
     "--core-mask": ("core_mask", str, None,
-                    "pin to these cores, hex mask e.g. f0 (cpu, litert, android; android default: big cores; "
-                    "cpu, litert: at least --threads cores)"),
+                    "pin to these cores, hex mask e.g. f0, at least --threads of them (cpu, litert, android; "
+                    "android default: big cores)"),
     "--clock": ("clock", str, ("auto", "wall", "thread_cpu"),
                 "cpu, litert: auto (thread CPU time with 1 thread), wall or thread_cpu"),
     "--runtime": ("runtime", str, ("onnxruntime", "litert"),

@@ -218,6 +218,9 @@ def test_explicit_core_mask_and_bad_inputs(adb_server, make_phone, models):
             runner.prepare(models["small"], content_hash="x; rm -rf /")
     with pytest.raises(UsageError, match="hexadecimal"):
         open_phone(adb_server, adbd, core_mask="f0; reboot")
+    # More threads than the cores given: they would take turns on a core (device_runners.base).
+    with pytest.raises(UsageError, match="--threads 4 on 2 pinned cores"):
+        open_phone(adb_server, adbd, core_mask="30", threads=4)
     with pytest.raises(UsageError, match="invalid device path"):
         open_phone(adb_server, adbd, remote_dir="/data/local/tmp/$(reboot)")
     with pytest.raises(UsageError, match="invalid adb serial"):
