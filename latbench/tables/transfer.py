@@ -314,8 +314,8 @@ def select_entries(entries: Sequence[Entry], count: int, already: Sequence[str] 
     scales fitted on the truth, tau, per-entry choice -> by models: `litert` 85 / 91 %, 0.947 ->
     93 / 98 %, 0.968; `cpu` fp16 79 / 82 %, 0.925 -> 80 / 89 %, 0.947; `--xnnpack off` 79 / 88 %,
     0.936 -> 77 / 84 %, 0.918; `cpu --threads 2` 44 / 71 %, 0.954 -> 37 / 74 %, 0.945 (its
-    tables then built with both threads on one core; rebuilt on two, the live adapt put 85 % within
-    5 %, tau 0.968). Predicted entries against the full tables about as close (`litert`, `--xnnpack
+    tables then built with both threads on one core; rebuilt on two, two live adapts put 85 / 79 %
+    within 5 %, tau 0.968 / 0.957). Predicted entries against the full tables about as close (`litert`, `--xnnpack
     off`, `cpu --threads 2`, fp16: mean 6.6 / 8.8 / 4.4 / 4.7 % off, against 7.1 / 9.0 / 4.6 / 4.1 %). Live budget-20 adapts on one day, two with this choice and one with the
     per-entry one: tau 0.968 / 0.971 against 0.943 on `litert`, 0.918 / 0.943 against 0.922 on
     fp16, 0.904 / 0.900 against 0.922 on `--xnnpack off`; within 5 % and measuring time moved with
