@@ -315,11 +315,13 @@ def select_entries(entries: Sequence[Entry], count: int, already: Sequence[str] 
     93 / 98 %, 0.968; `cpu` fp16 79 / 82 %, 0.925 -> 80 / 89 %, 0.947; `--xnnpack off` 79 / 88 %,
     0.936 -> 77 / 84 %, 0.918; `cpu --threads 2` 44 / 71 %, 0.954 -> 37 / 74 %, 0.945 (its
     tables then built with both threads on one core; rebuilt on two, two live adapts put 85 / 79 %
-    within 5 %, tau 0.968 / 0.957). Predicted entries against the full tables about as close (`litert`, `--xnnpack
-    off`, `cpu --threads 2`, fp16: mean 6.6 / 8.8 / 4.4 / 4.7 % off, against 7.1 / 9.0 / 4.6 / 4.1 %). Live budget-20 adapts on one day, two with this choice and one with the
-    per-entry one: tau 0.968 / 0.971 against 0.943 on `litert`, 0.918 / 0.943 against 0.922 on
+    within 5 %, tau 0.968 / 0.957). Predicted entries against the full tables about as close
+    (`litert`, `--xnnpack off`, `cpu --threads 2`, fp16: mean 6.6 / 8.8 / 4.4 / 4.7 % off, against
+    7.1 / 9.0 / 4.6 / 4.1 %). Live budget-20 adapts on one day, two with this choice and one with
+    the per-entry one: tau 0.968 / 0.971 against 0.943 on `litert`, 0.918 / 0.943 against 0.922 on
     fp16, 0.904 / 0.900 against 0.922 on `--xnnpack off`; within 5 % and measuring time moved with
-    the sessions more than with the choice (`litert` 85 / 94 % against 94 %, 65 / 93 s against 64 s)."""
+    the sessions more than with the choice (`litert` 85 / 94 % against 94 %, 65 / 93 s against
+    64 s)."""
     design = Design(entries)
     order = [k for k in (kind_order or ()) if k in design.kinds]
     order += [k for k in design.kinds if k not in order]
